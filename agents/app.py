@@ -1,0 +1,202 @@
+"""The Faust app of ottscore: topics, the changelog-backed user table and the ingest agent.
+
+The agent is a thin adapter: it takes batches of raw records from ``ott.events``, hands
+each to :class:`pipeline.processor.Processor`, then, before the batch is acknowledged,
+writes every user state the batch changed to the ``users`` table (once per user, not once
+per event) and publishes the batch's output records. Faust flushes its producer before it
+commits input offsets, so a committed offset always has its state and outputs durable in
+Kafka (at-least-once; a replay after a crash is recognised per user by its offset).
+
+Run it with ``ottscore worker`` (or ``faust -A agents.app worker``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import faust
+from faust.streams import _current_event  # the event a table write belongs to
+from faust.types import EventT
+from prometheus_client import CollectorRegistry, start_http_server
+
+from agents.kafka import faust_broker_settings, output_topics
+from pipeline.config import Settings
+from pipeline.metrics import Metrics
+from pipeline.processor import Processor
+
+__all__ = ["build_app", "IngestWorker"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def writing_for(event: EventT) -> Iterator[None]:
+    """Make ``event`` the current event, so table writes go to its partition.
+
+    Faust resolves the changelog partition (and the RocksDB database) of a table write
+    from the event being processed. The write-back happens after a whole batch, so we name
+    an event of the partition being written.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class IngestWorker:
+    """Adapts batches of Faust events to the processor, the table and the output topics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        table: Any,
+        topics: dict[str, faust.TopicT],
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.table = table
+        self.topics = topics
+        self.metrics = metrics
+        self.processor = Processor(settings)
+        self._restored: set[int] = set()
+
+    def handle(self, events: Sequence[EventT]) -> None:
+        """Process one batch: state, write-back, outputs, metrics. Never awaits."""
+        started = time.perf_counter()
+        processor = self.processor
+        process = processor.process
+        last_of_partition: dict[int, EventT] = {}
+        for event in events:
+            message = event.message
+            partition = message.partition
+            if partition not in self._restored:
+                self._restore_partition(partition)
+            last_of_partition[partition] = event
+            process(
+                message.value,
+                key=message.key,
+                partition=partition,
+                offset=message.offset,
+                timestamp_ms=int(message.timestamp * 1000),
+                topic=message.tp.topic,
+            )
+        self._write_back(last_of_partition)
+        self._publish(processor.take_outbox())
+        metrics = self.metrics
+        metrics.add(processor.tally)
+        processor.tally.clear()
+        metrics.users_cached.set(len(processor.users))
+        metrics.timers_pending.set(processor.timers.pending())
+        metrics.batch_duration.observe(time.perf_counter() - started)
+
+    def _restore_partition(self, partition: int) -> None:
+        """Adopt every stored user of a newly assigned partition (the table is recovered)."""
+        processor = self.processor
+        restored = 0
+        for key, data in self.table.data.items():
+            user_id = key.decode()
+            if user_id in processor.users:
+                continue
+            state = processor.decode_state(user_id, data)
+            if state.partition == partition:  # not a standby copy of another worker's
+                processor.adopt(state)
+                restored += 1
+        self._restored.add(partition)
+        log.info("partition %d: restored %d user states", partition, restored)
+
+    def _write_back(self, last_of_partition: dict[int, EventT]) -> None:
+        by_partition: dict[int, list[tuple[str, bytes]]] = {}
+        for user_id, partition, data in self.processor.take_dirty():
+            by_partition.setdefault(partition, []).append((user_id, data))
+        table = self.table
+        for partition, states in by_partition.items():
+            with writing_for(last_of_partition[partition]):
+                for user_id, data in states:
+                    table[user_id.encode()] = data
+        self.metrics.state_writes.inc(sum(len(s) for s in by_partition.values()))
+
+    def _publish(self, outputs: Sequence[Any]) -> None:
+        topics = self.topics
+        event_latency = self.metrics.event_to_publish_latency
+        ingest_latency = self.metrics.ingest_to_publish_latency
+        for out in outputs:
+            callback = None
+            if out.event_ts_ms:
+                callback = _latency_callback(
+                    event_latency.labels(out.kind), ingest_latency.labels(out.kind),
+                    out.event_ts_ms, out.ingest_ts_ms,
+                )
+            topics[out.kind].send_soon(key=out.key, value=out.value, callback=callback)
+
+    def revoke(self, partitions: set[int]) -> None:
+        """Forget partitions this worker no longer owns (their states are already written)."""
+        for partition in partitions:
+            self.processor.drop_partition(partition)
+            self._restored.discard(partition)
+
+
+def _latency_callback(event_hist: Any, ingest_hist: Any, event_ts_ms: int, ingest_ts_ms: int):
+    def observe(_fut: Any) -> None:
+        now = time.time()
+        event_hist.observe(max(0.0, now - event_ts_ms / 1000))
+        if ingest_ts_ms:
+            ingest_hist.observe(max(0.0, now - ingest_ts_ms / 1000))
+
+    return observe
+
+
+def build_app(settings: Settings | None = None) -> faust.App:
+    """The ottscore Faust app for ``settings`` (read from the environment by default)."""
+    settings = settings or Settings()
+    app = faust.App(
+        settings.app_id,
+        **faust_broker_settings(settings),
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        consumer_auto_offset_reset="earliest",
+        web_port=settings.worker_web_port,
+        web_bind=settings.worker_web_host,
+        producer_max_request_size=2 * 1024 * 1024,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+           "value_serializer": "raw"}
+    events = app.topic(settings.topic_events, partitions=settings.topic_partitions, **raw)
+    topics = {kind: app.topic(name, **raw) for kind, name in output_topics(settings).items()}
+    table = app.Table(
+        "users",
+        key_type=bytes,  # bytes keys and values are written raw: user_id UTF-8, state bytes
+        value_type=bytes,
+        partitions=settings.topic_partitions,
+        help="Per-user state (pipeline.state.UserState bytes), keyed by user_id.",
+    )
+    registry = CollectorRegistry()
+    worker = IngestWorker(settings, table=table, topics=topics, metrics=Metrics(registry))
+    app.ottscore = worker  # type: ignore[attr-defined]
+
+    @app.agent(events, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(
+            settings.batch_max_events, within=settings.batch_within_s
+        ):
+            worker.handle(batch)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
+        worker.revoke({tp.partition for tp in revoked if tp.topic == settings.topic_events})
+
+    @app.task
+    async def prepare() -> None:
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
+            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+
+    return app

@@ -1,0 +1,149 @@
+"""The ``ottscore`` command line: worker, local broker, simulator, replay, tail and demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.config import Settings
+
+__all__ = ["main"]
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.app import build_app
+    from agents.kafka import ensure_topics
+
+    ensure_topics(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = build_app(settings)
+    sys.argv = ["ottscore", "--loop", "uvloop", "worker", "--loglevel", args.loglevel]
+    app.main()
+    return 0  # pragma: no cover - app.main() exits
+
+
+def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.broker import LocalKafka
+
+    broker = LocalKafka.from_settings(settings)
+    if args.action == "start":
+        broker.start()
+        print(f"kafka running on {broker.bootstrap} (log: {broker.status().log_path})")
+    elif args.action == "stop":
+        broker.stop()
+        print("kafka stopped")
+    else:
+        status = broker.status()
+        state = f"running (pid {status.pid})" if status.running else "stopped"
+        print(f"kafka {state} on {status.bootstrap}; log {status.log_path}")
+        return 0 if status.running else 3
+    return 0
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.simulate import SimulationConfig, Simulator, write_catalog, write_jsonl
+
+    simulator = Simulator(
+        SimulationConfig(
+            users=args.users,
+            days=args.days,
+            seed=args.seed,
+            bad_rate=args.bad_rate,
+            duplicate_rate=args.duplicate_rate,
+        )
+    )
+    if args.catalog_out:
+        write_catalog(simulator.catalog(), args.catalog_out)
+    if args.out:
+        count = write_jsonl(simulator.records(), args.out)
+        print(f"wrote {count} records to {args.out}", file=sys.stderr)
+    if args.to_kafka:
+        from agents.produce import produce, publish_catalog
+
+        publish_catalog(settings, simulator.catalog())
+        count = produce(settings, simulator.records(), rate=args.rate)
+        print(f"produced {count} records to {settings.topic_events}", file=sys.stderr)
+    return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.produce import produce, read_jsonl_records
+
+    count = produce(settings, read_jsonl_records(args.file), speed=args.speed)
+    print(f"produced {count} records to {settings.topic_events}", file=sys.stderr)
+    return 0
+
+
+def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.produce import tail
+
+    tail(settings, args.topic, from_beginning=args.from_beginning, limit=args.max)
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.demo import run_demo
+
+    return run_demo(settings, users=args.users, rate=args.rate, bad_rate=args.bad_rate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ottscore``."""
+    parser = argparse.ArgumentParser(
+        prog="ottscore",
+        description="Real-time churn and personalisation scores from OTT viewing events.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run a Faust worker (the ingest agent)")
+    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning"])
+    worker.set_defaults(func=_worker)
+
+    broker = sub.add_parser("broker", help="the local single-node Kafka (KRaft)")
+    broker.add_argument("action", choices=["start", "stop", "status"])
+    broker.set_defaults(func=_broker)
+
+    sim = sub.add_parser("simulate", help="realistic synthetic OTT traffic")
+    sim.add_argument("--users", type=int, default=1000)
+    sim.add_argument("--days", type=float, default=30.0)
+    sim.add_argument("--seed", type=int, default=7)
+    target = sim.add_argument_group("output (at least one)")
+    target.add_argument("--to-kafka", action="store_true", help="produce to the events topic")
+    target.add_argument("--out", type=Path, help="write records to a JSONL file")
+    sim.add_argument("--catalog-out", type=Path, help="write the catalog to a JSONL file")
+    sim.add_argument("--rate", type=float, default=0.0,
+                     help="with --to-kafka: records per second of wall time (0 = as fast as possible)")
+    sim.add_argument("--bad-rate", type=float, default=0.0,
+                     help="share of extra malformed records (e.g. 0.02)")
+    sim.add_argument("--duplicate-rate", type=float, default=0.0,
+                     help="share of client retries (exact re-sends)")
+    sim.set_defaults(func=_simulate)
+
+    replay = sub.add_parser("replay", help="produce a JSONL file of events in event-time order")
+    replay.add_argument("file", type=Path)
+    replay.add_argument("--speed", type=float, default=0.0,
+                        help="event-time seconds per wall second (0 = as fast as possible)")
+    replay.set_defaults(func=_replay)
+
+    tail = sub.add_parser("tail", help="pretty-print the records of a topic")
+    tail.add_argument("topic")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max", type=int, default=0, help="stop after this many (0 = follow)")
+    tail.set_defaults(func=_tail)
+
+    demo = sub.add_parser("demo", help="broker + worker + simulator with a live view")
+    demo.add_argument("--users", type=int, default=2000)
+    demo.add_argument("--rate", type=float, default=2000.0, help="records per second")
+    demo.add_argument("--bad-rate", type=float, default=0.01)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the ottscore command line."""
+    args = build_parser().parse_args(argv)
+    if args.command == "simulate" and not (args.to_kafka or args.out or args.catalog_out):
+        build_parser().error("simulate needs --to-kafka, --out or --catalog-out")
+    raise SystemExit(args.func(args, Settings()))

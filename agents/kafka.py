@@ -1,0 +1,171 @@
+"""Kafka connection settings for both clients ottscore uses, and topic creation.
+
+Faust (aiokafka) runs the worker; kafka-python runs the simulator, replay, tail and the
+admin calls. Both get their bootstrap servers and security (SSL, SASL) from the same
+:class:`~pipeline.config.Settings`, here.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kafka.admin import KafkaAdminClient
+from kafka.errors import NoError, TopicAlreadyExistsError, for_code
+
+from pipeline.config import Settings
+
+__all__ = [
+    "kafka_python_config",
+    "faust_broker_settings",
+    "admin_client",
+    "create_topics",
+    "ensure_topics",
+    "output_topics",
+    "all_topics",
+]
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+    )
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(
+            str(settings.kafka_ssl_certfile),
+            str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+    return context
+
+
+def kafka_python_config(settings: Settings) -> dict[str, Any]:
+    """Connection keyword arguments for kafka-python clients (producer, consumer, admin)."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        config["ssl_context"] = _ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl_plain_username"] = settings.kafka_sasl_username
+        config["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return config
+
+
+def faust_broker_settings(settings: Settings) -> dict[str, Any]:
+    """``broker`` and ``broker_credentials`` keyword arguments for :class:`faust.App`."""
+    import faust
+
+    brokers = [f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")]
+    protocol = settings.kafka_security_protocol
+    credentials: Any = None
+    if protocol.startswith("SASL"):
+        sasl: dict[str, Any] = {
+            "username": settings.kafka_sasl_username,
+            "password": settings.kafka_sasl_password.get_secret_value(),
+            "ssl_context": _ssl_context(settings) if protocol == "SASL_SSL" else None,
+        }
+        if settings.kafka_sasl_mechanism == "PLAIN":
+            credentials = faust.SASLCredentials(**sasl)
+        else:
+            credentials = faust.SASLCredentials(mechanism=settings.kafka_sasl_mechanism, **sasl)
+    elif protocol == "SSL":
+        credentials = faust.SSLCredentials(_ssl_context(settings))
+    return {"broker": brokers, "broker_credentials": credentials}
+
+
+def output_topics(settings: Settings) -> dict[str, str]:
+    """Topic name of each output kind."""
+    return {
+        "dlq": settings.topic_dlq,
+        "churn": settings.topic_scores_churn,
+        "personalization": settings.topic_scores_personalization,
+        "signal": settings.topic_signals,
+    }
+
+
+def all_topics(settings: Settings) -> tuple[list[str], list[str]]:
+    """``(plain topics, compacted topics)`` that ottscore reads or writes."""
+    plain = [settings.topic_events, *output_topics(settings).values()]
+    return plain, [settings.topic_models, settings.topic_catalog]
+
+
+def admin_client(config: Mapping[str, Any], *, timeout: float) -> KafkaAdminClient:
+    """A kafka-python admin client whose bootstrap and requests give up after ``timeout`` s."""
+    timeout_ms = max(int(timeout * 1000), 1)
+    return KafkaAdminClient(
+        **config,
+        client_id="ottscore-admin",
+        bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+    )
+
+
+def create_topics(
+    config: Mapping[str, Any],
+    names: Iterable[str],
+    *,
+    partitions: int,
+    replication: int = 1,
+    compacted: Iterable[str] = (),
+    timeout: float = 30.0,
+) -> None:
+    """Create the topics that do not exist yet and wait until every partition has a leader.
+
+    Existing topics are left as they are, whatever their partitions or configuration.
+
+    Parameters
+    ----------
+    config
+        kafka-python connection arguments (:func:`kafka_python_config`, or just
+        ``{"bootstrap_servers": ...}``).
+    names
+        Topics to have.
+    partitions
+        Partitions of each topic created.
+    replication
+        Replication factor of each topic created.
+    compacted
+        Topics created with ``cleanup.policy=compact``; they need not be repeated in ``names``.
+    timeout
+        Longest wait for the creation and for the metadata to show the topics, in seconds.
+
+    Raises
+    ------
+    kafka.errors.KafkaError
+        When the cluster refuses a topic for another reason than that it exists.
+    """
+    compact = set(compacted)
+    wanted = list(dict.fromkeys([*names, *sorted(compact)]))
+    if not wanted:
+        return
+    specs = {
+        name: {
+            "num_partitions": partitions,
+            "replication_factor": replication,
+            "configs": {"cleanup.policy": "compact"} if name in compact else {},
+        }
+        for name in wanted
+    }
+    with admin_client(config, timeout=timeout) as admin:
+        result = admin.create_topics(specs, timeout_ms=int(timeout * 1000), raise_errors=False)
+        for topic in result["topics"]:
+            error = for_code(topic["error_code"])
+            if error not in (NoError, TopicAlreadyExistsError):
+                raise error(f"{topic['name']}: {topic.get('error_message') or error.__name__}")
+        admin.wait_for_topics(wanted, timeout_ms=int(timeout * 1000))
+
+
+def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> None:
+    """Create every topic ottscore reads or writes that does not exist yet."""
+    plain, compacted = all_topics(settings)
+    create_topics(
+        kafka_python_config(settings),
+        plain,
+        partitions=settings.topic_partitions,
+        replication=settings.topic_replication,
+        compacted=compacted,
+        timeout=timeout,
+    )

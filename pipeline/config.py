@@ -1,0 +1,151 @@
+"""One typed, frozen settings object: every knob of ottscore, each an environment variable.
+
+Nothing else in ottscore reads ``os.environ``. Every field maps to ``OTTSCORE_<FIELD>``
+(upper case), except the Kafka bootstrap servers, which also answer to the standard
+``KAFKA_BOOTSTRAP_SERVERS``. Secrets are :class:`~pydantic.SecretStr` and masked when printed.
+
+Examples
+--------
+>>> s = Settings(session_gap_s=600)
+>>> s.session_gap_s, s.topic_events, s.churn_horizon_s
+(600.0, 'ott.events', 1209600.0)
+>>> Settings(kafka_sasl_password="hunter2").kafka_sasl_password
+SecretStr('**********')
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """ottscore settings; see the README's configuration table for the same list."""
+
+    model_config = SettingsConfigDict(env_prefix="OTTSCORE_", frozen=True, extra="ignore")
+
+    # --- Kafka connection -------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices(
+            "KAFKA_BOOTSTRAP_SERVERS", "OTTSCORE_KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"
+        ),
+        description="Comma-separated host:port list of the Kafka cluster.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism when the protocol is SASL_*."
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name.")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (secret).")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers.")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client private key (mutual TLS).")
+
+    # --- topics -----------------------------------------------------------------------
+    topic_events: str = Field("ott.events", description="Input events, key = user_id.")
+    topic_dlq: str = Field("ott.events.dlq", description="Rejected input with a reason.")
+    topic_scores_churn: str = Field("ott.scores.churn", description="Churn risk per session end.")
+    topic_scores_personalization: str = Field(
+        "ott.scores.personalization", description="Top-K items per user."
+    )
+    topic_signals: str = Field("ott.signals", description="Risk transitions per user.")
+    topic_models: str = Field("ott.models", description="Signed model snapshots (compacted).")
+    topic_catalog: str = Field("ott.catalog", description="Item catalog (compacted), optional.")
+    topic_partitions: int = Field(
+        4, ge=1, description="Partitions of the topics ottscore creates (input and tables)."
+    )
+    topic_replication: int = Field(1, ge=1, description="Replication factor of created topics.")
+
+    # --- worker -----------------------------------------------------------------------
+    app_id: str = Field("ottscore", description="Faust app id: consumer group and table prefix.")
+    store: str = Field(
+        "rocksdb://", description="Faust table store: rocksdb:// in production, memory:// in tests."
+    )
+    data_dir: Path = Field(
+        Path(".ottscore/worker"), description="Worker data directory (RocksDB files)."
+    )
+    worker_web_port: int = Field(6066, description="Faust's own web server port.")
+    worker_web_host: str = Field("127.0.0.1", description="Faust web server bind address.")
+    batch_max_events: int = Field(
+        2000, ge=1, description="Most events the ingest agent takes per batch."
+    )
+    batch_within_s: float = Field(
+        0.05, gt=0, description="Longest the ingest agent waits to fill a batch, in seconds."
+    )
+    state_flush_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="Write-back interval of per-user state to the changelog table, in seconds.",
+    )
+
+    # --- metrics ----------------------------------------------------------------------
+    metrics_host: str = Field("127.0.0.1", description="Prometheus endpoint bind address.")
+    metrics_port: int = Field(9300, description="Prometheus endpoint port (0 disables it).")
+
+    # --- input validation -------------------------------------------------------------
+    max_event_bytes: int = Field(
+        16_384, ge=256, description="Largest accepted input record, in bytes."
+    )
+    max_future_skew_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="Events stamped further than this ahead of the wall clock are rejected.",
+    )
+    dedupe_window_s: float = Field(
+        600.0, ge=0, description="Event-time window in which a repeated event_id is a retry."
+    )
+    dedupe_max_ids: int = Field(
+        32, ge=1, description="Most recent event ids remembered per user for de-duplication."
+    )
+
+    # --- sessions and models ----------------------------------------------------------
+    session_gap_s: float = Field(
+        1800.0, gt=0, description="Event-time inactivity that ends a session, in seconds."
+    )
+    churn_horizon_days: float = Field(
+        14.0, gt=0, description="Event-time inactivity after which a user has churned, in days."
+    )
+
+    risk_medium: float = Field(
+        0.3, gt=0, lt=1, description="Churn probability from which the risk band is medium."
+    )
+    risk_high: float = Field(
+        0.6, gt=0, lt=1, description="Churn probability from which the risk band is high."
+    )
+
+    # --- local broker (demo and tests) ------------------------------------------------
+    broker_home: Path = Field(
+        Path(".ottscore/kafka"), description="Local broker: jars, data and log directory."
+    )
+    broker_port: int = Field(9092, description="Local broker client port on 127.0.0.1.")
+    broker_controller_port: int = Field(9093, description="Local broker KRaft controller port.")
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, for a process started with them.
+
+        >>> Settings(session_gap_s=60).to_env()["OTTSCORE_SESSION_GAP_S"]
+        '60.0'
+        """
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "kafka_bootstrap_servers" or value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"OTTSCORE_{name.upper()}"] = str(value)
+        return env
+
+    @cached_property
+    def churn_horizon_s(self) -> float:
+        """The churn horizon in seconds."""
+        return self.churn_horizon_days * 86_400.0

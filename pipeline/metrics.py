@@ -1,0 +1,152 @@
+"""Prometheus metrics of ottscore, in base units, with no user or item ids in labels.
+
+The processing core counts in plain integers (:class:`Tally`); :meth:`Metrics.add`
+moves a tally into the Prometheus counters once per batch, so the hot path pays a
+dictionary increment per event, not a labelled-counter lookup.
+
+Accounting identity, per worker process::
+
+    records_received = events_consumed (all types) + events_deduplicated
+                       + events_rejected (all reasons) + events_already_applied
+
+Examples
+--------
+>>> from prometheus_client import CollectorRegistry
+>>> m = Metrics(CollectorRegistry())
+>>> t = Tally()
+>>> t.received += 3; t.consumed["play"] += 2; t.rejected["not_json"] += 1
+>>> m.add(t)
+>>> m.registry.get_sample_value("ottscore_events_consumed_total", {"type": "play"})
+2.0
+>>> m.registry.get_sample_value("ottscore_records_received_total")
+3.0
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
+
+__all__ = ["Metrics", "Tally", "LATENCY_BUCKETS_S"]
+
+#: Event-time → publish spans from sub-second (live) to days (replays, session ends).
+LATENCY_BUCKETS_S = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600,
+    6 * 3600, 86_400, 7 * 86_400,
+)
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one batch did, in plain integers."""
+
+    received: int = 0
+    consumed: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    deduplicated: int = 0
+    already_applied: int = 0
+    published: Counter[str] = field(default_factory=Counter)
+    sessions_closed: int = 0
+
+    def clear(self) -> None:
+        """Zero every count."""
+        self.received = self.deduplicated = self.already_applied = self.sessions_closed = 0
+        self.consumed.clear()
+        self.rejected.clear()
+        self.published.clear()
+
+
+class Metrics:
+    """ottscore's metrics, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.records_received = PromCounter(
+            "ottscore_records_received_total",
+            "Input records read from the events topic, valid or not.",
+            registry=registry,
+        )
+        self.events_consumed = PromCounter(
+            "ottscore_events_consumed_total",
+            "Valid, new input events applied to state, by event type.",
+            ["type"],
+            registry=registry,
+        )
+        self.events_rejected = PromCounter(
+            "ottscore_events_rejected_total",
+            "Input records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.events_deduplicated = PromCounter(
+            "ottscore_events_deduplicated_total",
+            "Client retries dropped because their event_id was seen recently.",
+            registry=registry,
+        )
+        self.events_already_applied = PromCounter(
+            "ottscore_events_already_applied_total",
+            "Records re-read after a restart whose effect the state already holds.",
+            registry=registry,
+        )
+        self.scores_published = PromCounter(
+            "ottscore_scores_published_total",
+            "Output records published, by kind (churn, personalization, signal).",
+            ["kind"],
+            registry=registry,
+        )
+        self.sessions_closed = PromCounter(
+            "ottscore_sessions_closed_total",
+            "Sessions ended by the event-time watermark.",
+            registry=registry,
+        )
+        self.event_to_publish_latency = Histogram(
+            "ottscore_event_to_publish_latency_seconds",
+            "Wall-clock publish time minus the event time of the record's triggering event.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.ingest_to_publish_latency = Histogram(
+            "ottscore_ingest_to_publish_latency_seconds",
+            "Wall-clock publish time minus the Kafka timestamp of the triggering input record.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.batch_duration = Histogram(
+            "ottscore_batch_duration_seconds",
+            "Time to process one batch of input records, state write-back included.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.state_writes = PromCounter(
+            "ottscore_state_writes_total",
+            "User states written back to the changelog-backed table.",
+            registry=registry,
+        )
+        self.users_cached = Gauge(
+            "ottscore_users_cached", "User states held in memory by this worker.",
+            registry=registry,
+        )
+        self.timers_pending = Gauge(
+            "ottscore_timers_pending", "Live event-time timers (open sessions, pending labels).",
+            registry=registry,
+        )
+
+    def add(self, tally: Tally) -> None:
+        """Add a batch's tally to the counters (the tally is left as it was)."""
+        self.records_received.inc(tally.received)
+        for event_type, n in tally.consumed.items():
+            self.events_consumed.labels(event_type).inc(n)
+        for reason, n in tally.rejected.items():
+            self.events_rejected.labels(reason).inc(n)
+        for kind, n in tally.published.items():
+            self.scores_published.labels(kind).inc(n)
+        if tally.deduplicated:
+            self.events_deduplicated.inc(tally.deduplicated)
+        if tally.already_applied:
+            self.events_already_applied.inc(tally.already_applied)
+        if tally.sessions_closed:
+            self.sessions_closed.inc(tally.sessions_closed)

@@ -1,0 +1,199 @@
+"""The real worker on the real broker: every record accounted for, and state survives a restart."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import free_ports
+from kafka import KafkaAdminClient, TopicPartition
+from worker_process import (
+    WorkerProcess,
+    labelled,
+    latest_by_key,
+    produce_all,
+    read_topic,
+    sum_samples,
+)
+
+from agents.kafka import kafka_python_config
+from agents.produce import produce
+from pipeline.config import Settings
+from pipeline.events import EventDecoder, Rejection
+from pipeline.processor import Processor
+from pipeline.schemas import validator
+from pipeline.simulate import SimulationConfig, Simulator
+
+#: Rejection reasons the accounting test must see at least once each.
+MALFORMED_REASONS = {
+    "not_json", "not_utf8", "missing_field", "wrong_type", "unknown_type", "oversized",
+    "future_timestamp",
+}  # fmt: skip
+
+
+def expected_outcomes(records: list[tuple[bytes | None, bytes]]) -> tuple[Counter, Counter, int]:
+    """What the worker must do with ``records``: consumed by type, rejected by reason, retries.
+
+    Computed independently of the processor: a retry is an exact re-send of a valid record.
+    """
+    decoder = EventDecoder()
+    consumed: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    seen: set[bytes] = set()
+    retries = 0
+    for _, value in records:
+        if value in seen:
+            retries += 1
+            continue
+        decoded = decoder.decode(value)
+        if isinstance(decoded, Rejection):
+            rejected[decoded.reason] += 1
+        else:
+            consumed[decoded.type] += 1
+            seen.add(value)
+    return consumed, rejected, retries
+
+
+def wait_for_records(settings: Settings, topic: str, count: int, timeout_s: float = 60.0) -> list:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_topic(settings, topic)
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def test_every_record_ends_processed_deduplicated_or_dead_lettered(
+    settings_factory, tmp_path: Path
+) -> None:
+    settings = settings_factory(metrics_port=free_ports(1)[0])
+    simulator = Simulator(
+        SimulationConfig(users=300, days=21, seed=11, bad_rate=0.03, duplicate_rate=0.02)
+    )
+    records = list(simulator.records())
+    consumed, rejected, retries = expected_outcomes(records)
+    total = len(records)
+    assert total >= 10_000
+    assert sum(rejected.values()) >= 0.02 * total
+    assert MALFORMED_REASONS <= set(rejected) and retries > 0
+
+    produce_all(settings, records)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        worker.wait_received(total)
+        samples = worker.samples()
+        dlq = wait_for_records(settings, settings.topic_dlq, sum(rejected.values()))
+        churn = wait_for_records(
+            settings, settings.topic_scores_churn,
+            int(worker.metric("ottscore_scores_published_total", kind="churn")),
+        )
+    finally:
+        assert worker.stop() == 0
+
+    # the metrics add up, and agree with what the records are
+    assert sum_samples(samples, "ottscore_records_received_total") == total
+    assert labelled(samples, "ottscore_events_consumed_total", "type") == consumed
+    assert labelled(samples, "ottscore_events_rejected_total", "reason") == rejected
+    assert sum_samples(samples, "ottscore_events_deduplicated_total") == retries
+    assert sum_samples(samples, "ottscore_events_already_applied_total") == 0
+    assert sum(consumed.values()) + sum(rejected.values()) + retries == total
+    print(f"\naccounting: {total} records = {sum(consumed.values())} processed + "
+          f"{retries} de-duplicated + {sum(rejected.values())} dead-lettered {dict(rejected)}")
+
+    # every rejected record is in the DLQ once, with its reason, origin and original bytes
+    inputs = {(r.partition, r.offset): r.value for r in read_topic(settings, settings.topic_events)}
+    dlq_validator = validator("dlq")
+    letters = [orjson.loads(r.value) for r in dlq]
+    assert len(letters) == sum(rejected.values())
+    assert Counter(letter["reason"] for letter in letters) == rejected
+    assert len({(letter["partition"], letter["offset"]) for letter in letters}) == len(letters)
+    for letter in letters:
+        dlq_validator.validate(letter)
+        assert letter["topic"] == settings.topic_events
+        original = inputs[(letter["partition"], letter["offset"])]
+        if letter["original_encoding"] == "text":
+            assert letter["original"].encode() == original[: 512 * 1024]
+    # session ends were scored, each a valid churn record
+    churn_validator = validator("churn")
+    assert churn, "no session ended"
+    for record in churn:
+        churn_validator.validate(orjson.loads(record.value))
+
+
+def reference_states(settings: Settings) -> dict[str, bytes]:
+    """User states of one uninterrupted in-process run over the input topic, per partition."""
+    processor = Processor(settings)
+    for record in read_topic(settings, settings.topic_events):
+        processor.process(
+            record.value, key=record.key, partition=record.partition, offset=record.offset,
+            timestamp_ms=record.timestamp,
+        )
+    return {user: data for user, _, data in processor.take_dirty()}
+
+
+def wait_committed(settings: Settings, timeout_s: float = 120.0) -> None:
+    """Wait until the worker's group has committed the end offset of every input partition."""
+    admin = KafkaAdminClient(**kafka_python_config(settings))
+    consumer_settings = kafka_python_config(settings)
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(**consumer_settings)
+    try:
+        partitions = [
+            TopicPartition(settings.topic_events, p)
+            for p in consumer.partitions_for_topic(settings.topic_events)
+        ]
+        end = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            committed = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
+            if all(tp in committed and committed[tp].offset >= end[tp] for tp in partitions):
+                return
+            assert time.monotonic() < deadline, f"committed {committed}, end {end}"
+            time.sleep(0.5)
+    finally:
+        consumer.close()
+        admin.close()
+
+
+@pytest.mark.slow
+def test_state_after_a_restart_mid_stream_equals_an_uninterrupted_run(
+    settings_factory, tmp_path: Path
+) -> None:
+    settings = settings_factory(metrics_port=free_ports(1)[0], batch_max_events=200)
+    records = list(
+        Simulator(
+            SimulationConfig(users=300, days=21, seed=5, bad_rate=0.01, duplicate_rate=0.01)
+        ).records()
+    )
+    total = len(records)
+    feeder = threading.Thread(target=produce, args=(settings, records), kwargs={"rate": 4000})
+    feeder.start()
+    first = WorkerProcess(settings, tmp_path / "worker-1.log").start()
+    try:
+        first.wait_received(total // 3)
+    finally:
+        assert first.stop(signal.SIGTERM) == 0
+    second = WorkerProcess(settings, tmp_path / "worker-2.log").start()
+    try:
+        feeder.join()
+        wait_committed(settings)
+    finally:
+        assert second.stop(signal.SIGTERM) == 0
+
+    changelog = read_topic(settings, f"{settings.app_id}-users-changelog")
+    stored = {key.decode(): value for key, value in latest_by_key(changelog).items()}
+    expected = reference_states(settings)
+    assert stored.keys() == expected.keys()
+    processor = Processor(settings)
+    differing = [
+        user for user in expected
+        if processor.decode_state(user, stored[user]) != processor.decode_state(user, expected[user])
+    ]
+    assert not differing, f"{len(differing)} of {len(expected)} user states differ"
+    print(f"\nrestart: {total} records, {len(expected)} users, states equal to one run")

@@ -1,0 +1,150 @@
+"""Run ``ottscore worker`` as a real process in tests, and read what it wrote to Kafka."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from prometheus_client.parser import text_string_to_metric_families
+
+from agents.kafka import kafka_python_config
+from agents.produce import make_producer
+from pipeline.config import Settings
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+class WorkerProcess:
+    """One ``ottscore worker`` process with ``settings`` (metrics on ``metrics_port``)."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        assert settings.metrics_port, "the tests read the worker's metrics"
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agents", "worker", "--loglevel", "info"],
+                env={**os.environ, **self.settings.to_env()},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
+        """Signal the worker and wait for it to exit; returns its exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"worker ignored signal {sig} for {timeout_s} s") from None
+        return self.process.returncode
+
+    def samples(self) -> Samples:
+        """Every sample of the worker's Prometheus endpoint, by (name, labels)."""
+        url = f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample's value (0 when absent or before the endpoint is up)."""
+        try:
+            return self.samples().get((name, frozenset(labels.items())), 0.0)
+        except OSError:
+            return 0.0
+
+    def wait_until(self, condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited ({self.process.returncode}) while {what}:\n"
+                                     + self.log_tail())
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s} s {what}:\n" + self.log_tail())
+            time.sleep(0.2)
+
+    def wait_received(self, count: int, *, timeout_s: float = 120.0) -> None:
+        self.wait_until(
+            lambda: self.metric("ottscore_records_received_total") >= count,
+            timeout_s=timeout_s,
+            what=f"waiting for {count} records",
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def sum_samples(samples: Samples, name: str) -> float:
+    """The sum of every sample named ``name``, whatever its labels."""
+    return sum(value for (sample, _), value in samples.items() if sample == name)
+
+
+def labelled(samples: Samples, name: str, label: str) -> dict[str, float]:
+    """``{label value: sample value}`` of the samples named ``name``."""
+    return {
+        dict(labels)[label]: value
+        for (sample, labels), value in samples.items()
+        if sample == name and value
+    }
+
+
+def produce_all(settings: Settings, records: Iterable[tuple[bytes | None, bytes]]) -> int:
+    producer = make_producer(settings)
+    count = 0
+    for key, value in records:
+        producer.send(settings.topic_events, key=key, value=value)
+        count += 1
+    producer.flush()
+    producer.close()
+    return count
+
+
+def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord]:
+    """Every record of ``topic`` up to its current end, in partition then offset order."""
+    consumer = KafkaConsumer(**kafka_python_config(settings), enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        consumer.close()
+
+
+def latest_by_key(records: Iterable[ConsumerRecord]) -> dict[bytes, bytes]:
+    """The last value of each key (a compacted view of a changelog)."""
+    latest: dict[bytes, bytes] = {}
+    for record in records:
+        if record.value is None:
+            latest.pop(record.key, None)
+        else:
+            latest[record.key] = record.value
+    return latest
