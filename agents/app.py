@@ -130,8 +130,10 @@ class IngestWorker:
             callback = None
             if out.event_ts_ms:
                 callback = _latency_callback(
-                    event_latency.labels(out.kind), ingest_latency.labels(out.kind),
-                    out.event_ts_ms, out.ingest_ts_ms,
+                    event_latency.labels(out.kind),
+                    ingest_latency.labels(out.kind),
+                    out.event_ts_ms,
+                    out.ingest_ts_ms,
                 )
             topics[out.kind].send_soon(key=out.key, value=out.value, callback=callback)
 
@@ -167,8 +169,12 @@ def build_app(settings: Settings | None = None) -> faust.App:
         web_bind=settings.worker_web_host,
         producer_max_request_size=2 * 1024 * 1024,
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-           "value_serializer": "raw"}
+    raw = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
     events = app.topic(settings.topic_events, partitions=settings.topic_partitions, **raw)
     topics = {kind: app.topic(name, **raw) for kind, name in output_topics(settings).items()}
     table = app.Table(
@@ -197,6 +203,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
     async def prepare() -> None:
         if settings.metrics_port:
             start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
-            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+            log.info(
+                "metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port
+            )
 
     return app

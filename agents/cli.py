@@ -1,4 +1,4 @@
-"""The ``ottscore`` command line: worker, local broker, simulator, replay, tail and demo."""
+"""The ``ottscore`` command line: worker, broker, simulate, replay, evaluate, import, tail, demo."""
 
 from __future__ import annotations
 
@@ -76,6 +76,31 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.evaluate import evaluate, format_report
+
+    if args.mode:
+        settings = settings.model_copy(update={"reco_mode": args.mode})
+    report = evaluate(
+        args.file,
+        settings=settings,
+        catalog_path=args.catalog,
+        report_path=args.report,
+        predictions_path=args.predictions,
+        plot_path=args.plot,
+    )
+    print(format_report(report))
+    return 0
+
+
+def _import(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.movielens import import_movielens
+
+    count = import_movielens(args.directory, args.out, catalog_out=args.catalog_out)
+    print(f"wrote {count} events to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _tail(args: argparse.Namespace, settings: Settings) -> int:
     from agents.produce import tail
 
@@ -113,19 +138,51 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--to-kafka", action="store_true", help="produce to the events topic")
     target.add_argument("--out", type=Path, help="write records to a JSONL file")
     sim.add_argument("--catalog-out", type=Path, help="write the catalog to a JSONL file")
-    sim.add_argument("--rate", type=float, default=0.0,
-                     help="with --to-kafka: records per second of wall time (0 = as fast as possible)")
-    sim.add_argument("--bad-rate", type=float, default=0.0,
-                     help="share of extra malformed records (e.g. 0.02)")
-    sim.add_argument("--duplicate-rate", type=float, default=0.0,
-                     help="share of client retries (exact re-sends)")
+    sim.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="with --to-kafka: records per second of wall time (0 = as fast as possible)",
+    )
+    sim.add_argument(
+        "--bad-rate", type=float, default=0.0, help="share of extra malformed records (e.g. 0.02)"
+    )
+    sim.add_argument(
+        "--duplicate-rate", type=float, default=0.0, help="share of client retries (exact re-sends)"
+    )
     sim.set_defaults(func=_simulate)
 
     replay = sub.add_parser("replay", help="produce a JSONL file of events in event-time order")
     replay.add_argument("file", type=Path)
-    replay.add_argument("--speed", type=float, default=0.0,
-                        help="event-time seconds per wall second (0 = as fast as possible)")
+    replay.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="event-time seconds per wall second (0 = as fast as possible)",
+    )
     replay.set_defaults(func=_replay)
+
+    ev = sub.add_parser("evaluate", help="run the processing core over a file; report quality")
+    ev.add_argument("file", type=Path, help="JSONL events (sorted by ts in memory if need be)")
+    ev.add_argument("--catalog", type=Path, help="JSONL catalog loaded before the events")
+    ev.add_argument(
+        "--mode",
+        choices=["implicit", "explicit"],
+        help="personalisation mode (default: OTTSCORE_RECO_MODE, else implicit)",
+    )
+    ev.add_argument("--report", type=Path, required=True, help="write the JSON report here")
+    ev.add_argument("--plot", type=Path, help="draw rolling quality over event time (PNG)")
+    ev.add_argument(
+        "--predictions", type=Path, help="write one JSON line per labelled churn prediction"
+    )
+    ev.set_defaults(func=_evaluate)
+
+    imp = sub.add_parser("import", help="turn a public data set into events")
+    imp.add_argument("source", choices=["movielens"])
+    imp.add_argument("directory", type=Path, help="ml-100k (u.data) or ml-latest (ratings.csv)")
+    imp.add_argument("--out", type=Path, required=True, help="write events (JSONL) here")
+    imp.add_argument("--catalog-out", type=Path, help="write the catalog (JSONL) here")
+    imp.set_defaults(func=_import)
 
     tail = sub.add_parser("tail", help="pretty-print the records of a topic")
     tail.add_argument("topic")

@@ -101,9 +101,7 @@ def read_jsonl_records(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
             yield (user_id.encode() if isinstance(user_id, str) else None), value
 
 
-def tail(
-    settings: Settings, topic: str, *, from_beginning: bool = False, limit: int = 0
-) -> int:
+def tail(settings: Settings, topic: str, *, from_beginning: bool = False, limit: int = 0) -> int:
     """Pretty-print the records of ``topic`` (JSON values indented); returns how many."""
     consumer = KafkaConsumer(
         topic,

@@ -2,9 +2,10 @@
 
 Viewers choose a :class:`Title` (a film, or a series they start or continue) and play its
 :class:`Item` s (the film itself, or the episodes in order). Title popularity follows a
-Zipf-like law; about one title in eight is released during the simulated period and is
-boosted while it is new, so that "trending" means something. Everything is drawn from
-the seed: the same arguments give the same catalog.
+Zipf-like law. About one title in eight is released during the simulated period: it is
+promoted (more popular than the back catalogue) and the viewers' trending row shows it
+while it is new, so that "trending" means something. Everything is drawn from the seed:
+the same arguments give the same catalog.
 
 Examples
 --------
@@ -26,7 +27,7 @@ from itertools import accumulate
 
 import numpy as np
 
-__all__ = ["GENRES", "Catalog", "Item", "Title"]
+__all__ = ["GENRES", "GENRE_SHARE", "Catalog", "Item", "Title"]
 
 GENRES: tuple[str, ...] = (
     "action", "adventure", "animation", "comedy", "crime", "documentary",
@@ -82,7 +83,7 @@ class Item:
     episode: int
 
     def to_record(self) -> dict[str, object]:
-        """The item as an ``ott.catalog`` record: ``{item_id, title, genres, duration_s}``."""
+        """Return the item as an ``ott.catalog`` record."""
         return {
             "item_id": self.item_id,
             "title": self.title,
@@ -167,7 +168,7 @@ class Catalog:
         )
 
     def popular_title(self, genre: int | None, u: float) -> int:
-        """The title at quantile ``u`` of popularity, within ``genre`` (or all titles if None).
+        """Return the title at quantile ``u`` of popularity in ``genre`` (None: in all titles).
 
         Drawing ``u`` uniformly picks titles in proportion to their popularity; a genre
         without titles falls back to all titles.
@@ -180,16 +181,17 @@ class Catalog:
         return position if titles is None else titles[position]
 
     def released_between(self, lo_ms: int, hi_ms: int) -> list[int]:
-        """The titles released in ``[lo_ms, hi_ms)``, oldest release first."""
+        """Return the titles released in ``[lo_ms, hi_ms)``, oldest release first."""
         times = self._release_times
-        return self._release_order[bisect.bisect_left(times, lo_ms) : bisect.bisect_left(times, hi_ms)]
+        lo, hi = bisect.bisect_left(times, lo_ms), bisect.bisect_left(times, hi_ms)
+        return self._release_order[lo:hi]
 
     def is_released(self, title: int, ts_ms: int) -> bool:
         """Whether ``title`` can be watched at ``ts_ms``."""
         return self.titles[title].release_ms <= ts_ms
 
     def search(self, title: int, rng: random.Random) -> tuple[str, int]:
-        """A query a viewer might type to find ``title``, and how many titles it matches.
+        """Return a query a viewer might type to find ``title``, and how many titles match it.
 
         Viewers type the whole name, one of its words, a prefix, or the genre; one
         search in twelve has a typo and finds nothing.
@@ -213,12 +215,12 @@ class Catalog:
         return GENRES[genre], len(self._genre_titles[genre])
 
     def records(self) -> list[dict[str, object]]:
-        """Every item as an ``ott.catalog`` record, films and episodes in catalog order."""
+        """Return every item as an ``ott.catalog`` record, in catalog order."""
         return [item.to_record() for item in self.items]
 
 
 def _title_shapes(rng: np.random.Generator, size: int) -> list[tuple[int, int]]:
-    """``(episodes, episodes per season)`` of each title, adding up to ``size`` items.
+    """Draw ``(episodes, episodes per season)`` of each title, adding up to ``size`` items.
 
     A film is ``(1, 1)``; a series has one to three seasons of 6–10 episodes.
     """
@@ -236,7 +238,7 @@ def _title_shapes(rng: np.random.Generator, size: int) -> list[tuple[int, int]]:
 
 
 def _title_names(rng: np.random.Generator, count: int) -> list[str]:
-    """``count`` distinct two-word names; a catalog larger than the vocabulary gets sequels."""
+    """Draw ``count`` distinct two-word names; a large catalog gets sequels too."""
     pairs = len(_ADJECTIVES) * len(_NOUNS)
     order = rng.permutation(pairs)
     names = []
@@ -248,13 +250,13 @@ def _title_names(rng: np.random.Generator, count: int) -> list[str]:
 
 
 def _draw_genres(rng: np.random.Generator) -> tuple[int, ...]:
-    """One to three distinct genres, the common ones more often."""
+    """Draw one to three distinct genres, the common ones more often."""
     count = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
     return tuple(int(g) for g in rng.choice(len(GENRES), size=count, replace=False, p=GENRE_SHARE))
 
 
 def _draw_durations(rng: np.random.Generator, episodes: int) -> list[float]:
-    """Durations in seconds: a film of 80–180 min, or episodes of 20–60 min around a series length."""
+    """Draw durations in seconds: a film of 80–180 min, or episodes of 20–60 min."""
     if episodes == 1:
         minutes = [float(np.clip(rng.lognormal(math.log(105), 0.2), 80, 180))]
     else:
@@ -266,7 +268,7 @@ def _draw_durations(rng: np.random.Generator, episodes: int) -> list[float]:
 def _make_item(
     name: str, genres: tuple[int, ...], duration_s: float, title: int, episode: int, per_season: int
 ) -> Item:
-    """The ``episode`` -th item of a title: the film itself when seasons have one episode."""
+    """Make the ``episode`` -th item of a title: the film itself when seasons have one episode."""
     if per_season == 1:
         return Item(f"film-{title:05d}", name, genres, duration_s, title, 0)
     season, number = divmod(episode, per_season)

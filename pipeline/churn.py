@@ -1,55 +1,131 @@
-"""Churn scorers: the probability that a user is not seen again within the churn horizon.
+"""Churn models: the probability that a user is not seen again within the churn horizon.
 
-:class:`PoissonChurnBaseline` needs no training: it treats a user's sessions as a
-Poisson process whose rate is the user's own session rate so far, and returns the
-probability of no session in the next ``horizon`` days, ``exp(-rate * horizon)``.
-It is the reference the learned models must beat, and the scorer a fresh worker
-starts with.
+Every model answers ``predict_proba_one(x)`` and ``learn_one(x, y)`` on the feature dict of
+:data:`pipeline.features.CHURN_FEATURES`, as River's classifiers do, and names itself with
+``model_version``. They are picked by name (:func:`make_churn_model`):
+
+``logreg``
+    River ``StandardScaler | LogisticRegression``: fast (tens of thousands of updates
+    per second) and explains itself: the contribution of a feature is its scaled value
+    times its weight.
+``tree``
+    River ``HoeffdingAdaptiveTreeClassifier`` on the same features.
+``poisson``
+    No training: the user's sessions form a Poisson process at their own recent rate
+    (``sessions_7d`` per week); the churn probability is that of no session within the
+    horizon, ``exp(-rate · horizon)``. The reference the learned models must beat.
 
 Examples
 --------
->>> model = PoissonChurnBaseline(horizon_days=14)
->>> round(model.predict_proba_one({"sessions": 14, "days_observed": 14.0}), 4)  # daily viewer
+>>> x = dict.fromkeys(CHURN_FEATURES, 0.0) | {"sessions_7d": 7.0}
+>>> round(make_churn_model("poisson", horizon_days=14).predict_proba_one(x), 4)  # daily viewer
 0.0
->>> round(model.predict_proba_one({"sessions": 1, "days_observed": 0.1}), 4)   # one session
-0.1353
+>>> model = make_churn_model("logreg", horizon_days=14)
+>>> for _ in range(200):
+...     model.learn_one(x, False); model.learn_one(x | {"sessions_7d": 0.1}, True)
+>>> model.predict_proba_one(x | {"sessions_7d": 0.1}) > 0.5 > model.predict_proba_one(x)
+True
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Literal, Protocol
 
-__all__ = ["PoissonChurnBaseline"]
+from river import compose, linear_model, optim, preprocessing, tree
+
+from pipeline.features import CHURN_FEATURES
+
+__all__ = ["ChurnModel", "make_churn_model", "CHURN_FEATURES"]
+
+Contribution = tuple[str, float, float]
 
 
-class PoissonChurnBaseline:
-    """``P(no session within the horizon)`` for a Poisson session process at the user's rate.
+class ChurnModel(Protocol):
+    """What the processor needs from a churn model."""
 
-    Parameters
-    ----------
-    horizon_days
-        The churn horizon.
-    min_days_observed
-        The rate of a new user is taken over at least this many days, so one busy
-        first day does not read as a daily habit.
-    """
+    model_version: str
 
-    model_version = "poisson-baseline-1"
+    def predict_proba_one(self, x: Mapping[str, float]) -> float: ...
 
-    def __init__(self, *, horizon_days: float, min_days_observed: float = 7.0) -> None:
-        self.horizon_days = horizon_days
-        self.min_days_observed = min_days_observed
+    def learn_one(self, x: Mapping[str, float], y: bool) -> None: ...
 
-    def rate_per_day(self, x: Mapping[str, float]) -> float:
-        """The user's sessions per day so far."""
-        return x["sessions"] / max(x["days_observed"], self.min_days_observed)
+    def contributions(self, x: Mapping[str, float], *, top: int) -> list[Contribution]: ...
+
+
+class LogisticChurn:
+    """Scaled online logistic regression (River)."""
+
+    model_version = "churn-logreg-1"
+
+    def __init__(self) -> None:
+        self.scaler = preprocessing.StandardScaler()
+        self.classifier = linear_model.LogisticRegression(
+            optimizer=optim.SGD(0.02), l2=1e-4, intercept_lr=0.02
+        )
+        self.pipeline = compose.Pipeline(self.scaler, self.classifier)
 
     def predict_proba_one(self, x: Mapping[str, float]) -> float:
-        """Probability of churn given the user's ``sessions`` and ``days_observed``."""
-        return math.exp(-self.rate_per_day(x) * self.horizon_days)
+        return self.pipeline.predict_proba_one(dict(x)).get(True, 0.0)
 
-    def contributions(self, x: Mapping[str, float]) -> list[tuple[str, float, float]]:
-        """``(feature, value, contribution to the log-probability)``, largest effect first."""
-        rate = self.rate_per_day(x)
-        return [("sessions_per_day", rate, -rate * self.horizon_days)]
+    def learn_one(self, x: Mapping[str, float], y: bool) -> None:
+        self.pipeline.learn_one(dict(x), y)
+
+    def contributions(self, x: Mapping[str, float], *, top: int) -> list[Contribution]:
+        """``(feature, value, weight · scaled value)``, the largest effects first."""
+        scaled = self.scaler.transform_one(dict(x))
+        weights = self.classifier.weights
+        effects = [(name, x[name], weights.get(name, 0.0) * scaled[name]) for name in scaled]
+        effects.sort(key=lambda effect: -abs(effect[2]))
+        return effects[:top]
+
+
+class TreeChurn:
+    """Hoeffding adaptive tree (River); no per-feature contributions."""
+
+    model_version = "churn-tree-1"
+
+    def __init__(self, *, seed: int = 42) -> None:
+        self.classifier = tree.HoeffdingAdaptiveTreeClassifier(grace_period=200, seed=seed)
+
+    def predict_proba_one(self, x: Mapping[str, float]) -> float:
+        return self.classifier.predict_proba_one(dict(x)).get(True, 0.0)
+
+    def learn_one(self, x: Mapping[str, float], y: bool) -> None:
+        self.classifier.learn_one(dict(x), y)
+
+    def contributions(self, x: Mapping[str, float], *, top: int) -> list[Contribution]:
+        return []
+
+
+class PoissonChurn:
+    """``P(no session within the horizon)`` at the user's recent session rate."""
+
+    model_version = "churn-poisson-1"
+
+    def __init__(self, *, horizon_days: float) -> None:
+        self.horizon_days = horizon_days
+
+    def predict_proba_one(self, x: Mapping[str, float]) -> float:
+        return math.exp(-x["sessions_7d"] / 7.0 * self.horizon_days)
+
+    def learn_one(self, x: Mapping[str, float], y: bool) -> None:
+        """Nothing to learn."""
+
+    def contributions(self, x: Mapping[str, float], *, top: int) -> list[Contribution]:
+        rate = x["sessions_7d"] / 7.0
+        return [("sessions_7d", x["sessions_7d"], -rate * self.horizon_days)][:top]
+
+
+def make_churn_model(
+    name: Literal["logreg", "tree", "poisson"], *, horizon_days: float
+) -> ChurnModel:
+    """The churn model called ``name``."""
+    if name == "logreg":
+        return LogisticChurn()
+    if name == "tree":
+        return TreeChurn()
+    if name == "poisson":
+        return PoissonChurn(horizon_days=horizon_days)
+    raise ValueError(f"unknown churn model {name!r}")

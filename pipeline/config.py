@@ -81,11 +81,6 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(
         0.05, gt=0, description="Longest the ingest agent waits to fill a batch, in seconds."
     )
-    state_flush_interval_s: float = Field(
-        1.0,
-        gt=0,
-        description="Write-back interval of per-user state to the changelog table, in seconds.",
-    )
 
     # --- metrics ----------------------------------------------------------------------
     metrics_host: str = Field("127.0.0.1", description="Prometheus endpoint bind address.")
@@ -120,6 +115,34 @@ class Settings(BaseSettings):
     )
     risk_high: float = Field(
         0.6, gt=0, lt=1, description="Churn probability from which the risk band is high."
+    )
+
+    churn_model: Literal["logreg", "tree", "poisson"] = Field(
+        "logreg", description="Churn champion: the model whose scores are published."
+    )
+    churn_challenger: Literal["none", "logreg", "tree", "poisson"] = Field(
+        "poisson", description="Churn challenger run in shadow (metrics only); none to disable."
+    )
+    reco_mode: Literal["implicit", "explicit"] = Field(
+        "implicit",
+        description="implicit: learn from plays/clicks; explicit: learn ratings (MovieLens).",
+    )
+    reco_k: int = Field(10, ge=1, le=100, description="Items per personalisation list.")
+    reco_debounce_s: float = Field(
+        300.0,
+        ge=0,
+        description="Event-time seconds between two personalisation lists of one user.",
+    )
+    segments: int = Field(6, ge=2, le=32, description="Number of behavioural segments.")
+
+    # --- model snapshots --------------------------------------------------------------
+    snapshot_key: SecretStr = Field(
+        SecretStr(""),
+        description="HMAC key that signs model snapshots; unsigned or mis-signed ones are "
+        "refused. Empty disables snapshots.",
+    )
+    snapshot_interval_s: float = Field(
+        60.0, gt=0, description="Wall-clock seconds between model snapshots of a partition."
     )
 
     # --- local broker (demo and tests) ------------------------------------------------

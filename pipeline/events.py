@@ -27,8 +27,8 @@ Throughput: about 165k decodes/s (6 us each) of a typical 259-byte ``play`` even
     type='play', user_id='u-0004217', ts_ms=1795378503120, item_id='tt0903747', position_s=1264.5,
     duration_s=2820.0, session_id='s-0004217-0031', device='tv', country='DE'))" "d.decode(raw)"
 
-About a quarter of that is :mod:`orjson`, a quarter building the frozen :class:`Event`, a fifth
-parsing ``ts``.
+Of those 6 us, :mod:`orjson` takes about 0.6, parsing ``ts`` 1.1 and building the frozen
+:class:`Event` 1.5; the field checks take the rest.
 
 Examples
 --------
@@ -50,6 +50,7 @@ Rejection(reason='wrong_type', detail='position_s: expected number, got string')
 b'{"event_id":"e-1","type":"play","user_id":"u-1","ts":"2026-11-22T20:15:03.120Z","schema_version":1,"item_id":"tt0903747","position_s":12.0}'
 >>> decoder.decode(encode_event(event)) == event
 True
+
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class Event:
         ``click``.
     session_id, device, country
         Optional on every type.
+
     """
 
     event_id: str
@@ -160,6 +162,7 @@ class Rejection:
     detail
         Human-readable explanation naming the field, e.g.
         ``"position_s: expected number, got string"``.
+
     """
 
     reason: str
@@ -227,6 +230,7 @@ def parse_ts(value: object) -> int:
     Traceback (most recent call last):
     ...
     ValueError: not an RFC 3339 date-time: '2026-11-22 20:15:03Z'
+
     """
     if type(value) is str:
         return _parse_rfc3339(value)
@@ -284,6 +288,7 @@ def format_ts(ts_ms: int) -> str:
     '2026-11-22T20:15:03.120Z'
     >>> parse_ts(format_ts(-1))
     -1
+
     """
     try:
         moment = _EPOCH + timedelta(milliseconds=ts_ms)
@@ -352,7 +357,9 @@ def _timestamp(value: Any) -> int:
     except TypeError as exc:
         raise _Invalid("wrong_type", str(exc)) from None
     except ValueError as exc:
-        raise _Invalid("bad_timestamp" if type(value) is str else "invalid_value", str(exc)) from None
+        raise _Invalid(
+            "bad_timestamp" if type(value) is str else "invalid_value", str(exc)
+        ) from None
 
 
 class _Field(NamedTuple):
@@ -408,7 +415,7 @@ _TS_SLOT = _SLOTS["ts_ms"]
 
 
 class EventDecoder:
-    """Decode raw ``ott.events`` records into events, or say why not.
+    r"""Decode raw ``ott.events`` records into events, or say why not.
 
     Parameters
     ----------
@@ -421,12 +428,14 @@ class EventDecoder:
 
     Examples
     --------
-    >>> decoder = EventDecoder(max_bytes=256, max_future_skew_s=60.0, clock=lambda: 1_795_378_500.0)
-    >>> decoder.decode(b'{"event_id": "e-1", "type": "click", "user_id": "u-1", "ts": 1795378603120,'
-    ...                b' "schema_version": 1, "item_id": "tt0903747", "surface": "home_row"}')
+    >>> decoder = EventDecoder(max_future_skew_s=60.0, clock=lambda: 1_795_378_500.0)
+    >>> decoder.decode(b'{"event_id": "e-1", "type": "click", "user_id": "u-1",'
+    ...                b' "ts": 1795378603120, "schema_version": 1, "item_id": "tt0903747",'
+    ...                b' "surface": "home_row"}')
     Rejection(reason='future_timestamp', detail='ts: 103.1 s ahead of the clock (limit 60 s)')
-    >>> decoder.decode(b'[1, 2]').reason, decoder.decode(b'{"a": "\\xff"}').reason
+    >>> decoder.decode(b'[1, 2]').reason, decoder.decode(b'{"a": "\xff"}').reason
     ('not_object', 'not_utf8')
+
     """
 
     __slots__ = ("_clock", "max_bytes", "max_future_skew_s")
@@ -444,7 +453,9 @@ class EventDecoder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EventDecoder:
-        """A decoder with the limits of ``settings`` (``max_event_bytes``, ``max_future_skew_s``).
+        """Build a decoder with the limits of ``settings``.
+
+        The limits are ``max_event_bytes`` and ``max_future_skew_s``.
 
         Parameters
         ----------
@@ -455,6 +466,7 @@ class EventDecoder:
         -------
         EventDecoder
             Decoder reading the system wall clock.
+
         """
         return cls(max_bytes=settings.max_event_bytes, max_future_skew_s=settings.max_future_skew_s)
 
@@ -470,6 +482,7 @@ class EventDecoder:
         -------
         Event or Rejection
             The event, or the reason it was rejected.
+
         """
         if not raw:
             return Rejection("empty", "record has no value")
@@ -539,7 +552,7 @@ _OPTIONAL_ATTRS = tuple(field.name for field in fields(Event) if field.default i
 
 
 def encode_event(event: Event) -> bytes:
-    """The JSON record of ``event``, as a client would produce it to ``ott.events``.
+    """Encode ``event`` as the JSON record a client produces to ``ott.events``.
 
     ``ts`` is written with :func:`format_ts`, ``None`` fields are left out and
     ``schema_version`` is set, so that ``decode(encode_event(event)) == event`` for an event
@@ -554,6 +567,7 @@ def encode_event(event: Event) -> bytes:
     -------
     bytes
         Compact UTF-8 JSON.
+
     """
     record: dict[str, Any] = {
         "event_id": event.event_id,

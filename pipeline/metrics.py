@@ -29,12 +29,31 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
 
+from pipeline.snapshots import REFUSAL_REASONS
+
 __all__ = ["Metrics", "Tally", "LATENCY_BUCKETS_S"]
 
 #: Event-time → publish spans from sub-second (live) to days (replays, session ends).
 LATENCY_BUCKETS_S = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600,
-    6 * 3600, 86_400, 7 * 86_400,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    1800,
+    3600,
+    6 * 3600,
+    86_400,
+    7 * 86_400,
 )
 
 
@@ -127,11 +146,48 @@ class Metrics:
             registry=registry,
         )
         self.users_cached = Gauge(
-            "ottscore_users_cached", "User states held in memory by this worker.",
+            "ottscore_users_cached",
+            "User states held in memory by this worker.",
             registry=registry,
         )
         self.timers_pending = Gauge(
-            "ottscore_timers_pending", "Live event-time timers (open sessions, pending labels).",
+            "ottscore_timers_pending",
+            "Live event-time timers (open sessions, pending labels).",
+            registry=registry,
+        )
+        self.snapshots_published = PromCounter(
+            "ottscore_snapshots_published_total",
+            "Model snapshots acknowledged by the models topic.",
+            registry=registry,
+        )
+        self.snapshots_refused = PromCounter(
+            "ottscore_snapshots_refused_total",
+            "Model snapshots not loaded on restore, by reason "
+            "(unsigned, bad_signature, malformed, wrong_partition).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in REFUSAL_REASONS:  # every reason exported from the start, at 0
+            self.snapshots_refused.labels(reason)
+        self.snapshots_restored = PromCounter(
+            "ottscore_snapshots_restored_total",
+            "Partitions whose models were restored from a verified snapshot.",
+            registry=registry,
+        )
+        self.snapshot_seconds = Histogram(
+            "ottscore_snapshot_seconds",
+            "Time to pickle and sign one partition's models (blocks the worker meanwhile).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.snapshot_bytes = Gauge(
+            "ottscore_snapshot_bytes",
+            "Size of the latest model snapshot sealed, in bytes.",
+            registry=registry,
+        )
+        self.snapshot_last_published = Gauge(
+            "ottscore_snapshot_last_published_timestamp_seconds",
+            "Wall-clock time the latest model snapshot was acknowledged (Unix seconds).",
             registry=registry,
         )
 

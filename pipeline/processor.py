@@ -40,21 +40,33 @@ Examples
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from pipeline.churn import PoissonChurnBaseline
 from pipeline.config import Settings
 from pipeline.events import Event, EventDecoder, Rejection, format_ts
+from pipeline.features import CHURN_FEATURES
 from pipeline.metrics import Tally
-from pipeline.records import churn_record, dlq_record, risk_band, signal_record
-from pipeline.state import UserState
+from pipeline.models import PartitionModels
+from pipeline.quality import LabelledPrediction, Prequential
+from pipeline.records import (
+    churn_record,
+    dlq_record,
+    personalization_record,
+    risk_band,
+    signal_record,
+)
+from pipeline.state import PendingChurn, UserState
 from pipeline.timers import EventTimeTimers
 
 __all__ = ["Output", "Processor"]
 
-_DAY_MS = 86_400_000
 SESSION = "session"
+CHURN = "churn"
+PERSONALIZED = "personalized"
+TRENDING = "trending"
+RECO_MODEL_VERSION = "reco-ranker-1"
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,6 +95,9 @@ class Processor:
     clock
         Wall clock, in seconds; used only to stamp dead-letter records and to guard
         against timestamps far in the future, never to drive sessions or labels.
+    prediction_sink
+        Called with every churn prediction whose label became known (offline evaluation
+        writes them to a file).
     """
 
     def __init__(
@@ -90,6 +105,7 @@ class Processor:
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
+        prediction_sink: Callable[[LabelledPrediction], None] | None = None,
     ) -> None:
         self.settings = settings
         self.decoder = EventDecoder(
@@ -100,11 +116,16 @@ class Processor:
         self.users: dict[str, UserState] = {}
         self.timers = EventTimeTimers()
         self.tally = Tally()
-        self.churn_model = PoissonChurnBaseline(horizon_days=settings.churn_horizon_days)
+        self.quality = Prequential()
+        self.catalog: dict[str, dict[str, Any]] = {}
+        self._models: dict[int, PartitionModels] = {}
+        self._prediction_sink = prediction_sink
         self._clock = clock
         self._dirty: set[str] = set()
         self._outbox: list[Output] = []
         self._gap_ms = int(settings.session_gap_s * 1000)
+        self._horizon_ms = int(settings.churn_horizon_s * 1000)
+        self._debounce_ms = int(settings.reco_debounce_s * 1000)
         self._dedupe_window_ms = int(settings.dedupe_window_s * 1000)
         self._dedupe_max_ids = settings.dedupe_max_ids
         self._cause: tuple[int, int] = (0, 0)
@@ -126,8 +147,9 @@ class Processor:
         tally.received += 1
         decoded = self.decoder.decode(raw)
         if isinstance(decoded, Rejection):
-            self._dead_letter(decoded, raw, key, topic or self.settings.topic_events,
-                              partition, offset)
+            self._dead_letter(
+                decoded, raw, key, topic or self.settings.topic_events, partition, offset
+            )
             return
         event: Event = decoded
         user_id = event.user_id
@@ -146,9 +168,115 @@ class Processor:
         if timers.due(partition):
             self._cause = (event.ts_ms, timestamp_ms)
             self._fire_timers(partition)
-        state.update(event)
-        timers.schedule(state.partition, user_id, SESSION, state.last_seen_ms + self._gap_ms)
+        self._cause = (event.ts_ms, timestamp_ms)
+        models = self.models(state.partition)
+        if state.pending is not None:  # the user came back within the horizon
+            timers.cancel(user_id, CHURN)
+            self._label(state, models, churned=False, at_ms=event.ts_ms)
+        previous = state.current_item
+        step = state.update(event, self._genres)
+        timers.schedule(state.partition, user_id, SESSION, state.session_deadline_ms(self._gap_ms))
         tally.consumed[event.type] += 1
+        if event.item_id is not None:
+            self._personalize(state, models, event, step, previous)
+
+    def _genres(self, item_id: str) -> tuple[str, ...]:
+        record = self.catalog.get(item_id)
+        return tuple(record.get("genres") or ()) if record else ()
+
+    def load_catalog(self, items: Iterable[Mapping[str, Any]]) -> None:
+        """Learn item titles, genres and durations (from ``ott.catalog`` or a file)."""
+        for item in items:
+            record = {**item, "genres": [str(g).lower() for g in item.get("genres") or ()]}
+            self.catalog[str(item["item_id"])] = record
+            for models in self._models.values():
+                models.items.add_catalog_item(record)
+
+    # --- models -----------------------------------------------------------------------
+
+    def models(self, partition: int) -> PartitionModels:
+        """The models of ``partition`` (created on first use)."""
+        models = self._models.get(partition)
+        if models is None:
+            models = PartitionModels.create(
+                self.settings, partition=partition, catalog=self.catalog
+            )
+            self._models[partition] = models
+        return models
+
+    def partition_models(self, partition: int) -> PartitionModels:
+        """The models of ``partition``, to snapshot."""
+        return self.models(partition)
+
+    def install_models(self, partition: int, models: PartitionModels) -> None:
+        """Adopt restored models for ``partition`` (catalog items added since are merged)."""
+        for record in self.catalog.values():
+            if record["item_id"] not in models.items:
+                models.items.add_catalog_item(record)
+        self._models[partition] = models
+
+    def _personalize(
+        self,
+        state: UserState,
+        models: PartitionModels,
+        event: Event,
+        step: Any,
+        previous: str | None,
+    ) -> None:
+        """Prequential hit-rate, learning, and (debounced) a fresh top-K list."""
+        items = models.items
+        ts = event.ts_ms
+        if models.ratings is not None and event.rating is not None:
+            predicted = models.ratings.predict_one(state.user_id, event.item_id)
+            self.quality.rating(PERSONALIZED, predicted, event.rating, ts_ms=ts)
+            models.ratings.learn_one(state.user_id, event.item_id, event.rating)
+        recommender = models.recommender
+        affinity = state.features.genre_affinity
+        if step.choice is not None:
+            if state.reco_at_ms:
+                quality = self.quality
+                quality.next_item(PERSONALIZED, step.choice in state.reco_items, ts_ms=ts)
+                quality.next_item(TRENDING, step.choice in state.trending_items, ts_ms=ts)
+            recommender.choose(
+                state.user_id,
+                items.index(step.choice),
+                previous=items.find(previous) if previous is not None else None,
+                genres=affinity,
+                ts_ms=ts,
+            )
+        if step.playback_end is not None:
+            ended, fraction = step.playback_end
+            recommender.watched(state.user_id, items.index(ended), fraction)
+        if event.type in ("play", "click") and ts - state.reco_at_ms >= self._debounce_ms:
+            self._publish_list(state, models, ts)
+
+    def _publish_list(self, state: UserState, models: PartitionModels, ts_ms: int) -> None:
+        items = models.items
+        k = self.settings.reco_k
+        exclude = [i for i in map(items.find, [*state.finished, state.current_item])
+                   if i is not None]  # fmt: skip
+        current = items.find(state.current_item) if state.current_item else None
+        ranked = models.recommender.recommend(
+            state.user_id, k=k, previous=current, genres=state.features.genre_affinity,
+            exclude=exclude,
+        )  # fmt: skip
+        trending = models.recommender.trending_top(k=k, exclude=exclude)
+        state.reco_at_ms = ts_ms
+        state.reco_items = [r.item_id for r in ranked]
+        state.trending_items = [r.item_id for r in trending]
+        cold_start = state.user_id not in models.recommender.mf.u_latents
+        self._emit(
+            "personalization",
+            state.user_id.encode(),
+            personalization_record(
+                state.user_id,
+                ts_ms,
+                items=[(r.item_id, r.score, r.reason) for r in ranked],
+                model_version=RECO_MODEL_VERSION,
+                segment=state.segment,
+                cold_start=cold_start,
+            ),
+        )
 
     def _new_user(self, user_id: str, partition: int) -> UserState:
         state = UserState.new(
@@ -176,7 +304,11 @@ class Processor:
         self.timers.advance(state.partition, state.last_seen_ms)
         if state.session_start_ms is not None:
             self.timers.schedule(
-                state.partition, state.user_id, SESSION, state.last_seen_ms + self._gap_ms
+                state.partition, state.user_id, SESSION, state.session_deadline_ms(self._gap_ms)
+            )
+        if state.pending is not None:
+            self.timers.schedule(
+                state.partition, state.user_id, CHURN, state.last_seen_ms + self._horizon_ms
             )
 
     def _dead_letter(
@@ -205,17 +337,41 @@ class Processor:
 
     def _fire_timers(self, partition: int) -> None:
         for user_id, kind, deadline_ms in self.timers.expired(partition):
+            state = self.users[user_id]
+            self._dirty.add(user_id)
             if kind == SESSION:
-                self._end_session(self.users[user_id], deadline_ms)
+                self._end_session(state, deadline_ms)
+            elif kind == CHURN and state.pending is not None:
+                self._label(state, self.models(state.partition), churned=True, at_ms=deadline_ms)
 
     def _end_session(self, state: UserState, at_ms: int) -> None:
+        """Score the churn risk of a user whose session the watermark just ended."""
         session = state.close_session()
-        self._dirty.add(state.user_id)
         self.tally.sessions_closed += 1
-        days_observed = (state.last_seen_ms - state.first_seen_ms) / _DAY_MS
-        features = {"sessions": float(state.sessions), "days_observed": days_observed}
-        model = self.churn_model
-        probability = model.predict_proba_one(features)
+        features = state.features
+        gap_days = features.session_ended(
+            start_ms=session.start_ms,
+            end_ms=session.end_ms,
+            searched=session.searched,
+            played=session.played,
+        )
+        vector = features.churn_vector(
+            gap_days=gap_days,
+            session_ms=session.end_ms - session.start_ms,
+            session_events=session.events,
+            tenure_ms=session.end_ms - state.first_seen_ms,
+        )
+        x = dict(zip(CHURN_FEATURES, vector))
+        models = self.models(state.partition)
+        probabilities = {name: model.predict_proba_one(x) for name, model in models.churn.items()}
+        models.segmenter.learn_one(x)
+        state.segment = models.segmenter.predict_one(x)
+        state.pending = PendingChurn(at_ms, state.last_seen_ms, vector, probabilities)
+        self.timers.schedule(
+            state.partition, state.user_id, CHURN, state.last_seen_ms + self._horizon_ms
+        )
+        name, champion = models.champion
+        probability = probabilities[name]
         settings = self.settings
         band = risk_band(probability, medium=settings.risk_medium, high=settings.risk_high)
         key = state.user_id.encode()
@@ -227,14 +383,15 @@ class Processor:
                 at_ms,
                 probability=probability,
                 band=band,
-                model_version=model.model_version,
-                top_features=model.contributions(features),
+                model_version=champion.model_version,
+                top_features=champion.contributions(x, top=3),
                 session={
                     "start": format_ts(session.start_ms),
                     "end": format_ts(session.end_ms),
                     "events": session.events,
                     "watch_s": session.watch_s,
                 },
+                segment=state.segment,
             ),
         )
         previous = state.risk_band
@@ -250,9 +407,30 @@ class Processor:
                     probability=probability,
                     band=band,
                     previous_band=previous,
-                    model_version=model.model_version,
+                    model_version=champion.model_version,
                 ),
             )
+
+    def _label(
+        self, state: UserState, models: PartitionModels, *, churned: bool, at_ms: int
+    ) -> None:
+        """The label of the user's pending prediction is known: score it, then learn it."""
+        pending = state.pending
+        assert pending is not None
+        state.pending = None
+        x = dict(zip(CHURN_FEATURES, pending.features))
+        label = int(churned)
+        for name, model in models.churn.items():
+            probability = pending.probabilities.get(name)
+            if probability is not None:
+                self.quality.churn(name, probability, label, ts_ms=at_ms)
+                if self._prediction_sink is not None:
+                    self._prediction_sink(
+                        LabelledPrediction(
+                            state.user_id, pending.predicted_at_ms, probability, label, at_ms, name
+                        )
+                    )
+            model.learn_one(x, churned)
 
     def _emit(self, kind: str, key: bytes, value: bytes) -> None:
         event_ts_ms, ingest_ts_ms = self._cause
@@ -279,6 +457,7 @@ class Processor:
         Call :meth:`take_dirty` first and write its result: dropped states are not kept.
         """
         self.timers.drop_partition(partition)
+        self._models.pop(partition, None)
         for user_id in [u for u, s in self.users.items() if s.partition == partition]:
             del self.users[user_id]
             self._dirty.discard(user_id)

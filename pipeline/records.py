@@ -23,7 +23,14 @@ import orjson
 
 from pipeline.events import format_ts
 
-__all__ = ["SCHEMA_VERSION", "dlq_record", "churn_record", "signal_record", "risk_band"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "dlq_record",
+    "churn_record",
+    "personalization_record",
+    "signal_record",
+    "risk_band",
+]
 
 SCHEMA_VERSION = 1
 
@@ -135,3 +142,29 @@ def signal_record(
             "schema_version": SCHEMA_VERSION,
         }
     )
+
+
+def personalization_record(
+    user_id: str,
+    ts_ms: int,
+    *,
+    items: Sequence[tuple[str, float, str]],
+    model_version: str,
+    segment: int | None,
+    cold_start: bool,
+) -> bytes:
+    """A top-K list ``[(item_id, score, reason), ...]`` for ``user_id`` at event time ``ts_ms``."""
+    record: dict[str, Any] = {
+        "user_id": user_id,
+        "ts": format_ts(ts_ms),
+        "items": [
+            {"item_id": item_id, "score": score, "reason": reason}
+            for item_id, score, reason in items
+        ],
+        "model_version": model_version,
+        "schema_version": SCHEMA_VERSION,
+        "cold_start": cold_start,
+    }
+    if segment is not None:
+        record["segment"] = segment
+    return orjson.dumps(record)

@@ -14,6 +14,7 @@ True
 >>> check.is_valid({"event_id": "e-1", "type": "search", "user_id": "u-1",
 ...                 "ts": "2026-02-30T20:15:03Z", "schema_version": 1, "query": "noir"})
 False
+
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def load_schemas() -> dict[str, dict[str, Any]]:
     dict
         Schema documents keyed by name: the file name without ``.schema.json``
         (``"event"``, ``"play"``, ``"churn"``, ...).
+
     """
     return {
         path.name.removesuffix(".schema.json"): json.loads(path.read_text(encoding="utf-8"))
@@ -53,12 +55,13 @@ def load_schemas() -> dict[str, dict[str, Any]]:
 
 @functools.cache
 def registry() -> Registry:
-    """All schemas as draft 2020-12 resources, so that relative ``$ref`` between files resolve.
+    """Hold all schemas as draft 2020-12 resources, so that ``$ref`` between files resolve.
 
     Returns
     -------
     referencing.Registry
         Registry holding every schema under its ``$id``.
+
     """
     from referencing import Registry
     from referencing.jsonschema import DRAFT202012
@@ -69,7 +72,7 @@ def registry() -> Registry:
 
 
 def validator(name: str) -> Draft202012Validator:
-    """A validator for one schema that also asserts formats (``date-time``).
+    """Build a validator for one schema that also asserts formats (``date-time``).
 
     Parameters
     ----------
@@ -86,6 +89,7 @@ def validator(name: str) -> Draft202012Validator:
     RuntimeError
         When ``jsonschema`` cannot check ``date-time`` (``rfc3339-validator`` is missing), since
         the validator would then accept any string as a timestamp.
+
     """
     from jsonschema import Draft202012Validator
 

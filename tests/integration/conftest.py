@@ -131,7 +131,10 @@ def topic_factory(kafka_bootstrap: str) -> Callable[..., str]:
     def create(prefix: str = "test", *, partitions: int = 1, compacted: bool = False) -> str:
         name = f"{prefix}.{uuid.uuid4().hex[:12]}"
         create_topics(
-            {"bootstrap_servers": kafka_bootstrap}, [name], partitions=partitions, compacted=[name] if compacted else ()
+            {"bootstrap_servers": kafka_bootstrap},
+            [name],
+            partitions=partitions,
+            compacted=[name] if compacted else (),
         )
         return name
 

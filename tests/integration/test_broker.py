@@ -35,12 +35,16 @@ def test_second_start_reuses_the_running_broker(
     twin.start()
 
     assert pid is not None
-    assert kafka.status() == twin.status() == BrokerStatus(
-        running=True,
-        pid=pid,
-        bootstrap=f"127.0.0.1:{kafka.port}",
-        log_file=kafka.home / "kafka.log",
-        data_dir=kafka.home / "data",
+    assert (
+        kafka.status()
+        == twin.status()
+        == BrokerStatus(
+            running=True,
+            pid=pid,
+            bootstrap=f"127.0.0.1:{kafka.port}",
+            log_file=kafka.home / "kafka.log",
+            data_dir=kafka.home / "data",
+        )
     )
     assert (kafka.data_dir / "meta.properties").is_file()
     assert "Kafka Server started" in kafka.log_file.read_text()

@@ -89,7 +89,8 @@ def test_every_record_ends_processed_deduplicated_or_dead_lettered(
         samples = worker.samples()
         dlq = wait_for_records(settings, settings.topic_dlq, sum(rejected.values()))
         churn = wait_for_records(
-            settings, settings.topic_scores_churn,
+            settings,
+            settings.topic_scores_churn,
             int(worker.metric("ottscore_scores_published_total", kind="churn")),
         )
     finally:
@@ -102,8 +103,10 @@ def test_every_record_ends_processed_deduplicated_or_dead_lettered(
     assert sum_samples(samples, "ottscore_events_deduplicated_total") == retries
     assert sum_samples(samples, "ottscore_events_already_applied_total") == 0
     assert sum(consumed.values()) + sum(rejected.values()) + retries == total
-    print(f"\naccounting: {total} records = {sum(consumed.values())} processed + "
-          f"{retries} de-duplicated + {sum(rejected.values())} dead-lettered {dict(rejected)}")
+    print(
+        f"\naccounting: {total} records = {sum(consumed.values())} processed + "
+        f"{retries} de-duplicated + {sum(rejected.values())} dead-lettered {dict(rejected)}"
+    )
 
     # every rejected record is in the DLQ once, with its reason, origin and original bytes
     inputs = {(r.partition, r.offset): r.value for r in read_topic(settings, settings.topic_events)}
@@ -130,7 +133,10 @@ def reference_states(settings: Settings) -> dict[str, bytes]:
     processor = Processor(settings)
     for record in read_topic(settings, settings.topic_events):
         processor.process(
-            record.value, key=record.key, partition=record.partition, offset=record.offset,
+            record.value,
+            key=record.key,
+            partition=record.partition,
+            offset=record.offset,
             timestamp_ms=record.timestamp,
         )
     return {user: data for user, _, data in processor.take_dirty()}
@@ -192,8 +198,10 @@ def test_state_after_a_restart_mid_stream_equals_an_uninterrupted_run(
     assert stored.keys() == expected.keys()
     processor = Processor(settings)
     differing = [
-        user for user in expected
-        if processor.decode_state(user, stored[user]) != processor.decode_state(user, expected[user])
+        user
+        for user in expected
+        if processor.decode_state(user, stored[user])
+        != processor.decode_state(user, expected[user])
     ]
     assert not differing, f"{len(differing)} of {len(expected)} user states differ"
     print(f"\nrestart: {total} records, {len(expected)} users, states equal to one run")

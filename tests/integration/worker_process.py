@@ -78,8 +78,9 @@ class WorkerProcess:
         while not condition():
             assert self.process is not None
             if self.process.poll() is not None:
-                raise AssertionError(f"worker exited ({self.process.returncode}) while {what}:\n"
-                                     + self.log_tail())
+                raise AssertionError(
+                    f"worker exited ({self.process.returncode}) while {what}:\n" + self.log_tail()
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout_s} s {what}:\n" + self.log_tail())
             time.sleep(0.2)
@@ -124,7 +125,9 @@ def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord]:
     """Every record of ``topic`` up to its current end, in partition then offset order."""
     consumer = KafkaConsumer(**kafka_python_config(settings), enable_auto_commit=False)
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))
+        ]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         end = consumer.end_offsets(partitions)

@@ -29,7 +29,7 @@ TS_MS = 1_795_378_503_120
 
 
 def make(type_: str = "play", **changes: Any) -> dict[str, Any]:
-    """A valid event of ``type_`` as a JSON object; ``changes`` set fields, ``...`` drops one."""
+    """Build a valid event of ``type_`` as a JSON object; ``changes`` set fields, ``...`` drops."""
     fields: dict[str, dict[str, Any]] = {
         "play": {"item_id": "tt0903747", "position_s": 12.5},
         "pause": {"item_id": "tt0903747", "position_s": 1264.0},
@@ -108,8 +108,10 @@ def test_decode_each_type_sets_its_fields(
 
 def test_decode_numbers_become_floats_and_whole_floats_become_ints(decoder: EventDecoder) -> None:
     play = decoder.decode(raw(make("play", position_s=0, duration_s=60)))
-    click = decoder.decode(b'{"event_id":"e","type":"click","user_id":"u","ts":1.7e12,'
-                           b'"schema_version":1.0,"item_id":"i","surface":"s","rank":2.0}')
+    click = decoder.decode(
+        b'{"event_id":"e","type":"click","user_id":"u","ts":1.7e12,'
+        b'"schema_version":1.0,"item_id":"i","surface":"s","rank":2.0}'
+    )
     assert isinstance(play, Event) and isinstance(click, Event)
     assert (type(play.position_s), type(play.duration_s)) == (float, float)
     assert (click.ts_ms, click.rank) == (1_700_000_000_000, 2)
@@ -191,8 +193,16 @@ def test_decode_reads_both_timestamp_forms_as_epoch_ms(
         (raw(make(position_s=True)), "wrong_type", "position_s: expected number, got boolean"),
         (raw(make("click", rank=False)), "wrong_type", "rank: expected integer, got boolean"),
         (raw(make("click", rank=1.5)), "wrong_type", "rank: expected integer, got number"),
-        (raw(make(schema_version=True)), "wrong_type", "schema_version: expected integer, got boolean"),
-        (raw(make(schema_version="1")), "wrong_type", "schema_version: expected integer, got string"),
+        (
+            raw(make(schema_version=True)),
+            "wrong_type",
+            "schema_version: expected integer, got boolean",
+        ),
+        (
+            raw(make(schema_version="1")),
+            "wrong_type",
+            "schema_version: expected integer, got string",
+        ),
         (raw(make(device=None)), "wrong_type", "device: expected string, got null"),
         (raw(make(user_id=42)), "wrong_type", "user_id: expected string, got integer"),
         (raw(make(item_id={"id": 1})), "wrong_type", "item_id: expected string, got object"),
@@ -282,12 +292,19 @@ def test_from_settings_takes_the_limits() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    [TS, "2026-11-22T21:15:03.120+01:00", "1999-12-31T23:59:59.999999-11:59", "0001-01-01T00:00:00Z"],
+    [
+        TS,
+        "2026-11-22T21:15:03.120+01:00",
+        "1999-12-31T23:59:59.999999-11:59",
+        "0001-01-01T00:00:00Z",
+    ],
 )
 def test_parse_ts_agrees_with_aware_datetime(text: str) -> None:
     moment = datetime.fromisoformat(text)
     assert moment.tzinfo is not None
-    assert parse_ts(text) == (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    assert parse_ts(text) == (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+        milliseconds=1
+    )
 
 
 def test_parse_ts_raises_type_error_for_other_json_types() -> None:
@@ -404,7 +421,12 @@ def test_date_time_definition_requires_a_valid_rfc_3339_string() -> None:
     check = validator("churn")
     valid = {**CHURN, "ts": "2026-11-22T20:15:03Z"}
     assert check.is_valid(valid)
-    for bad in ("2026-11-22T20:15:03", "2026-02-30T20:15:03Z", "2026-11-22T20:15:03Z\n", 1795378503120):
+    for bad in (
+        "2026-11-22T20:15:03",
+        "2026-02-30T20:15:03Z",
+        "2026-11-22T20:15:03Z\n",
+        1795378503120,
+    ):
         assert not check.is_valid({**valid, "ts": bad}), bad
 
 

@@ -1,0 +1,121 @@
+"""The items a partition knows: a dense index with their catalog metadata, for numpy ranking.
+
+Items get an integer index the first time they are seen (in the catalog or in an event),
+so that per-item quantities (popularity, factors, genres) live in numpy arrays that grow
+by doubling. The genre matrix has one row per item and one column per genre, each row
+summing to 1 (an item of two genres is half of each).
+
+Examples
+--------
+>>> items = ItemIndex()
+>>> items.add_catalog_item({"item_id": "m1", "title": "Heat", "genres": ["crime", "drama"],
+...                         "duration_s": 10_200})
+0
+>>> items.index("m2"), len(items), items.title(0), items.genres(0)
+(1, 2, 'Heat', ('crime', 'drama'))
+>>> items.genre_matrix()[0].tolist()[:2]
+[0.5, 0.5]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ItemIndex"]
+
+
+class ItemIndex:
+    """Item ids ↔ dense indices, with titles, genres and durations when the catalog has them."""
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {}
+        self.ids: list[str] = []
+        self._titles: list[str | None] = []
+        self._genres: list[tuple[str, ...]] = []
+        self.durations_s: list[float | None] = []
+        self._genre_ids: dict[str, int] = {}
+        self._matrix = np.zeros((64, 8))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._index
+
+    def find(self, item_id: str) -> int | None:
+        """The index of ``item_id``, or None if unknown (never adds it)."""
+        return self._index.get(item_id)
+
+    def index(self, item_id: str) -> int:
+        """The index of ``item_id``, adding it (without metadata) when new."""
+        found = self._index.get(item_id)
+        if found is None:
+            found = self._add(item_id, None, (), None)
+        return found
+
+    def add_catalog_item(self, item: Mapping[str, Any]) -> int:
+        """Add or update an item from a catalog record ``{item_id, title, genres, duration_s}``."""
+        item_id = str(item["item_id"])
+        genres = tuple(str(g).lower() for g in item.get("genres") or ())
+        duration = item.get("duration_s")
+        found = self._index.get(item_id)
+        if found is None:
+            return self._add(item_id, item.get("title"), genres, duration)
+        self._titles[found] = item.get("title")
+        self._genres[found] = genres
+        self._set_genre_row(found, genres)
+        self.durations_s[found] = duration
+        return found
+
+    def _add(
+        self, item_id: str, title: str | None, genres: tuple[str, ...], duration: float | None
+    ) -> int:
+        idx = len(self.ids)
+        self._index[item_id] = idx
+        self.ids.append(item_id)
+        self._titles.append(title)
+        self._genres.append(genres)
+        self.durations_s.append(duration)
+        self._set_genre_row(idx, genres)
+        return idx
+
+    def _set_genre_row(self, idx: int, genres: tuple[str, ...]) -> None:
+        columns = [self._genre_ids.setdefault(g, len(self._genre_ids)) for g in genres]
+        rows, cols = self._matrix.shape
+        if idx >= rows or len(self._genre_ids) > cols:
+            grown = np.zeros((max(rows, 2 * (idx + 1)), max(cols, 2 * len(self._genre_ids))))
+            grown[:rows, :cols] = self._matrix
+            self._matrix = grown
+        self._matrix[idx] = 0.0
+        for column in columns:
+            self._matrix[idx, column] = 1.0 / len(columns)
+
+    def title(self, idx: int) -> str:
+        """The title of an item, or its id when the catalog does not name it."""
+        return self._titles[idx] or self.ids[idx]
+
+    def genres(self, idx: int) -> tuple[str, ...]:
+        """The genres of an item (empty when unknown)."""
+        return self._genres[idx]
+
+    @property
+    def genre_names(self) -> list[str]:
+        """Genre names in column order of :meth:`genre_matrix`."""
+        return list(self._genre_ids)
+
+    def genre_matrix(self) -> np.ndarray:
+        """``(items, genres)`` matrix (a view), rows summing to 1 (0 for items without genres)."""
+        return self._matrix[: len(self.ids), : max(len(self._genre_ids), 1)]
+
+    def genre_vector(self, affinity: Mapping[str, float]) -> np.ndarray:
+        """A user's genre affinity as a vector over the genre columns, summing to 1."""
+        vector = np.zeros(max(len(self._genre_ids), 1))
+        for genre, value in affinity.items():
+            column = self._genre_ids.get(genre)
+            if column is not None:
+                vector[column] = value
+        total = vector.sum()
+        return vector / total if total else vector

@@ -1,0 +1,354 @@
+"""Personalisation: online implicit-feedback ranking of all items, vectorised, with reasons.
+
+A :class:`Recommender` serves one partition. It learns, on every choice a user makes (the
+first click or play of an item other than the one they were on), from four signals that
+are each cheap to keep online:
+
+``popularity``
+    :class:`Trending`: time-decayed plays per item (3-day half-life in event time).
+``genre``
+    how much of the user's watch time went to the item's genres (from the catalog).
+``sequel``
+    :class:`Transitions`: how often viewers chose this item right after the user's
+    current one (the next episode, the film's sequel, what people binge next).
+``taste``
+    River ``BiasedMF`` trained on implicit feedback: a choice is 1, the watched fraction
+    at the end of a playback is its value, sampled unchosen items are 0.
+
+A River ``LogisticRegression`` (after a ``StandardScaler``) learns how to weigh the four,
+from the chosen item against sampled unchosen ones, *before* the signals learn from the
+choice. Ranking never calls River per item: the signals are numpy arrays over the item
+index (factors mirrored as a matrix), combined with the scaler's means and the model's
+weights in one vectorised expression (River's own ``rank`` loop measured ~60× slower for
+1,000 items). Predicting with River on unseen users or items would also grow the model,
+so only known items are ranked, from the mirror.
+
+The reason given for an item is its signal with the largest weighted contribution:
+"because you watched <current item>" (sequel or taste), "because you like <genre>"
+(genre) or "trending in <genre>" (popularity). Cold-start users (no taste vector yet)
+get the same ranking with the taste signal at zero, which is trending tempered by genre.
+
+Examples
+--------
+>>> items = ItemIndex()
+>>> reco = Recommender(items, seed=1)
+>>> for i in range(30):   # everyone watches a1 then a2; b-items are rarely chosen
+...     u = f"u{i}"
+...     reco.choose(u, items.index("a1"), previous=None, genres=None, ts_ms=i * 60_000)
+...     reco.choose(u, items.index("a2"), previous=items.index("a1"), genres=None,
+...                 ts_ms=i * 60_000 + 1)
+...     reco.choose(u, items.index(f"b{i}"), previous=None, genres=None, ts_ms=i * 60_000 + 2)
+>>> top = reco.recommend("new-user", k=2, previous=items.index("a1"), genres=None,
+...                      exclude=[items.index("a1")])
+>>> top[0].item_id
+'a2'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from river import linear_model, optim, preprocessing, reco
+
+from pipeline.items import ItemIndex
+
+__all__ = [
+    "explicit_mf_params",
+    "RATING_RANGE",
+    "Recommendation",
+    "Recommender",
+    "RatingModel",
+    "Trending",
+    "Transitions",
+]
+
+SIGNALS = ("popularity", "genre", "sequel", "taste")
+
+RATING_RANGE = (0.5, 5.0)
+
+
+def explicit_mf_params() -> dict[str, object]:
+    """River's published ``BiasedMF`` set-up for MovieLens 100K (MAE 0.7486, RMSE 0.9479).
+
+    A function, because River's optimizers keep state: each model needs its own.
+
+    >>> reco.BiasedMF(**explicit_mf_params()).n_factors
+    10
+    """
+    return {
+        "n_factors": 10,
+        "bias_optimizer": optim.SGD(0.025),
+        "latent_optimizer": optim.SGD(0.05),
+        "weight_initializer": optim.initializers.Zeros(),
+        "latent_initializer": optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73),
+        "l2_bias": 0.0,
+        "l2_latent": 0.0,
+    }
+
+
+@dataclass(slots=True, frozen=True)
+class Recommendation:
+    """One ranked item."""
+
+    item_id: str
+    score: float
+    reason: str
+
+
+class _Growable:
+    """A float array indexed by item that grows by doubling; ``view(n)`` is its first n."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, *shape: int) -> None:
+        self.data = np.zeros((256, *shape))
+
+    def ensure(self, idx: int) -> np.ndarray:
+        if idx >= len(self.data):
+            grown = np.zeros((max(2 * len(self.data), idx + 1), *self.data.shape[1:]))
+            grown[: len(self.data)] = self.data
+            self.data = grown
+        return self.data
+
+    def view(self, n: int) -> np.ndarray:
+        self.ensure(max(n - 1, 0))
+        return self.data[:n]
+
+
+class Trending:
+    """Time-decayed popularity per item, kept without touching every item on each event.
+
+    A weight added at event time ``t`` is stored as ``w · 2^((t - t0) / half_life)``;
+    every item decays by the same factor, so the stored values rank items exactly as the
+    decayed ones do. When the exponent grows large the reference ``t0`` moves forward and
+    all values are rescaled once.
+    """
+
+    def __init__(self, items: ItemIndex, *, half_life_ms: float = 3 * 86_400_000) -> None:
+        self.items = items
+        self.half_life_ms = half_life_ms
+        self._values = _Growable()
+        self._t0: int | None = None
+
+    def add(self, idx: int, weight: float, ts_ms: int) -> None:
+        if self._t0 is None:
+            self._t0 = ts_ms
+        exponent = (ts_ms - self._t0) / self.half_life_ms
+        if exponent > 40:
+            self._values.data *= 2.0**-exponent
+            self._t0, exponent = ts_ms, 0.0
+        self._values.ensure(idx)[idx] += weight * 2.0**exponent
+
+    def values(self) -> np.ndarray:
+        """Popularity per item index (relative scale)."""
+        return self._values.view(len(self.items))
+
+    def top(self, k: int, *, exclude: Iterable[int] = ()) -> list[int]:
+        """Indices of the ``k`` most popular items, ``exclude`` left out."""
+        scores = self.values().copy()
+        excluded = [i for i in exclude if i < len(scores)]
+        scores[excluded] = -1.0
+        return _top_k(scores, k)
+
+
+class Transitions:
+    """Decayed counts of "chose B right after A", by A."""
+
+    def __init__(self, *, max_next: int = 64) -> None:
+        self.after: dict[int, dict[int, float]] = {}
+        self.max_next = max_next
+
+    def add(self, previous: int, chosen: int) -> None:
+        row = self.after.setdefault(previous, {})
+        row[chosen] = row.get(chosen, 0.0) + 1.0
+        if len(row) > self.max_next:  # keep the strongest: bounded memory per item
+            weakest = min(row, key=row.__getitem__)
+            del row[weakest]
+
+    def row(self, previous: int | None, n_items: int) -> np.ndarray:
+        dense = np.zeros(n_items)
+        if previous is not None:
+            for chosen, count in self.after.get(previous, {}).items():
+                if chosen < n_items:
+                    dense[chosen] = count
+        return dense
+
+
+class _FactorMirror:
+    """Item factors and biases of a River ``BiasedMF``, stacked for numpy."""
+
+    def __init__(self, n_factors: int) -> None:
+        self.factors = _Growable(n_factors)
+        self.biases = _Growable()
+
+    def sync(self, model: reco.BiasedMF, item: object, idx: int) -> None:
+        self.factors.ensure(idx)[idx] = model.i_latents[item]
+        self.biases.ensure(idx)[idx] = model.i_biases[item]
+
+    def scores(self, user_vector: np.ndarray, n_items: int) -> np.ndarray:
+        return self.factors.view(n_items) @ user_vector + self.biases.view(n_items)
+
+
+class Recommender:
+    """Top-K items for the users of one partition (see the module docstring)."""
+
+    def __init__(
+        self, items: ItemIndex, *, n_factors: int = 16, negatives: int = 4, seed: int = 0
+    ) -> None:
+        self.items = items
+        self.trending = Trending(items)
+        self.transitions = Transitions()
+        self.mf = reco.BiasedMF(
+            n_factors=n_factors,
+            bias_optimizer=optim.SGD(0.01),
+            latent_optimizer=optim.SGD(0.05),
+            latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=seed),
+            l2_bias=1e-3,
+            l2_latent=1e-3,
+        )
+        self.mirror = _FactorMirror(n_factors)
+        self.scaler = preprocessing.StandardScaler()
+        self.ranker = linear_model.LogisticRegression(optimizer=optim.SGD(0.02), l2=1e-4)
+        self.negatives = negatives
+        self.rng = np.random.default_rng(seed)
+
+    # --- signals ---------------------------------------------------------------------
+
+    def _signals(
+        self, user_id: str, *, previous: int | None, genres: Mapping[str, float] | None
+    ) -> np.ndarray:
+        """``(items, 4)`` matrix of the raw signals of every item for this user."""
+        n = len(self.items)
+        signals = np.zeros((n, len(SIGNALS)))
+        popularity = self.trending.values()
+        total = popularity.sum()
+        signals[:, 0] = np.log1p(popularity * (n / total)) if total else 0.0
+        if genres:
+            signals[:, 1] = self.items.genre_matrix() @ self.items.genre_vector(genres)
+        signals[:, 2] = np.log1p(self.transitions.row(previous, n))
+        user_vector = self.mf.u_latents.get(user_id)
+        if user_vector is not None:
+            signals[:, 3] = self.mirror.scores(user_vector, n)
+        return signals
+
+    def _weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Means, scales and ranker weights of the four signals, as arrays."""
+        means = np.array([self.scaler.means.get(s, 0.0) for s in SIGNALS])
+        scales = np.array([math.sqrt(self.scaler.vars.get(s, 0.0)) or 1.0 for s in SIGNALS])
+        weights = np.array([self.ranker.weights.get(s, 0.0) for s in SIGNALS])
+        return means, scales, weights
+
+    # --- learning --------------------------------------------------------------------
+
+    def choose(
+        self,
+        user_id: str,
+        idx: int,
+        *,
+        previous: int | None,
+        genres: Mapping[str, float] | None,
+        ts_ms: int,
+    ) -> None:
+        """Learn from a choice: ``user_id`` went for item ``idx`` after item ``previous``."""
+        n = len(self.items)
+        if n > 1:
+            signals = self._signals(user_id, previous=previous, genres=genres)
+            negatives = self.rng.integers(0, n, size=self.negatives)
+            for row, label in [(idx, True)] + [(int(j), False) for j in negatives if j != idx]:
+                x = dict(zip(SIGNALS, signals[row].tolist()))
+                self.scaler.learn_one(x)
+                self.ranker.learn_one(self.scaler.transform_one(x), label)
+        self._learn_taste(user_id, idx, 1.0, sample_negatives=True)
+        if previous is not None and previous != idx:
+            self.transitions.add(previous, idx)
+        self.trending.add(idx, 1.0, ts_ms)
+
+    def watched(self, user_id: str, idx: int, fraction: float) -> None:
+        """Learn from the end of a playback that reached ``fraction`` of the item."""
+        self._learn_taste(user_id, idx, min(max(fraction, 0.0), 1.0), sample_negatives=False)
+
+    def _learn_taste(self, user_id: str, idx: int, y: float, *, sample_negatives: bool) -> None:
+        item_id = self.items.ids[idx]
+        self.mf.learn_one(user_id, item_id, y)
+        self.mirror.sync(self.mf, item_id, idx)
+        if sample_negatives and len(self.items) > 1:
+            for j in self.rng.integers(0, len(self.items), size=self.negatives):
+                if j != idx:
+                    other = self.items.ids[j]
+                    self.mf.learn_one(user_id, other, 0.0)
+                    self.mirror.sync(self.mf, other, int(j))
+
+    # --- ranking ---------------------------------------------------------------------
+
+    def recommend(
+        self,
+        user_id: str,
+        *,
+        k: int,
+        previous: int | None,
+        genres: Mapping[str, float] | None,
+        exclude: Iterable[int] = (),
+    ) -> list[Recommendation]:
+        """The ``k`` best items for ``user_id`` with reasons, ``exclude`` left out."""
+        if not len(self.items):
+            return []
+        means, scales, weights = self._weights()
+        contributions = (self._signals(user_id, previous=previous, genres=genres) - means) / scales
+        contributions *= weights
+        scores = contributions.sum(axis=1)
+        excluded = list(exclude)
+        scores[excluded] = -np.inf
+        top = _top_k(scores, k)
+        return [
+            Recommendation(
+                self.items.ids[i], float(scores[i]), self._reason(i, contributions[i], previous)
+            )
+            for i in top
+            if np.isfinite(scores[i])
+        ]
+
+    def trending_top(self, *, k: int, exclude: Iterable[int] = ()) -> list[Recommendation]:
+        """The trending baseline: the ``k`` most popular items, ``exclude`` left out."""
+        values = self.trending.values()
+        return [
+            Recommendation(self.items.ids[i], float(values[i]), self._trending_reason(i))
+            for i in self.trending.top(k, exclude=exclude)
+        ]
+
+    def _reason(self, idx: int, contributions: np.ndarray, previous: int | None) -> str:
+        strongest = SIGNALS[int(np.argmax(contributions))]
+        if strongest in ("sequel", "taste") and previous is not None:
+            return f"because you watched {self.items.title(previous)}"
+        if strongest == "genre" and self.items.genres(idx):
+            return f"because you like {self.items.genres(idx)[0]}"
+        return self._trending_reason(idx)
+
+    def _trending_reason(self, idx: int) -> str:
+        genres = self.items.genres(idx)
+        return f"trending in {genres[0]}" if genres else "trending now"
+
+
+class RatingModel:
+    """Explicit feedback: River ``BiasedMF`` with River's published MovieLens set-up."""
+
+    def __init__(self) -> None:
+        self.mf = reco.BiasedMF(**explicit_mf_params())
+
+    def predict_one(self, user_id: str, item_id: str) -> float:
+        """Predicted rating, clipped to :data:`RATING_RANGE` (as River's evaluation clips)."""
+        low, high = RATING_RANGE
+        return min(max(self.mf.predict_one(user_id, item_id), low), high)
+
+    def learn_one(self, user_id: str, item_id: str, rating: float) -> None:
+        self.mf.learn_one(user_id, item_id, rating)
+
+
+def _top_k(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the ``k`` largest scores, best first."""
+    if len(scores) <= k:
+        return [int(i) for i in np.argsort(-scores)]
+    part = np.argpartition(-scores, k)[:k]
+    return [int(i) for i in part[np.argsort(-scores[part])]]

@@ -1,0 +1,223 @@
+"""Offline evaluation: ordering, the report, predictions, the plot and the command line."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from agents.cli import main
+from pipeline.config import Settings
+from pipeline.evaluate import check_predictions, evaluate, read_event_file, read_jsonl
+from pipeline.events import Event, EventDecoder, encode_event, parse_ts
+from pipeline.simulate import SimulationConfig, Simulator, write_catalog, write_jsonl
+
+DESIGN_KEYS = {
+    "events", "events_per_s", "dlq", "churn.samples", "churn.auc", "churn.logloss",
+    "reco.hit_rate_at_10", "reco.trending_hit_rate_at_10",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Five weeks of 40 viewers with 1 % malformed records and 1 % retries, and the catalog."""
+    directory = tmp_path_factory.mktemp("simulated")
+    simulator = Simulator(
+        SimulationConfig(users=40, days=35, seed=11, bad_rate=0.01, duplicate_rate=0.01)
+    )
+    write_jsonl(simulator.records(), directory / "events.jsonl")
+    write_catalog(simulator.catalog(), directory / "catalog.jsonl")
+    return directory / "events.jsonl", directory / "catalog.jsonl"
+
+
+@pytest.fixture(scope="module")
+def evaluated(simulated: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One evaluation of the simulated traffic, with every output file, in a directory."""
+    events, catalog = simulated
+    out = tmp_path_factory.mktemp("evaluated")
+    report = evaluate(
+        events,
+        settings=Settings(),
+        catalog_path=catalog,
+        report_path=out / "report.json",
+        predictions_path=out / "predictions.jsonl",
+        plot_path=out / "report.png",
+        progress=False,
+    )
+    (out / "returned.json").write_bytes(orjson.dumps(report))
+    return out
+
+
+def search(user: str, ts_ms: int) -> bytes:
+    return encode_event(Event(f"{user}-{ts_ms}", "search", user, ts_ms, query="heat"))
+
+
+def valid_ts(line: bytes) -> int | None:
+    event = EventDecoder().decode(line)
+    return event.ts_ms if isinstance(event, Event) else None
+
+
+def quality(report: dict[str, float]) -> dict[str, float]:
+    """Drop the speed from a report: it differs between two runs."""
+    return {k: v for k, v in report.items() if k != "events_per_s"}
+
+
+def test_a_file_in_event_time_order_is_read_as_it_is(tmp_path: Path) -> None:
+    lines = [search("a", 5), b"", search("b", 5), search("a", 9)]
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    events = read_event_file(path, decoder=EventDecoder())
+    assert not events.reordered
+    assert events.records == lines
+    assert events.keys == [b"a", None, b"b", b"a"]
+
+
+def test_an_unordered_file_is_sorted_stably_and_rejected_lines_follow_their_predecessor(
+    tmp_path: Path,
+) -> None:
+    far_future = 4_102_444_800_000  # 2100: rejected, so it does not move
+    lines = [
+        search("c", 30),
+        b"not json",
+        search("a", 10),
+        search("f", far_future),
+        search("b", 10),
+        b'{"user_id": "d", "ts": "yesterday"}',
+        search("e", 20),
+    ]
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    events = read_event_file(path, decoder=EventDecoder())
+    assert events.reordered
+    assert events.records == [lines[i] for i in (2, 3, 4, 5, 6, 0, 1)]
+    assert events.keys == [b"a", None, b"b", None, b"e", b"c", None]
+
+
+def test_report_has_the_documented_keys_and_counts_every_record(
+    simulated: tuple[Path, Path], evaluated: Path
+) -> None:
+    report = orjson.loads((evaluated / "returned.json").read_bytes())
+    assert DESIGN_KEYS <= set(report)
+    records = simulated[0].read_bytes().count(b"\n")
+    assert report["events"] == records
+    assert report["dlq"] > 0 and report["events_per_s"] > 0
+    assert report["churn.samples"] > 20 and 0 < report["churn.positives"] < report["churn.samples"]
+    assert 0.0 <= report["churn.auc"] <= 1.0 and report["churn.logloss"] > 0
+    assert 0.0 <= report["reco.trending_hit_rate_at_10"] <= 1.0
+    assert "reco.mae" not in report  # implicit mode has no ratings
+
+
+def test_report_file_is_indented_json_with_sorted_keys(evaluated: Path) -> None:
+    text = (evaluated / "report.json").read_text()
+    written = orjson.loads(text)
+    assert list(written) == sorted(written)
+    assert text.startswith('{\n  "')
+    returned = orjson.loads((evaluated / "returned.json").read_bytes())
+    assert written == returned
+
+
+def test_predictions_are_labelled_no_earlier_than_predicted(evaluated: Path) -> None:
+    settings = Settings()
+    lines = list(read_jsonl(evaluated / "predictions.jsonl"))
+    assert check_predictions(evaluated / "predictions.jsonl", settings=settings) == len(lines)
+    report = orjson.loads((evaluated / "returned.json").read_bytes())
+    champion = [p for p in lines if p["model"] == settings.churn_model]
+    assert len(champion) == report["churn.samples"]
+    assert sum(p["label"] for p in champion) == report["churn.positives"]
+    assert all(parse_ts(p["labelled_at"]) >= parse_ts(p["predicted_at"]) for p in lines)
+    assert all(0 <= p["churn_probability"] <= 1 for p in lines)
+
+
+def test_check_predictions_names_a_label_known_too_early(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(
+        b'{"user_id":"u","predicted_at":"2026-01-02T00:00:00.000Z","churn_probability":0.5,'
+        b'"label":1,"labelled_at":"2026-01-03T00:00:00.000Z","model":"logreg"}\n'
+    )
+    with pytest.raises(ValueError, match="p.jsonl:1: churn labelled before the horizon"):
+        check_predictions(path, settings=Settings())
+
+
+def test_plot_is_a_png(evaluated: Path) -> None:
+    assert (evaluated / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_unordered_file_gives_the_quality_of_the_ordered_one_and_says_so(
+    simulated: tuple[Path, Path],
+    evaluated: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    events, catalog = simulated
+    lines = events.read_bytes().split(b"\n")[:-1]
+    times = np.array([valid_ts(line) or -1 for line in lines])
+    before, after = np.maximum.accumulate(times), np.minimum.accumulate(times[::-1])[::-1]
+    # a cut with every event before it earlier than every event after it, both valid
+    half = next(
+        k
+        for k in range(len(lines) // 2, len(lines))
+        if before[k - 1] < after[k] and times[k] >= 0 and times[0] >= 0
+    )
+    rotated = tmp_path / "rotated.jsonl"
+    rotated.write_bytes(b"\n".join(lines[half:] + lines[:half]) + b"\n")
+    decoder = EventDecoder()
+    assert (
+        read_event_file(rotated, decoder=decoder).records
+        == read_event_file(events, decoder=decoder).records
+    )
+    report = evaluate(rotated, settings=Settings(), catalog_path=catalog, progress=False)
+    assert "not in event-time order" in capsys.readouterr().err
+    in_order = orjson.loads((evaluated / "returned.json").read_bytes())
+    assert quality(orjson.loads(orjson.dumps(report))) == quality(in_order)
+
+
+def test_cli_imports_movielens_then_evaluates_it_in_explicit_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n"
+        + "".join(
+            f"{u},{i},{1 + (u * i) % 5},{1_000_000 + 60 * (u * 7 + i)}\n"
+            for u in range(1, 13)
+            for i in range(1, 9)
+        )
+    )
+    (tmp_path / "movies.csv").write_text(
+        "movieId,title,genres\n" + "".join(f"{i},Film {i},Drama\n" for i in range(1, 9))
+    )
+    for argv in (
+        [
+            "import",
+            "movielens",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "e.jsonl"),
+            "--catalog-out",
+            str(tmp_path / "c.jsonl"),
+        ],
+        [
+            "evaluate",
+            str(tmp_path / "e.jsonl"),
+            "--catalog",
+            str(tmp_path / "c.jsonl"),
+            "--mode",
+            "explicit",
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 0
+    printed = capsys.readouterr()
+    assert "wrote 96 events" in printed.err
+    report = orjson.loads((tmp_path / "r.json").read_bytes())
+    table = printed.out.splitlines()
+    assert [row.split()[0] for row in table] == sorted(report)
+    assert ["events", "96"] in [row.split() for row in table]
+    assert report["events"] == 96 and report["dlq"] == 0
+    assert 0 < report["reco.mae"] <= report["reco.rmse"] < 5
+    assert not math.isnan(report["reco.rmse"])
