@@ -12,6 +12,7 @@ Run it with ``ottscore worker`` (or ``faust -A agents.app worker``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -24,7 +25,9 @@ from faust.streams import _current_event  # the event a table write belongs to
 from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
 
-from agents.kafka import faust_broker_settings, output_topics
+from agents.kafka import MAX_SNAPSHOT_BYTES, faust_broker_settings, output_topics
+from agents.produce import read_catalog
+from agents.snapshots import SnapshotWriter, latest_snapshot
 from pipeline.config import Settings
 from pipeline.metrics import Metrics
 from pipeline.processor import Processor
@@ -59,13 +62,16 @@ class IngestWorker:
         table: Any,
         topics: dict[str, faust.TopicT],
         metrics: Metrics,
+        snapshots: SnapshotWriter,
     ) -> None:
         self.settings = settings
         self.table = table
         self.topics = topics
         self.metrics = metrics
+        self.snapshots = snapshots
         self.processor = Processor(settings)
         self._restored: set[int] = set()
+        self._offsets: dict[int, int] = {}
 
     def handle(self, events: Sequence[EventT]) -> None:
         """Process one batch: state, write-back, outputs, metrics. Never awaits."""
@@ -79,6 +85,7 @@ class IngestWorker:
             if partition not in self._restored:
                 self._restore_partition(partition)
             last_of_partition[partition] = event
+            self._offsets[partition] = message.offset
             process(
                 message.value,
                 key=message.key,
@@ -89,6 +96,10 @@ class IngestWorker:
             )
         self._write_back(last_of_partition)
         self._publish(processor.take_outbox())
+        now = time.monotonic()
+        for partition in last_of_partition:
+            if self.snapshots.due(partition, now):
+                self._snapshot(partition, now)
         metrics = self.metrics
         metrics.add(processor.tally)
         processor.tally.clear()
@@ -108,8 +119,41 @@ class IngestWorker:
             if state.partition == partition:  # not a standby copy of another worker's
                 processor.adopt(state)
                 restored += 1
+        models = latest_snapshot(self.settings, partition, metrics=self.metrics)
+        if models is not None:
+            processor.install_models(partition, models)
         self._restored.add(partition)
-        log.info("partition %d: restored %d user states", partition, restored)
+        log.info(
+            "partition %d: restored %d user states, %s models",
+            partition, restored, "snapshot" if models is not None else "fresh",
+        )  # fmt: skip
+
+    def _snapshot(self, partition: int, now: float) -> None:
+        self.snapshots.publish(
+            partition,
+            self.processor.partition_models(partition),
+            offset=self._offsets.get(partition),
+            now_s=now,
+        )
+
+    def snapshot_now(self, partitions: set[int]) -> None:
+        """Publish the models of ``partitions`` now (before they move, or at shutdown).
+
+        Only partitions whose snapshot was restored first: fresh models of a partition
+        that saw no event would overwrite a good snapshot.
+        """
+        if self.snapshots.enabled:
+            now = time.monotonic()
+            for partition in partitions & self._restored:
+                self._snapshot(partition, now)
+
+    def load_catalog(self, items: list[dict[str, Any]]) -> None:
+        """Adopt catalog items read from the catalog topic."""
+        self.processor.load_catalog(items)
+
+    def export_quality(self) -> None:
+        """Move the rolling prequential quality into the Prometheus gauges."""
+        self.metrics.set_quality(self.processor.quality.rolling())
 
     def _write_back(self, last_of_partition: dict[int, EventT]) -> None:
         by_partition: dict[int, list[tuple[str, bytes]]] = {}
@@ -139,7 +183,9 @@ class IngestWorker:
 
     def revoke(self, partitions: set[int]) -> None:
         """Forget partitions this worker no longer owns (their states are already written)."""
+        self.snapshot_now(partitions)
         for partition in partitions:
+            self.snapshots.forget(partition)
             self.processor.drop_partition(partition)
             self._restored.discard(partition)
 
@@ -167,7 +213,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_port=settings.worker_web_port,
         web_bind=settings.worker_web_host,
-        producer_max_request_size=2 * 1024 * 1024,
+        producer_max_request_size=MAX_SNAPSHOT_BYTES + 64 * 1024,
     )
     raw = {
         "key_type": bytes,
@@ -185,7 +231,16 @@ def build_app(settings: Settings | None = None) -> faust.App:
         help="Per-user state (pipeline.state.UserState bytes), keyed by user_id.",
     )
     registry = CollectorRegistry()
-    worker = IngestWorker(settings, table=table, topics=topics, metrics=Metrics(registry))
+    metrics = Metrics(registry)
+    snapshots = SnapshotWriter(
+        settings,
+        topic_sender=app.topic(settings.topic_models, **raw).send_soon,
+        metrics=metrics,
+        max_bytes=MAX_SNAPSHOT_BYTES,
+    )
+    worker = IngestWorker(
+        settings, table=table, topics=topics, metrics=metrics, snapshots=snapshots
+    )
     app.ottscore = worker  # type: ignore[attr-defined]
 
     @app.agent(events, name="ingest")
@@ -198,6 +253,16 @@ def build_app(settings: Settings | None = None) -> faust.App:
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
         worker.revoke({tp.partition for tp in revoked if tp.topic == settings.topic_events})
+        await app.producer.flush()  # the last snapshots are acknowledged before partitions move
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(app: faust.App, **_: Any) -> None:
+        worker.snapshot_now(set(worker._restored))  # Faust flushes the producer right after
+
+    @app.timer(settings.catalog_refresh_s)
+    async def refresh() -> None:
+        worker.load_catalog(await asyncio.to_thread(read_catalog, settings))
+        worker.export_quality()
 
     @app.task
     async def prepare() -> None:

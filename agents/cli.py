@@ -15,10 +15,12 @@ __all__ = ["main"]
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from agents.app import build_app
     from agents.kafka import ensure_topics
+    from agents.produce import read_catalog
 
     ensure_topics(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
+    app.ottscore.load_catalog(read_catalog(settings))
     sys.argv = ["ottscore", "--loop", "uvloop", "worker", "--loglevel", args.loglevel]
     app.main()
     return 0  # pragma: no cover - app.main() exits

@@ -76,6 +76,12 @@ def faust_broker_settings(settings: Settings) -> dict[str, Any]:
     return {"broker": brokers, "broker_credentials": credentials}
 
 
+#: Largest record of ottscore's compacted topics: model snapshots of a partition run to a
+#: few MiB (item factors, user factors), above the broker's 1 MiB default.
+MAX_SNAPSHOT_BYTES = 8 * 1024 * 1024
+_COMPACTED_CONFIG = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_SNAPSHOT_BYTES)}
+
+
 def output_topics(settings: Settings) -> dict[str, str]:
     """Topic name of each output kind."""
     return {
@@ -128,7 +134,8 @@ def create_topics(
     replication
         Replication factor of each topic created.
     compacted
-        Topics created with ``cleanup.policy=compact``; they need not be repeated in ``names``.
+        Topics created with ``cleanup.policy=compact`` (and records up to
+        :data:`MAX_SNAPSHOT_BYTES`); they need not be repeated in ``names``.
     timeout
         Longest wait for the creation and for the metadata to show the topics, in seconds.
 
@@ -145,7 +152,7 @@ def create_topics(
         name: {
             "num_partitions": partitions,
             "replication_factor": replication,
-            "configs": {"cleanup.policy": "compact"} if name in compact else {},
+            "configs": _COMPACTED_CONFIG if name in compact else {},
         }
         for name in wanted
     }

@@ -9,13 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from agents.kafka import ensure_topics, kafka_python_config
 from pipeline.config import Settings
 from pipeline.events import parse_ts
 
-__all__ = ["produce", "publish_catalog", "read_jsonl_records", "tail", "make_producer"]
+__all__ = [
+    "produce",
+    "publish_catalog",
+    "read_catalog",
+    "read_jsonl_records",
+    "tail",
+    "make_producer",
+]
 
 
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
@@ -85,6 +92,32 @@ def publish_catalog(settings: Settings, items: Iterable[dict[str, Any]]) -> int:
     """Publish catalog items to the compacted catalog topic, keyed by item_id."""
     records = ((item["item_id"].encode(), orjson.dumps(item)) for item in items)
     return produce(settings, records, topic=settings.topic_catalog)
+
+
+def read_catalog(settings: Settings) -> list[dict[str, Any]]:
+    """Every item of the compacted catalog topic (latest record per item; empty if none)."""
+    consumer = KafkaConsumer(**kafka_python_config(settings), enable_auto_commit=False)
+    try:
+        partitions = [
+            TopicPartition(settings.topic_catalog, p)
+            for p in consumer.partitions_for_topic(settings.topic_catalog) or ()
+        ]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        items: dict[bytes, dict[str, Any]] = {}
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            for records in consumer.poll(timeout_ms=1000).values():
+                for record in records:
+                    try:
+                        items[record.key] = orjson.loads(record.value)
+                    except (orjson.JSONDecodeError, TypeError):
+                        items.pop(record.key, None)  # a tombstone or garbage: no item
+        return [item for item in items.values() if isinstance(item, dict) and "item_id" in item]
+    finally:
+        consumer.close()
 
 
 def read_jsonl_records(path: Path) -> Iterator[tuple[bytes | None, bytes]]:

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
         0.05, gt=0, description="Longest the ingest agent waits to fill a batch, in seconds."
     )
 
+    catalog_refresh_s: float = Field(
+        60.0, gt=0, description="Seconds between re-reads of the catalog topic by a worker."
+    )
+
     # --- metrics ----------------------------------------------------------------------
     metrics_host: str = Field("127.0.0.1", description="Prometheus endpoint bind address.")
     metrics_port: int = Field(9300, description="Prometheus endpoint port (0 disables it).")

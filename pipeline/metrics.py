@@ -29,7 +29,11 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
 
+from pipeline.events import EVENT_TYPES, REJECT_REASONS
 from pipeline.snapshots import REFUSAL_REASONS
+
+#: The kinds of output record, as in ``ottscore_scores_published_total{kind}``.
+OUTPUT_KINDS = ("churn", "personalization", "signal")
 
 __all__ = ["Metrics", "Tally", "LATENCY_BUCKETS_S"]
 
@@ -190,6 +194,30 @@ class Metrics:
             "Wall-clock time the latest model snapshot was acknowledged (Unix seconds).",
             registry=registry,
         )
+
+        self.model_quality = Gauge(
+            "ottscore_model_quality",
+            "Prequential quality over each model's last 10,000 outcomes: metric is churn_auc "
+            "(exact), churn_logloss, hit_rate_at_10, mae or rmse; model the variant "
+            "(champion, challenger, or the trending baseline).",
+            ["metric", "model"],
+            registry=registry,
+        )
+
+        for event_type in EVENT_TYPES:
+            self.events_consumed.labels(event_type)
+        for reason in REJECT_REASONS:
+            self.events_rejected.labels(reason)
+        for kind in OUTPUT_KINDS:
+            self.scores_published.labels(kind)
+            self.event_to_publish_latency.labels(kind)
+            self.ingest_to_publish_latency.labels(kind)
+
+    def set_quality(self, rolling: dict[tuple[str, str], float]) -> None:
+        """Export :meth:`pipeline.quality.Prequential.rolling` (NaN values are skipped)."""
+        for (metric, model), value in rolling.items():
+            if value == value:
+                self.model_quality.labels(metric, model).set(value)
 
     def add(self, tally: Tally) -> None:
         """Add a batch's tally to the counters (the tally is left as it was)."""
