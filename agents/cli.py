@@ -32,14 +32,14 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
     broker = LocalKafka.from_settings(settings)
     if args.action == "start":
         broker.start()
-        print(f"kafka running on {broker.bootstrap} (log: {broker.status().log_path})")
+        print(f"kafka running on {broker.bootstrap} (log: {broker.status().log_file})")
     elif args.action == "stop":
         broker.stop()
         print("kafka stopped")
     else:
         status = broker.status()
         state = f"running (pid {status.pid})" if status.running else "stopped"
-        print(f"kafka {state} on {status.bootstrap}; log {status.log_path}")
+        print(f"kafka {state} on {status.bootstrap}; log {status.log_file}")
         return 0 if status.running else 3
     return 0
 
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="run a Faust worker (the ingest agent)")
-    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning"])
+    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warn", "error"])
     worker.set_defaults(func=_worker)
 
     broker = sub.add_parser("broker", help="the local single-node Kafka (KRaft)")

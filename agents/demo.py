@@ -71,13 +71,21 @@ def run_demo(settings: Settings, *, users: int, rate: float, bad_rate: float) ->
         print(f"kafka on {broker.bootstrap}; starting worker …", flush=True)
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers}
         worker = subprocess.Popen(
-            [sys.executable, "-m", "agents", "worker", "--loglevel", "warning"],
+            [sys.executable, "-m", "agents", "worker", "--loglevel", "warn"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=open(broker.home / "worker.log", "ab"),  # noqa: SIM115 - lives with the worker
         )
-        simulator = Simulator(
-            SimulationConfig(users=users, days=365, seed=7, bad_rate=bad_rate, duplicate_rate=0.01)
+        days = 365
+        simulator = Simulator(  # a year of traffic that ends now: never stamped in the future
+            SimulationConfig(
+                users=users,
+                days=days,
+                seed=7,
+                start_ms=int((time.time() - days * 86_400) * 1000),
+                bad_rate=bad_rate,
+                duplicate_rate=0.01,
+            )
         )
         publish_catalog(settings, simulator.catalog())
         feeder = threading.Thread(

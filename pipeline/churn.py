@@ -5,9 +5,13 @@ Every model answers ``predict_proba_one(x)`` and ``learn_one(x, y)`` on the feat
 ``model_version``. They are picked by name (:func:`make_churn_model`):
 
 ``logreg``
-    River ``StandardScaler | LogisticRegression``: fast (tens of thousands of updates
-    per second) and explains itself: the contribution of a feature is its scaled value
-    times its weight.
+    River ``StandardScaler | LogisticRegression`` on ``log1p`` of the features, scaled
+    values clipped to ±3 (the counts are heavy-tailed; clipping keeps one extreme user
+    from moving the weights far): fast (tens of thousands of updates per second) and
+    explains itself: the contribution of a feature is its scaled value times its weight.
+    Compared prequentially on simulated traffic (1,000 users × 90 days, 32k labelled
+    predictions, 1 % positive) it reached AUC 0.816 against 0.790 for ``poisson`` and
+    below 0.5 for ``tree``; on raw unclipped features it stayed near 0.72.
 ``tree``
     River ``HoeffdingAdaptiveTreeClassifier`` on the same features.
 ``poisson``
@@ -21,7 +25,7 @@ Examples
 >>> round(make_churn_model("poisson", horizon_days=14).predict_proba_one(x), 4)  # daily viewer
 0.0
 >>> model = make_churn_model("logreg", horizon_days=14)
->>> for _ in range(200):
+>>> for _ in range(500):
 ...     model.learn_one(x, False); model.learn_one(x | {"sessions_7d": 0.1}, True)
 >>> model.predict_proba_one(x | {"sessions_7d": 0.1}) > 0.5 > model.predict_proba_one(x)
 True
@@ -33,7 +37,7 @@ import math
 from collections.abc import Mapping
 from typing import Literal, Protocol
 
-from river import compose, linear_model, optim, preprocessing, tree
+from river import linear_model, optim, preprocessing, tree
 
 from pipeline.features import CHURN_FEATURES
 
@@ -57,24 +61,29 @@ class ChurnModel(Protocol):
 class LogisticChurn:
     """Scaled online logistic regression (River)."""
 
-    model_version = "churn-logreg-1"
+    model_version = "churn-logreg-2"
+    clip = 3.0
 
     def __init__(self) -> None:
         self.scaler = preprocessing.StandardScaler()
-        self.classifier = linear_model.LogisticRegression(
-            optimizer=optim.SGD(0.02), l2=1e-4, intercept_lr=0.02
-        )
-        self.pipeline = compose.Pipeline(self.scaler, self.classifier)
+        self.classifier = linear_model.LogisticRegression(optimizer=optim.SGD(0.005), l2=1e-4)
+
+    def _scaled(self, x: Mapping[str, float], *, learn: bool) -> dict[str, float]:
+        logged = {name: math.log1p(max(value, 0.0)) for name, value in x.items()}
+        if learn:
+            self.scaler.learn_one(logged)
+        clip = self.clip
+        return {k: min(max(v, -clip), clip) for k, v in self.scaler.transform_one(logged).items()}
 
     def predict_proba_one(self, x: Mapping[str, float]) -> float:
-        return self.pipeline.predict_proba_one(dict(x)).get(True, 0.0)
+        return self.classifier.predict_proba_one(self._scaled(x, learn=False)).get(True, 0.0)
 
     def learn_one(self, x: Mapping[str, float], y: bool) -> None:
-        self.pipeline.learn_one(dict(x), y)
+        self.classifier.learn_one(self._scaled(x, learn=True), y)
 
     def contributions(self, x: Mapping[str, float], *, top: int) -> list[Contribution]:
         """``(feature, value, weight · scaled value)``, the largest effects first."""
-        scaled = self.scaler.transform_one(dict(x))
+        scaled = self._scaled(x, learn=False)
         weights = self.classifier.weights
         effects = [(name, x[name], weights.get(name, 0.0) * scaled[name]) for name in scaled]
         effects.sort(key=lambda effect: -abs(effect[2]))

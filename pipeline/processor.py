@@ -223,7 +223,11 @@ class Processor:
         step: Any,
         previous: str | None,
     ) -> None:
-        """Prequential hit-rate, learning, and (debounced) a fresh top-K list."""
+        """Prequential hit-rate, learning, and a fresh top-K list.
+
+        A list is published when the user turns to another item (the context of the
+        ranking changed), at most once per ``reco_debounce_s`` of event time.
+        """
         items = models.items
         ts = event.ts_ms
         if models.ratings is not None and event.rating is not None:
@@ -247,7 +251,9 @@ class Processor:
         if step.playback_end is not None:
             ended, fraction = step.playback_end
             recommender.watched(state.user_id, items.index(ended), fraction)
-        if event.type in ("play", "click") and ts - state.reco_at_ms >= self._debounce_ms:
+        if (step.choice is not None or not state.reco_at_ms) and (
+            ts - state.reco_at_ms >= self._debounce_ms
+        ):
             self._publish_list(state, models, ts)
 
     def _publish_list(self, state: UserState, models: PartitionModels, ts_ms: int) -> None:

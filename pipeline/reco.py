@@ -301,13 +301,11 @@ class Recommender:
         scores = contributions.sum(axis=1)
         excluded = list(exclude)
         scores[excluded] = -np.inf
-        top = _top_k(scores, k)
+        top = [i for i in _top_k(scores, k) if np.isfinite(scores[i])]
+        strongest = np.argmax(contributions[top], axis=1) if top else []
         return [
-            Recommendation(
-                self.items.ids[i], float(scores[i]), self._reason(i, contributions[i], previous)
-            )
-            for i in top
-            if np.isfinite(scores[i])
+            Recommendation(self.items.ids[i], float(scores[i]), self._reason(i, s, previous))
+            for i, s in zip(top, strongest)
         ]
 
     def trending_top(self, *, k: int, exclude: Iterable[int] = ()) -> list[Recommendation]:
@@ -318,8 +316,8 @@ class Recommender:
             for i in self.trending.top(k, exclude=exclude)
         ]
 
-    def _reason(self, idx: int, contributions: np.ndarray, previous: int | None) -> str:
-        strongest = SIGNALS[int(np.argmax(contributions))]
+    def _reason(self, idx: int, signal: int, previous: int | None) -> str:
+        strongest = SIGNALS[int(signal)]
         if strongest in ("sequel", "taste") and previous is not None:
             return f"because you watched {self.items.title(previous)}"
         if strongest == "genre" and self.items.genres(idx):
