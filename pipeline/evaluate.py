@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from pipeline.config import Settings
 from pipeline.events import Event, EventDecoder, parse_ts
-from pipeline.processor import PERSONALIZED, Processor
+from pipeline.personalize import PERSONALIZED
+from pipeline.processor import Processor
 from pipeline.quality import TRENDING, LabelledPrediction
 
 __all__ = [

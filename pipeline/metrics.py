@@ -27,7 +27,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
 
 from pipeline.events import EVENT_TYPES, REJECT_REASONS
 from pipeline.snapshots import REFUSAL_REASONS

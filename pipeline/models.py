@@ -31,7 +31,8 @@ __all__ = ["PartitionModels"]
 @dataclass(slots=True)
 class PartitionModels:
     """Churn champion (first) and challenger, recommender, segments and, in explicit mode,
-    the rating model of one partition."""
+    the rating model of one partition.
+    """
 
     items: ItemIndex
     churn: dict[str, ChurnModel]

@@ -49,24 +49,16 @@ from pipeline.events import Event, EventDecoder, Rejection, format_ts
 from pipeline.features import CHURN_FEATURES
 from pipeline.metrics import Tally
 from pipeline.models import PartitionModels
+from pipeline.personalize import Personalizer
 from pipeline.quality import LabelledPrediction, Prequential
-from pipeline.records import (
-    churn_record,
-    dlq_record,
-    personalization_record,
-    risk_band,
-    signal_record,
-)
-from pipeline.state import PendingChurn, UserState
+from pipeline.records import churn_record, dlq_record, risk_band, signal_record
+from pipeline.state import PendingChurn, Step, UserState
 from pipeline.timers import EventTimeTimers
 
 __all__ = ["Output", "Processor"]
 
 SESSION = "session"
 CHURN = "churn"
-PERSONALIZED = "personalized"
-TRENDING = "trending"
-RECO_MODEL_VERSION = "reco-ranker-1"
 
 
 @dataclass(slots=True, frozen=True)
@@ -117,6 +109,7 @@ class Processor:
         self.timers = EventTimeTimers()
         self.tally = Tally()
         self.quality = Prequential()
+        self.personalizer = Personalizer(settings, quality=self.quality)
         self.catalog: dict[str, dict[str, Any]] = {}
         self._models: dict[int, PartitionModels] = {}
         self._prediction_sink = prediction_sink
@@ -125,7 +118,6 @@ class Processor:
         self._outbox: list[Output] = []
         self._gap_ms = int(settings.session_gap_s * 1000)
         self._horizon_ms = int(settings.churn_horizon_s * 1000)
-        self._debounce_ms = int(settings.reco_debounce_s * 1000)
         self._dedupe_window_ms = int(settings.dedupe_window_s * 1000)
         self._dedupe_max_ids = settings.dedupe_max_ids
         self._cause: tuple[int, int] = (0, 0)
@@ -220,69 +212,12 @@ class Processor:
         state: UserState,
         models: PartitionModels,
         event: Event,
-        step: Any,
+        step: Step,
         previous: str | None,
     ) -> None:
-        """Prequential hit-rate, learning, and a fresh top-K list.
-
-        A list is published when the user turns to another item (the context of the
-        ranking changed), at most once per ``reco_debounce_s`` of event time.
-        """
-        items = models.items
-        ts = event.ts_ms
-        if models.ratings is not None and event.rating is not None:
-            predicted = models.ratings.predict_one(state.user_id, event.item_id)
-            self.quality.rating(PERSONALIZED, predicted, event.rating, ts_ms=ts)
-            models.ratings.learn_one(state.user_id, event.item_id, event.rating)
-        recommender = models.recommender
-        affinity = state.features.genre_affinity
-        if step.choice is not None:
-            if state.reco_at_ms:
-                quality = self.quality
-                quality.next_item(PERSONALIZED, step.choice in state.reco_items, ts_ms=ts)
-                quality.next_item(TRENDING, step.choice in state.trending_items, ts_ms=ts)
-            recommender.choose(
-                state.user_id,
-                items.index(step.choice),
-                previous=items.find(previous) if previous is not None else None,
-                genres=affinity,
-                ts_ms=ts,
-            )
-        if step.playback_end is not None:
-            ended, fraction = step.playback_end
-            recommender.watched(state.user_id, items.index(ended), fraction)
-        if (step.choice is not None or not state.reco_at_ms) and (
-            ts - state.reco_at_ms >= self._debounce_ms
-        ):
-            self._publish_list(state, models, ts)
-
-    def _publish_list(self, state: UserState, models: PartitionModels, ts_ms: int) -> None:
-        items = models.items
-        k = self.settings.reco_k
-        exclude = [i for i in map(items.find, [*state.finished, state.current_item])
-                   if i is not None]  # fmt: skip
-        current = items.find(state.current_item) if state.current_item else None
-        ranked = models.recommender.recommend(
-            state.user_id, k=k, previous=current, genres=state.features.genre_affinity,
-            exclude=exclude,
-        )  # fmt: skip
-        trending = models.recommender.trending_top(k=k, exclude=exclude)
-        state.reco_at_ms = ts_ms
-        state.reco_items = [r.item_id for r in ranked]
-        state.trending_items = [r.item_id for r in trending]
-        cold_start = state.user_id not in models.recommender.mf.u_latents
-        self._emit(
-            "personalization",
-            state.user_id.encode(),
-            personalization_record(
-                state.user_id,
-                ts_ms,
-                items=[(r.item_id, r.score, r.reason) for r in ranked],
-                model_version=RECO_MODEL_VERSION,
-                segment=state.segment,
-                cold_start=cold_start,
-            ),
-        )
+        record = self.personalizer.on_event(state, models, event, step, previous)
+        if record is not None:
+            self._emit("personalization", state.user_id.encode(), record)
 
     def _new_user(self, user_id: str, partition: int) -> UserState:
         state = UserState.new(

@@ -207,9 +207,11 @@ class UserState:
         return item, fraction
 
     def session_deadline_ms(self, gap_ms: int) -> int:
-        """When the open session ends unless another event comes: ``gap_ms`` after the last
-        event, or, while an item plays, ``gap_ms`` after the playhead would reach its end
-        (a film watched without a pause is one session, not several)."""
+        """When the open session ends unless another event comes.
+
+        ``gap_ms`` after the last event or, while an item plays, ``gap_ms`` after the
+        playhead would reach its end (a film watched without a pause is one session).
+        """
         deadline = self.last_seen_ms + gap_ms
         if self.playing_item is not None and self.playing_duration_s:
             remaining_ms = max(0.0, self.playing_duration_s - self.playing_position_s) * 1000

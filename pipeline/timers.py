@@ -5,8 +5,9 @@ a ``(deadline, user_id, kind)``: it fires once the watermark of the user's parti
 at or past the deadline. Timers are kept in one heap per partition and invalidated
 lazily: re-scheduling a user's timer of the same kind leaves the old heap entry in place,
 and :meth:`EventTimeTimers.expired` drops entries whose deadline is no longer the
-current one; a heap that grows past twice the live timers is compacted. Nothing here reads the wall clock, so a replay fires the same timers at the
-same events as the live run did.
+current one; a heap that grows past twice the live timers is compacted. Nothing here
+reads the wall clock, so a replay fires the same timers at the same events as the live
+run did.
 
 Examples
 --------

@@ -1,0 +1,104 @@
+"""The processing core: honest prequential protocol, restart equivalence, de-duplication."""
+
+from __future__ import annotations
+
+import functools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import Settings
+from pipeline.dedupe import RecentIds
+from pipeline.events import Event
+from pipeline.processor import Processor
+from pipeline.simulate import SimulationConfig, Simulator
+
+SETTINGS = Settings(churn_challenger="poisson")
+FAR_FUTURE = 4_102_444_800.0  # the wall clock only guards against future timestamps
+
+
+@functools.cache
+def records() -> list[tuple[bytes, bytes]]:
+    sim = Simulator(SimulationConfig(users=60, days=45, seed=3, bad_rate=0.02, duplicate_rate=0.02))
+    return list(sim.records())
+
+
+def run(processor: Processor, batch: list[tuple[bytes, bytes]], start: int = 0) -> None:
+    for offset, (key, value) in enumerate(batch, start):
+        processor.process(value, key=key, partition=0, offset=offset)
+
+
+class Spy:
+    """Wraps a real churn model and logs, in order, what it predicts and learns."""
+
+    def __init__(self, model, log: list) -> None:
+        self.model, self.log = model, log
+        self.model_version = model.model_version
+
+    def predict_proba_one(self, x):
+        self.log.append(("predict", tuple(x.values())))
+        return self.model.predict_proba_one(x)
+
+    def learn_one(self, x, y):
+        self.log.append(("learn", tuple(x.values())))
+        self.model.learn_one(x, y)
+
+    def contributions(self, x, *, top):
+        return self.model.contributions(x, top=top)
+
+
+def test_a_churn_sample_is_predicted_first_and_learned_only_at_its_label_time() -> None:
+    labelled = []
+    processor = Processor(SETTINGS, clock=lambda: FAR_FUTURE, prediction_sink=labelled.append)
+    log: list = []
+    models = processor.models(0)
+    models.churn = {name: Spy(model, log) for name, model in models.churn.items()}
+    run(processor, records())
+
+    assert labelled, "no label became known"
+    for prediction in labelled:
+        assert prediction.labelled_at_ms >= prediction.predicted_at_ms
+    predicted: set = set()
+    for verb, x in log:
+        if verb == "predict":
+            predicted.add(x)
+        else:
+            assert x in predicted, "a sample was learned before it was predicted"
+    assert sum(verb == "learn" for verb, _ in log) == len(labelled)
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.floats(min_value=0.05, max_value=0.95))
+def test_restoring_states_mid_stream_gives_the_state_of_one_uninterrupted_run(
+    share: float,
+) -> None:
+    stream = records()
+    cut = int(len(stream) * share)
+    whole = Processor(SETTINGS, clock=lambda: FAR_FUTURE)
+    run(whole, stream)
+    expected = {user: state.activity() for user, state in whole.users.items()}
+
+    before = Processor(SETTINGS, clock=lambda: FAR_FUTURE)
+    run(before, stream[:cut])
+    stored = before.take_dirty()
+    after = Processor(SETTINGS, clock=lambda: FAR_FUTURE)
+    for user, _, data in stored:
+        after.adopt(after.decode_state(user, data))
+    run(after, stream[cut:], start=cut)
+    run(after, stream[cut - 50 : cut], start=cut - 50)  # replayed records: already applied
+    assert {user: state.activity() for user, state in after.users.items()} == expected
+    replayed_valid = sum(
+        isinstance(after.decoder.decode(value), Event) for _, value in stream[cut - 50 : cut]
+    )
+    assert after.tally.already_applied == replayed_valid
+
+
+@given(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=60))
+def test_recent_ids_flag_exactly_the_repeats_within_their_bounds(ids: list[str]) -> None:
+    recent = RecentIds(window_ms=600_000, max_ids=32)
+    seen: list[str] = []
+    for event_id in ids:
+        expected = event_id in seen[-32:]
+        assert recent.seen(event_id, 1_000_000) == expected
+        if not expected:
+            seen.append(event_id)
