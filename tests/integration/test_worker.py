@@ -24,7 +24,7 @@ from worker_process import (
 from agents.kafka import kafka_python_config
 from agents.produce import produce
 from pipeline.config import Settings
-from pipeline.events import EventDecoder, Rejection
+from pipeline.events import Event, EventDecoder, Rejection
 from pipeline.processor import Processor
 from pipeline.schemas import validator
 from pipeline.simulate import SimulationConfig, Simulator
@@ -121,11 +121,34 @@ def test_every_record_ends_processed_deduplicated_or_dead_lettered(
         original = inputs[(letter["partition"], letter["offset"])]
         if letter["original_encoding"] == "text":
             assert letter["original"].encode() == original[: 512 * 1024]
-    # session ends were scored, each a valid churn record
-    churn_validator = validator("churn")
-    assert churn, "no session ended"
-    for record in churn:
-        churn_validator.validate(orjson.loads(record.value))
+    # every active user is scored, and every score record is valid per schemas/
+    decoder = EventDecoder()
+    events = [e for _, v in records if isinstance(e := decoder.decode(v), Event)]
+    horizon_ms = max(e.ts_ms for e in events) - 86_400_000  # sessions surely ended by then
+    with_session_end = {e.user_id for e in events if e.ts_ms < horizon_ms}
+    with_items = {e.user_id for e in events if e.type in ("play", "click")}
+    lists = wait_for_records(
+        settings, settings.topic_scores_personalization,
+        int(samples.get(("ottscore_scores_published_total",
+                         frozenset({("kind", "personalization")})), 0)),
+    )  # fmt: skip
+    signals = read_topic(settings, settings.topic_signals)
+    for kind, published, schema in (
+        ("churn", churn, "churn"), ("personalization", lists, "personalization"),
+        ("signal", signals, "signal"),
+    ):  # fmt: skip
+        check = validator(schema)
+        for record in published:
+            check.validate(orjson.loads(record.value))
+        assert len(published) == labelled(samples, "ottscore_scores_published_total", "kind").get(
+            kind, 0
+        )
+    assert {r.key.decode() for r in churn} >= with_session_end
+    assert {r.key.decode() for r in lists} >= with_items
+    print(
+        f"scores: {len(churn)} churn for {len(with_session_end)}+ users, {len(lists)} lists "
+        f"for {len(with_items)} users, {len(signals)} signals, all valid"
+    )
 
 
 def reference_states(settings: Settings) -> dict[str, bytes]:
