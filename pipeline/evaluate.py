@@ -254,26 +254,26 @@ def format_report(report: Mapping[str, float | int]) -> str:
 def check_predictions(path: str | Path, *, settings: Settings) -> int:
     """Check that a predictions file is honest; return how many lines it has.
 
-    Every label must be known no earlier than the prediction it labels. A prediction is
-    made when the watermark ends a session, a session gap after the user's last event; so
-    a positive (churned) label may be known only a churn horizon after that last event,
-    and a negative one (the user came back) no later.
+    Every prediction is made after the user's last event and no label is known before
+    its prediction. A positive (churned) label is known exactly a churn horizon after the
+    user's last event, when the watermark passes it; a negative one (the user came back)
+    earlier than that.
 
     Raises
     ------
     ValueError
         Naming the first line that breaks a rule.
-
     """
     horizon_ms = int(settings.churn_horizon_s * 1000)
-    gap_ms = int(settings.session_gap_s * 1000)
     count = 0
     for count, line in enumerate(read_jsonl(path), start=1):
-        waited_ms = parse_ts(line["labelled_at"]) - parse_ts(line["predicted_at"])
-        if waited_ms < 0:
+        predicted = parse_ts(line["predicted_at"])
+        labelled = parse_ts(line["labelled_at"])
+        churn_at = parse_ts(line["last_seen"]) + horizon_ms
+        if not parse_ts(line["last_seen"]) < predicted <= labelled:
             raise ValueError(f"{path}:{count}: labelled before it was predicted: {line}")
-        if line["label"] == 1 and waited_ms < horizon_ms - gap_ms:
+        if line["label"] == 1 and labelled != churn_at:
             raise ValueError(f"{path}:{count}: churn labelled before the horizon: {line}")
-        if line["label"] == 0 and waited_ms > horizon_ms - gap_ms:
+        if line["label"] == 0 and labelled >= churn_at:
             raise ValueError(f"{path}:{count}: return labelled after the horizon: {line}")
     return count

@@ -368,7 +368,13 @@ class Processor:
                 if self._prediction_sink is not None:
                     self._prediction_sink(
                         LabelledPrediction(
-                            state.user_id, pending.predicted_at_ms, probability, label, at_ms, name
+                            state.user_id,
+                            pending.predicted_at_ms,
+                            probability,
+                            label,
+                            at_ms,
+                            name,
+                            pending.last_seen_ms,
                         )
                     )
             model.learn_one(x, churned)

@@ -105,10 +105,14 @@ def log_loss(labels: npt.ArrayLike, probabilities: npt.ArrayLike) -> float:
 class LabelledPrediction:
     """A churn prediction joined with its label, once the label is known.
 
+    ``last_seen`` is the user's last event before the prediction: the label is positive
+    exactly when no event came before ``last_seen`` + horizon, and is known then.
+
     Examples
     --------
-    >>> LabelledPrediction("u-1", 1795378503120, 0.25, 1, 1796588103120, "logreg").to_json()
-    b'{"user_id":"u-1","predicted_at":"2026-11-22T20:15:03.120Z","churn_probability":0.25,"label":1,"labelled_at":"2026-12-06T20:15:03.120Z","model":"logreg"}'
+    >>> LabelledPrediction("u-1", 1795378503120, 0.25, 1, 1796588103120, "logreg",
+    ...                    1795376703120).to_json()
+    b'{"user_id":"u-1","predicted_at":"2026-11-22T20:15:03.120Z","churn_probability":0.25,"label":1,"labelled_at":"2026-12-06T20:15:03.120Z","model":"logreg","last_seen":"2026-11-22T19:45:03.120Z"}'
 
     """
 
@@ -118,6 +122,7 @@ class LabelledPrediction:
     label: int
     labelled_at_ms: int
     model: str
+    last_seen_ms: int
 
     def to_json(self) -> bytes:
         """One JSON line: event times in RFC 3339 (``predicted_at``, ``labelled_at``)."""
@@ -129,6 +134,7 @@ class LabelledPrediction:
                 "label": self.label,
                 "labelled_at": format_ts(self.labelled_at_ms),
                 "model": self.model,
+                "last_seen": format_ts(self.last_seen_ms),
             }
         )
 

@@ -135,7 +135,8 @@ def test_check_predictions_names_a_label_known_too_early(tmp_path: Path) -> None
     path = tmp_path / "p.jsonl"
     path.write_bytes(
         b'{"user_id":"u","predicted_at":"2026-01-02T00:00:00.000Z","churn_probability":0.5,'
-        b'"label":1,"labelled_at":"2026-01-03T00:00:00.000Z","model":"logreg"}\n'
+        b'"label":1,"labelled_at":"2026-01-03T00:00:00.000Z","model":"logreg",'
+        b'"last_seen":"2026-01-01T23:30:00.000Z"}\n'
     )
     with pytest.raises(ValueError, match="p.jsonl:1: churn labelled before the horizon"):
         check_predictions(path, settings=Settings())

@@ -163,7 +163,7 @@ def test_series_is_time_stamped_and_bounded() -> None:
 
 
 def test_labelled_prediction_json_carries_rfc3339_event_times() -> None:
-    line = LabelledPrediction("u-9", 1_000, 0.125, 0, 61_000, "poisson").to_json()
+    line = LabelledPrediction("u-9", 1_000, 0.125, 0, 61_000, "poisson", 500).to_json()
     record = orjson.loads(line)
     assert record == {
         "user_id": "u-9",
@@ -172,5 +172,6 @@ def test_labelled_prediction_json_carries_rfc3339_event_times() -> None:
         "label": 0,
         "labelled_at": "1970-01-01T00:01:01.000Z",
         "model": "poisson",
+        "last_seen": "1970-01-01T00:00:00.500Z",
     }
     assert parse_ts(record["labelled_at"]) - parse_ts(record["predicted_at"]) == 60_000
