@@ -131,7 +131,7 @@ class IngestWorker:
     def _snapshot(self, partition: int, now: float) -> None:
         self.snapshots.publish(
             partition,
-            self.processor.partition_models(partition),
+            self.processor.models(partition),
             offset=self._offsets.get(partition),
             now_s=now,
         )

@@ -52,7 +52,7 @@ from pipeline.models import PartitionModels
 from pipeline.personalize import Personalizer
 from pipeline.quality import LabelledPrediction, Prequential
 from pipeline.records import churn_record, dlq_record, risk_band, signal_record
-from pipeline.state import PendingChurn, Step, UserState
+from pipeline.state import PendingChurn, UserState
 from pipeline.timers import EventTimeTimers
 
 __all__ = ["Output", "Processor"]
@@ -157,10 +157,9 @@ class Processor:
             return
         timers = self.timers
         timers.advance(partition, event.ts_ms)
-        if timers.due(partition):
-            self._cause = (event.ts_ms, timestamp_ms)
-            self._fire_timers(partition)
         self._cause = (event.ts_ms, timestamp_ms)
+        if timers.due(partition):
+            self._fire_timers(partition)
         models = self.models(state.partition)
         if state.pending is not None:  # the user came back within the horizon
             timers.cancel(user_id, CHURN)
@@ -170,7 +169,9 @@ class Processor:
         timers.schedule(state.partition, user_id, SESSION, state.session_deadline_ms(self._gap_ms))
         tally.consumed[event.type] += 1
         if event.item_id is not None:
-            self._personalize(state, models, event, step, previous)
+            record = self.personalizer.on_event(state, models, event, step, previous)
+            if record is not None:
+                self._emit("personalization", user_id.encode(), record)
 
     def _genres(self, item_id: str) -> tuple[str, ...]:
         record = self.catalog.get(item_id)
@@ -196,28 +197,12 @@ class Processor:
             self._models[partition] = models
         return models
 
-    def partition_models(self, partition: int) -> PartitionModels:
-        """The models of ``partition``, to snapshot."""
-        return self.models(partition)
-
     def install_models(self, partition: int, models: PartitionModels) -> None:
         """Adopt restored models for ``partition`` (catalog items added since are merged)."""
         for record in self.catalog.values():
             if record["item_id"] not in models.items:
                 models.items.add_catalog_item(record)
         self._models[partition] = models
-
-    def _personalize(
-        self,
-        state: UserState,
-        models: PartitionModels,
-        event: Event,
-        step: Step,
-        previous: str | None,
-    ) -> None:
-        record = self.personalizer.on_event(state, models, event, step, previous)
-        if record is not None:
-            self._emit("personalization", state.user_id.encode(), record)
 
     def _new_user(self, user_id: str, partition: int) -> UserState:
         state = UserState.new(

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 from conftest import free_ports
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from worker_process import (
     WorkerProcess,
     labelled,
@@ -168,10 +168,7 @@ def reference_states(settings: Settings) -> dict[str, bytes]:
 def wait_committed(settings: Settings, timeout_s: float = 120.0) -> None:
     """Wait until the worker's group has committed the end offset of every input partition."""
     admin = KafkaAdminClient(**kafka_python_config(settings))
-    consumer_settings = kafka_python_config(settings)
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(**consumer_settings)
+    consumer = KafkaConsumer(**kafka_python_config(settings))
     try:
         partitions = [
             TopicPartition(settings.topic_events, p)
