@@ -24,8 +24,9 @@ import faust
 from faust.streams import _current_event  # the event a table write belongs to
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerT, EventT
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
+from agents.health import Health, serve
 from agents.kafka import MAX_SNAPSHOT_BYTES, faust_broker_settings, output_topics
 from agents.produce import read_catalog
 from agents.snapshots import SnapshotWriter, latest_snapshot
@@ -239,6 +240,21 @@ class IngestWorker:
             self.snapshots.forget(partition)
             self.processor.drop_partition(partition)
             self._restored.discard(partition)
+            self._offsets.pop(partition, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(str(partition))
+
+    def export_lag(self, ends: dict[int, int], committed: dict[int, int | None]) -> None:
+        """Set the lag of each owned partition from its end offset.
+
+        The next offset to process is the one after the last processed, or, before this
+        worker processed any record of the partition, the group's committed offset.
+        """
+        for partition, end in ends.items():
+            last = self._offsets.get(partition)
+            position = last + 1 if last is not None else committed.get(partition)
+            if position is not None:
+                self.metrics.consumer_lag.labels(str(partition)).set(max(0, end - position))
 
 
 def _latency_callback(event_hist: Any, ingest_hist: Any, event_ts_ms: int, ingest_ts_ms: int):
@@ -249,6 +265,29 @@ def _latency_callback(event_hist: Any, ingest_hist: Any, event_ts_ms: int, inges
             ingest_hist.observe(max(0.0, now - ingest_ts_ms / 1000))
 
     return observe
+
+
+def logging_config(settings: Settings) -> dict[str, Any] | None:
+    """Faust's logging set-up for ``settings.log_format``: None keeps Faust's text lines.
+
+    ``json`` writes one JSON object per line (python-json-logger) to stderr, with the
+    time, level, logger, process and message, plus the fields of any ``extra``.
+    """
+    if settings.log_format == "text":
+        return None
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {
+                "()": "pythonjsonlogger.json.JsonFormatter",
+                "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+                "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            }
+        },
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "root": {"handlers": ["stderr"], "level": "INFO"},
+    }
 
 
 def build_app(settings: Settings | None = None) -> faust.App:
@@ -265,6 +304,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         web_port=settings.worker_web_port,
         web_bind=settings.worker_web_host,
         producer_max_request_size=MAX_SNAPSHOT_BYTES + 64 * 1024,
+        logging_config=logging_config(settings),
     )
     raw = {
         "key_type": bytes,
@@ -315,12 +355,35 @@ def build_app(settings: Settings | None = None) -> faust.App:
         worker.load_catalog(await asyncio.to_thread(read_catalog, settings))
         worker.export_quality()
 
+    health = Health(stale_after_s=settings.health_stale_s)
+
+    @app.timer(1.0)
+    async def beat() -> None:
+        health.beat()
+        if app.rebalancing or app.in_recovery:
+            health.set_ready(False, "rebalancing" if app.rebalancing else "recovering table")
+        elif app.tables.recovery.completed.is_set():
+            health.set_ready(True, "processing")
+        metrics.ready.set(1 if health.readiness()[0] else 0)
+
+    @app.timer(settings.lag_interval_s)
+    async def lag() -> None:
+        consumer = app.consumer
+        owned = [tp for tp in consumer.assignment() if tp.topic == settings.topic_events]
+        if owned and not (app.rebalancing or app.in_recovery):
+            ends = await consumer.highwaters(*owned)
+            worker.export_lag(
+                {tp.partition: end for tp, end in ends.items()},
+                {tp.partition: consumer._committed_offset.get(tp) for tp in owned},
+            )
+
     @app.task
     async def prepare() -> None:
         if settings.metrics_port:
-            start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
+            serve(health, registry, host=settings.metrics_host, port=settings.metrics_port)
             log.info(
-                "metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port
-            )
+                "metrics on http://%s:%d/metrics (health: /healthz, /readyz)",
+                settings.metrics_host, settings.metrics_port,
+            )  # fmt: skip
 
     return app

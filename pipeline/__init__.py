@@ -1,0 +1,1 @@
+"""The processing core of ottscore: decoding, state, features and models, no Kafka."""

@@ -52,11 +52,17 @@ class ChurnModel(Protocol):
 
     model_version: str
 
-    def predict_proba_one(self, x: Mapping[str, float]) -> float: ...
+    def predict_proba_one(self, x: Mapping[str, float]) -> float:
+        """Probability that the user churns within the horizon."""
+        ...
 
-    def learn_one(self, x: Mapping[str, float], y: bool) -> None: ...
+    def learn_one(self, x: Mapping[str, float], y: bool) -> None:
+        """Learn one labelled sample (``y`` true: churned)."""
+        ...
 
-    def contributions(self, x: Mapping[str, float], *, top: int) -> list[Contribution]: ...
+    def contributions(self, x: Mapping[str, float], *, top: int) -> list[Contribution]:
+        """The ``top`` features pushing the prediction most: (name, value, effect)."""
+        ...
 
 
 class LogisticChurn:

@@ -88,7 +88,18 @@ class Settings(BaseSettings):
 
     # --- metrics ----------------------------------------------------------------------
     metrics_host: str = Field("127.0.0.1", description="Prometheus endpoint bind address.")
-    metrics_port: int = Field(9300, description="Prometheus endpoint port (0 disables it).")
+    metrics_port: int = Field(
+        9300, description="Port of /metrics, /healthz and /readyz (0 disables them)."
+    )
+    health_stale_s: float = Field(
+        30.0, gt=0, description="Event-loop silence after which /healthz answers 503, in seconds."
+    )
+    lag_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between two reads of the input end offsets (lag metric)."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Worker log lines: text, or one JSON object per line."
+    )
 
     # --- input validation -------------------------------------------------------------
     max_event_bytes: int = Field(

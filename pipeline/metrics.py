@@ -195,6 +195,19 @@ class Metrics:
             "Wall-clock time the latest model snapshot was acknowledged (Unix seconds).",
             registry=registry,
         )
+        self.consumer_lag = Gauge(
+            "ottscore_consumer_lag_records",
+            "Input records behind the end of each input partition this worker owns "
+            "(end offset minus the next offset to process).",
+            ["partition"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "ottscore_worker_ready",
+            "1 while the worker owns recovered partitions and processes them, else 0 "
+            "(starting, rebalancing or recovering its table).",
+            registry=registry,
+        )
 
         self.model_quality = Gauge(
             "ottscore_model_quality",

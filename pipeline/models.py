@@ -30,8 +30,10 @@ __all__ = ["PartitionModels"]
 
 @dataclass(slots=True)
 class PartitionModels:
-    """Churn champion (first) and challenger, recommender, segments and, in explicit mode,
-    the rating model of one partition.
+    """The models of one partition.
+
+    Churn champion (first) and challenger, recommender, segments and, in explicit mode,
+    the rating model.
     """
 
     items: ItemIndex

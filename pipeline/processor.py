@@ -287,7 +287,7 @@ class Processor:
             session_events=session.events,
             tenure_ms=session.end_ms - state.first_seen_ms,
         )
-        x = dict(zip(CHURN_FEATURES, vector))
+        x = dict(zip(CHURN_FEATURES, vector, strict=True))
         models = self.models(state.partition)
         probabilities = {name: model.predict_proba_one(x) for name, model in models.churn.items()}
         models.segmenter.learn_one(x)
@@ -344,7 +344,7 @@ class Processor:
         pending = state.pending
         assert pending is not None
         state.pending = None
-        x = dict(zip(CHURN_FEATURES, pending.features))
+        x = dict(zip(CHURN_FEATURES, pending.features, strict=True))
         label = int(churned)
         for name, model in models.churn.items():
             probability = pending.probabilities.get(name)

@@ -134,6 +134,7 @@ class Trending:
         self._t0: int | None = None
 
     def add(self, idx: int, weight: float, ts_ms: int) -> None:
+        """Add ``weight`` to item ``idx`` at event time ``ts_ms``."""
         if self._t0 is None:
             self._t0 = ts_ms
         exponent = (ts_ms - self._t0) / self.half_life_ms
@@ -162,6 +163,7 @@ class Transitions:
         self.max_next = max_next
 
     def add(self, previous: int, chosen: int) -> None:
+        """Count one choice of ``chosen`` right after ``previous``."""
         row = self.after.setdefault(previous, {})
         row[chosen] = row.get(chosen, 0.0) + 1.0
         if len(row) > self.max_next:  # keep the strongest: bounded memory per item
@@ -169,6 +171,7 @@ class Transitions:
             del row[weakest]
 
     def row(self, previous: int | None, n_items: int) -> np.ndarray:
+        """Counts of every item chosen after ``previous``, dense over ``n_items``."""
         dense = np.zeros(n_items)
         if previous is not None:
             for chosen, count in self.after.get(previous, {}).items():
@@ -258,7 +261,7 @@ class Recommender:
             signals = self._signals(user_id, previous=previous, genres=genres)
             negatives = self.rng.integers(0, n, size=self.negatives)
             for row, label in [(idx, True)] + [(int(j), False) for j in negatives if j != idx]:
-                x = dict(zip(SIGNALS, signals[row].tolist()))
+                x = dict(zip(SIGNALS, signals[row].tolist(), strict=True))
                 self.scaler.learn_one(x)
                 self.ranker.learn_one(self.scaler.transform_one(x), label)
         self._learn_taste(user_id, idx, 1.0, sample_negatives=True)
@@ -305,7 +308,7 @@ class Recommender:
         strongest = np.argmax(contributions[top], axis=1) if top else []
         return [
             Recommendation(self.items.ids[i], float(scores[i]), self._reason(i, s, previous))
-            for i, s in zip(top, strongest)
+            for i, s in zip(top, strongest, strict=True)
         ]
 
     def trending_top(self, *, k: int, exclude: Iterable[int] = ()) -> list[Recommendation]:
@@ -341,6 +344,7 @@ class RatingModel:
         return min(max(self.mf.predict_one(user_id, item_id), low), high)
 
     def learn_one(self, user_id: str, item_id: str, rating: float) -> None:
+        """Learn one observed rating."""
         self.mf.learn_one(user_id, item_id, rating)
 
 

@@ -41,6 +41,7 @@ class Segmenter:
         self.kmeans = cluster.KMeans(n_clusters=n_segments, halflife=0.05, sigma=1.0, seed=seed)
 
     def learn_one(self, x: Mapping[str, float]) -> None:
+        """Move the scaler and the nearest centroid towards ``x``."""
         self.scaler.learn_one(dict(x))
         self.kmeans.learn_one(self.scaler.transform_one(dict(x)))
 

@@ -83,11 +83,13 @@ class PendingChurn:
     probabilities: dict[str, float]
 
     def to_list(self) -> list[object]:
+        """The fields as a list, for the state's positional JSON."""
         return [self.predicted_at_ms, self.last_seen_ms, pack_floats(self.features),
                 self.probabilities]  # fmt: skip
 
     @classmethod
     def from_list(cls, values: list) -> PendingChurn:  # type: ignore[type-arg]
+        """Inverse of :meth:`to_list`."""
         predicted_at, last_seen, features, probabilities = values
         return cls(predicted_at, last_seen, unpack_floats(features), probabilities)
 

@@ -71,7 +71,7 @@ def wait_for_records(settings: Settings, topic: str, count: int, timeout_s: floa
 def test_every_record_ends_processed_deduplicated_or_dead_lettered(
     settings_factory, tmp_path: Path
 ) -> None:
-    settings = settings_factory(metrics_port=free_ports(1)[0])
+    settings = settings_factory(metrics_port=free_ports(1)[0], lag_interval_s=0.5)
     simulator = Simulator(
         SimulationConfig(users=300, days=21, seed=11, bad_rate=0.03, duplicate_rate=0.02)
     )
@@ -86,7 +86,21 @@ def test_every_record_ends_processed_deduplicated_or_dead_lettered(
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         worker.wait_received(total)
+
+        # caught up: ready, live, and no record left behind on any partition
+        def caught_up() -> bool:
+            lag = labelled(worker.samples(), "ottscore_consumer_lag_records", "partition")
+            return not lag and worker.probe("/readyz")[0] == 200  # (zero values are left out)
+
+        worker.wait_until(caught_up, timeout_s=30, what="waiting for zero lag and readiness")
         samples = worker.samples()
+        ready = {"ready": True, "live": True, "reason": "processing"}
+        assert worker.probe("/readyz") == (200, ready)
+        assert worker.probe("/healthz")[0] == 200
+        partitions = {dict(labels)["partition"] for name, labels in samples
+                      if name == "ottscore_consumer_lag_records"}  # fmt: skip
+        assert partitions == {str(p) for p in range(settings.topic_partitions)}
+        assert sum_samples(samples, "ottscore_worker_ready") == 1
         dlq = wait_for_records(settings, settings.topic_dlq, sum(rejected.values()))
         churn = wait_for_records(
             settings,

@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import orjson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,6 +67,15 @@ class WorkerProcess:
             for family in text_string_to_metric_families(text)
             for sample in family.samples
         }
+
+    def probe(self, path: str) -> tuple[int, dict]:
+        """(HTTP status, JSON body) of the worker's ``/healthz`` or ``/readyz``."""
+        url = f"http://127.0.0.1:{self.settings.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, orjson.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, orjson.loads(error.read())
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample's value (0 when absent or before the endpoint is up)."""
