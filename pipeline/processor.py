@@ -121,6 +121,8 @@ class Processor:
         self._dedupe_window_ms = int(settings.dedupe_window_s * 1000)
         self._dedupe_max_ids = settings.dedupe_max_ids
         self._cause: tuple[int, int] = (0, 0)
+        # per partition, (offset, last event time) of the states adopted since its last record
+        self._floors: dict[int, list[tuple[int, int]]] = {}
 
     # --- input ------------------------------------------------------------------------
 
@@ -144,22 +146,24 @@ class Processor:
             )
             return
         event: Event = decoded
+        if self._floors:
+            self._restore_watermark(partition, offset)
         user_id = event.user_id
         state = self.users.get(user_id) or self._new_user(user_id, partition)
+        timers = self.timers
         if partition == state.partition:
             if offset <= state.offset:
+                # Replayed after a crash: the state holds this event, but the watermark
+                # must move (and timers fire) here as in the uninterrupted run.
                 tally.already_applied += 1
+                self._advance(partition, event.ts_ms, timestamp_ms)
                 return
             state.offset = offset
         self._dirty.add(user_id)
         if state.recent_ids.seen(event.event_id, event.ts_ms):
             tally.deduplicated += 1
             return
-        timers = self.timers
-        timers.advance(partition, event.ts_ms)
-        self._cause = (event.ts_ms, timestamp_ms)
-        if timers.due(partition):
-            self._fire_timers(partition)
+        self._advance(partition, event.ts_ms, timestamp_ms)
         models = self.models(state.partition)
         if state.pending is not None:  # the user came back within the horizon
             timers.cancel(user_id, CHURN)
@@ -172,6 +176,30 @@ class Processor:
             record = self.personalizer.on_event(state, models, event, step, previous)
             if record is not None:
                 self._emit("personalization", user_id.encode(), record)
+
+    def _restore_watermark(self, partition: int, offset: int) -> None:
+        """At the first record after adopting ``partition``'s users, restore its watermark.
+
+        The uninterrupted run's watermark at this offset is the latest event time before
+        it; the adopted states whose last applied offset is before it tell it (a timer
+        scheduled by the last event before a restart may be due already and must fire at
+        the next event, as it did in that run). States written ahead of the committed
+        offset (a crash between the state write-back and the commit) are left out: their
+        events are replayed and move the watermark when the replay reaches them.
+        """
+        floors = self._floors.pop(partition, None)
+        if floors:
+            before = [ts_ms for state_offset, ts_ms in floors if state_offset < offset]
+            if before:
+                self.timers.advance(partition, max(before))
+
+    def _advance(self, partition: int, ts_ms: int, timestamp_ms: int) -> None:
+        """Move ``partition``'s watermark to ``ts_ms`` and fire the timers now due."""
+        timers = self.timers
+        timers.advance(partition, ts_ms)
+        self._cause = (ts_ms, timestamp_ms)
+        if timers.due(partition):
+            self._fire_timers(partition)
 
     def _genres(self, item_id: str) -> tuple[str, ...]:
         record = self.catalog.get(item_id)
@@ -223,11 +251,11 @@ class Processor:
     def adopt(self, state: UserState) -> None:
         """Take over a stored state (after a restart or rebalance) and re-arm its timers.
 
-        The partition's watermark moves to the user's last event, so that once all of a
-        partition's users are adopted it is where the uninterrupted run had it.
+        The partition's watermark is restored at its next record (see
+        :meth:`_restore_watermark`), from the states that are not ahead of it.
         """
         self.users[state.user_id] = state
-        self.timers.advance(state.partition, state.last_seen_ms)
+        self._floors.setdefault(state.partition, []).append((state.offset, state.last_seen_ms))
         if state.session_start_ms is not None:
             self.timers.schedule(
                 state.partition, state.user_id, SESSION, state.session_deadline_ms(self._gap_ms)
@@ -389,6 +417,7 @@ class Processor:
         Call :meth:`take_dirty` first and write its result: dropped states are not kept.
         """
         self.timers.drop_partition(partition)
+        self._floors.pop(partition, None)
         self._models.pop(partition, None)
         for user_id in [u for u, s in self.users.items() if s.partition == partition]:
             del self.users[user_id]

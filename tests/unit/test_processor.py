@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -91,6 +92,38 @@ def test_restoring_states_mid_stream_gives_the_state_of_one_uninterrupted_run(
         isinstance(after.decoder.decode(value), Event) for _, value in stream[cut - 50 : cut]
     )
     assert after.tally.already_applied == replayed_valid
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    commit=st.floats(min_value=0.05, max_value=0.9),
+    ahead=st.integers(min_value=0, max_value=600),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_a_crash_between_state_write_back_and_commit_replays_to_the_same_states(
+    commit: float, ahead: int, seed: int
+) -> None:
+    """A SIGKILL: states of some users were written past the committed offset."""
+    stream = records()
+    cut = int(len(stream) * commit)
+    written = min(len(stream), cut + ahead)
+    whole = Processor(SETTINGS, clock=lambda: FAR_FUTURE)
+    run(whole, stream)
+    expected = {user: state.activity() for user, state in whole.users.items()}
+
+    crashed = Processor(SETTINGS, clock=lambda: FAR_FUTURE)
+    run(crashed, stream[:cut])
+    stored = {user: data for user, _, data in crashed.take_dirty()}  # committed batches
+    run(crashed, stream[cut:written], start=cut)
+    rng = random.Random(seed)
+    for user, _, data in crashed.take_dirty():  # the write-back the crash interrupted
+        if rng.random() < 0.5:
+            stored[user] = data
+    restarted = Processor(SETTINGS, clock=lambda: FAR_FUTURE)
+    for user, data in stored.items():
+        restarted.adopt(restarted.decode_state(user, data))
+    run(restarted, stream[cut:], start=cut)  # replay from the committed offset
+    assert {user: state.activity() for user, state in restarted.users.items()} == expected
 
 
 @given(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=60))
