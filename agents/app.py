@@ -124,6 +124,7 @@ class IngestWorker:
         self.processor = Processor(settings)
         self._restored: set[int] = set()
         self._offsets: dict[int, int] = {}
+        self._lagged: set[int] = set()  # partitions whose lag is exported
 
     def handle(self, events: Sequence[EventT]) -> None:
         """Process one batch: state, write-back, outputs, metrics. Never awaits."""
@@ -241,20 +242,32 @@ class IngestWorker:
             self.processor.drop_partition(partition)
             self._restored.discard(partition)
             self._offsets.pop(partition, None)
-            with contextlib.suppress(KeyError):
+            if partition in self._lagged:
+                self._lagged.discard(partition)
                 self.metrics.consumer_lag.remove(str(partition))
 
-    def export_lag(self, ends: dict[int, int], committed: dict[int, int | None]) -> None:
-        """Set the lag of each owned partition from its end offset.
+    def export_lag(
+        self, ends: dict[int, int], committed: dict[int, int | None], owned: set[int]
+    ) -> None:
+        """Set the lag of each ``owned`` partition from its end offset; drop the others.
 
         The next offset to process is the one after the last processed, or, before this
-        worker processed any record of the partition, the group's committed offset.
+        worker processed any record of the partition, the group's committed offset. The
+        end offsets were read before a rebalance may have moved partitions away, hence
+        ``owned``, read after.
         """
+        gauge = self.metrics.consumer_lag
+        for partition in self._lagged - owned:
+            gauge.remove(str(partition))
+        self._lagged &= owned
         for partition, end in ends.items():
+            if partition not in owned:
+                continue
             last = self._offsets.get(partition)
             position = last + 1 if last is not None else committed.get(partition)
             if position is not None:
-                self.metrics.consumer_lag.labels(str(partition)).set(max(0, end - position))
+                gauge.labels(str(partition)).set(max(0, end - position))
+                self._lagged.add(partition)
 
 
 def _latency_callback(event_hist: Any, ingest_hist: Any, event_ts_ms: int, ingest_ts_ms: int):
@@ -305,6 +318,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
         web_bind=settings.worker_web_host,
         producer_max_request_size=MAX_SNAPSHOT_BYTES + 64 * 1024,
         logging_config=logging_config(settings),
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=settings.kafka_session_timeout_s / 10,
     )
     raw = {
         "key_type": bytes,
@@ -372,9 +387,15 @@ def build_app(settings: Settings | None = None) -> faust.App:
         owned = [tp for tp in consumer.assignment() if tp.topic == settings.topic_events]
         if owned and not (app.rebalancing or app.in_recovery):
             ends = await consumer.highwaters(*owned)
+            still = {
+                tp.partition for tp in consumer.assignment() if tp.topic == settings.topic_events
+            }
+            if app.rebalancing or app.in_recovery:
+                return  # read across a rebalance: the next round is exact
             worker.export_lag(
                 {tp.partition: end for tp, end in ends.items()},
                 {tp.partition: consumer._committed_offset.get(tp) for tp in owned},
+                still,
             )
 
     @app.task

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         0.05, gt=0, description="Longest the ingest agent waits to fill a batch, in seconds."
     )
 
+    kafka_session_timeout_s: float = Field(
+        30.0,
+        ge=6,
+        le=300,
+        description="Consumer-group session timeout: a worker silent this long (killed) loses "
+        "its partitions to the others; heartbeats every tenth of it.",
+    )
     catalog_refresh_s: float = Field(
         60.0, gt=0, description="Seconds between re-reads of the catalog topic by a worker."
     )

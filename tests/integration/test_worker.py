@@ -11,20 +11,21 @@ from pathlib import Path
 import orjson
 import pytest
 from conftest import free_ports
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from worker_process import (
     WorkerProcess,
+    expected_outcomes,
     labelled,
     latest_by_key,
     produce_all,
     read_topic,
+    reference_states,
     sum_samples,
+    wait_committed,
 )
 
-from agents.kafka import kafka_python_config
 from agents.produce import produce
 from pipeline.config import Settings
-from pipeline.events import Event, EventDecoder, Rejection
+from pipeline.events import Event, EventDecoder
 from pipeline.processor import Processor
 from pipeline.schemas import validator
 from pipeline.simulate import SimulationConfig, Simulator
@@ -34,29 +35,6 @@ MALFORMED_REASONS = {
     "not_json", "not_utf8", "missing_field", "wrong_type", "unknown_type", "oversized",
     "future_timestamp",
 }  # fmt: skip
-
-
-def expected_outcomes(records: list[tuple[bytes | None, bytes]]) -> tuple[Counter, Counter, int]:
-    """What the worker must do with ``records``: consumed by type, rejected by reason, retries.
-
-    Computed independently of the processor: a retry is an exact re-send of a valid record.
-    """
-    decoder = EventDecoder()
-    consumed: Counter[str] = Counter()
-    rejected: Counter[str] = Counter()
-    seen: set[bytes] = set()
-    retries = 0
-    for _, value in records:
-        if value in seen:
-            retries += 1
-            continue
-        decoded = decoder.decode(value)
-        if isinstance(decoded, Rejection):
-            rejected[decoded.reason] += 1
-        else:
-            consumed[decoded.type] += 1
-            seen.add(value)
-    return consumed, rejected, retries
 
 
 def wait_for_records(settings: Settings, topic: str, count: int, timeout_s: float = 60.0) -> list:
@@ -163,42 +141,6 @@ def test_every_record_ends_processed_deduplicated_or_dead_lettered(
         f"scores: {len(churn)} churn for {len(with_session_end)}+ users, {len(lists)} lists "
         f"for {len(with_items)} users, {len(signals)} signals, all valid"
     )
-
-
-def reference_states(settings: Settings) -> dict[str, bytes]:
-    """User states of one uninterrupted in-process run over the input topic, per partition."""
-    processor = Processor(settings)
-    for record in read_topic(settings, settings.topic_events):
-        processor.process(
-            record.value,
-            key=record.key,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp_ms=record.timestamp,
-        )
-    return {user: data for user, _, data in processor.take_dirty()}
-
-
-def wait_committed(settings: Settings, timeout_s: float = 120.0) -> None:
-    """Wait until the worker's group has committed the end offset of every input partition."""
-    admin = KafkaAdminClient(**kafka_python_config(settings))
-    consumer = KafkaConsumer(**kafka_python_config(settings))
-    try:
-        partitions = [
-            TopicPartition(settings.topic_events, p)
-            for p in consumer.partitions_for_topic(settings.topic_events)
-        ]
-        end = consumer.end_offsets(partitions)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            committed = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
-            if all(tp in committed and committed[tp].offset >= end[tp] for tp in partitions):
-                return
-            assert time.monotonic() < deadline, f"committed {committed}, end {end}"
-            time.sleep(0.5)
-    finally:
-        consumer.close()
-        admin.close()
 
 
 @pytest.mark.slow

@@ -9,17 +9,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.kafka import kafka_python_config
 from agents.produce import make_producer
 from pipeline.config import Settings
+from pipeline.events import EventDecoder, Rejection
+from pipeline.processor import Processor
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -162,3 +165,62 @@ def latest_by_key(records: Iterable[ConsumerRecord]) -> dict[bytes, bytes]:
         else:
             latest[record.key] = record.value
     return latest
+
+
+def expected_outcomes(records: list[tuple[bytes | None, bytes]]) -> tuple[Counter, Counter, int]:
+    """What the worker must do with ``records``: consumed by type, rejected by reason, retries.
+
+    Computed independently of the processor: a retry is an exact re-send of a valid record.
+    """
+    decoder = EventDecoder()
+    consumed: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    seen: set[bytes] = set()
+    retries = 0
+    for _, value in records:
+        if value in seen:
+            retries += 1
+            continue
+        decoded = decoder.decode(value)
+        if isinstance(decoded, Rejection):
+            rejected[decoded.reason] += 1
+        else:
+            consumed[decoded.type] += 1
+            seen.add(value)
+    return consumed, rejected, retries
+
+
+def reference_states(settings: Settings) -> dict[str, bytes]:
+    """User states of one uninterrupted in-process run over the input topic, per partition."""
+    processor = Processor(settings)
+    for record in read_topic(settings, settings.topic_events):
+        processor.process(
+            record.value,
+            key=record.key,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+        )
+    return {user: data for user, _, data in processor.take_dirty()}
+
+
+def wait_committed(settings: Settings, timeout_s: float = 120.0) -> None:
+    """Wait until the worker's group has committed the end offset of every input partition."""
+    admin = KafkaAdminClient(**kafka_python_config(settings))
+    consumer = KafkaConsumer(**kafka_python_config(settings))
+    try:
+        partitions = [
+            TopicPartition(settings.topic_events, p)
+            for p in consumer.partitions_for_topic(settings.topic_events)
+        ]
+        end = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            committed = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
+            if all(tp in committed and committed[tp].offset >= end[tp] for tp in partitions):
+                return
+            assert time.monotonic() < deadline, f"committed {committed}, end {end}"
+            time.sleep(0.5)
+    finally:
+        consumer.close()
+        admin.close()

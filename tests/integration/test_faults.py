@@ -1,0 +1,230 @@
+"""Faults on the real broker: kill -9, a broker restart, a worker lost from the group, garbage.
+
+Each test streams simulated traffic (with malformed records and client retries) while the
+fault happens, lets the surviving or restarted worker catch up, then audits every input
+record: the event-determined part of every user state equals an uninterrupted in-process
+run over the same partitions (so each valid event was applied once: none lost, none twice),
+the per-type event counts in the states equal an independent count of the valid new
+events by event_id, and every malformed record is in the dead-letter topic (by origin
+partition and offset; a replay after a crash may letter it twice, never lose it).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import free_ports
+from worker_process import (
+    WorkerProcess,
+    latest_by_key,
+    read_topic,
+    reference_states,
+    wait_committed,
+)
+
+from agents.kafka import ensure_topics
+from agents.produce import produce
+from pipeline.config import Settings
+from pipeline.events import EVENT_TYPES, EventDecoder, Rejection
+from pipeline.processor import Processor
+from pipeline.simulate import SimulationConfig, Simulator
+
+#: A killed worker's partitions move after this; the broker's minimum allowed is 6 s.
+SESSION_TIMEOUT_S = 6.0
+
+
+def audit(settings: Settings) -> dict[str, int]:
+    """Check every input record's fate (module docstring); returns the counts it saw."""
+    inputs = read_topic(settings, settings.topic_events)
+    decoder = EventDecoder()
+    seen: set[tuple[str, str]] = set()
+    valid: dict[str, Counter[str]] = {}
+    rejected: set[tuple[int, int]] = set()
+    retries = 0
+    for record in inputs:
+        decoded = decoder.decode(record.value)
+        if isinstance(decoded, Rejection):
+            rejected.add((record.partition, record.offset))
+        elif (decoded.user_id, decoded.event_id) in seen:
+            retries += 1
+        else:
+            seen.add((decoded.user_id, decoded.event_id))
+            valid.setdefault(decoded.user_id, Counter())[decoded.type] += 1
+
+    changelog = read_topic(settings, f"{settings.app_id}-users-changelog")
+    stored = {key.decode(): value for key, value in latest_by_key(changelog).items()}
+    expected = reference_states(settings)
+    processor = Processor(settings)
+    states = {user: processor.decode_state(user, data) for user, data in stored.items()}
+    assert stored.keys() == expected.keys() == valid.keys()
+    differing = [
+        user
+        for user in expected
+        if states[user].activity() != processor.decode_state(user, expected[user]).activity()
+    ]
+    assert not differing, f"{len(differing)} of {len(expected)} user states differ"
+
+    lost = twice = 0
+    for user, counts in valid.items():
+        for index, event_type in enumerate(EVENT_TYPES):
+            applied = states[user].counts[index]
+            lost += max(0, counts[event_type] - applied)
+            twice += max(0, applied - counts[event_type])
+    letters = [orjson.loads(r.value) for r in read_topic(settings, settings.topic_dlq)]
+    lettered = {(letter["partition"], letter["offset"]) for letter in letters}
+    lost_letters = len(rejected - lettered)
+    assert (lost, twice, lost_letters) == (0, 0, 0)
+    assert lettered == rejected
+    return {
+        "records": len(inputs),
+        "events": len(seen),
+        "retries": retries,
+        "rejected": len(rejected),
+        "dlq_records": len(letters),
+        "users": len(states),
+        "lost": lost + lost_letters,
+        "applied_twice": twice,
+    }
+
+
+def feed(settings: Settings, records: list, rate: float) -> threading.Thread:
+    feeder = threading.Thread(target=produce, args=(settings, records), kwargs={"rate": rate})
+    feeder.start()
+    return feeder
+
+
+def stream(seed: int, users: int = 300, days: float = 21) -> list[tuple[bytes | None, bytes]]:
+    config = SimulationConfig(users=users, days=days, seed=seed, bad_rate=0.01, duplicate_rate=0.01)
+    return list(Simulator(config).records())
+
+
+@pytest.mark.slow
+def test_kill_9_five_times_loses_nothing(settings_factory, tmp_path: Path) -> None:
+    settings = settings_factory(
+        metrics_port=free_ports(1)[0],
+        batch_max_events=200,
+        kafka_session_timeout_s=SESSION_TIMEOUT_S,
+        snapshot_key="kill-test-key",
+        snapshot_interval_s=2.0,
+    )
+    records = stream(seed=21)
+    feeder = feed(settings, records, rate=2500)
+    rng = random.Random(21)
+    trials = []
+    try:
+        for trial in range(5):
+            worker = WorkerProcess(settings, tmp_path / f"worker-{trial}.log").start()
+            try:
+                target = rng.randint(300, 4000)  # records into this life, then SIGKILL
+                worker.wait_received(target, timeout_s=120)
+                trials.append(int(worker.metric("ottscore_records_received_total")))
+            finally:
+                assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
+        last = WorkerProcess(settings, tmp_path / "worker-last.log").start()
+        try:
+            feeder.join()
+            wait_committed(settings, timeout_s=180)
+            resumed = last.metric("ottscore_scores_published_total", kind="personalization")
+        finally:
+            assert last.stop(signal.SIGTERM) == 0
+    finally:
+        feeder.join()
+    counts = audit(settings)
+    assert resumed > 0, "the restarted worker published no scores"
+    print(f"\nkill -9: {len(trials)} trials (records read per life {trials}), {counts}")
+
+
+@pytest.mark.slow
+def test_broker_restart_mid_stream_loses_nothing(local_kafka_factory, tmp_path: Path) -> None:
+    kafka = local_kafka_factory()
+    kafka.start()
+    settings = Settings(
+        kafka_bootstrap_servers=kafka.bootstrap,
+        app_id="ottscore-broker-restart",
+        store="memory://",
+        data_dir=tmp_path / "data",
+        metrics_port=free_ports(1)[0],
+        worker_web_port=free_ports(1)[0],
+        batch_max_events=200,
+    )
+    ensure_topics(settings)
+    records = stream(seed=22, users=200, days=14)
+    half = len(records) // 2
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce(settings, records[:half])
+        worker.wait_received(half // 2)
+        kafka.stop()  # mid-stream: the worker still has records to process
+        time.sleep(3)
+        kafka.start()
+        produce(settings, records[half:])
+        wait_committed(settings, timeout_s=180)
+        assert worker.process is not None and worker.process.poll() is None
+        assert worker.probe("/readyz")[0] == 200
+    finally:
+        assert worker.stop(signal.SIGTERM) == 0
+    counts = audit(settings)
+    print(f"\nbroker restart: 1 restart mid-stream, {counts}")
+
+
+@pytest.mark.slow
+def test_partitions_of_a_killed_worker_move_to_the_other(settings_factory, tmp_path: Path) -> None:
+    ports = free_ports(2)
+    base = settings_factory(
+        batch_max_events=200,
+        kafka_session_timeout_s=SESSION_TIMEOUT_S,
+        lag_interval_s=0.5,
+    )
+    first = WorkerProcess(base.model_copy(update={"metrics_port": ports[0]}), tmp_path / "a.log")
+    second = WorkerProcess(
+        base.model_copy(
+            update={
+                "metrics_port": ports[1],
+                "worker_web_port": free_ports(1)[0],
+                "data_dir": tmp_path / "b-data",
+            }
+        ),
+        tmp_path / "b.log",
+    )
+    records = stream(seed=23)
+    feeder = feed(base, records, rate=2500)
+    try:
+        first.start()
+        second.start()
+
+        def owned(worker: WorkerProcess) -> int:
+            """Input partitions the worker exports a lag for: the ones it owns."""
+            try:
+                samples = worker.samples()
+            except OSError:  # not serving yet
+                return 0
+            return sum(1 for name, _ in samples if name == "ottscore_consumer_lag_records")
+
+        first.wait_until(
+            lambda: owned(first) + owned(second) == 4 and owned(second) > 0,
+            timeout_s=90,
+            what="waiting for the two workers to share the partitions",
+        )
+        before = owned(second)
+        second.wait_received(2000)
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        second.wait_until(
+            lambda: owned(second) == 4,
+            timeout_s=60,
+            what="waiting for the survivor to own every partition",
+        )
+        feeder.join()
+        wait_committed(base, timeout_s=180)
+    finally:
+        feeder.join()
+        first.stop(signal.SIGKILL)
+        assert second.stop(signal.SIGTERM) == 0
+    counts = audit(base)
+    print(f"\nfailover: survivor owned {before} then 4 partitions, {counts}")
