@@ -1,12 +1,16 @@
 # The two commands of the README: `make demo` and `make test`. Each sets up everything it
 # needs on a fresh machine with Python >= 3.11, a JDK >= 11 and Maven: a virtualenv with
 # the project and its dependencies, and Apache Kafka's jars (fetched by Maven, cached).
+# `make test` also installs Debian's `prometheus` package when `promtool` is missing: the
+# tests check the Prometheus rules with promtool and scrape a worker with the real server.
+# The package's service is not started where no init system runs (containers, CI).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast install tools clean
 
 $(BIN)/ottscore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +20,18 @@ $(BIN)/ottscore: pyproject.toml
 
 install: $(BIN)/ottscore
 
+tools:
+	command -v promtool >/dev/null || ( \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus)
+
 demo: install
 	$(BIN)/ottscore demo
 
-test: install
+test: install tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install tools
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
 clean:

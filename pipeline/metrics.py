@@ -213,7 +213,7 @@ class Metrics:
             "ottscore_model_quality",
             "Prequential quality over each model's last 10,000 outcomes: metric is churn_auc "
             "(exact), churn_logloss, hit_rate_at_10, mae or rmse; model the variant "
-            "(champion, challenger, or the trending baseline).",
+            "(churn: logreg, tree, poisson; lists: personalized, or the trending baseline).",
             ["metric", "model"],
             registry=registry,
         )
