@@ -12,6 +12,10 @@ The broker is one ``java`` process that is both broker and controller, listening
 Its files (``pom.xml``, ``server.properties``, ``log4j.properties``) are read from the
 ``deploy/kafka`` directory of the source tree.
 
+With :class:`SecureListeners` the broker also serves SASL_SSL (SCRAM-SHA-512 users made
+when the data directory is formatted) and SSL with client certificates, on ports of their
+own; the PLAINTEXT listener stays, and the broker's own requests keep using it.
+
 Examples
 --------
 >>> kafka = LocalKafka(Path("/tmp/kafka-example"), port=19092, controller_port=19093)
@@ -35,8 +39,8 @@ import subprocess
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
 from string import Template
@@ -46,11 +50,12 @@ from typing import TYPE_CHECKING
 from kafka.errors import KafkaError
 
 from agents.kafka import admin_client, create_topics
+from agents.tls import Certificates
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
 
-__all__ = ["BrokerError", "BrokerStatus", "LocalKafka", "wait_for_broker"]
+__all__ = ["BrokerError", "BrokerStatus", "LocalKafka", "SecureListeners", "wait_for_broker"]
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kafka"
 """The broker's Maven project, properties template and logging configuration."""
@@ -93,6 +98,79 @@ class BrokerStatus:
     bootstrap: str
     log_file: Path
     data_dir: Path
+
+
+@dataclass(frozen=True)
+class SecureListeners:
+    """The two authenticated listeners a :class:`LocalKafka` may add to its PLAINTEXT one.
+
+    Attributes
+    ----------
+    certificates
+        The broker's key store and the CA it trusts for client certificates
+        (:func:`agents.tls.issue_certificates`).
+    sasl_ssl_port
+        Port of the ``SASL_SSL`` listener: TLS, then a SCRAM-SHA-512 login.
+    ssl_port
+        Port of the ``SSL`` listener: TLS with a client certificate signed by the CA.
+    scram_users
+        SCRAM-SHA-512 user names and passwords. They are written into the cluster metadata
+        when the data directory is formatted, so they are fixed by the first start.
+
+    Examples
+    --------
+    >>> certificates = Certificates(*map(Path, ["ca.pem", "b.pem", "c.pem", "c.key"]))
+    >>> SecureListeners(certificates, sasl_ssl_port=19094, ssl_port=19095).sasl_ssl_bootstrap
+    '127.0.0.1:19094'
+    """
+
+    certificates: Certificates
+    sasl_ssl_port: int
+    ssl_port: int
+    scram_users: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """The bootstrap servers string of the SASL_SSL listener."""
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """The bootstrap servers string of the SSL (mutual TLS) listener."""
+        return f"127.0.0.1:{self.ssl_port}"
+
+    def listeners(self) -> str:
+        """The listeners to add to ``listeners`` and ``advertised.listeners``, comma first."""
+        return f",SASL_SSL://{self.sasl_ssl_bootstrap},SSL://{self.ssl_bootstrap}"
+
+    def properties(self) -> str:
+        """The broker properties of both listeners' TLS and SASL, one per line."""
+        return (
+            "\n# TLS on both secured listeners; SSL also asks for a client certificate.\n"
+            "ssl.keystore.type=PEM\n"
+            f"ssl.keystore.location={self.certificates.broker}\n"
+            "ssl.truststore.type=PEM\n"
+            f"ssl.truststore.location={self.certificates.ca}\n"
+            "listener.name.ssl.ssl.client.auth=required\n"
+            "# SCRAM-SHA-512 logins on SASL_SSL, checked against the users of the metadata log.\n"
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512\n"
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+        )
+
+    def scram_arguments(self) -> list[str]:
+        """``kafka-storage format`` options that create the SCRAM users.
+
+        >>> certificates = Certificates(*map(Path, ["ca.pem", "b.pem", "c.pem", "c.key"]))
+        >>> SecureListeners(certificates, 1, 2, {"ottscore": "s3cret"}).scram_arguments()
+        ['--add-scram', 'SCRAM-SHA-512=[name="ottscore",password="s3cret"]']
+        """
+        arguments = []
+        for name, password in self.scram_users.items():
+            if '"' in name + password:
+                raise ValueError(f"SCRAM user {name!r}: names and passwords cannot hold '\"'")
+            arguments += ["--add-scram", f'SCRAM-SHA-512=[name="{name}",password="{password}"]']
+        return arguments
 
 
 @cache
@@ -196,6 +274,8 @@ class LocalKafka:
     jars_dir
         Cache of the Kafka jars; defaults to ``<home>/libs-<kafka version>``. Several homes
         may share one cache (the tests do): fetching holds a file lock.
+    secure
+        Authenticated listeners to serve besides PLAINTEXT; None for PLAINTEXT only.
     """
 
     def __init__(
@@ -206,11 +286,13 @@ class LocalKafka:
         controller_port: int,
         heap: str = "512m",
         jars_dir: Path | None = None,
+        secure: SecureListeners | None = None,
     ) -> None:
         self.home = Path(home).absolute()
         self.port = port
         self.controller_port = controller_port
         self.heap = heap
+        self.secure = secure
         default_jars_dir = self.home / f"libs-{kafka_version()}"
         self.jars_dir = Path(jars_dir).absolute() if jars_dir else default_jars_dir
         self.data_dir = self.home / "data"
@@ -318,7 +400,8 @@ class LocalKafka:
         if pid is not None:
             self._wait_ready(pid, timeout)
             return
-        for port in (self.port, self.controller_port):
+        secure_ports = (self.secure.sasl_ssl_port, self.secure.ssl_port) if self.secure else ()
+        for port in (self.port, self.controller_port, *secure_ports):
             if _port_taken(port):
                 raise BrokerError(
                     f"127.0.0.1:{port} is already in use by another process, not by the broker "
@@ -326,11 +409,7 @@ class LocalKafka:
                 )
         self.fetch_jars()
         self.home.mkdir(parents=True, exist_ok=True)
-        self.properties_file.write_text(
-            Template((DEPLOY_DIR / "server.properties").read_text()).substitute(
-                port=self.port, controller_port=self.controller_port, data_dir=self.data_dir
-            )
-        )
+        self.properties_file.write_text(self._properties())
         if not (self.data_dir / "meta.properties").exists():
             self._format()
         with open(self.log_file, "wb") as log:
@@ -418,13 +497,24 @@ class LocalKafka:
             f"-Dlog4j.configuration={(DEPLOY_DIR / 'log4j.properties').as_uri()}",
         ]
 
+    def _properties(self) -> str:
+        """The broker's properties: the template filled in, and the secured listeners' own."""
+        properties = Template((DEPLOY_DIR / "server.properties").read_text()).substitute(
+            port=self.port,
+            controller_port=self.controller_port,
+            data_dir=self.data_dir,
+            secure_listeners=self.secure.listeners() if self.secure else "",
+        )
+        return properties + self.secure.properties() if self.secure else properties
+
     def _format(self) -> None:
-        """Format ``data_dir`` for KRaft with a new cluster id."""
+        """Format ``data_dir`` for KRaft with a new cluster id (and the SCRAM users)."""
         done = subprocess.run(
             [
                 *self._java_command(),
                 "kafka.tools.StorageTool", "format",
                 "-t", _cluster_id(), "-c", str(self.properties_file),
+                *(self.secure.scram_arguments() if self.secure else ()),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

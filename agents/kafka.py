@@ -62,15 +62,13 @@ def faust_broker_settings(settings: Settings) -> dict[str, Any]:
     protocol = settings.kafka_security_protocol
     credentials: Any = None
     if protocol.startswith("SASL"):
-        sasl: dict[str, Any] = {
-            "username": settings.kafka_sasl_username,
-            "password": settings.kafka_sasl_password.get_secret_value(),
-            "ssl_context": _ssl_context(settings) if protocol == "SASL_SSL" else None,
-        }
-        if settings.kafka_sasl_mechanism == "PLAIN":
-            credentials = faust.SASLCredentials(**sasl)
-        else:
-            credentials = faust.SASLCredentials(mechanism=settings.kafka_sasl_mechanism, **sasl)
+        # an SSL context is what makes faust's credentials SASL_SSL rather than SASL_PLAINTEXT
+        credentials = faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            ssl_context=_ssl_context(settings) if protocol == "SASL_SSL" else None,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
     elif protocol == "SSL":
         credentials = faust.SSLCredentials(_ssl_context(settings))
     return {"broker": brokers, "broker_credentials": credentials}

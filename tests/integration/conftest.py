@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from agents.broker import LocalKafka, wait_for_broker
-from agents.kafka import create_topics
+from agents.kafka import create_topics, kafka_python_config
 from pipeline.config import Settings
 
 _HERE = Path(__file__).parent
@@ -141,41 +141,50 @@ def topic_factory(kafka_bootstrap: str) -> Callable[..., str]:
     return create
 
 
+def isolated_settings(tmp_path: Path, **fields: Any) -> Settings:
+    """:class:`Settings` for a worker of its own, with its topics created on its broker.
+
+    The settings get a unique ``app_id`` and unique names for every ``topic_*`` field, all
+    created with ``topic_partitions`` partitions (models and catalog compacted) over the
+    settings' own connection, an in-memory store, a data directory under ``tmp_path``, no
+    metrics endpoint and a free web port. ``fields`` (such as the ``kafka_*`` connection)
+    override any field.
+    """
+    suffix = uuid.uuid4().hex[:12]
+    app_id = f"ottscore-test-{suffix}"
+    settings = Settings(
+        **{
+            "app_id": app_id,
+            "store": "memory://",
+            "data_dir": tmp_path / app_id,
+            "metrics_port": 0,
+            "worker_web_port": free_ports(1)[0],
+            **{
+                field: f"{Settings.model_fields[field].default}.{suffix}" for field in _TOPIC_FIELDS
+            },
+            **fields,
+        }
+    )
+    create_topics(
+        kafka_python_config(settings),
+        [getattr(settings, field) for field in _TOPIC_FIELDS],
+        partitions=settings.topic_partitions,
+        replication=settings.topic_replication,
+        compacted=[getattr(settings, field) for field in _COMPACTED_TOPIC_FIELDS],
+    )
+    return settings
+
+
 @pytest.fixture
 def settings_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Settings]:
     """Make :class:`Settings` for a worker of its own on the session's broker.
 
-    Each call gets a unique ``app_id`` and unique names for every ``topic_*`` field, all
-    created with ``topic_partitions`` partitions (models and catalog compacted), an in-memory
-    store, a data directory under ``tmp_path``, no metrics endpoint and a free web port.
-    Keyword arguments override any field.
+    ``settings_factory(**overrides)`` is :func:`isolated_settings` on that broker.
     """
 
     def make(**overrides: Any) -> Settings:
-        suffix = uuid.uuid4().hex[:12]
-        app_id = f"ottscore-test-{suffix}"
-        settings = Settings(
-            **{
-                "kafka_bootstrap_servers": kafka_bootstrap,
-                "app_id": app_id,
-                "store": "memory://",
-                "data_dir": tmp_path / app_id,
-                "metrics_port": 0,
-                "worker_web_port": free_ports(1)[0],
-                **{
-                    field: f"{Settings.model_fields[field].default}.{suffix}"
-                    for field in _TOPIC_FIELDS
-                },
-                **overrides,
-            }
+        return isolated_settings(
+            tmp_path, **{"kafka_bootstrap_servers": kafka_bootstrap, **overrides}
         )
-        create_topics(
-            {"bootstrap_servers": kafka_bootstrap},
-            [getattr(settings, field) for field in _TOPIC_FIELDS],
-            partitions=settings.topic_partitions,
-            replication=settings.topic_replication,
-            compacted=[getattr(settings, field) for field in _COMPACTED_TOPIC_FIELDS],
-        )
-        return settings
 
     return make
