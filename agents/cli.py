@@ -116,6 +116,25 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, users=args.users, rate=args.rate, bad_rate=args.bad_rate)
 
 
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.bench import format_report, run_bench
+
+    report = run_bench(
+        settings,
+        events=args.events,
+        users=args.users,
+        items=args.items,
+        partitions=args.partitions,
+        runs=args.runs,
+        latency_seconds=args.latency_seconds,
+        latency_rate=args.latency_rate,
+        skip=[name for names in args.skip for name in names.split(",") if name],
+        report_path=args.report,
+    )
+    print(format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ottscore``."""
     parser = argparse.ArgumentParser(
@@ -197,6 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=2000.0, help="records per second")
     demo.add_argument("--bad-rate", type=float, default=0.01)
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="throughput, latency and scaling of the worker")
+    bench.add_argument("--events", type=int, default=200_000)
+    bench.add_argument("--users", type=int, default=20_000)
+    bench.add_argument("--items", type=int, default=5_000)
+    bench.add_argument("--partitions", type=int, default=4)
+    bench.add_argument("--runs", type=int, default=1, help="repeat throughput runs; medians")
+    bench.add_argument("--latency-seconds", type=float, default=60.0)
+    bench.add_argument("--latency-rate", type=float, default=2000.0, help="records per second")
+    bench.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        help="raw, baseline, worker, core, latency or two_workers (repeat or comma-separate)",
+    )
+    bench.add_argument("--report", type=Path, help="write the JSON report here")
+    bench.set_defaults(func=_bench)
     return parser
 
 

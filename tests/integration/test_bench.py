@@ -1,0 +1,77 @@
+"""``ottscore bench`` end to end on the session's broker, with a workload small enough for CI."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient
+
+from agents.bench import TARGETS
+from agents.cli import main
+
+pytestmark = pytest.mark.slow
+
+FIGURES = (
+    "raw_aiokafka_events_per_s",
+    "baseline_kafka_python_events_per_s",
+    "worker_events_per_s",
+    "core_events_per_s",
+    "latency_p50_s",
+    "latency_p99_s",
+    "state_bytes_per_user",
+    "peak_rss_bytes",
+    "two_workers_speedup",
+    "worker_vs_raw_aiokafka",
+    "worker_vs_kafka_python",
+)
+EVENTS = 3_000
+
+
+def test_bench_reports_every_figure_and_the_worker_takes_every_record(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("OTTSCORE_STORE", "memory://")
+    report_path = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as done:
+        main([
+            "bench", "--events", str(EVENTS), "--users", "300", "--items", "500",
+            "--partitions", "2", "--latency-seconds", "5", "--latency-rate", "300",
+            "--report", str(report_path),
+        ])  # fmt: skip
+    assert done.value.code == 0
+
+    report = json.loads(report_path.read_text())
+    for figure in FIGURES:
+        value = report[figure]
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, figure
+    assert report["latency_p50_s"] <= report["latency_p99_s"]
+    assert report["latency_outputs"] > 0 and report["latency_unmatched"] == 0
+    assert report["worker_vs_raw_aiokafka"] == pytest.approx(
+        report["worker_events_per_s"] / report["raw_aiokafka_events_per_s"]
+    )
+    # the accounting: the worker took in exactly the records produced, once each
+    assert report["events"] == EVENTS
+    assert report["worker_records_received"] == EVENTS
+    assert (report["users"], report["items"], report["partitions"], report["runs"]) == (
+        300, 500, 2, 1,
+    )  # fmt: skip
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1 and machine["python"] and machine["kafka"]
+    assert set(report["targets"]) == {key for key, _, _ in TARGETS}
+    for key, check in report["targets"].items():
+        assert check["value"] == report[key] and isinstance(check["pass"], bool), key
+
+    # nothing is left behind on the cluster
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        deadline = time.monotonic() + 15
+        while left := [topic for topic in admin.list_topics() if "bench-" in topic]:
+            assert time.monotonic() < deadline, f"topics left behind: {left}"
+            time.sleep(0.5)
+    finally:
+        admin.close()
