@@ -23,6 +23,7 @@ from typing import Any
 import faust
 from faust.streams import _current_event  # the event a table write belongs to
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
 from faust.types import TP, ConsumerT, EventT, ProducerT
 from prometheus_client import CollectorRegistry
 
@@ -76,6 +77,51 @@ class Consumer(faust_aiokafka.Consumer):
     5000
     """
 
+    async def perform_seek(self) -> None:
+        """Seek input partitions to their committed offsets, or reset those with none.
+
+        Two Faust (0.15.3) defects lost records here; both were seen in the failover test:
+
+        * It resumes the input partitions before this seek at the end of table recovery,
+          so records are flowing when it runs. Records fetched before the seek kept
+          arriving after it: each one's offset was taken as a read gap over the offsets
+          the seek had just rewound to (counted as processed when committing), and their
+          re-reads were dropped as already read. We stop the flow around the seek, so the
+          batch being handed out is abandoned and fetched again from the new positions.
+        * It seeks only partitions with a committed offset above 0. A partition this
+          worker fetched from in an earlier generation but never committed kept its old
+          fetch position, and the records before it were never processed. We reset those
+          as the group's reset policy says (``earliest``: the start of the partition).
+        """
+        flowing = self.flow_active
+        if flowing:
+            self.stop_flow()
+        try:
+            await super().perform_seek()
+            await self._reset_uncommitted()
+        finally:
+            if flowing:
+                self.resume_flow()
+
+    async def _reset_uncommitted(self) -> None:
+        changelogs = self.app.tables.changelog_topics
+        acking = self.app.topics.acks_enabled_for
+        uncommitted = [
+            ensure_aiokafka_TP(tp)
+            for tp in self.assignment()
+            if tp.topic not in changelogs
+            and acking(tp.topic)
+            and self._committed_offset.get(tp) is None
+        ]
+        policy = self.app.conf.consumer_auto_offset_reset
+        if not uncommitted or policy not in ("earliest", "latest"):
+            return
+        consumer = self._thread._ensure_consumer()
+        reset = consumer.seek_to_beginning if policy == "earliest" else consumer.seek_to_end
+        await self._thread.call_thread(reset, *uncommitted)
+        for tp in uncommitted:
+            self._read_offset.pop(TP(tp.topic, tp.partition), None)
+
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
         gap = self._gap[tp]
@@ -91,26 +137,45 @@ class Consumer(faust_aiokafka.Consumer):
 
 
 class Producer(faust_aiokafka.Producer):
-    """Faust's aiokafka producer, whose ``flush()`` drains its buffer for certain.
+    """Faust's aiokafka producer, whose ``flush()`` returns once every message is acknowledged.
 
-    Table writes and ``send_soon`` wait in a buffer that a task hands to aiokafka.
-    Faust (0.15.3) flushes before it commits input offsets, but its buffer flush gives
-    up when one message takes more than 0.1 s, which a batch holding the event loop
-    makes routine: offsets were then committed while state writes still sat in the
-    buffer, and a worker killed at that moment lost them (seen: 5 users missing from the
-    changelog after a failover). This flush waits until the buffer is empty, then for
-    aiokafka's in-flight batches, so a committed offset has its writes acknowledged.
+    Table writes and ``send_soon`` wait in a buffer that a task hands to aiokafka. Faust
+    (0.15.3) flushes before it commits input offsets, but its flush gives up when one
+    message takes more than 0.1 s (routine while a batch holds the event loop), and it
+    cannot see the message its task is handing over (waiting for room in a full aiokafka
+    batch) nor what aiokafka accepts after the flush began. Offsets were then committed
+    while state writes were not in Kafka, and a worker killed at that moment lost them
+    (seen after failovers: users missing from the changelog, states missing events).
+    This producer keeps every message sent soon until the broker acknowledges it, and
+    ``flush()`` waits for all of them; one that fails makes the flush raise, so the
+    offsets are not committed and the records are processed again.
     """
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._unacknowledged: set[asyncio.Future] = set()
+        self._failure: BaseException | None = None
+
+    def send_soon(self, fut: Any) -> None:
+        self._unacknowledged.add(fut)
+        fut.add_done_callback(self._settled)
+        super().send_soon(fut)
+
+    def _settled(self, fut: asyncio.Future) -> None:
+        self._unacknowledged.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None and self._failure is None:
+            self._failure = fut.exception()
+
     async def flush(self) -> None:
-        buffer = self.buffer
-        while buffer.size:
-            if buffer.state != "running":
+        while self._unacknowledged:
+            if self.buffer.state != "running":
                 raise RuntimeError("cannot flush: the producer buffer is not running")
-            buffer.message_sent.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(buffer.message_sent.wait(), timeout=1.0)
+            await super().flush()  # hand the buffer to aiokafka, wait for its batches
+            await asyncio.wait(set(self._unacknowledged), timeout=1.0)
         await super().flush()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise RuntimeError(f"a message sent before this flush failed: {failure!r}")
 
 
 class App(faust.App):
