@@ -107,12 +107,15 @@ class WorkerProcess:
                 return int(line.split()[1]) * 1024
         raise WorkerError(f"no VmHWM in /proc/{self.pid}/status")
 
-    def stop(self, timeout_s: float = 60.0) -> int | None:
-        """SIGTERM (a graceful stop that commits), SIGKILL after ``timeout_s``; its exit status."""
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int | None:
+        """``sig`` (SIGTERM: a graceful stop that commits), SIGKILL after ``timeout_s``.
+
+        Returns its exit status.
+        """
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(sig)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +16,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
+from agents import worker_process
 from agents.kafka import kafka_python_config
 from agents.produce import make_producer
 from pipeline.config import Settings
@@ -27,28 +26,18 @@ from pipeline.processor import Processor
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-class WorkerProcess:
-    """One ``ottscore worker`` process with ``settings`` (metrics on ``metrics_port``)."""
+class WorkerProcess(worker_process.WorkerProcess):
+    """The project's worker process, logging at info, with what the tests read and assert.
+
+    It adds labelled samples, health probes, waits that fail with the log tail, and a
+    stop by any signal that fails when the worker ignores it.
+    """
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        assert settings.metrics_port, "the tests read the worker's metrics"
-        self.settings = settings
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(settings, log_path, loglevel="info")
 
-    def start(self) -> WorkerProcess:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agents", "worker", "--loglevel", "info"],
-                env={**os.environ, **self.settings.to_env()},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
-        """Signal the worker and wait for it to exit; returns its exit status."""
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int | None:
+        """Signal the worker and wait for it to exit; its exit status."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -105,9 +94,6 @@ class WorkerProcess:
             timeout_s=timeout_s,
             what=f"waiting for {count} records",
         )
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def sum_samples(samples: Samples, name: str) -> float:
