@@ -13,6 +13,13 @@ __all__ = ["main"]
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    # Faust reads ``--loop`` from sys.argv when it is first imported, which happens
+    # below, before ``app.main()`` sees the arguments: select uvloop here, before any
+    # event loop exists (the worker ran on asyncio's default loop without this).
+    import mode.loop
+
+    mode.loop.use("uvloop")
+
     from agents.app import build_app
     from agents.kafka import ensure_topics
     from agents.produce import read_catalog
@@ -21,7 +28,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
     app.ottscore.load_catalog(read_catalog(settings))
-    sys.argv = ["ottscore", "--loop", "uvloop", "worker", "--loglevel", args.loglevel]
+    sys.argv = ["ottscore", "worker", "--loglevel", args.loglevel]
     app.main()
     return 0  # pragma: no cover - app.main() exits
 

@@ -84,10 +84,10 @@ class Personalizer:
             genres=state.features.genre_affinity,
             exclude=exclude,
         )
-        trending = recommender.trending_top(k=self.k, exclude=exclude)
+        trending = recommender.trending.top(self.k, exclude=exclude)
         state.reco_at_ms = ts_ms
         state.reco_items = [r.item_id for r in ranked]
-        state.trending_items = [r.item_id for r in trending]
+        state.trending_items = [items.ids[i] for i in trending]
         return personalization_record(
             state.user_id,
             ts_ms,

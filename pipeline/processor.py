@@ -318,8 +318,7 @@ class Processor:
         x = dict(zip(CHURN_FEATURES, vector, strict=True))
         models = self.models(state.partition)
         probabilities = {name: model.predict_proba_one(x) for name, model in models.churn.items()}
-        models.segmenter.learn_one(x)
-        state.segment = models.segmenter.predict_one(x)
+        state.segment = models.segmenter.learn_predict_one(x)
         state.pending = PendingChurn(at_ms, state.last_seen_ms, vector, probabilities)
         self.timers.schedule(
             state.partition, state.user_id, CHURN, state.last_seen_ms + self._horizon_ms

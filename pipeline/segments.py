@@ -42,12 +42,33 @@ class Segmenter:
 
     def learn_one(self, x: Mapping[str, float]) -> None:
         """Move the scaler and the nearest centroid towards ``x``."""
+        self.learn_predict_one(x)
+
+    def learn_predict_one(self, x: Mapping[str, float]) -> int:
+        """Learn ``x``, then its segment (as :meth:`predict_one` would give it), in one pass.
+
+        The centre that moves is the nearest, and moving towards ``x`` keeps it nearest.
+        """
         self.scaler.learn_one(dict(x))
-        self.kmeans.learn_one(self.scaler.transform_one(dict(x)))
+        scaled = self._scaled(x)
+        return self._rank(self.kmeans.learn_predict_one(scaled))
 
     def predict_one(self, x: Mapping[str, float]) -> int:
         """The segment of ``x``: the engagement rank of its nearest centre."""
-        nearest = self.kmeans.predict_one(self.scaler.transform_one(dict(x)))
+        return self._rank(self.kmeans.predict_one(self._scaled(x)))
+
+    def _scaled(self, x: Mapping[str, float]) -> dict[str, float]:
+        scaled = self.scaler.transform_one(dict(x))
+        # River's centres draw a random start for each feature when they first meet it, in
+        # the order of a set of names, which varies with the interpreter's hash seed: give
+        # every feature its start in the order of ``x``, so segments repeat from run to run.
+        for centre in self.kmeans.centers.values():
+            if len(centre) < len(scaled):
+                for name in scaled:
+                    centre[name]  # noqa: B018 - the defaultdict draws the start here
+        return scaled
+
+    def _rank(self, nearest: int) -> int:
         engagement = {c: centre.get(_ENGAGEMENT, 0.0) for c, centre in self.kmeans.centers.items()}
         return sorted(engagement, key=engagement.__getitem__).index(nearest)
 

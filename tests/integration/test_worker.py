@@ -87,6 +87,7 @@ def test_every_record_ends_processed_deduplicated_or_dead_lettered(
         )
     finally:
         assert worker.stop() == 0
+    assert "event loop: uvloop.Loop" in worker.log_path.read_text()  # not asyncio's default
 
     # the metrics add up, and agree with what the records are
     assert sum_samples(samples, "ottscore_records_received_total") == total
