@@ -55,12 +55,8 @@ def writing_for(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
-FETCH_MAX_WAIT_MS = 20
-"""Longest the broker holds a fetch of the worker's consumer that finds no new record."""
-
-
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread, whose fetches wait at most :data:`FETCH_MAX_WAIT_MS`.
+    """Faust's consumer thread, whose fetches wait at most ``kafka_fetch_max_wait_s``.
 
     Faust (0.15.3) creates its aiokafka consumer with ``fetch_max_wait_ms=1500``.
     aiokafka keeps one fetch in flight per broker, and a fetch for partitions that have
@@ -71,7 +67,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # handed to its fetcher at start()
+        settings: Settings = self.consumer.app.ottscore.settings
+        # aiokafka hands this to its fetcher at start()
+        consumer._fetch_max_wait_ms = int(settings.kafka_fetch_max_wait_s * 1000)
         return consumer
 
 

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         description="Consumer-group session timeout: a worker silent this long (killed) loses "
         "its partitions to the others; heartbeats every tenth of it.",
     )
+    kafka_fetch_max_wait_s: float = Field(
+        0.02,
+        gt=0,
+        le=5,
+        description="Longest the broker holds a worker's fetch that finds no new record; "
+        "records of other partitions wait behind it (Faust's own is 1.5 s).",
+    )
     catalog_refresh_s: float = Field(
         60.0, gt=0, description="Seconds between re-reads of the catalog topic by a worker."
     )
