@@ -209,6 +209,7 @@ class Worker(faust.Worker):
     """
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """Set up the root logger as Faust does, with no spinner to feed."""
         self.spinner = None
         super().on_setup_root_logger(logger, level)
 

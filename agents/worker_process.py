@@ -114,6 +114,12 @@ class WorkerProcess:
         """
         if self.process is None:
             return None
+        self._signal_and_wait(sig, timeout_s)
+        return self.process.returncode
+
+    def _signal_and_wait(self, sig: int, timeout_s: float) -> bool:
+        """Send ``sig`` to a running worker and wait; False when it had to be killed."""
+        assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:
@@ -121,7 +127,8 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        return self.process.returncode
+                return False
+        return True
 
     def log_tail(self) -> str:
         """The last lines of its log."""

@@ -199,14 +199,9 @@ class Transitions:
             weakest = min(row, key=row.__getitem__)
             del row[weakest]
 
-    def row(self, previous: int | None, n_items: int) -> np.ndarray:
-        """Counts of every item chosen after ``previous``, dense over ``n_items``."""
-        dense = np.zeros(n_items)
-        if previous is not None:
-            for chosen, count in self.after.get(previous, {}).items():
-                if chosen < n_items:
-                    dense[chosen] = count
-        return dense
+    def following(self, previous: int | None) -> dict[int, float]:
+        """Counts of the items chosen right after ``previous`` (empty when none or unknown)."""
+        return self.after.get(previous, {}) if previous is not None else {}
 
 
 class _FactorMirror:
@@ -257,13 +252,10 @@ class Recommender:
         """``(len(rows), 4)`` matrix of the raw signals of the items ``rows`` for this user."""
         n = len(self.items)
         signals = np.zeros((len(rows), len(SIGNALS)))
-        popularity = self.trending.values()
-        total = popularity.sum()
-        if total:
-            signals[:, 0] = np.log1p(popularity[rows] * (n / total))
+        signals[:, 0] = self._popularity(rows)
         if genres:
             signals[:, 1] = self.items.genre_matrix()[rows] @ self.items.genre_vector(genres)
-        after = self.transitions.after.get(previous) if previous is not None else None
+        after = self.transitions.following(previous)
         if after:
             signals[:, 2] = np.log1p([after.get(int(row), 0.0) for row in rows])
         user_vector = self.mf.u_latents.get(user_id)
@@ -289,26 +281,33 @@ class Recommender:
         """
         n = len(self.items)
         scores = np.full(n, offset)
-        popularity = self.trending.values()
-        total = popularity.sum()
-        if total:
-            scaled = np.multiply(popularity, n / total)
-            scores += np.log1p(scaled, out=scaled) * coefficients[0]
+        scores += self._popularity() * coefficients[0]
         if genres:
             scores += self.items.genre_matrix() @ (
                 self.items.genre_vector(genres) * coefficients[1]
             )
-        after = self.transitions.after.get(previous) if previous is not None else None
-        if after:
-            for chosen, count in after.items():
-                if chosen < n:
-                    scores[chosen] += math.log1p(count) * coefficients[2]
+        for chosen, count in self.transitions.following(previous).items():
+            if chosen < n:
+                scores[chosen] += math.log1p(count) * coefficients[2]
         user_vector = self.mf.u_latents.get(user_id)
         if user_vector is not None:
             mirror = self.mirror
             scores += mirror.factors.view(n) @ (user_vector * coefficients[3])
             scores += mirror.biases.view(n) * coefficients[3]
         return scores
+
+    def _popularity(self, rows: np.ndarray | None = None) -> np.ndarray | float:
+        """The popularity signal ``log1p(popularity · items / total)`` of ``rows`` (all: None).
+
+        0 while nothing was chosen.
+        """
+        popularity = self.trending.values()
+        total = popularity.sum()
+        if not total:
+            return 0.0
+        selected = popularity if rows is None else popularity[rows]
+        scaled = np.multiply(selected, len(popularity) / total)
+        return np.log1p(scaled, out=scaled)
 
     def _weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Means, scales and ranker weights of the four signals, as arrays."""
@@ -392,14 +391,6 @@ class Recommender:
         return [
             Recommendation(self.items.ids[i], float(scores[i]), self._reason(i, s, previous))
             for i, s in zip(top, strongest, strict=True)
-        ]
-
-    def trending_top(self, *, k: int, exclude: Iterable[int] = ()) -> list[Recommendation]:
-        """The trending baseline: the ``k`` most popular items, ``exclude`` left out."""
-        values = self.trending.values()
-        return [
-            Recommendation(self.items.ids[i], float(values[i]), self._trending_reason(i))
-            for i in self.trending.top(k, exclude=exclude)
         ]
 
     def _reason(self, idx: int, signal: int, previous: int | None) -> str:

@@ -42,7 +42,8 @@ class Segmenter:
 
     def learn_one(self, x: Mapping[str, float]) -> None:
         """Move the scaler and the nearest centroid towards ``x``."""
-        self.learn_predict_one(x)
+        self.scaler.learn_one(dict(x))
+        self.kmeans.learn_one(self._scaled(x))
 
     def learn_predict_one(self, x: Mapping[str, float]) -> int:
         """Learn ``x``, then its segment (as :meth:`predict_one` would give it), in one pass.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -39,14 +38,8 @@ class WorkerProcess(worker_process.WorkerProcess):
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int | None:
         """Signal the worker and wait for it to exit; its exit status."""
         assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(f"worker ignored signal {sig} for {timeout_s} s") from None
+        if not self._signal_and_wait(sig, timeout_s):
+            raise AssertionError(f"worker ignored signal {sig} for {timeout_s} s")
         return self.process.returncode
 
     def samples(self) -> Samples:
