@@ -1,11 +1,14 @@
 """The Faust app of ottscore: topics, the changelog-backed user table and the ingest agent.
 
-The agent is a thin adapter: it takes batches of raw records from ``ott.events``, hands
-each to :class:`pipeline.processor.Processor`, then, before the batch is acknowledged,
-writes every user state the batch changed to the ``users`` table (once per user, not once
-per event) and publishes the batch's output records. Faust flushes its producer before it
-commits input offsets, so a committed offset always has its state and outputs durable in
-Kafka (at-least-once; a replay after a crash is recognised per user by its offset).
+Records of ``ott.events`` go from Faust's consumer to :class:`IngestWorker` a fetched
+batch at a time (:meth:`Consumer._drain_messages`), not through a Faust stream: the
+worker hands each to :class:`pipeline.processor.Processor`, then, before the batch is
+acknowledged, writes every user state the batch changed to the ``users`` table (once per
+user, not once per event) and publishes the batch's output records. Faust flushes its
+producer before it commits input offsets, so a committed offset always has its state and
+outputs durable in Kafka (at-least-once; a replay after a crash is recognised per user by
+its offset). The ``ingest`` agent subscribes the topic, so that Faust assigns its
+partitions together with the table's, and never receives a record itself.
 
 Run it with ``ottscore worker`` (or ``faust -A agents.app worker``).
 """
@@ -22,9 +25,12 @@ from typing import Any
 
 import faust
 from faust.streams import _current_event  # the event a table write belongs to
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
-from faust.types import TP, ConsumerT, EventT, ProducerT
+from faust.types import TP, ConsumerT, EventT, Message, ProducerT
+from mode import ServiceT
+from mode.utils.futures import stampede
 from prometheus_client import CollectorRegistry
 
 from agents.health import Health, serve
@@ -97,6 +103,76 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: ServiceT) -> None:
+        """Faust's fetch loop, handing the input topic's records over a fetched batch at a time.
+
+        Faust (0.15.3) passes every record through its conductor, a channel queue and the
+        agent's stream, with several awaits, a lock and two tasks per record; a batch
+        then waited up to a timer for more. That plumbing cost more than the processing
+        at low load and set a floor under latency. Here the records of one ``getmany``
+        are kept with Faust's read-offset and gap bookkeeping, handed to
+        :meth:`IngestWorker.handle` together (which never awaits), and acknowledged
+        after it; records of other topics (the table's changelog during recovery) go to
+        Faust's conductor as before. If a rebalance began after the batch was fetched (the
+        flow stopped or the generation changed), the batch is dropped unacknowledged and
+        its read offsets are left as the rebalance sets them: a rebalance ends with a seek
+        to the committed offsets, which reads the batch again.
+        """
+        worker: IngestWorker = self.app.ottscore  # type: ignore[attr-defined]
+        topic = worker.settings.topic_events
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set  # type: ignore[attr-defined]
+        read_offset = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        commit_every = self._commit_every
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                batch: list[Message] = []
+                generation: int | None = None
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in getmany(timeout=1.0):
+                        if generation is None:  # getmany checked it is the fetch's
+                            generation = self.app.consumer_generation_id
+                        offset = message.offset
+                        last = read_offset[tp]
+                        if last is not None and offset < last:
+                            continue  # read already (Faust drops these too)
+                        if last and offset - last > 1 and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, last + 1, offset)
+                        if commit_every is not None and self._n_acked >= commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        if tp.topic == topic:
+                            batch.append(message)
+                        else:
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                        if self._rebalanced_since(generation):
+                            break  # keep the read offsets the seek sets
+                        read_offset[tp] = offset
+                    if batch and not self._rebalanced_since(generation):
+                        worker.handle(batch)
+                        for message in batch:
+                            self.ack(message)
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _rebalanced_since(self, generation: int | None) -> bool:
+        """Whether a rebalance began (flow stopped) or happened since ``generation``."""
+        return not self.flow_active or self.app.consumer_generation_id != generation
 
     async def perform_seek(self) -> None:
         """Seek input partitions to their committed offsets, or reset those with none.
@@ -217,6 +293,25 @@ class Worker(faust.Worker):
 class App(faust.App):
     """A Faust app whose consumer is :class:`Consumer` and producer :class:`Producer`."""
 
+    async def maybe_start_producer(self) -> ProducerT:
+        """The producer, without yielding to the event loop once it has started.
+
+        Faust (0.15.3) calls this for every message it publishes, and its stampede guard
+        (mode 0.4) yields to the event loop three times per call: a table write or an
+        output then waited three turns of the loop, each turn running a batch when
+        records were arriving, and the producer's buffer fell behind at 2,000 events/s
+        (its messages took 70 µs each to hand to aiokafka even on an idle loop). The
+        guard still starts a producer that has not started.
+        """
+        producer = self.producer
+        if producer.started and not self.in_transaction:
+            return producer
+        return await self._start_producer()
+
+    @stampede
+    async def _start_producer(self) -> ProducerT:
+        return await faust.App.maybe_start_producer.__wrapped__(self)
+
     def _new_producer(self) -> ProducerT:
         return Producer(self.transport, loop=self.loop, beacon=self.beacon)
 
@@ -253,18 +348,17 @@ class IngestWorker:
         self._offsets: dict[int, int] = {}
         self._lagged: set[int] = set()  # partitions whose lag is exported
 
-    def handle(self, events: Sequence[EventT]) -> None:
-        """Process one batch: state, write-back, outputs, metrics. Never awaits."""
+    def handle(self, messages: Sequence[Message]) -> None:
+        """Process one batch of records: state, write-back, outputs, metrics. Never awaits."""
         started = time.perf_counter()
         processor = self.processor
         process = processor.process
-        last_of_partition: dict[int, EventT] = {}
-        for event in events:
-            message = event.message
+        last_of_partition: dict[int, Message] = {}
+        for message in messages:
             partition = message.partition
             if partition not in self._restored:
                 self._restore_partition(partition)
-            last_of_partition[partition] = event
+            last_of_partition[partition] = message
             self._offsets[partition] = message.offset
             process(
                 message.value,
@@ -272,7 +366,7 @@ class IngestWorker:
                 partition=partition,
                 offset=message.offset,
                 timestamp_ms=int(message.timestamp * 1000),
-                topic=message.tp.topic,
+                topic=message.topic,
             )
         self._write_back(last_of_partition)
         self._publish(processor.take_outbox())
@@ -335,13 +429,15 @@ class IngestWorker:
         """Move the rolling prequential quality into the Prometheus gauges."""
         self.metrics.set_quality(self.processor.quality.rolling())
 
-    def _write_back(self, last_of_partition: dict[int, EventT]) -> None:
+    def _write_back(self, last_of_partition: dict[int, Message]) -> None:
         by_partition: dict[int, list[tuple[str, bytes]]] = {}
         for user_id, partition, data in self.processor.take_dirty():
             by_partition.setdefault(partition, []).append((user_id, data))
         table = self.table
         for partition, states in by_partition.items():
-            with writing_for(last_of_partition[partition]):
+            message = last_of_partition[partition]
+            event = faust.Event(table.app, message.key, message.value, message.headers, message)
+            with writing_for(event):
                 for user_id, data in states:
                     table[user_id.encode()] = data
         self.metrics.state_writes.inc(sum(len(s) for s in by_partition.values()))
@@ -447,6 +543,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
         logging_config=logging_config(settings),
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=settings.kafka_session_timeout_s / 10,
+        broker_max_poll_records=settings.batch_max_events,
+        producer_max_batch_size=1_000_000,
         Worker=Worker,
     )
     raw = {
@@ -479,10 +577,10 @@ def build_app(settings: Settings | None = None) -> faust.App:
 
     @app.agent(events, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(
-            settings.batch_max_events, within=settings.batch_within_s
-        ):
-            worker.handle(batch)
+        """Subscribe the input topic; its records reach the worker from :class:`Consumer`."""
+        async for event in stream:
+            message = event.message
+            raise RuntimeError(f"record {message.tp}@{message.offset} bypassed the Consumer")
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:

@@ -76,10 +76,9 @@ class Settings(BaseSettings):
     worker_web_port: int = Field(6066, description="Faust's own web server port.")
     worker_web_host: str = Field("127.0.0.1", description="Faust web server bind address.")
     batch_max_events: int = Field(
-        2000, ge=1, description="Most events the ingest agent takes per batch."
-    )
-    batch_within_s: float = Field(
-        0.05, gt=0, description="Longest the ingest agent waits to fill a batch, in seconds."
+        2000,
+        ge=1,
+        description="Most records the worker takes from one fetch and processes as a batch.",
     )
 
     kafka_session_timeout_s: float = Field(
