@@ -29,7 +29,7 @@ from faust.streams import _current_event  # the event a table write belongs to
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
-from faust.types import TP, ConsumerT, EventT, Message, ProducerT
+from faust.types import TP, ConsumerT, Message, ProducerT
 from mode import ServiceT
 from mode.utils.futures import stampede
 from prometheus_client import CollectorRegistry
@@ -48,14 +48,16 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def writing_for(event: EventT) -> Iterator[None]:
-    """Make ``event`` the current event, so table writes go to its partition.
+def writing_for(app: faust.App, message: Message) -> Iterator[None]:
+    """Make an event of ``message`` the current event, so table writes go to its partition.
 
     Faust resolves the changelog partition (and the RocksDB database) of a table write
-    from the event being processed. The write-back happens after a whole batch, so we name
-    an event of the partition being written.
+    from the event being processed. Records reach the worker without Faust events, and
+    the write-back happens after a whole batch, so we name a record of the partition
+    being written.
     """
-    token = _current_event.set(weakref.ref(event))
+    event = faust.Event(app, message.key, message.value, message.headers, message)
+    token = _current_event.set(weakref.ref(event))  # ``event`` lives as long as this frame
     try:
         yield
     finally:
@@ -355,10 +357,11 @@ class IngestWorker:
         processor = self.processor
         process = processor.process
         last_of_partition: dict[int, Message] = {}
+        restored: list[int] = []  # partitions whose stored states or models were adopted
         for message in messages:
             partition = message.partition
-            if partition not in self._restored:
-                self._restore_partition(partition)
+            if partition not in self._restored and self._restore_partition(partition):
+                restored.append(partition)
             last_of_partition[partition] = message
             self._offsets[partition] = message.offset
             process(
@@ -371,6 +374,8 @@ class IngestWorker:
             )
         self._write_back(last_of_partition)
         self._publish(processor.take_outbox())
+        if restored:  # one collection for all the partitions a rebalance brought
+            freeze_heap(f"restoring partitions {sorted(restored)}")
         now = time.monotonic()
         for partition in last_of_partition:
             if self.snapshots.due(partition, now):
@@ -382,8 +387,11 @@ class IngestWorker:
         metrics.timers_pending.set(processor.timers.pending())
         metrics.batch_duration.observe(time.perf_counter() - started)
 
-    def _restore_partition(self, partition: int) -> None:
-        """Adopt every stored user of a newly assigned partition (the table is recovered)."""
+    def _restore_partition(self, partition: int) -> bool:
+        """Adopt every stored user of a newly assigned partition (the table is recovered).
+
+        Returns whether anything was adopted: stored states or a snapshot's models.
+        """
         processor = self.processor
         restored = 0
         for key, data in self.table.data.items():
@@ -402,8 +410,7 @@ class IngestWorker:
             "partition %d: restored %d user states, %s models",
             partition, restored, "snapshot" if models is not None else "fresh",
         )  # fmt: skip
-        if restored or models is not None:
-            freeze_heap(f"restoring partition {partition}")
+        return bool(restored) or models is not None
 
     def _snapshot(self, partition: int, now: float) -> None:
         self.snapshots.publish(
@@ -438,9 +445,7 @@ class IngestWorker:
             by_partition.setdefault(partition, []).append((user_id, data))
         table = self.table
         for partition, states in by_partition.items():
-            message = last_of_partition[partition]
-            event = faust.Event(table.app, message.key, message.value, message.headers, message)
-            with writing_for(event):
+            with writing_for(table.app, last_of_partition[partition]):
                 for user_id, data in states:
                     table[user_id.encode()] = data
         self.metrics.state_writes.inc(sum(len(s) for s in by_partition.values()))
@@ -562,7 +567,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=settings.kafka_session_timeout_s / 10,
         broker_max_poll_records=settings.batch_max_events,
-        producer_max_batch_size=1_000_000,
+        producer_max_batch_size=1_000_000,  # a batch's state writes in one request
         Worker=Worker,
     )
     raw = {
