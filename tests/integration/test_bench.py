@@ -28,7 +28,7 @@ FIGURES = (
     "worker_vs_raw_aiokafka",
     "worker_vs_kafka_python",
 )
-EVENTS = 12_000  # two workers at ~7k events/s each must both be timed before it is done
+EVENTS = 40_000  # two workers at ~7k events/s each must both be timed before they are done
 
 
 def test_bench_reports_every_figure_and_the_worker_takes_every_record(
