@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ItemIndex"]
+__all__ = ["GrowableArray", "ItemIndex"]
 
 
 class ItemIndex:
@@ -119,3 +119,31 @@ class ItemIndex:
                 vector[column] = value
         total = vector.sum()
         return vector / total if total else vector
+
+
+class GrowableArray:
+    """A float array indexed by item that grows by doubling; ``view(n)`` is its first n.
+
+    >>> values = GrowableArray(2)
+    >>> values.ensure(300)[300] = 1.0
+    >>> values.data.shape, values.view(301)[300].tolist()
+    ((512, 2), [1.0, 1.0])
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, *shape: int) -> None:
+        self.data = np.zeros((256, *shape))
+
+    def ensure(self, idx: int) -> np.ndarray:
+        """The whole backing array, grown (zero-filled) until ``idx`` is a valid row."""
+        if idx >= len(self.data):
+            grown = np.zeros((max(2 * len(self.data), idx + 1), *self.data.shape[1:]))
+            grown[: len(self.data)] = self.data
+            self.data = grown
+        return self.data
+
+    def view(self, n: int) -> np.ndarray:
+        """The first ``n`` rows (a view)."""
+        self.ensure(max(n - 1, 0))
+        return self.data[:n]

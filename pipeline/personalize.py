@@ -94,5 +94,5 @@ class Personalizer:
             items=[(r.item_id, r.score, r.reason) for r in ranked],
             model_version=RECO_MODEL_VERSION,
             segment=state.segment,
-            cold_start=state.user_id not in recommender.mf.u_latents,
+            cold_start=not recommender.taste.knows(state.user_id),
         )

@@ -12,16 +12,19 @@ are each cheap to keep online:
     :class:`Transitions`: how often viewers chose this item right after the user's
     current one (the next episode, the film's sequel, what people binge next).
 ``taste``
-    River ``BiasedMF`` trained on implicit feedback: a choice is 1, the watched fraction
-    at the end of a playback is its value, sampled unchosen items are 0.
+    :class:`~pipeline.taste.TasteModel`, River's ``BiasedMF`` over the item index in
+    numpy, trained on implicit feedback: a choice is 1, the watched fraction at the end
+    of a playback is its value, sampled unchosen items are 0.
 
-A River ``LogisticRegression`` (after a ``StandardScaler``) learns how to weigh the four,
-from the chosen item against sampled unchosen ones, *before* the signals learn from the
-choice. Ranking never calls River per item: the signals are numpy arrays over the item
-index (factors mirrored as a matrix), combined with the scaler's means and the model's
-weights in one vectorised expression (River's own ``rank`` loop measured ~60× slower for
-1,000 items). Predicting with River on unseen users or items would also grow the model,
-so only known items are ranked, from the mirror.
+A :class:`~pipeline.ranker.SignalRanker` (River's ``StandardScaler`` and
+``LogisticRegression`` as numpy vectors) learns how to weigh the four, from the chosen
+item against sampled unchosen ones, *before* the signals learn from the choice; the
+taste model learns from the same rows. Both learn a choice's rows in one vectorised step
+and are checked against River sample by sample (River's dictionaries cost ~18 µs per
+sample, five samples per choice). Ranking never makes a call per item: the signals are
+numpy arrays over the item index, combined with the ranker's coefficients in one
+vectorised expression (River's own ``rank`` loop measured ~60× slower for 1,000 items).
+Items nobody has chosen have no taste yet and score on the other signals.
 
 The reason given for an item is its signal with the largest weighted contribution:
 "because you watched <current item>" (sequel or taste), "because you like <genre>"
@@ -51,9 +54,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from river import linear_model, optim, preprocessing, reco
+from river import optim, reco
 
-from pipeline.items import ItemIndex
+from pipeline.items import GrowableArray, ItemIndex
+from pipeline.ranker import SignalRanker
+from pipeline.taste import TasteModel
 
 __all__ = [
     "explicit_mf_params",
@@ -98,26 +103,6 @@ class Recommendation:
     reason: str
 
 
-class _Growable:
-    """A float array indexed by item that grows by doubling; ``view(n)`` is its first n."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, *shape: int) -> None:
-        self.data = np.zeros((256, *shape))
-
-    def ensure(self, idx: int) -> np.ndarray:
-        if idx >= len(self.data):
-            grown = np.zeros((max(2 * len(self.data), idx + 1), *self.data.shape[1:]))
-            grown[: len(self.data)] = self.data
-            self.data = grown
-        return self.data
-
-    def view(self, n: int) -> np.ndarray:
-        self.ensure(max(n - 1, 0))
-        return self.data[:n]
-
-
 class Trending:
     """Time-decayed popularity per item, kept without touching every item on each event.
 
@@ -144,9 +129,11 @@ class Trending:
     def __init__(self, items: ItemIndex, *, half_life_ms: float = 3 * 86_400_000) -> None:
         self.items = items
         self.half_life_ms = half_life_ms
-        self._values = _Growable()
+        self._values = GrowableArray()
         self._t0: int | None = None
         self._leaders: list[int] = []  # the LEADERS largest values (all, while fewer are > 0)
+        self.total = 0.0  # sum of the stored values
+        self.version = 0  # counts the changes, for caches of derived values
 
     def add(self, idx: int, weight: float, ts_ms: int) -> None:
         """Add ``weight`` (> 0) to item ``idx`` at event time ``ts_ms``."""
@@ -155,9 +142,13 @@ class Trending:
         exponent = (ts_ms - self._t0) / self.half_life_ms
         if exponent > 40:
             self._values.data *= 2.0**-exponent
+            self.total = float(self._values.data.sum())
             self._t0, exponent = ts_ms, 0.0
         values = self._values.ensure(idx)
-        values[idx] += weight * 2.0**exponent
+        added = weight * 2.0**exponent
+        values[idx] += added
+        self.total += added
+        self.version += 1
         leaders = self._leaders
         if idx in leaders:
             return
@@ -204,18 +195,6 @@ class Transitions:
         return self.after.get(previous, {}) if previous is not None else {}
 
 
-class _FactorMirror:
-    """Item factors and biases of a River ``BiasedMF``, stacked for numpy."""
-
-    def __init__(self, n_factors: int) -> None:
-        self.factors = _Growable(n_factors)
-        self.biases = _Growable()
-
-    def sync(self, model: reco.BiasedMF, item: object, idx: int) -> None:
-        self.factors.ensure(idx)[idx] = model.i_latents[item]
-        self.biases.ensure(idx)[idx] = model.i_biases[item]
-
-
 class Recommender:
     """Top-K items for the users of one partition (see the module docstring)."""
 
@@ -225,19 +204,12 @@ class Recommender:
         self.items = items
         self.trending = Trending(items)
         self.transitions = Transitions()
-        self.mf = reco.BiasedMF(
-            n_factors=n_factors,
-            bias_optimizer=optim.SGD(0.01),
-            latent_optimizer=optim.SGD(0.05),
-            latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=seed),
-            l2_bias=1e-3,
-            l2_latent=1e-3,
-        )
-        self.mirror = _FactorMirror(n_factors)
-        self.scaler = preprocessing.StandardScaler()
-        self.ranker = linear_model.LogisticRegression(optimizer=optim.SGD(0.02), l2=1e-4)
+        self.taste = TasteModel(n_factors=n_factors, seed=seed)
+        self.ranker = SignalRanker(len(SIGNALS))
         self.negatives = negatives
         self.rng = np.random.default_rng(seed)
+        self._uniforms = np.empty(0)  # drawn in blocks: one Generator call costs ~5 µs
+        self._popularity_cache: tuple[int, int, np.ndarray] | None = None
 
     # --- signals ---------------------------------------------------------------------
 
@@ -250,18 +222,16 @@ class Recommender:
         genres: Mapping[str, float] | None,
     ) -> np.ndarray:
         """``(len(rows), 4)`` matrix of the raw signals of the items ``rows`` for this user."""
-        n = len(self.items)
         signals = np.zeros((len(rows), len(SIGNALS)))
-        signals[:, 0] = self._popularity(rows)
+        signals[:, 0] = self._popularity()[rows]
         if genres:
             signals[:, 1] = self.items.genre_matrix()[rows] @ self.items.genre_vector(genres)
         after = self.transitions.following(previous)
         if after:
             signals[:, 2] = np.log1p([after.get(int(row), 0.0) for row in rows])
-        user_vector = self.mf.u_latents.get(user_id)
-        if user_vector is not None:
-            mirror = self.mirror
-            signals[:, 3] = mirror.factors.view(n)[rows] @ user_vector + mirror.biases.view(n)[rows]
+        user = self.taste.user_vector(user_id)
+        if user is not None:
+            signals[:, 3] = self.taste.items.ensure(int(rows.max()))[rows] @ user
         return signals
 
     def _scores(
@@ -276,12 +246,12 @@ class Recommender:
         """``coefficients · signals + offset`` of every item, without the signals matrix.
 
         Each signal is added where it is non-zero: the popularity of every item, the
-        genre matrix and the factors through one matrix-vector product each, the
+        genre matrix and the taste factors through one matrix-vector product each, the
         transitions from the current item only for the items that followed it.
         """
         n = len(self.items)
-        scores = np.full(n, offset)
-        scores += self._popularity() * coefficients[0]
+        scores = self._popularity() * coefficients[0]
+        scores += offset
         if genres:
             scores += self.items.genre_matrix() @ (
                 self.items.genre_vector(genres) * coefficients[1]
@@ -289,32 +259,29 @@ class Recommender:
         for chosen, count in self.transitions.following(previous).items():
             if chosen < n:
                 scores[chosen] += math.log1p(count) * coefficients[2]
-        user_vector = self.mf.u_latents.get(user_id)
-        if user_vector is not None:
-            mirror = self.mirror
-            scores += mirror.factors.view(n) @ (user_vector * coefficients[3])
-            scores += mirror.biases.view(n) * coefficients[3]
+        user = self.taste.user_vector(user_id)
+        if user is not None:
+            scores += self.taste.items.view(n) @ (user * coefficients[3])
         return scores
 
-    def _popularity(self, rows: np.ndarray | None = None) -> np.ndarray | float:
-        """The popularity signal ``log1p(popularity · items / total)`` of ``rows`` (all: None).
+    def _popularity(self) -> np.ndarray:
+        """The popularity signal ``log1p(popularity · items / total)`` of every item.
 
-        0 while nothing was chosen.
+        0 while nothing was chosen. Computed once per change of the trending counts or
+        of the catalog (several lists in a row share it); treat it as read-only.
         """
-        popularity = self.trending.values()
-        total = popularity.sum()
-        if not total:
-            return 0.0
-        selected = popularity if rows is None else popularity[rows]
-        scaled = np.multiply(selected, len(popularity) / total)
-        return np.log1p(scaled, out=scaled)
-
-    def _weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Means, scales and ranker weights of the four signals, as arrays."""
-        means = np.array([self.scaler.means.get(s, 0.0) for s in SIGNALS])
-        scales = np.array([math.sqrt(self.scaler.vars.get(s, 0.0)) or 1.0 for s in SIGNALS])
-        weights = np.array([self.ranker.weights.get(s, 0.0) for s in SIGNALS])
-        return means, scales, weights
+        trending = self.trending
+        n = len(self.items)
+        cached = self._popularity_cache
+        if cached is not None and cached[0] == trending.version and cached[1] == n:
+            return cached[2]
+        if trending.total > 0:
+            signal = trending.values() * (n / trending.total)
+            np.log1p(signal, out=signal)
+        else:
+            signal = np.zeros(n)
+        self._popularity_cache = (trending.version, n, signal)
+        return signal
 
     # --- learning --------------------------------------------------------------------
 
@@ -327,35 +294,36 @@ class Recommender:
         genres: Mapping[str, float] | None,
         ts_ms: int,
     ) -> None:
-        """Learn from a choice: ``user_id`` went for item ``idx`` after item ``previous``."""
+        """Learn from a choice: ``user_id`` went for item ``idx`` after item ``previous``.
+
+        The ranker learns the chosen item against ``negatives`` sampled unchosen ones
+        before the signals learn from the choice; the taste model learns the same rows
+        (1 for the choice, 0 for the others).
+        """
         n = len(self.items)
+        rows = np.array([idx])
         if n > 1:
-            negatives = [int(j) for j in self.rng.integers(0, n, size=self.negatives) if j != idx]
-            rows = np.array([idx, *negatives])
-            signals = self._signals(user_id, rows, previous=previous, genres=genres).tolist()
-            for values, label in zip(signals, [True] + [False] * len(negatives), strict=True):
-                x = dict(zip(SIGNALS, values, strict=True))
-                self.scaler.learn_one(x)
-                self.ranker.learn_one(self.scaler.transform_one(x), label)
-        self._learn_taste(user_id, idx, 1.0, sample_negatives=True)
+            sampled = self._sample(n)
+            rows = np.concatenate((rows, sampled[sampled != idx]))
+            signals = self._signals(user_id, rows, previous=previous, genres=genres)
+            self.ranker.learn(signals, rows == idx)
+        targets = np.zeros(len(rows))
+        targets[0] = 1.0
+        self.taste.learn(user_id, rows, targets)
         if previous is not None and previous != idx:
             self.transitions.add(previous, idx)
         self.trending.add(idx, 1.0, ts_ms)
 
+    def _sample(self, n: int) -> np.ndarray:
+        """``negatives`` item indices drawn uniformly from ``range(n)``."""
+        if len(self._uniforms) < self.negatives:
+            self._uniforms = self.rng.random(1024 * self.negatives)
+        drawn, self._uniforms = self._uniforms[: self.negatives], self._uniforms[self.negatives :]
+        return (drawn * n).astype(np.intp)
+
     def watched(self, user_id: str, idx: int, fraction: float) -> None:
         """Learn from the end of a playback that reached ``fraction`` of the item."""
-        self._learn_taste(user_id, idx, min(max(fraction, 0.0), 1.0), sample_negatives=False)
-
-    def _learn_taste(self, user_id: str, idx: int, y: float, *, sample_negatives: bool) -> None:
-        item_id = self.items.ids[idx]
-        self.mf.learn_one(user_id, item_id, y)
-        self.mirror.sync(self.mf, item_id, idx)
-        if sample_negatives and len(self.items) > 1:
-            for j in self.rng.integers(0, len(self.items), size=self.negatives):
-                if j != idx:
-                    other = self.items.ids[j]
-                    self.mf.learn_one(user_id, other, 0.0)
-                    self.mirror.sync(self.mf, other, int(j))
+        self.taste.learn_one(user_id, idx, min(max(fraction, 0.0), 1.0))
 
     # --- ranking ---------------------------------------------------------------------
 
@@ -371,26 +339,19 @@ class Recommender:
         """The ``k`` best items for ``user_id`` with reasons, ``exclude`` left out."""
         if not len(self.items):
             return []
-        means, scales, weights = self._weights()
-        coefficients = weights / scales  # the score is Σ weight · (signal - mean) / scale
-        scores = self._scores(
-            user_id,
-            coefficients,
-            -float(means @ coefficients),
-            previous=previous,
-            genres=genres,
-        )
-        excluded = list(exclude)
-        scores[excluded] = -np.inf
-        top = [i for i in _top_k(scores, k) if np.isfinite(scores[i])]
-        if not top:
+        coefficients, offset = self.ranker.linear()
+        scores = self._scores(user_id, coefficients, offset, previous=previous, genres=genres)
+        scores[list(exclude)] = -np.inf
+        top = np.array(_top_k(scores, k), dtype=np.intp)
+        top = top[np.isfinite(scores[top])]
+        if not len(top):
             return []
-        rows = np.array(top)
-        signals = self._signals(user_id, rows, previous=previous, genres=genres)
-        strongest = np.argmax((signals - means) * coefficients, axis=1)
+        signals = self._signals(user_id, top, previous=previous, genres=genres)
+        strongest = np.argmax((signals - self.ranker.means) * coefficients, axis=1).tolist()
+        ids = self.items.ids
         return [
-            Recommendation(self.items.ids[i], float(scores[i]), self._reason(i, s, previous))
-            for i, s in zip(top, strongest, strict=True)
+            Recommendation(ids[i], score, self._reason(i, s, previous))
+            for i, score, s in zip(top.tolist(), scores[top].tolist(), strongest, strict=True)
         ]
 
     def _reason(self, idx: int, signal: int, previous: int | None) -> str:

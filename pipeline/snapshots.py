@@ -57,7 +57,7 @@ __all__ = [
 
 MAGIC = b"OTTSNAP"
 #: Version of the layout above; another version is refused as ``malformed``.
-FORMAT_VERSION = 2  # 2: the recommender's trending keeps its leaders
+FORMAT_VERSION = 3  # 2: trending keeps its leaders; 3: numpy taste model and ranker
 ALGORITHM = "hmac-sha256"
 _PREFIX = struct.Struct(">7sBI")
 _SIGNATURE_BYTES = hashlib.sha256().digest_size
@@ -138,7 +138,7 @@ def seal(
     --------
     >>> blob = seal([1, 2], key=b"k", app_id="a", partition=0, created_ms=1, offset=41)
     >>> blob[:8]
-    b'OTTSNAP\x02'
+    b'OTTSNAP\x03'
     >>> header, _ = unseal(blob, key=b"k", app_id="a", partition=0)
     >>> header  # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
     SnapshotHeader(app_id='a', partition=0, created_ms=1, offset=41, payload_bytes=...,

@@ -1,0 +1,81 @@
+"""The taste model is River's BiasedMF: sample by sample equal, a minibatch its summed step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from river import optim, reco
+
+from pipeline.taste import TasteModel
+
+K = 4
+
+
+def twins(users: int, items: int, seed: int = 3) -> tuple[TasteModel, reco.BiasedMF]:
+    """A taste model and a River BiasedMF of the same set-up and the same initial vectors."""
+    ours = TasteModel(n_factors=K, bias_lr=0.01, latent_lr=0.05, l2_bias=1e-3, l2_latent=1e-3)
+    river = reco.BiasedMF(
+        n_factors=K,
+        bias_optimizer=optim.SGD(0.01),
+        latent_optimizer=optim.SGD(0.05),
+        l2_bias=1e-3,
+        l2_latent=1e-3,
+    )
+    rng = np.random.default_rng(seed)
+    for u in range(users):
+        vector = rng.normal(0.0, 0.1, K)
+        ours.users[f"u{u}"] = np.append(vector, 1.0)
+        river.u_latents[f"u{u}"] = vector.copy()
+    for i in range(items):
+        vector = rng.normal(0.0, 0.1, K)
+        ours.items.ensure(i)[i, :K] = vector
+        ours.learned.ensure(i)[i] = 1.0
+        river.i_latents[i] = vector.copy()
+    return ours, river
+
+
+def test_learning_one_sample_at_a_time_matches_river_biased_mf() -> None:
+    ours, river = twins(users=5, items=8)
+    rng = np.random.default_rng(11)
+    for step in range(2_000):
+        user, item, y = f"u{rng.integers(5)}", int(rng.integers(8)), float(rng.random())
+        assert ours.predict_one(user, item) == pytest.approx(river.predict_one(user, item))
+        if step % 2:
+            ours.learn_one(user, item, y)
+        else:
+            ours.learn(user, np.array([item]), np.array([y]))
+        river.learn_one(user, item, y)
+    for u in range(5):
+        np.testing.assert_allclose(ours.users[f"u{u}"][:K], river.u_latents[f"u{u}"])
+        assert ours.user_biases[f"u{u}"] == pytest.approx(river.u_biases[f"u{u}"])
+    for i in range(8):
+        np.testing.assert_allclose(ours.items.data[i, :K], river.i_latents[i])
+        assert ours.items.data[i, K] == pytest.approx(river.i_biases[i])
+
+
+def test_a_minibatch_steps_by_the_gradients_of_its_samples_at_the_same_parameters() -> None:
+    ours, _ = twins(users=1, items=6)
+    user, rows, targets = "u0", np.array([0, 3, 5]), np.array([1.0, 0.0, 0.0])
+    u, b = ours.users[user].copy(), 0.0
+    items = ours.items.data[:6].copy()
+    mean = targets.mean()  # the global mean learns the targets first, as River's does
+    gradients = 2.0 * (items[rows] @ u + mean + b - targets)
+    ours.learn(user, rows, targets)
+    expected_u = u[:K] - 0.05 * (gradients @ items[rows, :K] + 3 * 1e-3 * u[:K])
+    np.testing.assert_allclose(ours.users[user][:K], expected_u)
+    for g, row in zip(gradients, rows, strict=True):
+        np.testing.assert_allclose(
+            ours.items.data[row, :K], items[row, :K] - 0.05 * (g * u[:K] + 1e-3 * items[row, :K])
+        )
+        assert ours.items.data[row, K] == pytest.approx(-0.01 * g)
+    assert ours.user_biases[user] == pytest.approx(-0.01 * gradients.sum())
+
+
+def test_predicting_and_scoring_never_add_users_or_items() -> None:
+    taste = TasteModel(n_factors=K, seed=2)
+    assert taste.predict_one("nobody", 10) == 0.0
+    assert taste.scores("nobody", 3).tolist() == [0.0, 0.0, 0.0]
+    assert not taste.knows("nobody") and not taste.learned.data.any()
+    taste.learn_one("u", 2, 1.0)
+    assert taste.knows("u") and taste.learned.data.nonzero()[0].tolist() == [2]
+    assert taste.scores("u", 4)[[0, 1, 3]].tolist() == [0.0, 0.0, 0.0]  # unlearned items
