@@ -225,7 +225,7 @@ class Recommender:
         signals = np.zeros((len(rows), len(SIGNALS)))
         signals[:, 0] = self._popularity()[rows]
         if genres:
-            signals[:, 1] = self.items.genre_matrix()[rows] @ self.items.genre_vector(genres)
+            signals[:, 1] = self.items.genre_scores(self.items.genre_vector(genres), rows)
         after = self.transitions.following(previous)
         if after:
             signals[:, 2] = np.log1p([after.get(int(row), 0.0) for row in rows])
@@ -246,16 +246,14 @@ class Recommender:
         """``coefficients · signals + offset`` of every item, without the signals matrix.
 
         Each signal is added where it is non-zero: the popularity of every item, the
-        genre matrix and the taste factors through one matrix-vector product each, the
-        transitions from the current item only for the items that followed it.
+        genres through their combinations, the taste factors through one matrix-vector
+        product, the transitions from the current item only for the items that followed it.
         """
         n = len(self.items)
         scores = self._popularity() * coefficients[0]
         scores += offset
         if genres:
-            scores += self.items.genre_matrix() @ (
-                self.items.genre_vector(genres) * coefficients[1]
-            )
+            scores += self.items.genre_scores(self.items.genre_vector(genres) * coefficients[1])
         for chosen, count in self.transitions.following(previous).items():
             if chosen < n:
                 scores[chosen] += math.log1p(count) * coefficients[2]
