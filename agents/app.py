@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from agents.health import Health, serve
 from agents.kafka import MAX_SNAPSHOT_BYTES, faust_broker_settings, output_topics
-from agents.produce import read_catalog
+from agents.produce import CatalogReader
 from agents.snapshots import SnapshotWriter, latest_snapshot
 from pipeline.config import Settings
 from pipeline.metrics import Metrics
@@ -271,7 +271,9 @@ class Producer(faust_aiokafka.Producer):
             if self.buffer.state != "running":
                 raise RuntimeError("cannot flush: the producer buffer is not running")
             await super().flush()  # hand the buffer to aiokafka, wait for its batches
-            await asyncio.wait(set(self._unacknowledged), timeout=1.0)
+            pending = set(self._unacknowledged)  # may all have been acknowledged meanwhile
+            if pending:  # asyncio.wait refuses an empty set (it crashed a worker's commit)
+                await asyncio.wait(pending, timeout=1.0)
         await super().flush()
         failure, self._failure = self._failure, None
         if failure is not None:
@@ -342,6 +344,7 @@ class IngestWorker:
         snapshots: SnapshotWriter,
     ) -> None:
         self.settings = settings
+        self.catalog = CatalogReader(settings)  # read at start and at every refresh
         self.table = table
         self.topics = topics
         self.metrics = metrics
@@ -379,7 +382,10 @@ class IngestWorker:
         now = time.monotonic()
         for partition in last_of_partition:
             if self.snapshots.due(partition, now):
+                # at most one a batch: pickling and signing a partition's models holds the
+                # loop ~10-25 ms, and the partitions of a worker fall due together
                 self._snapshot(partition, now)
+                break
         metrics = self.metrics
         metrics.add(processor.tally)
         processor.tally.clear()
@@ -613,10 +619,11 @@ def build_app(settings: Settings | None = None) -> faust.App:
     @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **_: Any) -> None:
         worker.snapshot_now(set(worker._restored))  # Faust flushes the producer right after
+        await asyncio.to_thread(worker.catalog.close)
 
     @app.timer(settings.catalog_refresh_s)
     async def refresh() -> None:
-        worker.load_catalog(await asyncio.to_thread(read_catalog, settings))
+        worker.load_catalog(await asyncio.to_thread(worker.catalog.read))
         worker.export_quality()
 
     health = Health(stale_after_s=settings.health_stale_s)

@@ -22,12 +22,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from agents.app import build_app
     from agents.kafka import ensure_topics
-    from agents.produce import read_catalog
 
     ensure_topics(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
-    app.ottscore.load_catalog(read_catalog(settings))
+    app.ottscore.load_catalog(app.ottscore.catalog.read())  # the refreshes read what changed
     sys.argv = ["ottscore", "worker", "--loglevel", args.loglevel]
     app.main()
     return 0  # pragma: no cover - app.main() exits

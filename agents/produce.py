@@ -18,6 +18,7 @@ from pipeline.events import parse_ts
 __all__ = [
     "produce",
     "publish_catalog",
+    "CatalogReader",
     "read_catalog",
     "read_jsonl_records",
     "tail",
@@ -96,19 +97,46 @@ def publish_catalog(settings: Settings, items: Iterable[dict[str, Any]]) -> int:
 
 def read_catalog(settings: Settings) -> list[dict[str, Any]]:
     """Every item of the compacted catalog topic (latest record per item; empty if none)."""
-    consumer = KafkaConsumer(**kafka_python_config(settings), enable_auto_commit=False)
+    reader = CatalogReader(settings)
     try:
-        partitions = [
-            TopicPartition(settings.topic_catalog, p)
-            for p in consumer.partitions_for_topic(settings.topic_catalog) or ()
-        ]
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
+        return reader.read()
+    finally:
+        reader.close()
+
+
+class CatalogReader:
+    """The catalog topic read incrementally: every item the first time, then what changed.
+
+    A worker refreshes its catalog every ``catalog_refresh_s``. Reading the whole topic
+    again cost ~150 ms of CPU for 5,000 items: in a thread, but holding the interpreter
+    lock the event loop needs, which showed as a burst of late scores at every refresh.
+    The reader keeps its consumer and positions, so a refresh with nothing new asks the
+    broker for the end offsets and reads nothing.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._consumer: KafkaConsumer | None = None
+        self._partitions: list[TopicPartition] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        """The items published since the last read (latest record per item)."""
+        consumer = self._consumer
+        if consumer is None:
+            consumer = KafkaConsumer(**kafka_python_config(self.settings), enable_auto_commit=False)
+            topic = self.settings.topic_catalog
+            partitions = [
+                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
+            ]
+            if not partitions:  # no catalog yet: look again next time
+                consumer.close()
+                return []
+            consumer.assign(partitions)
+            consumer.seek_to_beginning(*partitions)
+            self._consumer, self._partitions = consumer, partitions
+        end = consumer.end_offsets(self._partitions)
         items: dict[bytes, dict[str, Any]] = {}
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
+        while any(consumer.position(tp) < end[tp] for tp in self._partitions):
             for records in consumer.poll(timeout_ms=1000).values():
                 for record in records:
                     try:
@@ -116,8 +144,12 @@ def read_catalog(settings: Settings) -> list[dict[str, Any]]:
                     except (orjson.JSONDecodeError, TypeError):
                         items.pop(record.key, None)  # a tombstone or garbage: no item
         return [item for item in items.values() if isinstance(item, dict) and "item_id" in item]
-    finally:
-        consumer.close()
+
+    def close(self) -> None:
+        """Close the consumer (a later :meth:`read` reads everything again)."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
 def read_jsonl_records(path: Path) -> Iterator[tuple[bytes | None, bytes]]:

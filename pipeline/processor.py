@@ -206,10 +206,19 @@ class Processor:
         return tuple(record.get("genres") or ()) if record else ()
 
     def load_catalog(self, items: Iterable[Mapping[str, Any]]) -> None:
-        """Learn item titles, genres and durations (from ``ott.catalog`` or a file)."""
+        """Learn item titles, genres and durations (from ``ott.catalog`` or a file).
+
+        Items whose record has not changed are skipped: a worker re-reads the whole
+        catalog periodically, and re-adding 5,000 unchanged items to four partitions'
+        models held the event loop ~100 ms.
+        """
+        catalog = self.catalog
         for item in items:
             record = {**item, "genres": [str(g).lower() for g in item.get("genres") or ()]}
-            self.catalog[str(item["item_id"])] = record
+            item_id = str(item["item_id"])
+            if catalog.get(item_id) == record:
+                continue
+            catalog[item_id] = record
             for models in self._models.values():
                 models.items.add_catalog_item(record)
 

@@ -135,3 +135,18 @@ def test_recent_ids_flag_exactly_the_repeats_within_their_bounds(ids: list[str])
         assert recent.seen(event_id, 1_000_000) == expected
         if not expected:
             seen.append(event_id)
+
+
+def test_reloading_the_catalog_adopts_changed_items_and_keeps_the_rest() -> None:
+    processor = Processor(Settings())
+    catalog = [
+        {"item_id": "m1", "title": "Heat", "genres": ["Crime"], "duration_s": 10_200},
+        {"item_id": "m2", "title": "Alien", "genres": ["Horror"], "duration_s": 7_020},
+    ]
+    processor.load_catalog(catalog)
+    items = processor.models(0).items
+    processor.load_catalog([catalog[0], {**catalog[1], "title": "Aliens", "genres": ["Action"]}])
+    assert processor.models(0).items is items and len(items) == 2
+    assert [items.title(0), items.title(1)] == ["Heat", "Aliens"]
+    assert [items.genres(0), items.genres(1)] == [("crime",), ("action",)]
+    assert processor.catalog["m2"]["genres"] == ["action"]
