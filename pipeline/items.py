@@ -111,7 +111,7 @@ class ItemIndex:
 
     @property
     def genre_names(self) -> list[str]:
-        """Genre names in column order of :meth:`genre_matrix`."""
+        """Genre names in column order of :meth:`genre_vector`."""
         return list(self._genre_ids)
 
     def genre_scores(self, vector: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:

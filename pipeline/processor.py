@@ -208,9 +208,10 @@ class Processor:
     def load_catalog(self, items: Iterable[Mapping[str, Any]]) -> None:
         """Learn item titles, genres and durations (from ``ott.catalog`` or a file).
 
-        Items whose record has not changed are skipped: a worker re-reads the whole
-        catalog periodically, and re-adding 5,000 unchanged items to four partitions'
-        models held the event loop ~100 ms.
+        Items whose record has not changed are skipped: a catalog republished as a whole
+        (``ottscore simulate --to-kafka`` publishes every item) would otherwise re-add
+        every item to every partition's models on the event loop (34 ms for 5,000 items
+        and four partitions; 3.5 ms skipped).
         """
         catalog = self.catalog
         for item in items:

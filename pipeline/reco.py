@@ -229,9 +229,8 @@ class Recommender:
         after = self.transitions.following(previous)
         if after:
             signals[:, 2] = np.log1p([after.get(int(row), 0.0) for row in rows])
-        user = self.taste.user_vector(user_id)
-        if user is not None:
-            signals[:, 3] = self.taste.items.ensure(int(rows.max()))[rows] @ user
+        if self.taste.knows(user_id):
+            signals[:, 3] = self.taste.scores(user_id, len(self.items), rows=rows)
         return signals
 
     def _scores(
@@ -257,9 +256,8 @@ class Recommender:
         for chosen, count in self.transitions.following(previous).items():
             if chosen < n:
                 scores[chosen] += math.log1p(count) * coefficients[2]
-        user = self.taste.user_vector(user_id)
-        if user is not None:
-            scores += self.taste.items.view(n) @ (user * coefficients[3])
+        if self.taste.knows(user_id):
+            scores += self.taste.scores(user_id, n, weight=coefficients[3])
         return scores
 
     def _popularity(self) -> np.ndarray:

@@ -41,8 +41,8 @@ class TasteModel:
     """Biased MF over item indices; a user's vector is their factors followed by a 1.
 
     The item matrix holds each item's factors followed by its bias, so ``items @ user``
-    is the taste signal of every item: factors · user factors + item bias (the global
-    mean and the user's bias are the same for every item and left out of it).
+    (:meth:`scores`) is the taste signal of every item: factors · user factors + item
+    bias (the global mean and the user's bias are the same for every item and left out).
     """
 
     def __init__(
@@ -64,7 +64,7 @@ class TasteModel:
         self.sigma = sigma
         self.rng = np.random.default_rng(seed)
         self.items = GrowableArray(n_factors + 1)
-        self.learned = GrowableArray()  # 1.0 once an item has factors
+        self.learned = GrowableArray(dtype=np.bool_)  # whether an item has factors yet
         self.users: dict[str, np.ndarray] = {}
         self.user_biases: dict[str, float] = {}
         self.mean = 0.0
@@ -78,10 +78,6 @@ class TasteModel:
         """Whether ``user_id`` has been learned from."""
         return user_id in self.users
 
-    def user_vector(self, user_id: str) -> np.ndarray | None:
-        """The user's factors followed by a 1 (None when unknown); ``items @ it`` scores."""
-        return self.users.get(user_id)
-
     def predict_one(self, user_id: str, row: int) -> float:
         """The predicted feedback of ``user_id`` for item ``row`` (adds neither to the model)."""
         user = self.users.get(user_id)
@@ -90,12 +86,19 @@ class TasteModel:
             return self.mean + bias
         return self.mean + bias + float(self.items.data[row] @ user)
 
-    def scores(self, user_id: str, n: int) -> np.ndarray:
-        """The taste signal of the first ``n`` items for ``user_id`` (zeros when unknown)."""
+    def scores(
+        self, user_id: str, n: int, *, rows: np.ndarray | None = None, weight: float = 1.0
+    ) -> np.ndarray:
+        """``weight`` × the taste signal of the first ``n`` items, or of ``rows`` among them.
+
+        Zeros when the user is unknown (ask :meth:`knows` first to skip adding them).
+        """
         user = self.users.get(user_id)
         if user is None:
-            return np.zeros(n)
-        return self.items.view(n) @ user
+            return np.zeros(n if rows is None else len(rows))
+        if rows is None:
+            return self.items.view(n) @ (user * weight)
+        return self.items.ensure(int(rows.max()))[rows] @ (user * weight)
 
     def learn(self, user_id: str, rows: np.ndarray, targets: np.ndarray) -> None:
         """One SGD step on the samples ``(user_id, rows[i]) → targets[i]`` (squared loss)."""
@@ -131,17 +134,17 @@ class TasteModel:
             user = self.users[user_id] = np.append(factors, 1.0)
         if isinstance(rows, int):
             learned = self.learned.ensure(rows)
-            fresh = rows if learned[rows] == 0.0 else None
+            fresh = None if learned[rows] else rows
             self.items.ensure(rows)
         else:
             last = int(rows.max())
             learned = self.learned.ensure(last)
-            fresh = rows[learned[rows] == 0.0]
+            fresh = rows[~learned[rows]]
             self.items.ensure(last)
         if fresh is not None and np.size(fresh):
             shape = (np.size(fresh), self.n_factors)
             self.items.data[fresh, : self.n_factors] = self.rng.normal(0.0, self.sigma, shape)
-            learned[fresh] = 1.0
+            learned[fresh] = True
         return user, self.user_biases.get(user_id, 0.0)
 
     def _step_user(

@@ -29,7 +29,7 @@ def twins(users: int, items: int, seed: int = 3) -> tuple[TasteModel, reco.Biase
     for i in range(items):
         vector = rng.normal(0.0, 0.1, K)
         ours.items.ensure(i)[i, :K] = vector
-        ours.learned.ensure(i)[i] = 1.0
+        ours.learned.ensure(i)[i] = True
         river.i_latents[i] = vector.copy()
     return ours, river
 
