@@ -96,7 +96,10 @@ class Settings(BaseSettings):
         "records of other partitions wait behind it (Faust's own is 1.5 s).",
     )
     catalog_refresh_s: float = Field(
-        60.0, gt=0, description="Seconds between re-reads of the catalog topic by a worker."
+        60.0,
+        gt=0,
+        description="Seconds between a worker's reads of the catalog topic (each reads only "
+        "the records published since the last).",
     )
 
     # --- metrics ----------------------------------------------------------------------
