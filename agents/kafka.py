@@ -7,10 +7,13 @@ admin calls. Both get their bootstrap servers and security (SSL, SASL) from the 
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from kafka.admin import KafkaAdminClient
 from kafka.errors import NoError, TopicAlreadyExistsError, for_code
 
@@ -24,6 +27,7 @@ __all__ = [
     "ensure_topics",
     "output_topics",
     "all_topics",
+    "send_batches",
 ]
 
 
@@ -174,3 +178,41 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> None:
         compacted=compacted,
         timeout=timeout,
     )
+
+
+async def send_batches(
+    producer: AIOKafkaProducer, topic: str, records: Iterable[tuple[bytes | None, bytes]]
+) -> list[asyncio.Future]:
+    """Hand ``(key, value)`` records to aiokafka as whole batches, one or more per partition.
+
+    Each record goes to the partition ``producer.send`` would choose (aiokafka's default
+    partitioner: murmur2 of the key, as the Java client and kafka-python do) and keeps its
+    order within it. ``producer.send`` costs a coroutine, a future and a lookup of the open
+    batch per record; here a record is one append to a batch being built, and the returned
+    futures (one per batch, resolved when the broker has acknowledged it, or failed) are
+    all there is to wait for. A producer configured with another partitioner must not use
+    this.
+    """
+    partitions = sorted(await producer.partitions_for(topic))
+    choose = _PARTITIONER
+    open_batches: dict[int, Any] = {}
+    full: list[tuple[int, Any]] = []
+    for key, value in records:
+        partition = choose(key, partitions, partitions)
+        batch = open_batches.get(partition)
+        if batch is None:
+            batch = open_batches[partition] = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            full.append((partition, batch))
+            batch = open_batches[partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value)} bytes does not fit in a batch")
+    full.extend(open_batches.items())
+    futures = []
+    for partition, batch in full:  # a partition's batches in the order they were filled
+        batch.close()
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
+
+
+_PARTITIONER = DefaultPartitioner()

@@ -18,13 +18,19 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition as AioTopicPartition
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
-from agents.kafka import admin_client, create_topics, kafka_python_config, output_topics
+from agents.kafka import (
+    admin_client,
+    create_topics,
+    kafka_python_config,
+    output_topics,
+    send_batches,
+)
 from agents.produce import make_producer, publish_catalog
 from agents.worker_process import WorkerError, WorkerProcess, free_port
 from pipeline.config import Settings
@@ -101,14 +107,31 @@ def _partitioned(
 
 
 def produce_fast(settings: Settings, records: Sequence[tuple[bytes, bytes]]) -> None:
-    """Send ``records`` to the events topic as fast as kafka-python can (before any timing)."""
-    producer = make_producer(settings, linger_ms=20, batch_size=1024 * 1024)
+    """Send ``records`` to the events topic in whole aiokafka batches (before any timing).
+
+    ~10 times the rate of kafka-python's ``send`` per record, which the workers matched:
+    two workers kept up with it, so no backlog built up and the run timed the producer.
+    """
+    asyncio.run(_produce_fast(settings, records))
+
+
+async def _produce_fast(settings: Settings, records: Sequence[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(
+        **kafka_python_config(settings),
+        acks="all",
+        max_batch_size=1024 * 1024,
+        client_id="ottscore-bench-producer",
+    )
+    await producer.start()
     try:
-        for key, value in records:
-            producer.send(settings.topic_events, key=key, value=value)
-        producer.flush()
+        for start in range(0, len(records), 50_000):  # bounded batches in flight
+            await asyncio.gather(
+                *await send_batches(
+                    producer, settings.topic_events, records[start : start + 50_000]
+                )
+            )
     finally:
-        producer.close()
+        await producer.stop()
 
 
 # --- measurements -----------------------------------------------------------------------
