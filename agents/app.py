@@ -2,12 +2,13 @@
 
 Records of ``ott.events`` go from Faust's consumer to :class:`IngestWorker` a fetched
 batch at a time (:meth:`Consumer._drain_messages`), not through a Faust stream: the
-worker hands each to :class:`pipeline.processor.Processor`, then, before the batch is
-acknowledged, writes every user state the batch changed to the ``users`` table (once per
-user, not once per event) and publishes the batch's output records. Faust flushes its
-producer before it commits input offsets, so a committed offset always has its state and
-outputs durable in Kafka (at-least-once; a replay after a crash is recognised per user by
-its offset). The ``ingest`` agent subscribes the topic, so that Faust assigns its
+worker hands each to :class:`pipeline.processor.Processor` and publishes the batch's
+output records before the batch is acknowledged. User states are written to the ``users``
+table as the consumer commits (:meth:`Consumer._commit_tps`): every state changed since
+the last commit, once per user however many of its events came in between. Faust flushes
+its producer before it commits input offsets, so a committed offset always has its states
+and outputs durable in Kafka (at-least-once; a replay after a crash is recognised per
+user by its offset). The ``ingest`` agent subscribes the topic, so that Faust assigns its
 partitions together with the table's, and never receives a record itself.
 
 Run it with ``ottscore worker`` (or ``faust -A agents.app worker``).
@@ -21,7 +22,8 @@ import gc
 import logging
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import faust
@@ -30,12 +32,12 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
 from faust.types import TP, ConsumerT, Message, ProducerT
-from mode import ServiceT
+from mode import Service, ServiceT
 from mode.utils.futures import stampede
 from prometheus_client import CollectorRegistry
 
 from agents.health import Health, serve
-from agents.kafka import MAX_SNAPSHOT_BYTES, faust_broker_settings, output_topics
+from agents.kafka import MAX_SNAPSHOT_BYTES, faust_broker_settings, output_topics, send_batches
 from agents.produce import CatalogReader
 from agents.snapshots import SnapshotWriter, latest_snapshot
 from pipeline.config import Settings
@@ -131,6 +133,7 @@ class Consumer(faust_aiokafka.Consumer):
         read_offset = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
         commit_every = self._commit_every
+        await self.app.maybe_start_producer()  # the worker publishes with it, never awaiting
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
@@ -172,6 +175,18 @@ class Consumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+        """Write back the states changed since the last commit, then commit as Faust does.
+
+        The states go to the table (its changelog) before the offsets to commit are
+        chosen, with no await in between: every offset chosen belongs to a record whose
+        state is in the producer's buffer, and Faust flushes the producer before it
+        commits. Records handled while the flush waits change states again; those are
+        written at the next commit, with their offsets.
+        """
+        self.app.ottscore.write_back()  # type: ignore[attr-defined]
+        return await super()._commit_tps(tps, start_new_transaction)
 
     def _rebalanced_since(self, generation: int | None) -> bool:
         """Whether a rebalance began (flow stopped) or happened since ``generation``."""
@@ -249,17 +264,59 @@ class Producer(faust_aiokafka.Producer):
     This producer keeps every message sent soon until the broker acknowledges it, and
     ``flush()`` waits for all of them; one that fails makes the flush raise, so the
     offsets are not committed and the records are processed again.
+
+    It also publishes whole lists of records (:meth:`send_many`), as aiokafka batches
+    without a Faust message, future and buffer pass per record; ``flush()`` waits for
+    those too.
     """
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._unacknowledged: set[asyncio.Future] = set()
         self._failure: BaseException | None = None
+        self._outgoing: deque[tuple[str, Sequence[tuple[bytes, bytes]], Any, asyncio.Future]]
+        self._outgoing = deque()
+        self._has_outgoing = asyncio.Event()
 
     def send_soon(self, fut: Any) -> None:
+        self._track(fut)
+        super().send_soon(fut)
+
+    def send_many(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        on_acknowledged: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish ``(key, value)`` records to ``topic``, after everything handed over before.
+
+        Never awaits: the records wait in a queue that a task of the producer hands to
+        aiokafka (:func:`agents.kafka.send_batches`: partitioned by key as ``send`` would,
+        in order). ``on_acknowledged`` runs once the broker has acknowledged all of them.
+        """
+        done = asyncio.get_running_loop().create_future()
+        self._track(done)
+        self._outgoing.append((topic, records, on_acknowledged, done))
+        self._has_outgoing.set()
+
+    @Service.task
+    async def _send_outgoing(self) -> None:
+        while not self.should_stop:
+            if (await self.wait(self._has_outgoing)).stopped:
+                return
+            self._has_outgoing.clear()
+            while self._outgoing:
+                topic, records, on_acknowledged, done = self._outgoing.popleft()
+                try:
+                    batches = await send_batches(self._ensure_producer(), topic, records)
+                except Exception as exc:  # noqa: BLE001 - the flush raises it
+                    done.set_exception(exc)
+                else:
+                    _settle_when_all(batches, done, on_acknowledged)
+
+    def _track(self, fut: asyncio.Future) -> None:
         self._unacknowledged.add(fut)
         fut.add_done_callback(self._settled)
-        super().send_soon(fut)
 
     def _settled(self, fut: asyncio.Future) -> None:
         self._unacknowledged.discard(fut)
@@ -352,14 +409,19 @@ class IngestWorker:
         self.processor = Processor(settings)
         self._restored: set[int] = set()
         self._offsets: dict[int, int] = {}
+        self._last: dict[int, Message] = {}  # the last record handled of each partition
         self._lagged: set[int] = set()  # partitions whose lag is exported
 
     def handle(self, messages: Sequence[Message]) -> None:
-        """Process one batch of records: state, write-back, outputs, metrics. Never awaits."""
+        """Process one batch of records: state, outputs, metrics. Never awaits.
+
+        The states the batch changed are written to the table at the next commit
+        (:meth:`write_back`), not here.
+        """
         started = time.perf_counter()
         processor = self.processor
         process = processor.process
-        last_of_partition: dict[int, Message] = {}
+        last_of_partition = self._last
         restored: list[int] = []  # partitions whose stored states or models were adopted
         for message in messages:
             partition = message.partition
@@ -375,12 +437,11 @@ class IngestWorker:
                 timestamp_ms=int(message.timestamp * 1000),
                 topic=message.topic,
             )
-        self._write_back(last_of_partition)
         self._publish(processor.take_outbox())
         if restored:  # one collection for all the partitions a rebalance brought
             freeze_heap(f"restoring partitions {sorted(restored)}")
         now = time.monotonic()
-        for partition in last_of_partition:
+        for partition in {message.partition for message in messages}:
             if self.snapshots.due(partition, now):
                 # at most one a batch: pickling and signing a partition's models holds the
                 # loop ~10-25 ms, and the partitions of a worker fall due together
@@ -445,40 +506,66 @@ class IngestWorker:
         """Move the rolling prequential quality into the Prometheus gauges."""
         self.metrics.set_quality(self.processor.quality.rolling())
 
-    def _write_back(self, last_of_partition: dict[int, Message]) -> None:
+    def write_back(self) -> None:
+        """Write every user state changed since the last write-back to the table, once each.
+
+        :class:`Consumer` calls this as it commits, so a user's state goes to the
+        changelog once per commit interval however many of its events came in it (the
+        record cache of Kafka Streams), and is serialised only then.
+        """
         by_partition: dict[int, list[tuple[str, bytes]]] = {}
         for user_id, partition, data in self.processor.take_dirty():
             by_partition.setdefault(partition, []).append((user_id, data))
         table = self.table
         for partition, states in by_partition.items():
-            with writing_for(table.app, last_of_partition[partition]):
+            with writing_for(table.app, self._last[partition]):
                 for user_id, data in states:
                     table[user_id.encode()] = data
         self.metrics.state_writes.inc(sum(len(s) for s in by_partition.values()))
 
     def _publish(self, outputs: Sequence[Any]) -> None:
-        topics = self.topics
-        event_latency = self.metrics.event_to_publish_latency
-        ingest_latency = self.metrics.ingest_to_publish_latency
+        """Hand the batch's output records to the producer, a list per output topic."""
+        by_kind: dict[str, list[Any]] = {}
         for out in outputs:
-            callback = None
-            if out.event_ts_ms:
-                callback = _latency_callback(
-                    event_latency.labels(out.kind),
-                    ingest_latency.labels(out.kind),
-                    out.event_ts_ms,
-                    out.ingest_ts_ms,
-                )
-            topics[out.kind].send_soon(key=out.key, value=out.value, callback=callback)
+            by_kind.setdefault(out.kind, []).append(out)
+        producer = self.table.app.producer
+        for kind, outs in by_kind.items():
+            producer.send_many(
+                self.topics[kind].get_topic_name(),
+                [(out.key, out.value) for out in outs],
+                self._latency_observer(kind, outs),
+            )
+
+    def _latency_observer(self, kind: str, outputs: Sequence[Any]) -> Callable[[], None] | None:
+        """Observe event → publish and ingest → publish latency of ``outputs`` when called."""
+        stamps = [(o.event_ts_ms, o.ingest_ts_ms) for o in outputs if o.event_ts_ms]
+        if not stamps:
+            return None
+        event_hist = self.metrics.event_to_publish_latency.labels(kind)
+        ingest_hist = self.metrics.ingest_to_publish_latency.labels(kind)
+
+        def observe() -> None:
+            now = time.time()
+            for event_ts_ms, ingest_ts_ms in stamps:
+                event_hist.observe(max(0.0, now - event_ts_ms / 1000))
+                if ingest_ts_ms:
+                    ingest_hist.observe(max(0.0, now - ingest_ts_ms / 1000))
+
+        return observe
 
     def revoke(self, partitions: set[int]) -> None:
-        """Forget partitions this worker no longer owns (their states are already written)."""
+        """Forget partitions this worker no longer owns.
+
+        Faust commits before it revokes, and the commit wrote their states back; if it
+        failed, the offsets stay uncommitted and the new owner processes the records again.
+        """
         self.snapshot_now(partitions)
         for partition in partitions:
             self.snapshots.forget(partition)
             self.processor.drop_partition(partition)
             self._restored.discard(partition)
             self._offsets.pop(partition, None)
+            self._last.pop(partition, None)
             if partition in self._lagged:
                 self._lagged.discard(partition)
                 self.metrics.consumer_lag.remove(str(partition))
@@ -522,14 +609,31 @@ def freeze_heap(after: str) -> None:
     log.info("froze %d objects after %s", gc.get_freeze_count(), after)
 
 
-def _latency_callback(event_hist: Any, ingest_hist: Any, event_ts_ms: int, ingest_ts_ms: int):
-    def observe(_fut: Any) -> None:
-        now = time.time()
-        event_hist.observe(max(0.0, now - event_ts_ms / 1000))
-        if ingest_ts_ms:
-            ingest_hist.observe(max(0.0, now - ingest_ts_ms / 1000))
+def _settle_when_all(
+    batches: Sequence[asyncio.Future], done: asyncio.Future, on_acknowledged: Any
+) -> None:
+    """Resolve ``done`` when every batch is acknowledged, or fail it with the first failure."""
+    remaining = len(batches)
 
-    return observe
+    def settled(batch: asyncio.Future) -> None:
+        nonlocal remaining
+        if done.done():
+            return
+        if batch.cancelled():
+            done.set_exception(RuntimeError("a batch was cancelled before it was acknowledged"))
+        elif batch.exception() is not None:
+            done.set_exception(batch.exception())
+        else:
+            remaining -= 1
+            if not remaining:
+                if on_acknowledged is not None:
+                    on_acknowledged()
+                done.set_result(None)
+
+    if not batches:
+        done.set_result(None)
+    for batch in batches:
+        batch.add_done_callback(settled)
 
 
 def logging_config(settings: Settings) -> dict[str, Any] | None:
