@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -274,7 +275,7 @@ class Producer(faust_aiokafka.Producer):
         super().__post_init__()
         self._unacknowledged: set[asyncio.Future] = set()
         self._failure: BaseException | None = None
-        self._outgoing: deque[tuple[str, Sequence[tuple[bytes, bytes]], Any, asyncio.Future]]
+        self._outgoing: deque[tuple[str, int | None, Sequence[Any], Any, asyncio.Future]]
         self._outgoing = deque()
         self._has_outgoing = asyncio.Event()
 
@@ -285,18 +286,21 @@ class Producer(faust_aiokafka.Producer):
     def send_many(
         self,
         topic: str,
-        records: Sequence[tuple[bytes, bytes]],
-        on_acknowledged: Callable[[], None] | None = None,
+        records: Sequence[tuple[bytes | None, bytes]],
+        on_acknowledged: Callable[[dict[int, int]], None] | None = None,
+        *,
+        partition: int | None = None,
     ) -> None:
         """Publish ``(key, value)`` records to ``topic``, after everything handed over before.
 
         Never awaits: the records wait in a queue that a task of the producer hands to
-        aiokafka (:func:`agents.kafka.send_batches`: partitioned by key as ``send`` would,
-        in order). ``on_acknowledged`` runs once the broker has acknowledged all of them.
+        aiokafka (:func:`agents.kafka.send_batches`: to ``partition``, or partitioned by
+        key as ``send`` would; in order). Once the broker has acknowledged all of them,
+        ``on_acknowledged`` gets the offset of the last record written to each partition.
         """
         done = asyncio.get_running_loop().create_future()
         self._track(done)
-        self._outgoing.append((topic, records, on_acknowledged, done))
+        self._outgoing.append((topic, partition, records, on_acknowledged, done))
         self._has_outgoing.set()
 
     @Service.task
@@ -306,13 +310,15 @@ class Producer(faust_aiokafka.Producer):
                 return
             self._has_outgoing.clear()
             while self._outgoing:
-                topic, records, on_acknowledged, done = self._outgoing.popleft()
+                topic, partition, records, on_acknowledged, done = self._outgoing.popleft()
                 try:
-                    batches = await send_batches(self._ensure_producer(), topic, records)
+                    sent = await send_batches(
+                        self._ensure_producer(), topic, records, partition=partition
+                    )
                 except Exception as exc:  # noqa: BLE001 - the flush raises it
                     done.set_exception(exc)
                 else:
-                    _settle_when_all(batches, done, on_acknowledged)
+                    _settle_when_all(sent, done, on_acknowledged)
 
     def _track(self, fut: asyncio.Future) -> None:
         self._unacknowledged.add(fut)
@@ -511,17 +517,33 @@ class IngestWorker:
 
         :class:`Consumer` calls this as it commits, so a user's state goes to the
         changelog once per commit interval however many of its events came in it (the
-        record cache of Kafka Streams), and is serialised only then.
+        record cache of Kafka Streams), and is serialised only then. The table's store
+        takes the states directly and the changelog gets them as one list per partition
+        (:meth:`Producer.send_many`), instead of one Faust table write each (a changelog
+        message through Faust's producer buffer, its sensors and aiokafka's ``send``);
+        as Faust does on each write, the store records the changelog offset it holds
+        once the broker has acknowledged it (RocksDB reads the changelog from there on
+        recovery).
         """
-        by_partition: dict[int, list[tuple[str, bytes]]] = {}
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for user_id, partition, data in self.processor.take_dirty():
-            by_partition.setdefault(partition, []).append((user_id, data))
+            by_partition.setdefault(partition, []).append((user_id.encode(), data))
         table = self.table
+        store = table.data
+        changelog = table.changelog_topic.get_topic_name()
+        producer = table.app.producer
         for partition, states in by_partition.items():
-            with writing_for(table.app, self._last[partition]):
-                for user_id, data in states:
-                    table[user_id.encode()] = data
+            with writing_for(table.app, self._last[partition]):  # the partition's database
+                for key, data in states:
+                    store[key] = data
+            producer.send_many(changelog, states, self._persisted, partition=partition)
         self.metrics.state_writes.inc(sum(len(s) for s in by_partition.values()))
+
+    def _persisted(self, last_offsets: dict[int, int]) -> None:
+        store = self.table.data
+        changelog = self.table.changelog_topic.get_topic_name()
+        for partition, offset in last_offsets.items():
+            store.set_persisted_offset(TP(changelog, partition), offset)
 
     def _publish(self, outputs: Sequence[Any]) -> None:
         """Hand the batch's output records to the producer, a list per output topic."""
@@ -536,7 +558,9 @@ class IngestWorker:
                 self._latency_observer(kind, outs),
             )
 
-    def _latency_observer(self, kind: str, outputs: Sequence[Any]) -> Callable[[], None] | None:
+    def _latency_observer(
+        self, kind: str, outputs: Sequence[Any]
+    ) -> Callable[[dict[int, int]], None] | None:
         """Observe event → publish and ingest → publish latency of ``outputs`` when called."""
         stamps = [(o.event_ts_ms, o.ingest_ts_ms) for o in outputs if o.event_ts_ms]
         if not stamps:
@@ -544,7 +568,7 @@ class IngestWorker:
         event_hist = self.metrics.event_to_publish_latency.labels(kind)
         ingest_hist = self.metrics.ingest_to_publish_latency.labels(kind)
 
-        def observe() -> None:
+        def observe(_offsets: dict[int, int]) -> None:
             now = time.time()
             for event_ts_ms, ingest_ts_ms in stamps:
                 event_hist.observe(max(0.0, now - event_ts_ms / 1000))
@@ -610,30 +634,39 @@ def freeze_heap(after: str) -> None:
 
 
 def _settle_when_all(
-    batches: Sequence[asyncio.Future], done: asyncio.Future, on_acknowledged: Any
+    sent: Sequence[tuple[asyncio.Future, int]], done: asyncio.Future, on_acknowledged: Any
 ) -> None:
-    """Resolve ``done`` when every batch is acknowledged, or fail it with the first failure."""
-    remaining = len(batches)
+    """Resolve ``done`` when every batch is acknowledged, or fail it with the first failure.
 
-    def settled(batch: asyncio.Future) -> None:
+    ``on_acknowledged`` gets the offset of the last record written to each partition.
+    """
+    remaining = len(sent)
+    last: dict[int, int] = {}
+
+    def settled(batch: asyncio.Future, count: int) -> None:
         nonlocal remaining
         if done.done():
             return
         if batch.cancelled():
             done.set_exception(RuntimeError("a batch was cancelled before it was acknowledged"))
-        elif batch.exception() is not None:
+            return
+        if batch.exception() is not None:
             done.set_exception(batch.exception())
-        else:
-            remaining -= 1
-            if not remaining:
-                if on_acknowledged is not None:
-                    on_acknowledged()
-                done.set_result(None)
+            return
+        metadata = batch.result()
+        end = metadata.offset + count - 1
+        if end > last.get(metadata.partition, -1):
+            last[metadata.partition] = end
+        remaining -= 1
+        if not remaining:
+            if on_acknowledged is not None:
+                on_acknowledged(last)
+            done.set_result(None)
 
-    if not batches:
+    if not sent:
         done.set_result(None)
-    for batch in batches:
-        batch.add_done_callback(settled)
+    for batch, count in sent:
+        batch.add_done_callback(functools.partial(settled, count=count))
 
 
 def logging_config(settings: Settings) -> dict[str, Any] | None:

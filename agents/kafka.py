@@ -181,38 +181,43 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> None:
 
 
 async def send_batches(
-    producer: AIOKafkaProducer, topic: str, records: Iterable[tuple[bytes | None, bytes]]
-) -> list[asyncio.Future]:
+    producer: AIOKafkaProducer,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    *,
+    partition: int | None = None,
+) -> list[tuple[asyncio.Future, int]]:
     """Hand ``(key, value)`` records to aiokafka as whole batches, one or more per partition.
 
-    Each record goes to the partition ``producer.send`` would choose (aiokafka's default
-    partitioner: murmur2 of the key, as the Java client and kafka-python do) and keeps its
-    order within it. ``producer.send`` costs a coroutine, a future and a lookup of the open
-    batch per record; here a record is one append to a batch being built, and the returned
-    futures (one per batch, resolved when the broker has acknowledged it, or failed) are
-    all there is to wait for. A producer configured with another partitioner must not use
-    this.
+    Each record goes to ``partition``, or, without one, to the partition
+    ``producer.send`` would choose (aiokafka's default partitioner: murmur2 of the key,
+    as the Java client and kafka-python do), and keeps its order within it.
+    ``producer.send`` costs a coroutine, a future and a lookup of the open batch per
+    record; here a record is one append to a batch being built. Returns each batch's
+    future (its record metadata once the broker acknowledged it, carrying the batch's
+    first offset) and how many records it holds. A producer configured with another
+    partitioner must not use this without ``partition``.
     """
     partitions = sorted(await producer.partitions_for(topic))
     choose = _PARTITIONER
     open_batches: dict[int, Any] = {}
     full: list[tuple[int, Any]] = []
     for key, value in records:
-        partition = choose(key, partitions, partitions)
-        batch = open_batches.get(partition)
+        to = partition if partition is not None else choose(key, partitions, partitions)
+        batch = open_batches.get(to)
         if batch is None:
-            batch = open_batches[partition] = producer.create_batch()
+            batch = open_batches[to] = producer.create_batch()
         if batch.append(key=key, value=value, timestamp=None) is None:  # full
-            full.append((partition, batch))
-            batch = open_batches[partition] = producer.create_batch()
+            full.append((to, batch))
+            batch = open_batches[to] = producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None) is None:
                 raise ValueError(f"a record of {len(value)} bytes does not fit in a batch")
     full.extend(open_batches.items())
-    futures = []
-    for partition, batch in full:  # a partition's batches in the order they were filled
+    sent = []
+    for to, batch in full:  # a partition's batches in the order they were filled
         batch.close()
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-    return futures
+        sent.append((await producer.send_batch(batch, topic, partition=to), batch.record_count()))
+    return sent
 
 
 _PARTITIONER = DefaultPartitioner()

@@ -125,11 +125,10 @@ async def _produce_fast(settings: Settings, records: Sequence[tuple[bytes, bytes
     await producer.start()
     try:
         for start in range(0, len(records), 50_000):  # bounded batches in flight
-            await asyncio.gather(
-                *await send_batches(
-                    producer, settings.topic_events, records[start : start + 50_000]
-                )
+            sent = await send_batches(
+                producer, settings.topic_events, records[start : start + 50_000]
             )
+            await asyncio.gather(*(batch for batch, _ in sent))
     finally:
         await producer.stop()
 

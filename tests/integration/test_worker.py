@@ -145,11 +145,17 @@ def test_every_record_ends_processed_deduplicated_or_dead_lettered(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_state_after_a_restart_mid_stream_equals_an_uninterrupted_run(
-    settings_factory, tmp_path: Path
+    settings_factory, tmp_path: Path, store: str
 ) -> None:
+    # With RocksDB (the production store) the second worker starts from the first one's
+    # local database, then reads the changelog after the offset it recorded as persisted.
     settings = settings_factory(
-        metrics_port=free_ports(1)[0], batch_max_events=200, snapshot_key="restart-test-key"
+        metrics_port=free_ports(1)[0],
+        batch_max_events=200,
+        snapshot_key="restart-test-key",
+        store=store,
     )
     records = list(
         Simulator(
@@ -185,4 +191,4 @@ def test_state_after_a_restart_mid_stream_equals_an_uninterrupted_run(
     # Everything events alone determine must be equal; model outputs (risk band, lists)
     # may differ by the learning after the last snapshot.
     assert not differing, f"{len(differing)} of {len(expected)} user states differ"
-    print(f"\nrestart: {total} records, {len(expected)} users, states equal to one run")
+    print(f"\nrestart ({store}): {total} records, {len(expected)} users, states equal to one run")
