@@ -15,8 +15,9 @@ sent it to another partition is still applied to the user's state, but cannot be
 recognised as a replay by its offset, which belongs to the other partition's sequence.
 
 User states live in memory (``users``) as a write-back cache in front of the
-changelog-backed table: a state changed by a batch is listed once in
-:meth:`Processor.take_dirty`, however many events changed it. After a restart or a
+changelog-backed table: a state changed since the last write-back is listed once in
+:meth:`Processor.take_dirty` (the worker writes back as it commits), however many
+events changed it. After a restart or a
 rebalance, the worker hands every stored state of its partitions to
 :meth:`Processor.adopt` before processing, which re-arms session timers and watermarks.
 
@@ -415,10 +416,38 @@ class Processor:
 
     def take_dirty(self) -> list[tuple[str, int, bytes]]:
         """``(user_id, partition, state bytes)`` of each user changed since the last call."""
-        users = self.users
-        dirty = [(u, users[u].partition, users[u].to_bytes()) for u in self._dirty]
+        return self.states_of(self.take_dirty_users())
+
+    def take_dirty_users(self) -> list[str]:
+        """The users changed since the last call, whose states are now to be written.
+
+        Write them in parts with :meth:`states_of`; hand back those left unwritten (a
+        write-back that failed) with :meth:`keep_dirty`.
+        """
+        dirty = list(self._dirty)
         self._dirty.clear()
         return dirty
+
+    def states_of(self, user_ids: Iterable[str]) -> list[tuple[str, int, bytes]]:
+        """``(user_id, partition, state bytes)`` of those users still held, serialised now.
+
+        >>> from pipeline.config import Settings
+        >>> from pipeline.events import Event, encode_event
+        >>> p = Processor(Settings(), clock=lambda: 2e9)
+        >>> event = Event("e1", "search", "u1", 0, query="drama")
+        >>> p.process(encode_event(event), key=b"u1", partition=3, offset=0)
+        >>> users = p.take_dirty_users()
+        >>> [(user, partition) for user, partition, _ in p.states_of(users + ["gone"])]
+        [('u1', 3)]
+        >>> p.take_dirty_users()   # taken: nothing is dirty until an event changes it again
+        []
+        """
+        users = self.users
+        return [(u, users[u].partition, users[u].to_bytes()) for u in user_ids if u in users]
+
+    def keep_dirty(self, user_ids: Iterable[str]) -> None:
+        """Mark users as changed again (taken by :meth:`take_dirty_users`, not written)."""
+        self._dirty.update(u for u in user_ids if u in self.users)
 
     def drop_partition(self, partition: int) -> None:
         """Forget the users and timers of a partition this worker no longer owns.
