@@ -185,11 +185,12 @@ class Consumer(faust_aiokafka.Consumer):
 
         The offsets to commit are chosen, and the users whose states changed taken, in one
         step of the loop: every offset chosen belongs to a record whose state is among them.
-        They are written in parts, yielding to the loop between parts (thousands of states
-        at once held it ~100 ms and raised the latency of scores); records handled
-        meanwhile change states again, to be written at the next commit with their
-        offsets. Faust flushes the producer before it commits, so a committed offset has
-        its states durable in the changelog.
+        They are written in parts, yielding to the loop between parts (1,000-1,400 states
+        in one step at every commit raised the 99th percentile of event → score latency at
+        2,000 events/s from 0.04 to 0.13 s); records handled meanwhile change states
+        again, to be written at the next commit with their offsets. Faust flushes the
+        producer before it commits, so a committed offset has its states durable in the
+        changelog.
         """
         commit_offsets = self._filter_committable_offsets(tps)
         await self.app.ottscore.write_back()  # type: ignore[attr-defined]

@@ -150,3 +150,37 @@ def test_reloading_the_catalog_adopts_changed_items_and_keeps_the_rest() -> None
     assert [items.title(0), items.title(1)] == ["Heat", "Aliens"]
     assert [items.genres(0), items.genres(1)] == [("crime",), ("action",)]
     assert processor.catalog["m2"]["genres"] == ["action"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cut=st.floats(min_value=0.0, max_value=1.0),
+    part=st.integers(min_value=1, max_value=200),
+    failed_at=st.integers(min_value=0, max_value=40),
+)
+def test_a_write_back_in_parts_that_fails_leaves_the_unwritten_users_changed(
+    cut: float, part: int, failed_at: int
+) -> None:
+    """The worker writes the users taken at a commit in parts; a failure hands the rest back.
+
+    Whatever part fails, every user changed before the commit is either written or
+    changed again, and the next write-back gives each of those its current state.
+    """
+    stream = records()
+    processor = Processor(SETTINGS, clock=lambda: FAR_FUTURE)
+    run(processor, stream[: int(len(stream) * cut)])
+    changed = set(processor.take_dirty_users())
+    written: set[str] = set()
+    users = sorted(changed)
+    parts = [users[i : i + part] for i in range(0, len(users), part)]
+    for index, chunk in enumerate(parts):
+        if index == failed_at:  # as IngestWorker.write_back's finally does
+            processor.keep_dirty([u for c in parts[index:] for u in c])
+            break
+        written |= {user for user, _, _ in processor.states_of(chunk)}
+    again = processor.take_dirty()
+    assert written | {user for user, _, _ in again} == changed
+    assert not written & {user for user, _, _ in again}
+    for user, partition, data in again:
+        state = processor.users[user]
+        assert (partition, data) == (state.partition, state.to_bytes())
