@@ -55,12 +55,11 @@ WRITE_BACK_PART = 100  # states serialised and handed over between two turns of 
 
 @contextlib.contextmanager
 def writing_for(app: faust.App, message: Message) -> Iterator[None]:
-    """Make an event of ``message`` the current event, so table writes go to its partition.
+    """Make an event of ``message`` the current event, so store writes go to its partition.
 
-    Faust resolves the changelog partition (and the RocksDB database) of a table write
-    from the event being processed. Records reach the worker without Faust events, and
-    the write-back happens after a whole batch, so we name a record of the partition
-    being written.
+    Faust's RocksDB store picks the database of a write (one per partition) from the
+    event being processed. Records reach the worker without Faust events, and the
+    write-back happens at a commit, so we name a record of the partition being written.
     """
     event = faust.Event(app, message.key, message.value, message.headers, message)
     token = _current_event.set(weakref.ref(event))  # ``event`` lives as long as this frame
@@ -341,9 +340,7 @@ class Producer(faust_aiokafka.Producer):
                         (records, on_acknowledged, done)
                     )
                 for (topic, partition), lists in waiting.items():
-                    records = (
-                        lists[0][0] if len(lists) == 1 else [r for rs, _, _ in lists for r in rs]
-                    )
+                    records = [record for listed, _, _ in lists for record in listed]
                     done = asyncio.get_running_loop().create_future()
                     done.add_done_callback(functools.partial(_settle_lists, lists))
                     try:
@@ -687,7 +684,7 @@ def freeze_heap(after: str) -> None:
 
 def _settle_lists(lists: Sequence[tuple[Any, Any, asyncio.Future]], done: asyncio.Future) -> None:
     """Settle each list handed over together as ``done`` (their merged batches) settled."""
-    failure = RuntimeError("cancelled") if done.cancelled() else done.exception()
+    failure = done.exception()
     for _, on_acknowledged, list_done in lists:
         if failure is not None:
             list_done.set_exception(failure)
@@ -770,7 +767,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=settings.kafka_session_timeout_s / 10,
         broker_max_poll_records=settings.batch_max_events,
-        producer_max_batch_size=1_000_000,  # a batch's state writes in one request
+        producer_max_batch_size=1_000_000,  # a commit's states of a partition in one batch
         Worker=Worker,
     )
     raw = {

@@ -129,9 +129,10 @@ async def _produce_fast(settings: Settings, records: Sequence[tuple[bytes, bytes
     )
     await producer.start()
     try:
-        for start in range(0, len(records), 50_000):  # bounded batches in flight
+        step = 50_000  # records in flight at once
+        for start in range(0, len(records), step):
             sent = await send_batches(
-                producer, settings.topic_events, records[start : start + 50_000]
+                producer, settings.topic_events, records[start : start + step]
             )
             await asyncio.gather(*(batch for batch, _ in sent))
     finally:

@@ -17,9 +17,9 @@ recognised as a replay by its offset, which belongs to the other partition's seq
 User states live in memory (``users``) as a write-back cache in front of the
 changelog-backed table: a state changed since the last write-back is listed once in
 :meth:`Processor.take_dirty` (the worker writes back as it commits), however many
-events changed it. After a restart or a
-rebalance, the worker hands every stored state of its partitions to
-:meth:`Processor.adopt` before processing, which re-arms session timers and watermarks.
+events changed it. After a restart or a rebalance, the worker hands every stored state
+of its partitions to :meth:`Processor.adopt` before processing, which re-arms session
+timers and watermarks.
 
 Examples
 --------
