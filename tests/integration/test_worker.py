@@ -23,6 +23,7 @@ from worker_process import (
     wait_committed,
 )
 
+from agents.demo import scrape
 from agents.produce import produce
 from pipeline.config import Settings
 from pipeline.events import Event, EventDecoder
@@ -35,6 +36,7 @@ MALFORMED_REASONS = {
     "not_json", "not_utf8", "missing_field", "wrong_type", "unknown_type", "oversized",
     "future_timestamp",
 }  # fmt: skip
+RECEIVED = ("ottscore_records_received_total",)
 
 
 def wait_for_records(settings: Settings, topic: str, count: int, timeout_s: float = 60.0) -> list:
@@ -72,6 +74,9 @@ def test_every_record_ends_processed_deduplicated_or_dead_lettered(
 
         worker.wait_until(caught_up, timeout_s=30, what="waiting for zero lag and readiness")
         samples = worker.samples()
+        # a scrape restricted to some names (how the bench polls progress) gets only those
+        restricted = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics", names=RECEIVED)
+        assert restricted == {RECEIVED[0]: total}
         ready = {"ready": True, "live": True, "reason": "processing"}
         assert worker.probe("/readyz") == (200, ready)
         assert worker.probe("/healthz")[0] == 200
