@@ -2,12 +2,15 @@
 
 The watermark of a partition is the largest event time accepted on it so far. A timer is
 a ``(deadline, user_id, kind)``: it fires once the watermark of the user's partition is
-at or past the deadline. Timers are kept in one heap per partition and invalidated
-lazily: re-scheduling a user's timer of the same kind leaves the old heap entry in place,
-and :meth:`EventTimeTimers.expired` drops entries whose deadline is no longer the
-current one; a heap that grows past twice the live timers is compacted. Nothing here
-reads the wall clock, so a replay fires the same timers at the same events as the live
-run did.
+at or past the deadline. Timers are kept in one heap per partition and moved lazily: a
+session timer moves later with every event of its user, and re-scheduling a timer to a
+later deadline only notes the new deadline. When the watermark reaches the entry in the
+heap, :meth:`EventTimeTimers.expired` fires it if its deadline is still the current one
+and otherwise pushes it again at the current one (a deadline moved earlier is pushed at
+once). So a user active for a whole session costs a few heap operations instead of two
+per event. A heap that grows past twice the live timers is compacted. Nothing here reads
+the wall clock, so a replay fires the same timers at the same events as the live run
+did, in the same order (deadline, then user, then kind).
 
 Examples
 --------
@@ -33,11 +36,13 @@ __all__ = ["EventTimeTimers"]
 class EventTimeTimers:
     """Deadlines in event time, one heap and one watermark per partition."""
 
-    __slots__ = ("_heaps", "_current", "_watermarks")
+    __slots__ = ("_heaps", "_current", "_queued", "_watermarks")
 
     def __init__(self) -> None:
         self._heaps: dict[int, list[tuple[int, str, str]]] = {}
+        # the live deadline of each (user_id, kind), and the earliest deadline it has in a heap
         self._current: dict[tuple[str, str], int] = {}
+        self._queued: dict[tuple[str, str], int] = {}
         self._watermarks: dict[int, int] = {}
 
     def watermark(self, partition: int) -> int | None:
@@ -51,16 +56,20 @@ class EventTimeTimers:
 
     def schedule(self, partition: int, user_id: str, kind: str, deadline_ms: int) -> None:
         """Set the ``kind`` timer of ``user_id`` to ``deadline_ms``, replacing any earlier one."""
-        self._current[(user_id, kind)] = deadline_ms
-        heap = self._heaps.setdefault(partition, [])
-        heapq.heappush(heap, (deadline_ms, user_id, kind))
-        if len(heap) > 2 * len(self._current) + 1024:
-            self._compact(heap)
+        key = (user_id, kind)
+        self._current[key] = deadline_ms
+        queued = self._queued.get(key)
+        if queued is None or deadline_ms < queued:
+            self._queued[key] = deadline_ms
+            heap = self._heaps.setdefault(partition, [])
+            heapq.heappush(heap, (deadline_ms, user_id, kind))
+            if len(heap) > 2 * len(self._queued) + 1024:
+                self._compact(heap)
 
     def _compact(self, heap: list[tuple[int, str, str]]) -> None:
         """Drop the stale entries of ``heap`` in place, so it stays proportional to live timers."""
-        current = self._current
-        heap[:] = [entry for entry in heap if current.get((entry[1], entry[2])) == entry[0]]
+        queued = self._queued
+        heap[:] = [entry for entry in heap if queued.get((entry[1], entry[2])) == entry[0]]
         heapq.heapify(heap)
 
     def cancel(self, user_id: str, kind: str) -> None:
@@ -83,17 +92,26 @@ class EventTimeTimers:
         if not heap:
             return
         watermark = self._watermarks.get(partition, -1)
-        current = self._current
+        current, queued = self._current, self._queued
         while heap and heap[0][0] <= watermark:
             deadline, user_id, kind = heapq.heappop(heap)
-            if current.get((user_id, kind)) == deadline:
-                del current[(user_id, kind)]
+            key = (user_id, kind)
+            if queued.get(key) != deadline:
+                continue  # superseded by an earlier entry of the same timer
+            del queued[key]
+            live = current.get(key)
+            if live == deadline:
+                del current[key]
                 yield user_id, kind, deadline
+            elif live is not None:  # moved later since it was pushed
+                queued[key] = live
+                heapq.heappush(heap, (live, user_id, kind))
 
     def drop_partition(self, partition: int) -> None:
         """Forget a partition (revoked in a rebalance): its heap, watermark and live timers."""
         for _, user_id, kind in self._heaps.pop(partition, ()):
             self._current.pop((user_id, kind), None)
+            self._queued.pop((user_id, kind), None)
         self._watermarks.pop(partition, None)
 
     def pending(self) -> int:
