@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test test-fast install tools clean
+.PHONY: demo test test-fast lint install tools clean
 
 $(BIN)/ottscore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,16 @@ tools:
 demo: install
 	$(BIN)/ottscore demo
 
-test: install tools
+# ruff (pyproject.toml [tool.ruff]) over the repository, mypy over pipeline/
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install tools lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: install tools
+test-fast: install tools lint
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
 clean:

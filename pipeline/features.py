@@ -46,6 +46,7 @@ import base64
 import math
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["UserFeatures", "CHURN_FEATURES", "pack_floats", "unpack_floats"]
 
@@ -197,15 +198,8 @@ class UserFeatures:
         """Restore what :meth:`to_list` wrote."""
         at_ms, previous_end_ms, packed, affinity = values
         f = unpack_floats(packed)
-        return cls(
-            at_ms,
-            f[0],
-            f[1],
-            f[2:6],
-            *f[6:15],
-            previous_end_ms,
-            affinity,  # type: ignore[arg-type]
-        )
+        fields: list[Any] = [at_ms, f[0], f[1], f[2:6], *f[6:15], previous_end_ms, affinity]
+        return cls(*fields)
 
 
 def pack_floats(values: list[float]) -> str:

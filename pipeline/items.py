@@ -146,7 +146,7 @@ class GrowableArray:
     __slots__ = ("data",)
 
     def __init__(self, *shape: int, dtype: type = np.float64) -> None:
-        self.data = np.zeros((256, *shape), dtype=dtype)
+        self.data: np.ndarray = np.zeros((256, *shape), dtype=dtype)
 
     def ensure(self, idx: int) -> np.ndarray:
         """The whole backing array, grown (zero-filled) until ``idx`` is a valid row."""

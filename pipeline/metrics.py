@@ -172,8 +172,8 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        for reason in REFUSAL_REASONS:  # every reason exported from the start, at 0
-            self.snapshots_refused.labels(reason)
+        for refusal in REFUSAL_REASONS:  # every reason exported from the start, at 0
+            self.snapshots_refused.labels(refusal)
         self.snapshots_restored = PromCounter(
             "ottscore_snapshots_restored_total",
             "Partitions whose models were restored from a verified snapshot.",

@@ -51,8 +51,9 @@ class PartitionModels:
         for record in catalog.values():
             items.add_catalog_item(record)
         names = [settings.churn_model]
-        if settings.churn_challenger not in ("none", settings.churn_model):
-            names.append(settings.churn_challenger)
+        challenger = settings.churn_challenger
+        if challenger != "none" and challenger != settings.churn_model:
+            names.append(challenger)
         return cls(
             items=items,
             churn={

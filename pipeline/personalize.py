@@ -72,9 +72,8 @@ class Personalizer:
 
     def _list(self, state: UserState, models: PartitionModels, ts_ms: int) -> bytes:
         items = models.items
-        exclude = [
-            i for i in map(items.find, [*state.finished, state.current_item]) if i is not None
-        ]
+        watched = [*state.finished, state.current_item] if state.current_item else state.finished
+        exclude = [i for i in map(items.find, watched) if i is not None]
         current = items.find(state.current_item) if state.current_item else None
         recommender = models.recommender
         ranked = recommender.recommend(

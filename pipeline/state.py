@@ -27,7 +27,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -267,10 +267,11 @@ class UserState:
         if f[0] != _FORMAT:
             raise ValueError(f"unknown user state format {f[0]!r}")
         ids = RecentIds.from_bytes(base64.b64decode(f[21]), window_ms=window_ms, max_ids=max_ids)
-        return cls(
-            user_id, f[1], ids, *f[2:20], UserFeatures.from_list(f[20]),  # type: ignore[arg-type]
+        fields: list[Any] = [
+            user_id, f[1], ids, *f[2:20], UserFeatures.from_list(f[20]),
             PendingChurn.from_list(f[23]) if f[23] else None, f[24], f[25], f[22], f[26], f[27],
-        )  # fmt: skip
+        ]  # fmt: skip
+        return cls(*fields)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, UserState) and self.to_bytes() == other.to_bytes()

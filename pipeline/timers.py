@@ -84,7 +84,9 @@ class EventTimeTimers:
     def due(self, partition: int) -> bool:
         """Whether the earliest deadline of ``partition`` is at or behind its watermark."""
         heap = self._heaps.get(partition)
-        return bool(heap) and heap[0][0] <= self._watermarks.get(partition, -1)
+        if not heap:
+            return False
+        return heap[0][0] <= self._watermarks.get(partition, -1)
 
     def expired(self, partition: int) -> Iterator[tuple[str, str, int]]:
         """Pop and yield ``(user_id, kind, deadline)`` of every live timer the watermark passed."""
