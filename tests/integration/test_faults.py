@@ -5,8 +5,10 @@ fault happens, lets the surviving or restarted worker catch up, then audits ever
 record: the event-determined part of every user state equals an uninterrupted in-process
 run over the same partitions (so each valid event was applied once: none lost, none twice),
 the per-type event counts in the states equal an independent count of the valid new
-events by event_id, and every malformed record is in the dead-letter topic (by origin
-partition and offset; a replay after a crash may letter it twice, never lose it).
+events by event_id, every malformed record is in the dead-letter topic (by origin
+partition and offset; a replay after a crash may letter it twice, never lose it), and
+every churn score and list of that run was published (by kind, user and event time; a
+replay may publish one twice), none other.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from conftest import free_ports
 from worker_process import (
     WorkerProcess,
     latest_by_key,
+    published_scores,
     read_topic,
-    reference_states,
+    reference_run,
     wait_committed,
 )
 
@@ -60,7 +63,7 @@ def audit(settings: Settings) -> dict[str, int]:
 
     changelog = read_topic(settings, f"{settings.app_id}-users-changelog")
     stored = {key.decode(): value for key, value in latest_by_key(changelog).items()}
-    expected = reference_states(settings)
+    expected, expected_scores = reference_run(settings)
     processor = Processor(settings)
     states = {user: processor.decode_state(user, data) for user, data in stored.items()}
     assert stored.keys() == expected.keys() == valid.keys()
@@ -82,6 +85,15 @@ def audit(settings: Settings) -> dict[str, int]:
     lost_letters = len(rejected - lettered)
     assert (lost, twice, lost_letters) == (0, 0, 0)
     assert lettered == rejected
+
+    # every churn score and list the uninterrupted run made was published, none other
+    published = published_scores(settings)
+    missing = expected_scores - set(published)
+    unexpected = set(published) - expected_scores
+    assert not missing and not unexpected, (
+        f"{len(missing)} of {len(expected_scores)} scores missing, e.g. {sorted(missing)[:3]}; "
+        f"{len(unexpected)} unexpected, e.g. {sorted(unexpected)[:3]}"
+    )
     return {
         "records": len(inputs),
         "events": len(seen),
@@ -91,6 +103,8 @@ def audit(settings: Settings) -> dict[str, int]:
         "users": len(states),
         "lost": lost + lost_letters,
         "applied_twice": twice,
+        "scores": len(expected_scores),
+        "scores_published": len(published),
     }
 
 

@@ -16,7 +16,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents import worker_process
-from agents.kafka import kafka_python_config
+from agents.kafka import kafka_python_config, output_topics
 from agents.produce import make_producer
 from pipeline.config import Settings
 from pipeline.events import EventDecoder, Rejection
@@ -169,9 +169,21 @@ def expected_outcomes(records: list[tuple[bytes | None, bytes]]) -> tuple[Counte
     return consumed, rejected, retries
 
 
-def reference_states(settings: Settings) -> dict[str, bytes]:
-    """User states of one uninterrupted in-process run over the input topic, per partition."""
+#: Scores whose identity (kind, user_id, ts) the events alone decide. Signals (risk-band
+#: transitions) also depend on model weights, which a restart rolls back to a snapshot.
+SCORED_KINDS = ("churn", "personalization")
+
+
+def score_identity(kind: str, value: bytes) -> tuple[str, str, str]:
+    """``(kind, user_id, ts)`` of a score record: which score it is, not what it says."""
+    record = orjson.loads(value)
+    return kind, record["user_id"], record["ts"]
+
+
+def reference_run(settings: Settings) -> tuple[dict[str, bytes], set[tuple[str, str, str]]]:
+    """User states and score identities of one uninterrupted in-process run over the input."""
     processor = Processor(settings)
+    scores: set[tuple[str, str, str]] = set()
     for record in read_topic(settings, settings.topic_events):
         processor.process(
             record.value,
@@ -180,7 +192,20 @@ def reference_states(settings: Settings) -> dict[str, bytes]:
             offset=record.offset,
             timestamp_ms=record.timestamp,
         )
-    return {user: data for user, _, data in processor.take_dirty()}
+        for out in processor.take_outbox():
+            if out.kind in SCORED_KINDS:
+                scores.add(score_identity(out.kind, out.value))
+    return {user: data for user, _, data in processor.take_dirty()}, scores
+
+
+def published_scores(settings: Settings) -> list[tuple[str, str, str]]:
+    """Identity of every score record on the output topics (a replay may repeat one)."""
+    topics = output_topics(settings)
+    return [
+        score_identity(kind, record.value)
+        for kind in SCORED_KINDS
+        for record in read_topic(settings, topics[kind])
+    ]
 
 
 def wait_committed(settings: Settings, timeout_s: float = 120.0) -> None:
