@@ -289,6 +289,14 @@ def run_bench(
         "worker_vs_raw_aiokafka": _ratio(worker_rate, raw_rate),
         "worker_vs_kafka_python": _ratio(worker_rate, baseline_rate),
         "runs": runs,
+        # every run's rate, in run order: the medians above hide how far runs spread
+        "runs_events_per_s": {
+            "raw_aiokafka": results.get("raw", []),
+            "baseline_kafka_python": results.get("baseline", []),
+            "core": results.get("core", []),
+            "worker": [r.events_per_s for r in single],
+            "two_workers": [r.events_per_s for r in pairs],
+        },
         "events": events,
         "users": users,
         "items": items,

@@ -60,6 +60,13 @@ def test_bench_reports_every_figure_and_the_worker_takes_every_record(
     assert (report["users"], report["items"], report["partitions"], report["runs"]) == (
         1000, 500, 2, 1,
     )  # fmt: skip
+    # one run: each stage's single rate is its median, and two workers over one is the speedup
+    runs = report["runs_events_per_s"]
+    assert runs["worker"] == [report["worker_events_per_s"]]
+    assert runs["core"] == [report["core_events_per_s"]]
+    assert runs["two_workers"][0] / runs["worker"][0] == pytest.approx(
+        report["two_workers_speedup"]
+    )
     machine = report["machine"]
     assert machine["cpu_count"] >= 1 and machine["python"] and machine["kafka"]
     assert set(report["targets"]) == {key for key, _, _ in TARGETS}
