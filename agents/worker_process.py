@@ -23,7 +23,7 @@ __all__ = ["WorkerError", "WorkerProcess", "free_port", "wait_for"]
 
 _TAIL_LINES = 30
 # records_new() reads these two samples only: polled ten times a second during a timed
-# run, a full scrape cost the worker 2.3 ms of CPU (311 lines), this one a fraction of it
+# run, a full scrape (311 lines) cost the worker 2.4 ms of CPU, this one 0.4 ms
 _RECORDS_NEW = ("ottscore_records_received_total", "ottscore_events_already_applied_total")
 
 

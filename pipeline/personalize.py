@@ -72,9 +72,10 @@ class Personalizer:
 
     def _list(self, state: UserState, models: PartitionModels, ts_ms: int) -> bytes:
         items = models.items
-        watched = [*state.finished, state.current_item] if state.current_item else state.finished
-        exclude = [i for i in map(items.find, watched) if i is not None]
         current = items.find(state.current_item) if state.current_item else None
+        exclude = [i for i in map(items.find, state.finished) if i is not None]
+        if current is not None:
+            exclude.append(current)
         recommender = models.recommender
         ranked = recommender.recommend(
             state.user_id,
