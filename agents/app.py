@@ -28,6 +28,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import faust
+from aiokafka.errors import (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from faust.exceptions import ProducerSendError
 from faust.streams import _current_event  # the event a table write belongs to
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -39,18 +44,27 @@ from mode.utils.futures import stampede
 from prometheus_client import CollectorRegistry
 
 from agents.health import Health, serve
-from agents.kafka import MAX_SNAPSHOT_BYTES, faust_broker_settings, output_topics, send_batches
+from agents.kafka import faust_broker_settings, output_topics, send_batches
 from agents.produce import CatalogReader
 from agents.snapshots import SnapshotWriter, latest_snapshot
 from pipeline.config import Settings
 from pipeline.metrics import Metrics
 from pipeline.processor import Processor
+from pipeline.records import reduced_dlq_record
+from pipeline.snapshots import MAX_SNAPSHOT_BYTES
 
 __all__ = ["build_app", "App", "Consumer", "IngestWorker", "Worker"]
 
 log = logging.getLogger(__name__)
 
 WRITE_BACK_PART = 100  # states serialised and handed over between two turns of the loop
+
+#: What the broker (or aiokafka, before sending) answers for a record or batch too large.
+REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+
+Records = Sequence[tuple[bytes | None, bytes]]
+#: Given records refused for their size, the records to send instead (none: drop them).
+Refusal = Callable[[Records], Records]
 
 
 @contextlib.contextmanager
@@ -290,7 +304,7 @@ class Producer(faust_aiokafka.Producer):
         super().__post_init__()
         self._unacknowledged: set[asyncio.Future] = set()
         self._failure: BaseException | None = None
-        self._outgoing: deque[tuple[str, int | None, Sequence[Any], Any, asyncio.Future]]
+        self._outgoing: deque[tuple[str, int | None, Sequence[Any], Any, Any, asyncio.Future]]
         self._outgoing = deque()
         self._has_outgoing = asyncio.Event()
 
@@ -305,6 +319,7 @@ class Producer(faust_aiokafka.Producer):
         on_acknowledged: Callable[[dict[int, int]], None] | None = None,
         *,
         partition: int | None = None,
+        on_refused: Refusal | None = None,
     ) -> None:
         """Publish ``(key, value)`` records to ``topic``, after everything handed over before.
 
@@ -312,10 +327,25 @@ class Producer(faust_aiokafka.Producer):
         aiokafka (:func:`agents.kafka.send_batches`: to ``partition``, or partitioned by
         key as ``send`` would; in order). Once the broker has acknowledged all of them,
         ``on_acknowledged`` gets the offset of the last record written to each partition.
+
+        When the broker (or aiokafka) refuses them for their size, ``on_refused`` gets the
+        records and returns what to send instead (nothing: they are dropped); without it,
+        as after any other failure, the next :meth:`flush` raises and nothing is committed.
         """
         done = asyncio.get_running_loop().create_future()
         self._track(done)
-        self._outgoing.append((topic, partition, records, on_acknowledged, done))
+        self._enqueue(topic, partition, records, on_acknowledged, on_refused, done)
+
+    def _enqueue(
+        self,
+        topic: str,
+        partition: int | None,
+        records: Sequence[tuple[bytes | None, bytes]],
+        on_acknowledged: Callable[[dict[int, int]], None] | None,
+        on_refused: Refusal | None,
+        done: asyncio.Future,
+    ) -> None:
+        self._outgoing.append((topic, partition, records, on_acknowledged, on_refused, done))
         self._has_outgoing.set()
 
     @Service.task
@@ -335,14 +365,14 @@ class Producer(faust_aiokafka.Producer):
             while self._outgoing:
                 waiting: dict[tuple[str, int | None], list[Any]] = {}
                 while self._outgoing:
-                    topic, partition, records, on_acknowledged, done = self._outgoing.popleft()
-                    waiting.setdefault((topic, partition), []).append(
-                        (records, on_acknowledged, done)
-                    )
+                    topic, partition, *listed = self._outgoing.popleft()
+                    waiting.setdefault((topic, partition), []).append(listed)
                 for (topic, partition), lists in waiting.items():
-                    records = [record for listed, _, _ in lists for record in listed]
+                    records = [record for listed, *_ in lists for record in listed]
                     done = asyncio.get_running_loop().create_future()
-                    done.add_done_callback(functools.partial(_settle_lists, lists))
+                    done.add_done_callback(
+                        functools.partial(self._settle_lists, topic, partition, lists)
+                    )
                     try:
                         sent = await send_batches(
                             self._ensure_producer(), topic, records, partition=partition
@@ -351,6 +381,33 @@ class Producer(faust_aiokafka.Producer):
                         done.set_exception(exc)
                     else:
                         _settle_when_all(sent, done)
+
+    def _settle_lists(
+        self, topic: str, partition: int | None, lists: Sequence[Any], done: asyncio.Future
+    ) -> None:
+        """Settle each list handed over together as ``done`` (their merged batches) settled.
+
+        A list refused for its size that has an ``on_refused`` is replaced by what that
+        returns, and settles when the replacement does.
+        """
+        failure = done.exception()
+        for records, on_acknowledged, on_refused, list_done in lists:
+            if failure is None:
+                if on_acknowledged is not None:
+                    on_acknowledged(done.result())
+                list_done.set_result(None)
+            elif on_refused is not None and isinstance(failure, REFUSED_FOR_SIZE):
+                replacements = on_refused(records)
+                log.error(
+                    "%s refused %d records for their size (%r); %d sent instead",
+                    topic, len(records), failure, len(replacements),
+                )  # fmt: skip
+                if replacements:
+                    self._enqueue(topic, partition, replacements, on_acknowledged, None, list_done)
+                else:
+                    list_done.set_result(None)
+            else:
+                list_done.set_exception(failure)
 
     def _track(self, fut: asyncio.Future) -> None:
         self._unacknowledged.add(fut)
@@ -485,9 +542,8 @@ class IngestWorker:
                 # loop ~10-25 ms, and the partitions of a worker fall due together
                 self._snapshot(partition, now)
                 break
+        self._export_tally()
         metrics = self.metrics
-        metrics.add(processor.tally)
-        processor.tally.clear()
         metrics.users_cached.set(len(processor.users))
         metrics.timers_pending.set(processor.timers.pending())
         metrics.batch_duration.observe(time.perf_counter() - started)
@@ -500,10 +556,18 @@ class IngestWorker:
         processor = self.processor
         restored = 0
         for key, data in self.table.data.items():
-            user_id = key.decode()
-            if user_id in processor.users:
+            try:
+                user_id = key.decode()
+                if user_id in processor.users:
+                    continue
+                state = processor.decode_state(user_id, data)
+            except Exception as exc:  # noqa: BLE001 - one stored state never stops a worker
+                self.metrics.states_unreadable.inc()
+                log.error(
+                    "stored state of key %.100r unreadable (%s: %s): the user starts afresh",
+                    key, type(exc).__name__, exc,
+                )  # fmt: skip
                 continue
-            state = processor.decode_state(user_id, data)
             if state.partition == partition:  # not a standby copy of another worker's
                 processor.adopt(state)
                 restored += 1
@@ -536,9 +600,27 @@ class IngestWorker:
             for partition in partitions & self._restored:
                 self._snapshot(partition, now)
 
-    def load_catalog(self, items: list[dict[str, Any]]) -> None:
-        """Adopt catalog items read from the catalog topic."""
+    def limit_dead_letters(self, topic_max_message_bytes: int) -> None:
+        """Cut dead letters to the dead-letter topic's own limit when it is below the setting."""
+        processor = self.processor
+        if topic_max_message_bytes < processor.dlq_max_message_bytes:
+            log.warning(
+                "dead-letter topic %s takes records of at most %d bytes (setting: %d): "
+                "originals are cut to fit it",
+                self.settings.topic_dlq, topic_max_message_bytes, processor.dlq_max_message_bytes,
+            )  # fmt: skip
+            processor.dlq_max_message_bytes = topic_max_message_bytes
+
+    def load_catalog(self, items: list[object]) -> None:
+        """Adopt catalog items read from the catalog topic (invalid ones counted, skipped)."""
         self.processor.load_catalog(items)
+        self._export_tally()
+
+    def _export_tally(self) -> None:
+        """Move the processor's counts into the metrics (between batches, or after one)."""
+        processor = self.processor
+        self.metrics.add(processor.tally)
+        processor.tally.clear()
 
     def export_quality(self) -> None:
         """Move the rolling prequential quality into the Prometheus gauges."""
@@ -605,7 +687,13 @@ class IngestWorker:
                 self.topics[kind].get_topic_name(),
                 [(out.key, out.value) for out in outs],
                 self._latency_observer(kind, outs),
+                on_refused=self._reduce_dead_letters if kind == "dlq" else None,
             )
+
+    def _reduce_dead_letters(self, records: Records) -> Records:
+        """Dead letters the topic refused for their size, again without their originals."""
+        self.metrics.records_refused.labels("dlq").inc(len(records))
+        return [(key, reduced_dlq_record(value)) for key, value in records]
 
     def _latency_observer(
         self, kind: str, outputs: Sequence[Any]
@@ -680,18 +768,6 @@ def freeze_heap(after: str) -> None:
     gc.collect()
     gc.freeze()
     log.info("froze %d objects after %s", gc.get_freeze_count(), after)
-
-
-def _settle_lists(lists: Sequence[tuple[Any, Any, asyncio.Future]], done: asyncio.Future) -> None:
-    """Settle each list handed over together as ``done`` (their merged batches) settled."""
-    failure = done.exception()
-    for _, on_acknowledged, list_done in lists:
-        if failure is not None:
-            list_done.set_exception(failure)
-            continue
-        if on_acknowledged is not None:
-            on_acknowledged(done.result())
-        list_done.set_result(None)
 
 
 def _settle_when_all(sent: Sequence[tuple[asyncio.Future, int]], done: asyncio.Future) -> None:
@@ -787,11 +863,13 @@ def build_app(settings: Settings | None = None) -> faust.App:
     )
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+
+    def send_snapshot(key: bytes, value: bytes, *, callback: Any, on_refused: Refusal) -> None:
+        producer = app.producer
+        producer.send_many(settings.topic_models, [(key, value)], callback, on_refused=on_refused)
+
     snapshots = SnapshotWriter(
-        settings,
-        topic_sender=app.topic(settings.topic_models, **raw).send_soon,
-        metrics=metrics,
-        max_bytes=MAX_SNAPSHOT_BYTES,
+        settings, topic_sender=send_snapshot, metrics=metrics, max_bytes=MAX_SNAPSHOT_BYTES
     )
     worker = IngestWorker(
         settings, table=table, topics=topics, metrics=metrics, snapshots=snapshots

@@ -21,11 +21,13 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     mode.loop.use("uvloop")
 
     from agents.app import build_app
-    from agents.kafka import ensure_topics
+    from agents.kafka import ensure_topics, topic_max_message_bytes
 
     ensure_topics(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
+    # a dead-letter topic created before (or by someone else) may take less than configured
+    app.ottscore.limit_dead_letters(topic_max_message_bytes(settings, settings.topic_dlq))
     app.ottscore.load_catalog(app.ottscore.catalog.read())  # the refreshes read what changed
     sys.argv = ["ottscore", "worker", "--loglevel", args.loglevel]
     app.main()

@@ -14,10 +14,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
-from kafka.admin import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import NoError, TopicAlreadyExistsError, for_code
 
 from pipeline.config import Settings
+from pipeline.snapshots import MAX_SNAPSHOT_BYTES
 
 __all__ = [
     "kafka_python_config",
@@ -25,6 +26,7 @@ __all__ = [
     "admin_client",
     "create_topics",
     "ensure_topics",
+    "topic_max_message_bytes",
     "output_topics",
     "all_topics",
     "send_batches",
@@ -78,9 +80,6 @@ def faust_broker_settings(settings: Settings) -> dict[str, Any]:
     return {"broker": brokers, "broker_credentials": credentials}
 
 
-#: Largest record of ottscore's compacted topics: model snapshots of a partition run to a
-#: few MiB (item factors, user factors), above the broker's 1 MiB default.
-MAX_SNAPSHOT_BYTES = 8 * 1024 * 1024
 _COMPACTED_CONFIG = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_SNAPSHOT_BYTES)}
 
 
@@ -118,6 +117,7 @@ def create_topics(
     partitions: int,
     replication: int = 1,
     compacted: Iterable[str] = (),
+    configs: Mapping[str, Mapping[str, str]] | None = None,
     timeout: float = 30.0,
 ) -> None:
     """Create the topics that do not exist yet and wait until every partition has a leader.
@@ -138,6 +138,8 @@ def create_topics(
     compacted
         Topics created with ``cleanup.policy=compact`` (and records up to
         :data:`MAX_SNAPSHOT_BYTES`); they need not be repeated in ``names``.
+    configs
+        Topic configuration of some of the topics created, by name (added to the above).
     timeout
         Longest wait for the creation and for the metadata to show the topics, in seconds.
 
@@ -154,7 +156,10 @@ def create_topics(
         name: {
             "num_partitions": partitions,
             "replication_factor": replication,
-            "configs": _COMPACTED_CONFIG if name in compact else {},
+            "configs": {
+                **(_COMPACTED_CONFIG if name in compact else {}),
+                **(configs or {}).get(name, {}),
+            },
         }
         for name in wanted
     }
@@ -168,7 +173,11 @@ def create_topics(
 
 
 def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> None:
-    """Create every topic ottscore reads or writes that does not exist yet."""
+    """Create every topic ottscore reads or writes that does not exist yet.
+
+    The dead-letter topic is created with ``max.message.bytes`` set to
+    ``dlq_max_message_bytes``, the bound every dead-letter record is cut to.
+    """
     plain, compacted = all_topics(settings)
     create_topics(
         kafka_python_config(settings),
@@ -176,8 +185,23 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> None:
         partitions=settings.topic_partitions,
         replication=settings.topic_replication,
         compacted=compacted,
+        configs={settings.topic_dlq: {"max.message.bytes": str(settings.dlq_max_message_bytes)}},
         timeout=timeout,
     )
+
+
+def topic_max_message_bytes(settings: Settings, topic: str, *, timeout: float = 30.0) -> int:
+    """The ``max.message.bytes`` in force for ``topic`` (its own, or the broker's default).
+
+    Raises
+    ------
+    kafka.errors.KafkaError
+        When the cluster cannot be reached within ``timeout`` or refuses to describe it.
+    """
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
+    with admin_client(kafka_python_config(settings), timeout=timeout) as admin:
+        described = admin.describe_configs([resource], config_filter="all")
+    return int(described["topic"][topic]["max.message.bytes"]["value"])
 
 
 async def send_batches(

@@ -95,7 +95,7 @@ def publish_catalog(settings: Settings, items: Iterable[dict[str, Any]]) -> int:
     return produce(settings, records, topic=settings.topic_catalog)
 
 
-def read_catalog(settings: Settings) -> list[dict[str, Any]]:
+def read_catalog(settings: Settings) -> list[object]:
     """Every item of the compacted catalog topic (latest record per item; empty if none)."""
     reader = CatalogReader(settings)
     try:
@@ -119,8 +119,13 @@ class CatalogReader:
         self._consumer: KafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
 
-    def read(self) -> list[dict[str, Any]]:
-        """The items published since the last read (latest record per item)."""
+    def read(self) -> list[object]:
+        """The items published since the last read (latest record per key), as parsed.
+
+        Nothing is validated here (:meth:`pipeline.processor.Processor.load_catalog` does);
+        a value that is not JSON is handed over as its bytes, to be refused there with its
+        reason, and a tombstone deletes nothing but the earlier record of its key.
+        """
         consumer = self._consumer
         if consumer is None:
             consumer = KafkaConsumer(**kafka_python_config(self.settings), enable_auto_commit=False)
@@ -135,15 +140,18 @@ class CatalogReader:
             consumer.seek_to_beginning(*partitions)
             self._consumer, self._partitions = consumer, partitions
         end = consumer.end_offsets(self._partitions)
-        items: dict[bytes, dict[str, Any]] = {}
+        items: dict[bytes, object] = {}
         while any(consumer.position(tp) < end[tp] for tp in self._partitions):
             for records in consumer.poll(timeout_ms=1000).values():
                 for record in records:
+                    if record.value is None:
+                        items.pop(record.key, None)  # a tombstone: no item
+                        continue
                     try:
                         items[record.key] = orjson.loads(record.value)
-                    except (orjson.JSONDecodeError, TypeError):
-                        items.pop(record.key, None)  # a tombstone or garbage: no item
-        return [item for item in items.values() if isinstance(item, dict) and "item_id" in item]
+                    except orjson.JSONDecodeError:
+                        items[record.key] = bytes(record.value)
+        return list(items.values())
 
     def close(self) -> None:
         """Close the consumer (a later :meth:`read` reads everything again)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -53,9 +53,11 @@ class SnapshotWriter:
         ``snapshot_key`` signs, ``snapshot_interval_s`` spaces the snapshots of each
         partition; an empty key disables snapshots (:meth:`due` is then always false).
     topic_sender
-        Sends one record to the models topic, called as
-        ``topic_sender(key=..., value=..., callback=...)`` with the ``callback`` to call
-        once the broker acknowledged it: a Faust topic's ``send_soon``.
+        Sends one record to the models topic, called as ``topic_sender(key, value,
+        callback=..., on_refused=...)``: the ``callback`` to call once the broker
+        acknowledged it, and ``on_refused`` when the topic refuses it for its size (it
+        counts the refusal and sends nothing instead: the partition's previous snapshot
+        stays the one to restore).
     metrics
         Where seal time, size, publications and the last publication time go.
     max_bytes
@@ -68,13 +70,13 @@ class SnapshotWriter:
     >>> sent = []
     >>> writer = SnapshotWriter(
     ...     Settings(snapshot_key="s3cret", snapshot_interval_s=60),
-    ...     topic_sender=lambda **record: sent.append(record),
+    ...     topic_sender=lambda key, value, **_: sent.append((key, value)),
     ...     metrics=Metrics(CollectorRegistry()),
     ... )
     >>> writer.due(0, now_s=1000.0), writer.due(0, now_s=1059.0), writer.due(0, now_s=1060.0)
     (False, False, True)
     >>> writer.publish(0, {"model": "weights"}, offset=41, now_s=1060.0)
-    >>> sent[0]["key"], writer.due(0, now_s=1061.0)
+    >>> sent[0][0], writer.due(0, now_s=1061.0)
     (b'ottscore/p0', False)
     """
 
@@ -146,11 +148,15 @@ class SnapshotWriter:
                 self.max_bytes,
             )
             return
-        self.topic_sender(key=key, value=value, callback=self._acknowledged)
+        self.topic_sender(key, value, callback=self._acknowledged, on_refused=self._refused)
 
     def forget(self, partition: int) -> None:
         """Stop the clock of a partition this worker no longer owns."""
         self._last_s.pop(partition, None)
+
+    def _refused(self, records: Sequence[tuple[bytes | None, bytes]]) -> list[Any]:
+        self.metrics.records_refused.labels("snapshot").inc(len(records))
+        return []
 
     def _acknowledged(self, _message: Any) -> None:
         self.metrics.snapshots_published.inc()

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         16_384, ge=256, description="Largest accepted input record, in bytes."
     )
+    dlq_max_message_bytes: int = Field(
+        1_048_576,
+        ge=16_384,
+        description="max.message.bytes of the dead-letter topic, set when ottscore creates "
+        "it; every dead-letter record (key and value, originals cut to fit) stays within it.",
+    )
     max_future_skew_s: float = Field(
         86_400.0,
         ge=0,

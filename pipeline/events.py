@@ -70,6 +70,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVENT_TYPES",
+    "MAX_COUNT",
+    "MAX_SECONDS",
     "MAX_TS_MS",
     "REJECT_REASONS",
     "SCHEMA_VERSION",
@@ -98,15 +100,27 @@ REJECT_REASONS: Final = frozenset(
         "unsupported_schema_version",
         "bad_timestamp",
         "future_timestamp",
+        "processing_error",
     }
 )
-"""Every :attr:`Rejection.reason`: the DLQ ``reason`` and the label of the rejection metric."""
+"""Every :attr:`Rejection.reason`: the DLQ ``reason`` and the label of the rejection metric.
+
+All but ``processing_error`` come from the decoder; that one is the processor's, for a
+valid event whose processing raised (a defect, dead-lettered so that it cannot stop the
+worker)."""
 
 SCHEMA_VERSION: Final = 1
 """The only supported ``schema_version`` of input events."""
 
 MAX_TS_MS: Final = 253_402_300_799_999
 """Largest integer ``ts``: 9999-12-31T23:59:59.999Z in epoch milliseconds."""
+
+MAX_SECONDS: Final = 86_400.0
+"""Largest ``position_s`` and ``duration_s``: a day. Longer ones are ``invalid_value``, so no
+arithmetic on them (milliseconds, deadlines) can overflow downstream."""
+
+MAX_COUNT: Final = 2_147_483_647
+"""Largest ``rank`` and ``results_count``: what a signed 32-bit consumer can hold."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -340,12 +354,12 @@ def _number(
     return check
 
 
-def _integer(*, minimum: int) -> _Check:
+def _integer(*, minimum: int, maximum: int) -> _Check:
     def check(value: Any) -> int:
         if not _is_integer(value):
             raise _Invalid("wrong_type", f"expected integer, got {_json_type(value)}")
-        if value < minimum:
-            raise _Invalid("invalid_value", f"{_preview(value)} is not >= {minimum}")
+        if not minimum <= value <= maximum:
+            raise _Invalid("invalid_value", f"{_preview(value)} is not {minimum}..{maximum}")
         return int(value)
 
     return check
@@ -381,6 +395,7 @@ def _optional(name: str, check: _Check) -> _Field:
 
 
 _ID = _text(1, 128)
+_SECONDS = _number(minimum=0.0, maximum=MAX_SECONDS)
 _COMMON = (
     _required("event_id", _ID),
     _required("user_id", _ID),
@@ -391,8 +406,8 @@ _COMMON = (
 )
 _PLAYBACK = (
     _required("item_id", _ID),
-    _required("position_s", _number(minimum=0.0)),
-    _optional("duration_s", _number(minimum=0.0, exclusive_minimum=True)),
+    _required("position_s", _SECONDS),
+    _optional("duration_s", _number(minimum=0.0, maximum=MAX_SECONDS, exclusive_minimum=True)),
 )
 _FIELDS: dict[str, tuple[_Field, ...]] = {
     "play": (*_COMMON, *_PLAYBACK, _optional("rating", _number(minimum=0.0, maximum=10.0))),
@@ -400,13 +415,13 @@ _FIELDS: dict[str, tuple[_Field, ...]] = {
     "search": (
         *_COMMON,
         _required("query", _text(1, 512)),
-        _optional("results_count", _integer(minimum=0)),
+        _optional("results_count", _integer(minimum=0, maximum=MAX_COUNT)),
     ),
     "click": (
         *_COMMON,
         _required("item_id", _ID),
         _required("surface", _text(1, 64)),
-        _optional("rank", _integer(minimum=0)),
+        _optional("rank", _integer(minimum=0, maximum=MAX_COUNT)),
     ),
 }
 _MISSING: Any = object()

@@ -30,11 +30,15 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 
+from pipeline.catalog_items import CATALOG_REJECT_REASONS
 from pipeline.events import EVENT_TYPES, REJECT_REASONS
 from pipeline.snapshots import REFUSAL_REASONS
 
 #: The kinds of output record, as in ``ottscore_scores_published_total{kind}``.
 OUTPUT_KINDS = ("churn", "personalization", "signal")
+
+#: The kinds of record whose refusal for size the worker survives (``records_refused``).
+REFUSED_KINDS = ("dlq", "snapshot")
 
 __all__ = ["Metrics", "Tally", "LATENCY_BUCKETS_S"]
 
@@ -73,10 +77,14 @@ class Tally:
     already_applied: int = 0
     published: Counter[str] = field(default_factory=Counter)
     sessions_closed: int = 0
+    timer_errors: int = 0
+    catalog_rejected: Counter[str] = field(default_factory=Counter)
 
     def clear(self) -> None:
         """Zero every count."""
         self.received = self.deduplicated = self.already_applied = self.sessions_closed = 0
+        self.timer_errors = 0
+        self.catalog_rejected.clear()
         self.consumed.clear()
         self.rejected.clear()
         self.published.clear()
@@ -125,6 +133,20 @@ class Metrics:
             "Sessions ended by the event-time watermark.",
             registry=registry,
         )
+        self.catalog_rejected = PromCounter(
+            "ottscore_catalog_items_rejected_total",
+            "Catalog items skipped because they do not validate against catalog.schema.json, "
+            "by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in CATALOG_REJECT_REASONS:
+            self.catalog_rejected.labels(reason)
+        self.timer_errors = PromCounter(
+            "ottscore_timer_errors_total",
+            "Event-time timers (session ends, churn labels) skipped because they raised.",
+            registry=registry,
+        )
         self.event_to_publish_latency = Histogram(
             "ottscore_event_to_publish_latency_seconds",
             "Wall-clock publish time minus the event time of the record's triggering event.",
@@ -148,6 +170,11 @@ class Metrics:
         self.state_writes = PromCounter(
             "ottscore_state_writes_total",
             "User states written back to the changelog-backed table.",
+            registry=registry,
+        )
+        self.states_unreadable = PromCounter(
+            "ottscore_states_unreadable_total",
+            "Stored user states that could not be read on restore; those users start afresh.",
             registry=registry,
         )
         self.users_cached = Gauge(
@@ -174,6 +201,15 @@ class Metrics:
         )
         for refusal in REFUSAL_REASONS:  # every reason exported from the start, at 0
             self.snapshots_refused.labels(refusal)
+        self.records_refused = PromCounter(
+            "ottscore_records_refused_total",
+            "Records the broker refused for their size, by kind: dlq (sent again without "
+            "the original bytes) or snapshot (dropped; the previous snapshot stays).",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in REFUSED_KINDS:
+            self.records_refused.labels(kind)
         self.snapshots_restored = PromCounter(
             "ottscore_snapshots_restored_total",
             "Partitions whose models were restored from a verified snapshot.",
@@ -248,3 +284,7 @@ class Metrics:
             self.events_already_applied.inc(tally.already_applied)
         if tally.sessions_closed:
             self.sessions_closed.inc(tally.sessions_closed)
+        if tally.timer_errors:
+            self.timer_errors.inc(tally.timer_errors)
+        for reason, n in tally.catalog_rejected.items():
+            self.catalog_rejected.labels(reason).inc(n)

@@ -40,11 +40,13 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.catalog_items import CatalogItemRejected, catalog_item
 from pipeline.config import Settings
 from pipeline.events import Event, EventDecoder, Rejection, format_ts
 from pipeline.features import CHURN_FEATURES
@@ -52,11 +54,22 @@ from pipeline.metrics import Tally
 from pipeline.models import PartitionModels
 from pipeline.personalize import Personalizer
 from pipeline.quality import LabelledPrediction, Prequential
-from pipeline.records import churn_record, dlq_record, risk_band, signal_record
+from pipeline.records import (
+    DLQ_RECORD_OVERHEAD,
+    churn_record,
+    dlq_record,
+    risk_band,
+    signal_record,
+)
 from pipeline.state import PendingChurn, UserState
 from pipeline.timers import EventTimeTimers
 
 __all__ = ["Output", "Processor"]
+
+log = logging.getLogger(__name__)
+
+#: Longest ``detail`` of a ``processing_error`` dead letter (the exception's message).
+MAX_DETAIL_CHARS = 500
 
 SESSION = "session"
 CHURN = "churn"
@@ -107,6 +120,9 @@ class Processor:
             clock=clock,
         )
         self.users: dict[str, UserState] = {}
+        #: The dead-letter topic's ``max.message.bytes``: every dead-letter record fits in
+        #: it. The worker lowers it to the topic's own limit when that is smaller.
+        self.dlq_max_message_bytes = settings.dlq_max_message_bytes
         self.timers = EventTimeTimers()
         self.tally = Tally()
         self.quality = Prequential()
@@ -137,16 +153,38 @@ class Processor:
         timestamp_ms: int = 0,
         topic: str = "",
     ) -> None:
-        """Process one input record read from ``topic``/``partition`` at ``offset``."""
-        tally = self.tally
-        tally.received += 1
+        """Process one input record read from ``topic``/``partition`` at ``offset``.
+
+        Never raises: a record that is not a valid event is dead-lettered with the reason,
+        and so is a valid one whose processing raised (``processing_error``, naming the
+        exception), so that no single record can stop the worker.
+        """
+        self.tally.received += 1
+        topic = topic or self.settings.topic_events
         decoded = self.decoder.decode(raw)
         if isinstance(decoded, Rejection):
-            self._dead_letter(
-                decoded, raw, key, topic or self.settings.topic_events, partition, offset
-            )
+            self._dead_letter(decoded, raw, key, topic, partition, offset)
             return
-        event: Event = decoded
+        try:
+            self._apply(decoded, partition, offset, timestamp_ms)
+        except Exception as exc:  # noqa: BLE001 - no single record may stop a worker
+            log.warning(
+                "record %s[%d]@%d dead-lettered: processing raised %s",
+                topic, partition, offset, type(exc).__name__, exc_info=True,
+            )  # fmt: skip
+            detail = f"{type(exc).__name__}: {exc}"[:MAX_DETAIL_CHARS]
+            self._dead_letter(
+                Rejection("processing_error", detail), raw, key, topic, partition, offset
+            )
+
+    def _apply(self, event: Event, partition: int, offset: int, timestamp_ms: int) -> None:
+        """Apply a decoded event: replay check, de-duplication, watermark, state, lists.
+
+        It counts the record as consumed only once everything has run: a record that
+        raises half-way is counted once, as dead-lettered, by :meth:`process` (what it
+        changed in its user's state stays).
+        """
+        tally = self.tally
         if self._floors:
             self._restore_watermark(partition, offset)
         user_id = event.user_id
@@ -172,11 +210,11 @@ class Processor:
         previous = state.current_item
         step = state.update(event, self._genres)
         timers.schedule(state.partition, user_id, SESSION, state.session_deadline_ms(self._gap_ms))
-        tally.consumed[event.type] += 1
         if event.item_id is not None:
             record = self.personalizer.on_event(state, models, event, step, previous)
             if record is not None:
                 self._emit("personalization", user_id.encode(), record)
+        tally.consumed[event.type] += 1
 
     def _restore_watermark(self, partition: int, offset: int) -> None:
         """At the first record after adopting ``partition``'s users, restore its watermark.
@@ -206,8 +244,12 @@ class Processor:
         record = self.catalog.get(item_id)
         return tuple(record.get("genres") or ()) if record else ()
 
-    def load_catalog(self, items: Iterable[Mapping[str, Any]]) -> None:
+    def load_catalog(self, items: Iterable[object]) -> None:
         """Learn item titles, genres and durations (from ``ott.catalog`` or a file).
+
+        Each item is validated first (:func:`pipeline.catalog_items.catalog_item`): one
+        that does not validate is skipped, logged with its reason and counted in the
+        tally (``catalog_rejected``), and the items after it are still read.
 
         Items whose record has not changed are skipped: a catalog republished as a whole
         (``ottscore simulate --to-kafka`` publishes every item) would otherwise re-add
@@ -216,8 +258,13 @@ class Processor:
         """
         catalog = self.catalog
         for item in items:
-            record = {**item, "genres": [str(g).lower() for g in item.get("genres") or ()]}
-            item_id = str(item["item_id"])
+            try:
+                record = catalog_item(item)
+            except CatalogItemRejected as rejected:
+                self.tally.catalog_rejected[rejected.reason] += 1
+                log.warning("catalog item skipped: %s (%.200r)", rejected, item)
+                continue
+            item_id = record["item_id"]
             if catalog.get(item_id) == record:
                 continue
             catalog[item_id] = record
@@ -286,7 +333,7 @@ class Processor:
         offset: int,
     ) -> None:
         self.tally.rejected[rejection.reason] += 1
-        value = dlq_record(
+        dlq_key, value = dlq_record(
             rejection.reason,
             rejection.detail,
             raw,
@@ -295,19 +342,33 @@ class Processor:
             partition=partition,
             offset=offset,
             received_at_ms=int(self._clock() * 1000),
+            max_bytes=self.dlq_max_message_bytes - DLQ_RECORD_OVERHEAD,
         )
-        self._outbox.append(Output("dlq", key, value))
+        self._outbox.append(Output("dlq", dlq_key, value))
 
     # --- event-time timers ------------------------------------------------------------
 
     def _fire_timers(self, partition: int) -> None:
+        """Run every timer the watermark passed; one that raises is counted and skipped.
+
+        A timer belongs to another user than the record that moved the watermark, so its
+        failure must not dead-letter that record, nor stop the timers after it.
+        """
         for user_id, kind, deadline_ms in self.timers.expired(partition):
-            state = self.users[user_id]
-            self._dirty.add(user_id)
-            if kind == SESSION:
-                self._end_session(state, deadline_ms)
-            elif kind == CHURN and state.pending is not None:
-                self._label(state, self.models(state.partition), churned=True, at_ms=deadline_ms)
+            try:
+                state = self.users[user_id]
+                self._dirty.add(user_id)
+                if kind == SESSION:
+                    self._end_session(state, deadline_ms)
+                elif kind == CHURN and state.pending is not None:
+                    models = self.models(state.partition)
+                    self._label(state, models, churned=True, at_ms=deadline_ms)
+            except Exception as exc:  # noqa: BLE001 - no single user may stop a worker
+                self.tally.timer_errors += 1
+                log.warning(
+                    "%s timer of a user on partition %d at %s skipped: %s raised",
+                    kind, partition, format_ts(deadline_ms), type(exc).__name__, exc_info=True,
+                )  # fmt: skip
 
     def _end_session(self, state: UserState, at_ms: int) -> None:
         """Score the churn risk of a user whose session the watermark just ended."""

@@ -6,9 +6,10 @@ its schema in ``schemas/`` (``dlq``, ``churn``, ``signal``, ``personalization``)
 Examples
 --------
 >>> import orjson
->>> rec = orjson.loads(dlq_record("not_json", "expected value", b"{oops", key=b"u1",
-...                               topic="ott.events", partition=2, offset=41,
-...                               received_at_ms=1_764_000_000_000))
+>>> key, value = dlq_record("not_json", "expected value", b"{oops", key=b"u1",
+...                         topic="ott.events", partition=2, offset=41,
+...                         received_at_ms=1_764_000_000_000)
+>>> rec = orjson.loads(value)
 >>> rec["reason"], rec["original"], rec["original_encoding"], rec["received_at"]
 ('not_json', '{oops', 'text', '2025-11-24T16:00:00.000Z')
 """
@@ -16,6 +17,7 @@ Examples
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +28,7 @@ from pipeline.events import format_ts
 __all__ = [
     "SCHEMA_VERSION",
     "dlq_record",
+    "reduced_dlq_record",
     "churn_record",
     "personalization_record",
     "signal_record",
@@ -34,9 +37,13 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-#: Largest original payload copied into a dead-letter record; larger ones are truncated
-#: (and say so), so that the record itself stays below Kafka's default 1 MiB limit.
-MAX_DLQ_ORIGINAL_BYTES = 512 * 1024
+#: Longest key copied into a dead-letter record (as its Kafka key and its ``key`` field);
+#: a longer one is cut, and the record says so (``key_truncated``, ``key_size``).
+MAX_DLQ_KEY_BYTES = 1024
+
+#: Room left in the dead-letter topic's ``max.message.bytes`` for what Kafka adds around a
+#: record's key and value (the batch header is 61 bytes, a record's own fields ~20).
+DLQ_RECORD_OVERHEAD = 1024
 
 
 def dlq_record(
@@ -49,12 +56,28 @@ def dlq_record(
     partition: int,
     offset: int,
     received_at_ms: int,
-) -> bytes:
-    """A dead-letter record carrying the original bytes (as text if UTF-8, else base64)."""
+    max_bytes: int = 1_048_576 - DLQ_RECORD_OVERHEAD,
+) -> tuple[bytes | None, bytes]:
+    r"""A dead-letter record ``(key, value)`` whose key and value take at most ``max_bytes``.
+
+    The value carries the original bytes (as text if UTF-8, else base64) and their SHA-256.
+    The bound holds for the record as encoded: a key over :data:`MAX_DLQ_KEY_BYTES` is cut,
+    and an original whose escaped JSON would not fit is cut to the longest prefix that does
+    (``original_truncated``; ``original_size`` keeps the whole size). JSON escaping can
+    make the text six times longer than its bytes (``\x01`` is ``\u0001``), hence the
+    measure on the encoded form.
+
+    >>> key, value = dlq_record("oversized", "too long", b"\x01" * 5000, key=b"k" * 2000,
+    ...                         topic="ott.events", partition=0, offset=7,
+    ...                         received_at_ms=0, max_bytes=4096)
+    >>> rec = orjson.loads(value)
+    >>> len(key), len(key) + len(value) <= 4096, rec["key_size"], rec["original_truncated"]
+    (1024, True, 2000, True)
+    >>> 0 < len(rec["original"]) < 5000, rec["original_size"]
+    (True, 5000)
+    """
     original = raw or b""
-    truncated = len(original) > MAX_DLQ_ORIGINAL_BYTES
-    if truncated:
-        original = original[:MAX_DLQ_ORIGINAL_BYTES]
+    cut_key = key if key is None or len(key) <= MAX_DLQ_KEY_BYTES else key[:MAX_DLQ_KEY_BYTES]
     try:
         text, encoding = original.decode("utf-8"), "text"
     except UnicodeDecodeError:
@@ -64,16 +87,60 @@ def dlq_record(
         "detail": detail,
         "original": text,
         "original_encoding": encoding,
-        "original_size": len(raw or b""),
-        "key": None if key is None else key.decode("utf-8", "replace"),
+        "original_size": len(original),
+        "original_sha256": hashlib.sha256(original).hexdigest(),
+        "key": None if cut_key is None else cut_key.decode("utf-8", "replace"),
         "topic": topic,
         "partition": partition,
         "offset": offset,
         "received_at": format_ts(received_at_ms),
         "schema_version": SCHEMA_VERSION,
     }
-    if truncated:
-        record["original_truncated"] = True
+    if cut_key is not key:
+        record["key_truncated"] = True
+        record["key_size"] = len(key or b"")
+    budget = max_bytes - len(cut_key or b"")
+    value = orjson.dumps(record)
+    if len(value) <= budget:
+        return cut_key, value
+    record["original"] = ""
+    record["original_truncated"] = True
+    room = budget - len(orjson.dumps(record))
+    if encoding == "base64":
+        record["original"] = base64.b64encode(original[: max(0, room) // 4 * 3]).decode("ascii")
+    else:
+        record["original"] = text[: _longest_prefix(text, room)]
+    return cut_key, orjson.dumps(record)
+
+
+def _longest_prefix(text: str, room: int) -> int:
+    """The most characters of ``text`` whose JSON string escape takes at most ``room`` bytes."""
+    low, high = 0, max(0, min(len(text), room))  # a character escapes to 1 byte or more
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(orjson.dumps(text[:middle])) - 2 <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def reduced_dlq_record(value: bytes) -> bytes:
+    """The dead-letter record ``value`` without its original bytes (``original_omitted``).
+
+    What the worker sends instead when the topic refuses a dead-letter record for its size
+    (the topic's limit was lowered after ottscore read it): the reason, the origin and the
+    original's size and SHA-256 still say what was rejected and where to find it.
+
+    >>> _, value = dlq_record("not_json", "bad", b"{oops", key=b"u1", topic="t",
+    ...                       partition=0, offset=1, received_at_ms=0)
+    >>> rec = orjson.loads(reduced_dlq_record(value))
+    >>> rec["original"], rec["original_omitted"], rec["original_size"], rec["offset"]
+    ('', True, 5, 1)
+    """
+    record = orjson.loads(value)
+    record.update(original="", original_encoding="text", original_truncated=True,
+                  original_omitted=True)  # fmt: skip
     return orjson.dumps(record)
 
 

@@ -45,6 +45,8 @@ import struct
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
+import orjson
+
 __all__ = [
     "seal",
     "unseal",
@@ -53,6 +55,7 @@ __all__ = [
     "RefusalReason",
     "REFUSAL_REASONS",
     "FORMAT_VERSION",
+    "MAX_SNAPSHOT_BYTES",
 ]
 
 MAGIC = b"OTTSNAP"
@@ -63,6 +66,9 @@ _PREFIX = struct.Struct(">7sBI")
 _SIGNATURE_BYTES = hashlib.sha256().digest_size
 #: Largest header accepted: a header is about a hundred bytes.
 _MAX_HEADER_BYTES = 4096
+#: Largest snapshot accepted (and published): a partition's models run to a few MiB (item
+#: and user factors), above the broker's 1 MiB default; the models topic is created for it.
+MAX_SNAPSHOT_BYTES = 8 * 1024 * 1024
 
 RefusalReason = Literal["unsigned", "bad_signature", "malformed", "wrong_partition"]
 #: Every reason a snapshot can be refused for (the ``reason`` label of the metric).
@@ -235,6 +241,8 @@ def unseal(
 
 def _parse(data: bytes) -> tuple[SnapshotHeader, int]:
     """The header of ``data`` and where its payload ends; no unpickling, no trust."""
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise SnapshotRefused("malformed", f"{len(data)} bytes, more than {MAX_SNAPSHOT_BYTES}")
     if len(data) < _PREFIX.size or not data.startswith(MAGIC):
         raise SnapshotRefused("malformed", "not a snapshot")
     _, version, header_len = _PREFIX.unpack_from(data)
@@ -243,10 +251,15 @@ def _parse(data: bytes) -> tuple[SnapshotHeader, int]:
     if header_len > _MAX_HEADER_BYTES or _PREFIX.size + header_len > len(data):
         raise SnapshotRefused("malformed", f"header of {header_len} bytes")
     raw = data[_PREFIX.size : _PREFIX.size + header_len]
+    try:  # orjson refuses nesting deeper than 1,024 (json's recursion could overflow)
+        fields = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:  # bad UTF-8 or JSON, too deep
+        raise SnapshotRefused("malformed", f"header: {exc}") from None
+    if type(fields) is not dict:
+        raise SnapshotRefused("malformed", f"header is a JSON {type(fields).__name__}")
     try:
-        fields = json.loads(raw)
         header = SnapshotHeader(**fields)
-    except (ValueError, TypeError) as exc:  # bad UTF-8 or JSON, missing or unknown fields
+    except TypeError as exc:  # missing or unknown fields
         raise SnapshotRefused("malformed", f"header: {exc}") from None
     if not (
         isinstance(header.app_id, str)

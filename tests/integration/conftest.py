@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from agents.broker import LocalKafka, wait_for_broker
-from agents.kafka import create_topics, kafka_python_config
+from agents.kafka import create_topics, ensure_topics
 from pipeline.config import Settings
 
 _HERE = Path(__file__).parent
@@ -37,7 +37,6 @@ _TOPIC_FIELDS = tuple(
     for name, field in Settings.model_fields.items()
     if name.startswith("topic_") and field.annotation is str
 )
-_COMPACTED_TOPIC_FIELDS = frozenset({"topic_models", "topic_catalog"})
 
 # testcontainers' KafkaContainer drives Confluent's image scripts (apache/kafka images lack
 # them, and with_kraft() refuses tags below 7.0.0): Confluent Platform 7.9 ships Kafka 3.9.
@@ -145,7 +144,7 @@ def isolated_settings(tmp_path: Path, **fields: Any) -> Settings:
     """:class:`Settings` for a worker of its own, with its topics created on its broker.
 
     The settings get a unique ``app_id`` and unique names for every ``topic_*`` field, all
-    created with ``topic_partitions`` partitions (models and catalog compacted) over the
+    created as the worker creates them (:func:`agents.kafka.ensure_topics`) over the
     settings' own connection, an in-memory store, a data directory under ``tmp_path``, no
     metrics endpoint and a free web port. ``fields`` (such as the ``kafka_*`` connection)
     override any field.
@@ -165,13 +164,7 @@ def isolated_settings(tmp_path: Path, **fields: Any) -> Settings:
             **fields,
         }
     )
-    create_topics(
-        kafka_python_config(settings),
-        [getattr(settings, field) for field in _TOPIC_FIELDS],
-        partitions=settings.topic_partitions,
-        replication=settings.topic_replication,
-        compacted=[getattr(settings, field) for field in _COMPACTED_TOPIC_FIELDS],
-    )
+    ensure_topics(settings)
     return settings
 
 

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from pipeline.events import (
     EVENT_TYPES,
+    MAX_COUNT,
+    MAX_SECONDS,
     MAX_TS_MS,
     REJECT_REASONS,
     Event,
@@ -62,8 +64,8 @@ def number(
 
 def integer(*, json: bool) -> st.SearchStrategy[Any]:
     """Draw non-negative integers; as JSON also floats with a zero fraction (``3.0``)."""
-    ints = st.integers(0, 2**63 - 1)
-    return ints | st.integers(0, 2**53).map(float) if json else ints
+    ints = st.integers(0, MAX_COUNT)
+    return ints | ints.map(float) if json else ints
 
 
 def text(min_size: int, max_size: int) -> st.SearchStrategy[str]:
@@ -75,8 +77,8 @@ def type_fields(*, json: bool) -> dict[str, tuple[dict[str, Any], dict[str, Any]
     """Build strategies for the required and optional fields of each type (common optional too)."""
     ident = text(1, 128)
     common = {"session_id": text(0, 128), "device": text(0, 64), "country": text(0, 8)}
-    playback = {"item_id": ident, "position_s": number(0, json=json)}
-    duration = {"duration_s": number(0, exclusive=True, json=json)}
+    playback = {"item_id": ident, "position_s": number(0, MAX_SECONDS, json=json)}
+    duration = {"duration_s": number(0, MAX_SECONDS, exclusive=True, json=json)}
     return {
         "play": (playback, common | duration | {"rating": number(0, 10, json=json)}),
         "pause": (playback, common | duration),

@@ -55,7 +55,7 @@ def test_reject_reasons_are_exactly_the_contract() -> None:
     assert REJECT_REASONS == {
         *("empty", "oversized", "not_utf8", "not_json", "not_object", "missing_field"),
         *("wrong_type", "invalid_value", "unknown_type", "unsupported_schema_version"),
-        *("bad_timestamp", "future_timestamp"),
+        *("bad_timestamp", "future_timestamp", "processing_error"),
     }
     assert EVENT_TYPES == ("play", "pause", "search", "click")
 
@@ -232,15 +232,29 @@ def test_decode_reads_both_timestamp_forms_as_epoch_ms(
         (raw(make(ts=MAX_TS_MS + 1)), "invalid_value", None),
         (raw(make(event_id="")), "invalid_value", "event_id: length 0 outside 1..128"),
         (raw(make(item_id="x" * 129)), "invalid_value", "item_id: length 129 outside 1..128"),
-        (raw(make(position_s=-0.5)), "invalid_value", "position_s: -0.5 is not >= 0"),
-        (raw(make(duration_s=0)), "invalid_value", "duration_s: 0 is not > 0"),
+        (raw(make(position_s=-0.5)), "invalid_value", "position_s: -0.5 is not >= 0 and <= 86400"),
+        (raw(make(position_s=86_400.5)), "invalid_value", None),
+        (raw(make(duration_s=0)), "invalid_value", "duration_s: 0 is not > 0 and <= 86400"),
+        (
+            raw(make(duration_s=1e308)),
+            "invalid_value",
+            "duration_s: 1e+308 is not > 0 and <= 86400",
+        ),  # noqa: E501
+        (
+            b'{"event_id":"e","type":"play","user_id":"u","ts":0,"schema_version":1,"item_id":"i",'
+            b'"position_s":1e400}',
+            "not_json",
+            None,
+        ),
         (raw(make(rating=10.01)), "invalid_value", "rating: 10.01 is not >= 0 and <= 10"),
         (raw(make(country="Deutschland")), "invalid_value", None),
         (raw(make("search", query="")), "invalid_value", None),
         (raw(make("search", query="q" * 513)), "invalid_value", None),
         (raw(make("search", results_count=-1)), "invalid_value", None),
         (raw(make("click", surface="")), "invalid_value", None),
-        (raw(make("click", rank=-1)), "invalid_value", "rank: -1 is not >= 0"),
+        (raw(make("click", rank=-1)), "invalid_value", "rank: -1 is not 0..2147483647"),
+        (raw(make("click", rank=2**31)), "invalid_value", None),
+        (raw(make("search", results_count=1e23)), "invalid_value", None),
     ],
 )
 def test_decode_rejects_with_reason_and_detail(
@@ -361,7 +375,7 @@ def test_encode_event_timestamp_is_utc_even_for_events_read_with_an_offset(
 
 SCHEMA_NAMES = (
     *("envelope", "play", "pause", "search", "click", "event"),
-    *("dlq", "churn", "personalization", "signal"),
+    *("dlq", "churn", "personalization", "signal", "catalog"),
 )
 
 

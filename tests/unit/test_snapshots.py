@@ -21,6 +21,8 @@ from river import compose, linear_model, preprocessing, reco
 
 from pipeline.snapshots import (
     FORMAT_VERSION,
+    MAGIC,
+    MAX_SNAPSHOT_BYTES,
     REFUSAL_REASONS,
     SnapshotHeader,
     SnapshotRefused,
@@ -159,6 +161,16 @@ REFUSALS = {
         "malformed",
     ),
     "header lacks a field": (lambda: resigned(BLOB, drop="offset"), KEY, APP, 0, "malformed"),
+    "header nested 3,000 deep": (lambda: with_header(b"[" * 3000), KEY, APP, 0, "malformed"),
+    "header an array": (lambda: with_header(b"[1, 2]"), KEY, APP, 0, "malformed"),
+    "header not UTF-8": (lambda: with_header(b'{"app_id": "\xff"}'), KEY, APP, 0, "malformed"),
+    "larger than any snapshot": (
+        lambda: BLOB + b"\0" * MAX_SNAPSHOT_BYTES,
+        KEY,
+        APP,
+        0,
+        "malformed",
+    ),
     "another partition's": (lambda: BLOB, KEY, APP, 1, "wrong_partition"),
     "another app's": (lambda: BLOB, KEY, "other-app", 0, "wrong_partition"),
     "signed by us for another partition": (
@@ -187,6 +199,18 @@ def test_any_bit_flip_anywhere_is_refused_without_unpickling(bit: int) -> None:
     data[bit // 8] ^= 1 << (bit % 8)
     with watching_unpickling() as loads, pytest.raises(SnapshotRefused):
         unseal(bytes(data), key=KEY, app_id=APP, partition=0)
+    loads.assert_not_called()
+
+
+def with_header(header: bytes, payload: bytes = b"") -> bytes:
+    """A record laid out as a snapshot around ``header`` (whatever it holds), unsigned."""
+    return MAGIC + bytes([FORMAT_VERSION]) + struct.pack(">I", len(header)) + header + payload
+
+
+@given(header=st.binary(max_size=4096) | st.text(max_size=200).map(str.encode))
+def test_any_header_is_refused_with_a_reason_never_another_exception(header: bytes) -> None:
+    with watching_unpickling() as loads, pytest.raises(SnapshotRefused):
+        unseal(with_header(header) + b"\0" * 32, key=KEY, app_id=APP, partition=0)
     loads.assert_not_called()
 
 
