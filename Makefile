@@ -4,6 +4,8 @@
 # `make test` also installs Debian's `prometheus` package when `promtool` is missing: the
 # tests check the Prometheus rules with promtool and scrape a worker with the real server.
 # The package's service is not started where no init system runs (containers, CI).
+# The tests also build deploy/compose-check with Go (>= 1.24) to validate docker-compose.yml
+# with Compose's own loader; its modules come from the Go module proxy on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -24,6 +26,8 @@ tools:
 	command -v promtool >/dev/null || ( \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus)
+	@command -v go >/dev/null || { echo "make test needs Go >= 1.24: it validates \
+	  docker-compose.yml with Compose's own loader (deploy/compose-check)"; exit 1; }
 
 demo: install
 	$(BIN)/ottscore demo

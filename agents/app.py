@@ -150,9 +150,11 @@ class Consumer(faust_aiokafka.Consumer):
         read_offset = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
         commit_every = self._commit_every
-        await self.app.maybe_start_producer()  # the worker publishes with it, never awaiting
+        producer = await self.app.maybe_start_producer()  # the worker publishes, never awaiting
+        producer.max_pending = worker.settings.producer_max_pending
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                await producer.wait_for_room()  # back-pressure: outputs not acknowledged
                 self.diag.set_flag(CONSUMER_FETCHING)
                 batch: list[Message] = []
                 generation: int | None = None
@@ -206,17 +208,50 @@ class Consumer(faust_aiokafka.Consumer):
         changelog.
         """
         commit_offsets = self._filter_committable_offsets(tps)
-        await self.app.ottscore.write_back()  # type: ignore[attr-defined]
+        worker: IngestWorker = self.app.ottscore  # type: ignore[attr-defined]
+        await worker.write_back()
         if not commit_offsets:
+            worker.health.committed()  # nothing processed waits for a commit
             return False
+        worker.health.commit_pending()
         try:
             await self._handle_attached(commit_offsets)  # Faust's attached messages, as it does
         except ProducerSendError as exc:
             await self.crash(exc)
             return False
-        return await self._commit_offsets(
-            commit_offsets, start_new_transaction=start_new_transaction
-        )
+        timeout_s = worker.settings.kafka_commit_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):  # the producer's flush, then the commit
+                committed = await self._commit_offsets(
+                    commit_offsets, start_new_transaction=start_new_transaction
+                )
+        except TimeoutError:
+            self._restore_acks(commit_offsets)
+            worker.metrics.commit_timeouts.inc()
+            log.warning(
+                "commit abandoned after %.0f s: the broker has not acknowledged the outputs "
+                "or the offsets; trying again at the next interval", timeout_s,
+            )  # fmt: skip
+            return False
+        if committed:
+            worker.health.committed()
+            worker.metrics.last_commit.set_to_current_time()
+        return committed
+
+    def _restore_acks(self, offsets: dict[TP, int]) -> None:
+        """Acknowledge again the records an abandoned commit had taken from the acked lists.
+
+        Faust (0.15.3) removes the offsets it picks for a commit from its acked lists
+        before committing them (``_new_offset``); a commit that does not complete would
+        then leave them acknowledged nowhere: the next commit found nothing to commit, and
+        records acked later were held behind the gap. The records from the committed offset
+        to the abandoned one are acknowledged again, so the next commit commits them.
+        """
+        for tp, offset in offsets.items():
+            committed = self._committed_offset.get(tp)
+            restored = range(offset - 1 if committed is None else committed, offset)
+            self._acked[tp].extend(restored)
+            self._acked_index[tp].update(restored)
 
     def _rebalanced_since(self, generation: int | None) -> bool:
         """Whether a rebalance began (flow stopped) or happened since ``generation``."""
@@ -307,6 +342,10 @@ class Producer(faust_aiokafka.Producer):
         self._outgoing: deque[tuple[str, int | None, Sequence[Any], Any, Any, asyncio.Future]]
         self._outgoing = deque()
         self._has_outgoing = asyncio.Event()
+        self._pending_records = 0  # handed over by send_many, not yet acknowledged
+        self._room = asyncio.Event()
+        self._room.set()
+        self.max_pending = 50_000
 
     def send_soon(self, fut: Any) -> None:
         self._track(fut)
@@ -334,7 +373,25 @@ class Producer(faust_aiokafka.Producer):
         """
         done = asyncio.get_running_loop().create_future()
         self._track(done)
+        self._pending_records += len(records)
+        if self._pending_records >= self.max_pending:
+            self._room.clear()
+        done.add_done_callback(functools.partial(self._release, len(records)))
         self._enqueue(topic, partition, records, on_acknowledged, on_refused, done)
+
+    def _release(self, count: int, _done: asyncio.Future) -> None:
+        self._pending_records -= count
+        if self._pending_records < self.max_pending:
+            self._room.set()
+
+    async def wait_for_room(self) -> None:
+        """Return once fewer than ``max_pending`` records wait for the broker's acknowledgement.
+
+        The worker calls this before each fetch: when the broker cannot keep up (or does
+        not answer), fetching stops rather than the queue of outputs growing without bound.
+        """
+        if not self._room.is_set():
+            await self._room.wait()
 
     def _enqueue(
         self,
@@ -494,8 +551,10 @@ class IngestWorker:
         topics: dict[str, faust.TopicT],
         metrics: Metrics,
         snapshots: SnapshotWriter,
+        health: Health,
     ) -> None:
         self.settings = settings
+        self.health = health
         self.catalog = CatalogReader(settings)  # read at start and at every refresh
         self.table = table
         self.topics = topics
@@ -727,32 +786,42 @@ class IngestWorker:
             self._restored.discard(partition)
             self._offsets.pop(partition, None)
             self._last.pop(partition, None)
-            if partition in self._lagged:
-                self._lagged.discard(partition)
-                self.metrics.consumer_lag.remove(str(partition))
+            self._forget_lag(partition)
 
     def export_lag(
         self, ends: dict[int, int], committed: dict[int, int | None], owned: set[int]
     ) -> None:
-        """Set the lag of each ``owned`` partition from its end offset; drop the others.
+        """Set the lags of each ``owned`` partition from its end offset; drop the others.
 
-        The next offset to process is the one after the last processed, or, before this
-        worker processed any record of the partition, the group's committed offset. The
-        end offsets were read before a rebalance may have moved partitions away, hence
+        The processing lag counts from the next offset to process: the one after the last
+        processed, or, before this worker processed any record of the partition, the
+        group's committed offset. The committed lag counts from the committed offset: it
+        grows while records are processed but their commit does not succeed. The end
+        offsets were read before a rebalance may have moved partitions away, hence
         ``owned``, read after.
         """
-        gauge = self.metrics.consumer_lag
         for partition in self._lagged - owned:
-            gauge.remove(str(partition))
-        self._lagged &= owned
+            self._forget_lag(partition)
+        lag, committed_lag = self.metrics.consumer_lag, self.metrics.consumer_committed_lag
         for partition, end in ends.items():
             if partition not in owned:
                 continue
             last = self._offsets.get(partition)
             position = last + 1 if last is not None else committed.get(partition)
             if position is not None:
-                gauge.labels(str(partition)).set(max(0, end - position))
+                lag.labels(str(partition)).set(max(0, end - position))
                 self._lagged.add(partition)
+            done = committed.get(partition)
+            if done is not None:
+                committed_lag.labels(str(partition)).set(max(0, end - done))
+                self._lagged.add(partition)
+
+    def _forget_lag(self, partition: int) -> None:
+        """Drop the lag series of a partition this worker no longer owns."""
+        self._lagged.discard(partition)
+        for gauge in (self.metrics.consumer_lag, self.metrics.consumer_committed_lag):
+            with contextlib.suppress(KeyError):
+                gauge.remove(str(partition))
 
 
 def freeze_heap(after: str) -> None:
@@ -871,8 +940,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
     snapshots = SnapshotWriter(
         settings, topic_sender=send_snapshot, metrics=metrics, max_bytes=MAX_SNAPSHOT_BYTES
     )
+    health = Health(stale_after_s=settings.health_stale_s, commit_stale_s=settings.commit_stale_s)
     worker = IngestWorker(
-        settings, table=table, topics=topics, metrics=metrics, snapshots=snapshots
+        settings, table=table, topics=topics, metrics=metrics, snapshots=snapshots, health=health
     )
     app.ottscore = worker  # type: ignore[attr-defined]
 
@@ -897,8 +967,6 @@ def build_app(settings: Settings | None = None) -> faust.App:
     async def refresh() -> None:
         worker.load_catalog(await asyncio.to_thread(worker.catalog.read))
         worker.export_quality()
-
-    health = Health(stale_after_s=settings.health_stale_s)
 
     @app.timer(1.0)
     async def beat() -> None:

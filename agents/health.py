@@ -2,7 +2,9 @@
 
 ``GET /healthz``
     200 while the worker's event loop has beaten within ``stale_after_s`` (a timer in the
-    app beats every second), else 503: a stuck loop is a dead worker, restart it.
+    app beats every second) and no processed record has waited more than
+    ``commit_stale_s`` for a successful commit, else 503: a stuck loop, or a worker whose
+    outputs and offsets cannot reach Kafka, is a dead worker: restart it.
 ``GET /readyz``
     200 once the worker has recovered its table and processes its partitions, 503 while
     it starts, rebalances or recovers (or is not live): send no traffic, do not page.
@@ -50,15 +52,31 @@ class Health:
     """What /healthz and /readyz answer, fed by the worker.
 
     ``beat()`` from the event loop proves it runs; ``set_ready()`` says whether the worker
-    processes its partitions. ``clock`` is for tests.
+    processes its partitions; ``commit_pending()`` and ``committed()`` say whether what it
+    processed reaches Kafka. ``clock`` is for tests.
+
+    >>> now = [0.0]
+    >>> health = Health(stale_after_s=30, commit_stale_s=60, clock=lambda: now[0])
+    >>> health.commit_pending(); now[0] = 50.0; health.beat(); health.liveness()
+    (True, {'live': True, 'loop_silent_s': 0.0, 'uncommitted_s': 50.0})
+    >>> now[0] = 61.0; health.beat(); health.liveness()[1]["reason"]
+    'no commit for 61 s while records are pending'
+    >>> health.committed(); health.live()
+    True
     """
 
     def __init__(
-        self, *, stale_after_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        stale_after_s: float,
+        commit_stale_s: float = float("inf"),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stale_after_s = stale_after_s
+        self.commit_stale_s = commit_stale_s
         self._clock = clock
         self._last_beat = clock()
+        self._pending_since: float | None = None
         self._ready = False
         self._reason = "starting"
 
@@ -66,26 +84,55 @@ class Health:
         """The event loop is alive now."""
         self._last_beat = self._clock()
 
+    def commit_pending(self) -> None:
+        """Processed records wait for a commit (from now, unless they waited already)."""
+        if self._pending_since is None:
+            self._pending_since = self._clock()
+
+    def committed(self) -> None:
+        """Nothing processed waits for a commit any more (one succeeded, or none is due)."""
+        self._pending_since = None
+
+    def _uncommitted_s(self) -> float:
+        since = self._pending_since
+        return 0.0 if since is None else self._clock() - since
+
     def set_ready(self, ready: bool, reason: str) -> None:
         """Whether the worker serves its partitions, and why (a word for the operator)."""
         self._ready = ready
         self._reason = reason
 
     def live(self) -> bool:
-        """True while the last beat is recent enough."""
-        return self._clock() - self._last_beat <= self.stale_after_s
+        """True while the last beat is recent and no record waits too long for a commit."""
+        return self._why_dead() is None
+
+    def _why_dead(self) -> str | None:
+        silent = self._clock() - self._last_beat
+        if silent > self.stale_after_s:
+            return "event loop stalled"
+        uncommitted = self._uncommitted_s()
+        if uncommitted > self.commit_stale_s:
+            return f"no commit for {uncommitted:.0f} s while records are pending"
+        return None
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         """(live, the JSON body of /healthz)."""
-        silent = round(self._clock() - self._last_beat, 3)
-        return self.live(), {"live": self.live(), "loop_silent_s": silent}
+        why = self._why_dead()
+        body: dict[str, Any] = {
+            "live": why is None,
+            "loop_silent_s": round(self._clock() - self._last_beat, 3),
+            "uncommitted_s": round(self._uncommitted_s(), 3),
+        }
+        if why is not None:
+            body["reason"] = why
+        return why is None, body
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, the JSON body of /readyz): ready needs live too."""
-        live = self.live()
-        ready = self._ready and live
-        reason = self._reason if live else "event loop stalled"
-        return ready, {"ready": ready, "live": live, "reason": reason}
+        why = self._why_dead()
+        ready = self._ready and why is None
+        reason = self._reason if why is None else why
+        return ready, {"ready": ready, "live": why is None, "reason": reason}
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,8 @@ __all__ = [
     "tail",
     "make_producer",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
@@ -124,11 +127,19 @@ class CatalogReader:
 
         Nothing is validated here (:meth:`pipeline.processor.Processor.load_catalog` does);
         a value that is not JSON is handed over as its bytes, to be refused there with its
-        reason, and a tombstone deletes nothing but the earlier record of its key.
+        reason, and a tombstone deletes nothing but the earlier record of its key. A read
+        stops after ``kafka_startup_timeout_s`` with what it has, logged: the next read goes
+        on from there.
         """
+        timeout_s = self.settings.kafka_startup_timeout_s
+        deadline = time.monotonic() + timeout_s
         consumer = self._consumer
         if consumer is None:
-            consumer = KafkaConsumer(**kafka_python_config(self.settings), enable_auto_commit=False)
+            consumer = KafkaConsumer(
+                **kafka_python_config(self.settings),
+                enable_auto_commit=False,
+                request_timeout_ms=int(timeout_s * 1000),
+            )
             topic = self.settings.topic_catalog
             partitions = [
                 TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
@@ -142,6 +153,12 @@ class CatalogReader:
         end = consumer.end_offsets(self._partitions)
         items: dict[bytes, object] = {}
         while any(consumer.position(tp) < end[tp] for tp in self._partitions):
+            if time.monotonic() > deadline:
+                log.warning(
+                    "catalog %s not read to its end in %.0f s: %d items now, the rest at the "
+                    "next refresh", self.settings.topic_catalog, timeout_s, len(items),
+                )  # fmt: skip
+                break
             for records in consumer.poll(timeout_ms=1000).values():
                 for record in records:
                     if record.value is None:

@@ -95,6 +95,24 @@ class Settings(BaseSettings):
         description="Longest the broker holds a worker's fetch that finds no new record; "
         "records of other partitions wait behind it (Faust's own is 1.5 s).",
     )
+    kafka_commit_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a commit may take, the producer's flush included; past it the "
+        "commit is abandoned, counted, and tried again at the next commit interval.",
+    )
+    kafka_startup_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a worker's start-up reads (topic limits, the catalog) wait for "
+        "the broker; a catalog read cut short goes on at the next refresh.",
+    )
+    producer_max_pending: int = Field(
+        50_000,
+        ge=1_000,
+        description="Most records handed to the producer and not yet acknowledged; the "
+        "worker fetches no more input while there are more (back-pressure).",
+    )
     catalog_refresh_s: float = Field(
         60.0,
         gt=0,
@@ -109,6 +127,12 @@ class Settings(BaseSettings):
     )
     health_stale_s: float = Field(
         30.0, gt=0, description="Event-loop silence after which /healthz answers 503, in seconds."
+    )
+    commit_stale_s: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds processed records may wait for a successful commit before "
+        "/healthz answers 503 (outputs or offsets cannot reach Kafka).",
     )
     lag_interval_s: float = Field(
         5.0, gt=0, description="Seconds between two reads of the input end offsets (lag metric)."

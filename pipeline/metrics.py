@@ -177,6 +177,17 @@ class Metrics:
             "Stored user states that could not be read on restore; those users start afresh.",
             registry=registry,
         )
+        self.commit_timeouts = PromCounter(
+            "ottscore_commit_timeouts_total",
+            "Commits abandoned after OTTSCORE_KAFKA_COMMIT_TIMEOUT_S (outputs or offsets not "
+            "acknowledged in time); each is tried again at the next interval.",
+            registry=registry,
+        )
+        self.last_commit = Gauge(
+            "ottscore_last_commit_timestamp_seconds",
+            "Wall-clock time of this worker's latest successful commit of input offsets.",
+            registry=registry,
+        )
         self.users_cached = Gauge(
             "ottscore_users_cached",
             "User states held in memory by this worker.",
@@ -235,6 +246,13 @@ class Metrics:
             "ottscore_consumer_lag_records",
             "Input records behind the end of each input partition this worker owns "
             "(end offset minus the next offset to process).",
+            ["partition"],
+            registry=registry,
+        )
+        self.consumer_committed_lag = Gauge(
+            "ottscore_consumer_committed_lag_records",
+            "Input records after the group's committed offset of each input partition this "
+            "worker owns (end offset minus committed offset): what a crash would replay.",
             ["partition"],
             registry=registry,
         )

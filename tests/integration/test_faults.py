@@ -13,6 +13,7 @@ replay may publish one twice), none other.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -25,6 +26,7 @@ import pytest
 from conftest import free_ports
 from worker_process import (
     WorkerProcess,
+    labelled,
     latest_by_key,
     published_scores,
     read_topic,
@@ -242,3 +244,77 @@ def test_partitions_of_a_killed_worker_move_to_the_other(settings_factory, tmp_p
         assert second.stop(signal.SIGTERM) == 0
     counts = audit(base)
     print(f"\nfailover: survivor owned {before} then 4 partitions, {counts}")
+
+
+@pytest.mark.slow
+def test_a_paused_broker_fails_healthz_and_the_worker_recovers_without_loss(
+    local_kafka_factory, tmp_path: Path
+) -> None:
+    """SIGSTOP the broker for longer than the commit deadline, then SIGCONT it.
+
+    Commits are abandoned after ``kafka_commit_timeout_s`` and tried again; once records
+    have waited ``commit_stale_s`` for a commit, ``/healthz`` answers 503 (an orchestrator
+    restarts such a worker). After the broker resumes, the worker commits, answers 200
+    again, and every record is accounted for.
+    """
+    kafka = local_kafka_factory()
+    kafka.start()
+    settings = Settings(
+        kafka_bootstrap_servers=kafka.bootstrap,
+        app_id="ottscore-broker-pause",
+        store="memory://",
+        data_dir=tmp_path / "data",
+        metrics_port=free_ports(1)[0],
+        worker_web_port=free_ports(1)[0],
+        batch_max_events=200,
+        kafka_commit_timeout_s=3.0,
+        commit_stale_s=8.0,
+    )
+    ensure_topics(settings)
+    records = stream(seed=24, users=200, days=14)
+    half = len(records) // 2
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    pid = kafka.status().pid
+    assert pid is not None
+    try:
+        produce(settings, records[:half])
+        worker.wait_received(half // 2)
+        os.killpg(pid, signal.SIGSTOP)  # mid-stream: processed records wait for a commit
+        paused = time.monotonic()
+        try:
+            worker.wait_until(
+                lambda: worker.probe("/healthz")[0] == 503,
+                timeout_s=60,
+                what="waiting for /healthz to fail while the broker is paused",
+            )
+            failed_after = time.monotonic() - paused
+            status, body = worker.probe("/healthz")
+        finally:
+            os.killpg(pid, signal.SIGCONT)
+        assert status == 503 and body["reason"].startswith("no commit for"), body
+        worker.wait_until(
+            lambda: worker.probe("/healthz")[0] == 200,
+            timeout_s=120,
+            what="waiting for /healthz to recover after the broker resumed",
+        )
+        produce(settings, records[half:])
+        wait_committed(settings, timeout_s=180)
+        worker.wait_until(
+            lambda: (
+                not labelled(
+                    worker.samples(), "ottscore_consumer_committed_lag_records", "partition"
+                )
+            ),
+            timeout_s=60,
+            what="waiting for the committed lag to fall to zero",
+        )
+        timeouts = worker.metric("ottscore_commit_timeouts_total")
+        assert worker.process is not None and worker.process.poll() is None
+    finally:
+        assert worker.stop(signal.SIGTERM) == 0
+    assert timeouts >= 1
+    counts = audit(settings)
+    print(
+        f"\nbroker paused: /healthz 503 after {failed_after:.1f} s (commit timeout 3 s, stale "
+        f"after 8 s), {timeouts:.0f} commits abandoned, then recovered: {counts}"
+    )

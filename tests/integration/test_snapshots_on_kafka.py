@@ -44,7 +44,7 @@ def producer(kafka_bootstrap: str) -> Iterator[KafkaProducer]:
 def writer_for(settings: Settings, producer: KafkaProducer, metrics: Metrics) -> SnapshotWriter:
     """A :class:`SnapshotWriter` that publishes with a kafka-python producer."""
 
-    def send(*, key: bytes, value: bytes, callback: Callable[[Any], None]) -> None:
+    def send(key: bytes, value: bytes, *, callback: Callable[[Any], None], **_: Any) -> None:
         producer.send(settings.topic_models, key=key, value=value).add_callback(callback)
 
     return SnapshotWriter(settings, topic_sender=send, metrics=metrics)

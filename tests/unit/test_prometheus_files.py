@@ -66,6 +66,7 @@ def populated_metrics() -> Metrics:
     metrics.snapshot_bytes.set(1024)
     metrics.snapshot_last_published.set(time.time())
     metrics.consumer_lag.labels("0").set(120)
+    metrics.consumer_committed_lag.labels("0").set(300)
     metrics.ready.set(1)
     metrics.set_quality(
         {
