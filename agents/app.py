@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import logging
@@ -43,6 +44,7 @@ from mode import Service, ServiceT
 from mode.utils.futures import stampede
 from prometheus_client import CollectorRegistry
 
+from agents.faults import FaultInjection
 from agents.health import Health, serve
 from agents.kafka import faust_broker_settings, output_topics, send_batches
 from agents.produce import CatalogReader
@@ -65,6 +67,19 @@ REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordToo
 Records = Sequence[tuple[bytes | None, bytes]]
 #: Given records refused for their size, the records to send instead (none: drop them).
 Refusal = Callable[[Records], Records]
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class _Outgoing:
+    """A list of records handed to :meth:`Producer.send_many`, waiting to be sent."""
+
+    topic: str
+    partition: int | None
+    records: Records
+    on_acknowledged: Callable[[dict[int, int]], None] | None
+    on_refused: Refusal | None
+    done: asyncio.Future
+    after_acknowledged: bool
 
 
 @contextlib.contextmanager
@@ -209,6 +224,8 @@ class Consumer(faust_aiokafka.Consumer):
         """
         commit_offsets = self._filter_committable_offsets(tps)
         worker: IngestWorker = self.app.ottscore  # type: ignore[attr-defined]
+        if worker.failed:  # a batch raised: its outputs were never published
+            return False
         await worker.write_back()
         if not commit_offsets:
             worker.health.committed()  # nothing processed waits for a commit
@@ -222,6 +239,8 @@ class Consumer(faust_aiokafka.Consumer):
         timeout_s = worker.settings.kafka_commit_timeout_s
         try:
             async with asyncio.timeout(timeout_s):  # the producer's flush, then the commit
+                await self.app.producer.flush()
+                worker.faults.reach("outputs_flushed")
                 committed = await self._commit_offsets(
                     commit_offsets, start_new_transaction=start_new_transaction
                 )
@@ -234,6 +253,7 @@ class Consumer(faust_aiokafka.Consumer):
             )  # fmt: skip
             return False
         if committed:
+            worker.faults.reach("offsets_committed")
             worker.health.committed()
             worker.metrics.last_commit.set_to_current_time()
         return committed
@@ -339,9 +359,10 @@ class Producer(faust_aiokafka.Producer):
         super().__post_init__()
         self._unacknowledged: set[asyncio.Future] = set()
         self._failure: BaseException | None = None
-        self._outgoing: deque[tuple[str, int | None, Sequence[Any], Any, Any, asyncio.Future]]
-        self._outgoing = deque()
+        self._outgoing: deque[_Outgoing] = deque()
         self._has_outgoing = asyncio.Event()
+        self._dispatched: set[asyncio.Future] = set()  # lists handed to aiokafka, unsettled
+        self._resending: set[asyncio.Task] = set()  # replacements of refused lists
         self._pending_records = 0  # handed over by send_many, not yet acknowledged
         self._room = asyncio.Event()
         self._room.set()
@@ -354,11 +375,12 @@ class Producer(faust_aiokafka.Producer):
     def send_many(
         self,
         topic: str,
-        records: Sequence[tuple[bytes | None, bytes]],
+        records: Records,
         on_acknowledged: Callable[[dict[int, int]], None] | None = None,
         *,
         partition: int | None = None,
         on_refused: Refusal | None = None,
+        after_acknowledged: bool = False,
     ) -> None:
         """Publish ``(key, value)`` records to ``topic``, after everything handed over before.
 
@@ -366,6 +388,11 @@ class Producer(faust_aiokafka.Producer):
         aiokafka (:func:`agents.kafka.send_batches`: to ``partition``, or partitioned by
         key as ``send`` would; in order). Once the broker has acknowledged all of them,
         ``on_acknowledged`` gets the offset of the last record written to each partition.
+
+        With ``after_acknowledged``, the records are handed to aiokafka only once every
+        list handed over before them has been acknowledged, and not at all if one of those
+        failed: a state write-back never reaches the changelog ahead of the outputs of the
+        records it covers.
 
         When the broker (or aiokafka) refuses them for their size, ``on_refused`` gets the
         records and returns what to send instead (nothing: they are dropped); without it,
@@ -377,7 +404,15 @@ class Producer(faust_aiokafka.Producer):
         if self._pending_records >= self.max_pending:
             self._room.clear()
         done.add_done_callback(functools.partial(self._release, len(records)))
-        self._enqueue(topic, partition, records, on_acknowledged, on_refused, done)
+        self._enqueue(
+            _Outgoing(
+                topic, partition, records, on_acknowledged, on_refused, done, after_acknowledged
+            )
+        )
+
+    def _enqueue(self, outgoing: _Outgoing) -> None:
+        self._outgoing.append(outgoing)
+        self._has_outgoing.set()
 
     def _release(self, count: int, _done: asyncio.Future) -> None:
         self._pending_records -= count
@@ -393,78 +428,93 @@ class Producer(faust_aiokafka.Producer):
         if not self._room.is_set():
             await self._room.wait()
 
-    def _enqueue(
-        self,
-        topic: str,
-        partition: int | None,
-        records: Sequence[tuple[bytes | None, bytes]],
-        on_acknowledged: Callable[[dict[int, int]], None] | None,
-        on_refused: Refusal | None,
-        done: asyncio.Future,
-    ) -> None:
-        self._outgoing.append((topic, partition, records, on_acknowledged, on_refused, done))
-        self._has_outgoing.set()
-
     @Service.task
     async def _send_outgoing(self) -> None:
-        """Hand the queued lists to aiokafka, those waiting for one destination as one.
+        """Hand the queued lists to aiokafka in order, those waiting for one destination as one.
 
         aiokafka takes one batch per partition at a time and makes the next wait until the
         sender has taken the previous one into a request; handing each list over on its
         own made every list, outputs included, wait behind a commit's changelog lists one
         request after another (event → score latency rose by tens of milliseconds at each
-        commit). Merged, the lists waiting for a destination become one batch.
+        commit). Merged, the lists waiting for a destination become one batch. A run of
+        lists sent ``after_acknowledged`` first waits for every list dispatched before it.
         """
         while not self.should_stop:
             if (await self.wait(self._has_outgoing)).stopped:
                 return
             self._has_outgoing.clear()
             while self._outgoing:
-                waiting: dict[tuple[str, int | None], list[Any]] = {}
-                while self._outgoing:
-                    topic, partition, *listed = self._outgoing.popleft()
-                    waiting.setdefault((topic, partition), []).append(listed)
+                barrier = self._outgoing[0].after_acknowledged
+                run: list[_Outgoing] = []
+                while self._outgoing and self._outgoing[0].after_acknowledged == barrier:
+                    run.append(self._outgoing.popleft())
+                if barrier and not await self._earlier_acknowledged(run):
+                    continue
+                waiting: dict[tuple[str, int | None], list[_Outgoing]] = {}
+                for outgoing in run:
+                    waiting.setdefault((outgoing.topic, outgoing.partition), []).append(outgoing)
                 for (topic, partition), lists in waiting.items():
-                    records = [record for listed, *_ in lists for record in listed]
-                    done = asyncio.get_running_loop().create_future()
-                    done.add_done_callback(
-                        functools.partial(self._settle_lists, topic, partition, lists)
-                    )
-                    try:
-                        sent = await send_batches(
-                            self._ensure_producer(), topic, records, partition=partition
-                        )
-                    except Exception as exc:  # noqa: BLE001 - the flush raises it
-                        done.set_exception(exc)
-                    else:
-                        _settle_when_all(sent, done)
+                    await self._dispatch(topic, partition, lists)
 
-    def _settle_lists(
-        self, topic: str, partition: int | None, lists: Sequence[Any], done: asyncio.Future
-    ) -> None:
+    async def _earlier_acknowledged(self, run: Sequence[_Outgoing]) -> bool:
+        """Wait for the lists dispatched before ``run``; fail ``run`` if one of them failed."""
+        earlier = set(self._dispatched)
+        if earlier:
+            await asyncio.wait(earlier)
+        failed = [f.exception() for f in earlier if not f.cancelled() and f.exception()]
+        if failed or any(f.cancelled() for f in earlier):
+            for outgoing in run:
+                outgoing.done.set_exception(
+                    RuntimeError(f"not sent: a record sent before it failed ({failed[:1]!r})")
+                )
+            return False
+        return True
+
+    async def _dispatch(self, topic: str, partition: int | None, lists: list[_Outgoing]) -> None:
+        records = [record for outgoing in lists for record in outgoing.records]
+        done = asyncio.get_running_loop().create_future()
+        done.add_done_callback(functools.partial(self._settle_lists, lists))
+        for outgoing in lists:
+            self._dispatched.add(outgoing.done)
+            outgoing.done.add_done_callback(self._dispatched.discard)
+        try:
+            sent = await send_batches(self._ensure_producer(), topic, records, partition=partition)
+        except Exception as exc:  # noqa: BLE001 - the flush raises it
+            done.set_exception(exc)
+        else:
+            _settle_when_all(sent, done)
+
+    def _settle_lists(self, lists: Sequence[_Outgoing], done: asyncio.Future) -> None:
         """Settle each list handed over together as ``done`` (their merged batches) settled.
 
         A list refused for its size that has an ``on_refused`` is replaced by what that
         returns, and settles when the replacement does.
         """
         failure = done.exception()
-        for records, on_acknowledged, on_refused, list_done in lists:
+        for outgoing in lists:
             if failure is None:
-                if on_acknowledged is not None:
-                    on_acknowledged(done.result())
-                list_done.set_result(None)
-            elif on_refused is not None and isinstance(failure, REFUSED_FOR_SIZE):
-                replacements = on_refused(records)
+                if outgoing.on_acknowledged is not None:
+                    outgoing.on_acknowledged(done.result())
+                outgoing.done.set_result(None)
+            elif outgoing.on_refused is not None and isinstance(failure, REFUSED_FOR_SIZE):
+                replacements = outgoing.on_refused(outgoing.records)
                 log.error(
                     "%s refused %d records for their size (%r); %d sent instead",
-                    topic, len(records), failure, len(replacements),
+                    outgoing.topic, len(outgoing.records), failure, len(replacements),
                 )  # fmt: skip
-                if replacements:
-                    self._enqueue(topic, partition, replacements, on_acknowledged, None, list_done)
+                if replacements:  # sent at once: a barrier may be waiting for this list
+                    replacement = dataclasses.replace(
+                        outgoing, records=replacements, on_refused=None
+                    )
+                    task = asyncio.ensure_future(
+                        self._dispatch(outgoing.topic, outgoing.partition, [replacement])
+                    )
+                    self._resending.add(task)
+                    task.add_done_callback(self._resending.discard)
                 else:
-                    list_done.set_result(None)
+                    outgoing.done.set_result(None)
             else:
-                list_done.set_exception(failure)
+                outgoing.done.set_exception(failure)
 
     def _track(self, fut: asyncio.Future) -> None:
         self._unacknowledged.add(fut)
@@ -565,13 +615,26 @@ class IngestWorker:
         self._offsets: dict[int, int] = {}
         self._last: dict[int, Message] = {}  # the last record handled of each partition
         self._lagged: set[int] = set()  # partitions whose lag is exported
+        self.faults = FaultInjection.parse(settings.fault_crash_at)
+        #: A batch raised: nothing more is written back or committed (see :meth:`handle`).
+        self.failed = False
 
     def handle(self, messages: Sequence[Message]) -> None:
         """Process one batch of records: state, outputs, metrics. Never awaits.
 
         The states the batch changed are written to the table at the next commit
-        (:meth:`write_back`), not here.
+        (:meth:`write_back`), not here. Should the batch raise (no record can: this is
+        for a defect of the worker itself), the worker is marked :attr:`failed`: it
+        writes back and commits nothing more, so its store and offsets stay where its
+        published outputs are, and it stops.
         """
+        try:
+            self._handle(messages)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def _handle(self, messages: Sequence[Message]) -> None:
         started = time.perf_counter()
         processor = self.processor
         process = processor.process
@@ -591,7 +654,9 @@ class IngestWorker:
                 timestamp_ms=int(message.timestamp * 1000),
                 topic=message.topic,
             )
+        self.faults.reach("batch_processed")
         self._publish(processor.take_outbox())
+        self.faults.reach("outputs_handed")
         if restored:  # one collection for all the partitions a rebalance brought
             freeze_heap(f"restoring partitions {sorted(restored)}")
         now = time.monotonic()
@@ -690,18 +755,24 @@ class IngestWorker:
 
         :class:`Consumer` calls this as it commits, so a user's state goes to the
         changelog once per commit interval however many of its events came in it (the
-        record cache of Kafka Streams), and is serialised only then. The table's store
-        takes the states directly and the changelog gets them as one list per partition
-        (:meth:`Producer.send_many`), instead of one Faust table write each (a changelog
-        message through Faust's producer buffer, its sensors and aiokafka's ``send``);
-        as Faust does on each write, the store records the changelog offset it holds
-        once the broker has acknowledged it (RocksDB reads the changelog from there on
-        recovery). The users are taken when called and written ``WRITE_BACK_PART`` at a
-        time, yielding to the event loop in between; any left unwritten (cancelled,
-        failed) are marked changed again.
+        record cache of Kafka Streams), and is serialised only then. The changelog gets
+        the states as one list per partition (:meth:`Producer.send_many`), instead of one
+        Faust table write each (a changelog message through Faust's producer buffer, its
+        sensors and aiokafka's ``send``). The states never run ahead of their outputs:
+        each list goes to the changelog only once every output handed over before it is
+        acknowledged (``after_acknowledged``), and the table's store (RocksDB) takes the
+        states, and records the changelog offset it holds, only once the changelog has
+        them (:meth:`_persist`). A worker killed at any point restarts from a store at or
+        behind what Kafka holds. The users are taken when called and written
+        ``WRITE_BACK_PART`` at a time, yielding to the event loop in between; any left
+        unwritten (cancelled, failed) are marked changed again. After a batch that raised
+        (:attr:`failed`), nothing is written: its outputs were never handed over.
         """
+        if self.failed:
+            return
         processor = self.processor
         users = processor.take_dirty_users()
+        self.faults.reach("write_back_taken")
         written = 0
         try:
             while written < len(users):
@@ -719,21 +790,38 @@ class IngestWorker:
         for user_id, partition, data in states:
             by_partition.setdefault(partition, []).append((user_id.encode(), data))
         table = self.table
-        store = table.data
         changelog = table.changelog_topic.get_topic_name()
         producer = table.app.producer
         for partition, records in by_partition.items():
-            with writing_for(table.app, self._last[partition]):  # the partition's database
-                for key, data in records:
-                    store[key] = data
-            producer.send_many(changelog, records, self._persisted, partition=partition)
+            producer.send_many(
+                changelog,
+                records,
+                functools.partial(self._persist, partition, records),
+                partition=partition,
+                after_acknowledged=True,
+            )
+        self.faults.reach("changelog_handed")
         self.metrics.state_writes.inc(len(states))
 
-    def _persisted(self, last_offsets: dict[int, int]) -> None:
-        store = self.table.data
-        changelog = self.table.changelog_topic.get_topic_name()
-        for partition, offset in last_offsets.items():
-            store.set_persisted_offset(TP(changelog, partition), offset)
+    def _persist(self, partition: int, records: Records, last_offsets: dict[int, int]) -> None:
+        """The changelog holds ``records``: write them to the store, with the offset it is at.
+
+        A partition revoked meanwhile is skipped: its next owner recovers the states from
+        the changelog.
+        """
+        self.faults.reach("changelog_acknowledged")
+        message = self._last.get(partition)
+        if message is None:
+            return
+        table = self.table
+        store = table.data
+        with writing_for(table.app, message):  # the partition's database
+            for key, data in records:
+                store[key] = data
+        changelog = table.changelog_topic.get_topic_name()
+        for changelog_partition, offset in last_offsets.items():
+            store.set_persisted_offset(TP(changelog, changelog_partition), offset)
+        self.faults.reach("store_written")
 
     def _publish(self, outputs: Sequence[Any]) -> None:
         """Hand the batch's output records to the producer, a list per output topic."""

@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         description="Most records handed to the producer and not yet acknowledged; the "
         "worker fetches no more input while there are more (back-pressure).",
     )
+    fault_crash_at: str = Field(
+        "",
+        pattern=r"^([a-z_]+(:[0-9]+)?)?$",
+        description="Fault injection for tests: STEP:N kills the worker (SIGKILL) the N-th "
+        "time it reaches STEP of its batch and commit sequence (agents/faults.py); empty "
+        "in production.",
+    )
     catalog_refresh_s: float = Field(
         60.0,
         gt=0,
