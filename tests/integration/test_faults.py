@@ -122,9 +122,14 @@ def stream(seed: int, users: int = 300, days: float = 21) -> list[tuple[bytes | 
     return list(Simulator(config).records())
 
 
+STORES = pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+
+
 @pytest.mark.slow
-def test_kill_9_five_times_loses_nothing(settings_factory, tmp_path: Path) -> None:
+@STORES
+def test_kill_9_five_times_loses_nothing(settings_factory, tmp_path: Path, store: str) -> None:
     settings = settings_factory(
+        store=store,
         metrics_port=free_ports(1)[0],
         batch_max_events=200,
         kafka_session_timeout_s=SESSION_TIMEOUT_S,
@@ -155,17 +160,20 @@ def test_kill_9_five_times_loses_nothing(settings_factory, tmp_path: Path) -> No
         feeder.join()
     counts = audit(settings)
     assert resumed > 0, "the restarted worker published no scores"
-    print(f"\nkill -9: {len(trials)} trials (records read per life {trials}), {counts}")
+    print(f"\nkill -9 ({store}): {len(trials)} trials (records read per life {trials}), {counts}")
 
 
 @pytest.mark.slow
-def test_broker_restart_mid_stream_loses_nothing(local_kafka_factory, tmp_path: Path) -> None:
+@STORES
+def test_broker_restart_mid_stream_loses_nothing(
+    local_kafka_factory, tmp_path: Path, store: str
+) -> None:
     kafka = local_kafka_factory()
     kafka.start()
     settings = Settings(
         kafka_bootstrap_servers=kafka.bootstrap,
         app_id="ottscore-broker-restart",
-        store="memory://",
+        store=store,
         data_dir=tmp_path / "data",
         metrics_port=free_ports(1)[0],
         worker_web_port=free_ports(1)[0],
@@ -188,13 +196,17 @@ def test_broker_restart_mid_stream_loses_nothing(local_kafka_factory, tmp_path: 
     finally:
         assert worker.stop(signal.SIGTERM) == 0
     counts = audit(settings)
-    print(f"\nbroker restart: 1 restart mid-stream, {counts}")
+    print(f"\nbroker restart ({store}): 1 restart mid-stream, {counts}")
 
 
 @pytest.mark.slow
-def test_partitions_of_a_killed_worker_move_to_the_other(settings_factory, tmp_path: Path) -> None:
+@STORES
+def test_partitions_of_a_killed_worker_move_to_the_other(
+    settings_factory, tmp_path: Path, store: str
+) -> None:
     ports = free_ports(2)
     base = settings_factory(
+        store=store,
         batch_max_events=200,
         kafka_session_timeout_s=SESSION_TIMEOUT_S,
         lag_interval_s=0.5,
@@ -244,7 +256,7 @@ def test_partitions_of_a_killed_worker_move_to_the_other(settings_factory, tmp_p
         first.stop(signal.SIGKILL)
         assert second.stop(signal.SIGTERM) == 0
     counts = audit(base)
-    print(f"\nfailover: survivor owned {before} then 4 partitions, {counts}")
+    print(f"\nfailover ({store}): survivor owned {before} then 4 partitions, {counts}")
 
 
 @pytest.mark.slow
