@@ -25,6 +25,7 @@ Examples
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
@@ -66,6 +67,16 @@ LATENCY_BUCKETS_S = (
 )
 
 
+def _counter_of_each(
+    name: str, documentation: str, label: str, values: Iterable[str], registry: CollectorRegistry
+) -> PromCounter:
+    """A counter labelled ``label``, with every one of ``values`` exported from the start, at 0."""
+    counter = PromCounter(name, documentation, [label], registry=registry)
+    for value in values:
+        counter.labels(value)
+    return counter
+
+
 @dataclass(slots=True)
 class Tally:
     """What one batch did, in plain integers."""
@@ -100,17 +111,19 @@ class Metrics:
             "Input records read from the events topic, valid or not.",
             registry=registry,
         )
-        self.events_consumed = PromCounter(
+        self.events_consumed = _counter_of_each(
             "ottscore_events_consumed_total",
             "Valid, new input events applied to state, by event type.",
-            ["type"],
-            registry=registry,
+            "type",
+            EVENT_TYPES,
+            registry,
         )
-        self.events_rejected = PromCounter(
+        self.events_rejected = _counter_of_each(
             "ottscore_events_rejected_total",
             "Input records sent to the dead-letter topic, by reason.",
-            ["reason"],
-            registry=registry,
+            "reason",
+            REJECT_REASONS,
+            registry,
         )
         self.events_deduplicated = PromCounter(
             "ottscore_events_deduplicated_total",
@@ -133,15 +146,14 @@ class Metrics:
             "Sessions ended by the event-time watermark.",
             registry=registry,
         )
-        self.catalog_rejected = PromCounter(
+        self.catalog_rejected = _counter_of_each(
             "ottscore_catalog_items_rejected_total",
             "Catalog items skipped because they do not validate against catalog.schema.json, "
             "by reason.",
-            ["reason"],
-            registry=registry,
+            "reason",
+            CATALOG_REJECT_REASONS,
+            registry,
         )
-        for reason in CATALOG_REJECT_REASONS:
-            self.catalog_rejected.labels(reason)
         self.timer_errors = PromCounter(
             "ottscore_timer_errors_total",
             "Event-time timers (session ends, churn labels) skipped because they raised.",
@@ -203,24 +215,22 @@ class Metrics:
             "Model snapshots acknowledged by the models topic.",
             registry=registry,
         )
-        self.snapshots_refused = PromCounter(
+        self.snapshots_refused = _counter_of_each(
             "ottscore_snapshots_refused_total",
             "Model snapshots not loaded on restore, by reason "
             "(unsigned, bad_signature, malformed, wrong_partition).",
-            ["reason"],
-            registry=registry,
+            "reason",
+            REFUSAL_REASONS,
+            registry,
         )
-        for refusal in REFUSAL_REASONS:  # every reason exported from the start, at 0
-            self.snapshots_refused.labels(refusal)
-        self.records_refused = PromCounter(
+        self.records_refused = _counter_of_each(
             "ottscore_records_refused_total",
             "Records the broker refused for their size, by kind: dlq (sent again without "
             "the original bytes) or snapshot (dropped; the previous snapshot stays).",
-            ["kind"],
-            registry=registry,
+            "kind",
+            REFUSED_KINDS,
+            registry,
         )
-        for kind in REFUSED_KINDS:
-            self.records_refused.labels(kind)
         self.snapshots_restored = PromCounter(
             "ottscore_snapshots_restored_total",
             "Partitions whose models were restored from a verified snapshot.",
@@ -272,10 +282,6 @@ class Metrics:
             registry=registry,
         )
 
-        for event_type in EVENT_TYPES:
-            self.events_consumed.labels(event_type)
-        for reason in REJECT_REASONS:
-            self.events_rejected.labels(reason)
         for kind in OUTPUT_KINDS:
             self.scores_published.labels(kind)
             self.event_to_publish_latency.labels(kind)
