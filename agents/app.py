@@ -363,6 +363,7 @@ class Producer(faust_aiokafka.Producer):
         self._has_outgoing = asyncio.Event()
         self._dispatched: set[asyncio.Future] = set()  # lists handed to aiokafka, unsettled
         self._resending: set[asyncio.Task] = set()  # replacements of refused lists
+        self._barrier: asyncio.Future | None = None  # the last run sent after_acknowledged
         self._pending_records = 0  # handed over by send_many, not yet acknowledged
         self._room = asyncio.Event()
         self._room.set()
@@ -437,7 +438,8 @@ class Producer(faust_aiokafka.Producer):
         own made every list, outputs included, wait behind a commit's changelog lists one
         request after another (event → score latency rose by tens of milliseconds at each
         commit). Merged, the lists waiting for a destination become one batch. A run of
-        lists sent ``after_acknowledged`` first waits for every list dispatched before it.
+        lists sent ``after_acknowledged`` first waits, in a task of its own, for every list
+        dispatched before it (:meth:`_dispatch_after`).
         """
         while not self.should_stop:
             if (await self.wait(self._has_outgoing)).stopped:
@@ -448,27 +450,46 @@ class Producer(faust_aiokafka.Producer):
                 run: list[_Outgoing] = []
                 while self._outgoing and self._outgoing[0].after_acknowledged == barrier:
                     run.append(self._outgoing.popleft())
-                if barrier and not await self._earlier_acknowledged(run):
-                    continue
-                waiting: dict[tuple[str, int | None], list[_Outgoing]] = {}
-                for outgoing in run:
-                    waiting.setdefault((outgoing.topic, outgoing.partition), []).append(outgoing)
-                for (topic, partition), lists in waiting.items():
-                    await self._dispatch(topic, partition, lists)
+                if barrier:  # waits in a task of its own: the lists after it go on
+                    self._barrier = asyncio.ensure_future(
+                        self._dispatch_after(set(self._dispatched), self._barrier, run)
+                    )
+                else:
+                    await self._dispatch_run(run)
 
-    async def _earlier_acknowledged(self, run: Sequence[_Outgoing]) -> bool:
-        """Wait for the lists dispatched before ``run``; fail ``run`` if one of them failed."""
-        earlier = set(self._dispatched)
+    async def _dispatch_run(self, run: Sequence[_Outgoing]) -> None:
+        waiting: dict[tuple[str, int | None], list[_Outgoing]] = {}
+        for outgoing in run:
+            waiting.setdefault((outgoing.topic, outgoing.partition), []).append(outgoing)
+        for (topic, partition), lists in waiting.items():
+            await self._dispatch(topic, partition, lists)
+
+    async def _dispatch_after(
+        self,
+        earlier: set[asyncio.Future],
+        previous: asyncio.Future | None,
+        run: Sequence[_Outgoing],
+    ) -> None:
+        """Dispatch ``run`` once the lists dispatched before it are acknowledged.
+
+        ``previous`` is the run of the same kind before it, dispatched first, so that a
+        key's states reach the changelog in the order they were written. If a list before
+        ``run`` failed, ``run`` fails too, unsent. Outputs handed over after ``run`` do not
+        wait for it (the event → score latency of a commit's outputs stays one batch's).
+        """
+        if previous is not None:
+            await asyncio.wait({previous})
         if earlier:
             await asyncio.wait(earlier)
-        failed = [f.exception() for f in earlier if not f.cancelled() and f.exception()]
-        if failed or any(f.cancelled() for f in earlier):
+        failed = [f for f in earlier if f.cancelled() or f.exception() is not None]
+        if failed:
+            reason = "cancelled" if failed[0].cancelled() else repr(failed[0].exception())
             for outgoing in run:
                 outgoing.done.set_exception(
-                    RuntimeError(f"not sent: a record sent before it failed ({failed[:1]!r})")
+                    RuntimeError(f"not sent: a record handed over before it failed ({reason})")
                 )
-            return False
-        return True
+            return
+        await self._dispatch_run(run)
 
     async def _dispatch(self, topic: str, partition: int | None, lists: list[_Outgoing]) -> None:
         records = [record for outgoing in lists for record in outgoing.records]
