@@ -52,8 +52,9 @@ from agents.snapshots import SnapshotWriter, latest_snapshot
 from pipeline.config import Settings
 from pipeline.metrics import Metrics
 from pipeline.processor import Processor
-from pipeline.records import reduced_dlq_record
+from pipeline.records import quarantine_record, reduced_dlq_record
 from pipeline.snapshots import MAX_SNAPSHOT_BYTES
+from pipeline.state_codec import StateUnreadable
 
 __all__ = ["build_app", "App", "Consumer", "IngestWorker", "Worker"]
 
@@ -636,6 +637,7 @@ class IngestWorker:
         self._offsets: dict[int, int] = {}
         self._last: dict[int, Message] = {}  # the last record handled of each partition
         self._lagged: set[int] = set()  # partitions whose lag is exported
+        self._quarantined: set[bytes] = set()  # keys of stored states set aside
         self.faults = FaultInjection.parse(settings.fault_crash_at)
         #: A batch raised: nothing more is written back or committed (see :meth:`handle`).
         self.failed = False
@@ -701,17 +703,15 @@ class IngestWorker:
         processor = self.processor
         restored = 0
         for key, data in self.table.data.items():
+            if key in self._quarantined:
+                continue
             try:
                 user_id = key.decode()
                 if user_id in processor.users:
                     continue
                 state = processor.decode_state(user_id, data)
             except Exception as exc:  # noqa: BLE001 - one stored state never stops a worker
-                self.metrics.states_unreadable.inc()
-                log.error(
-                    "stored state of key %.100r unreadable (%s: %s): the user starts afresh",
-                    key, type(exc).__name__, exc,
-                )  # fmt: skip
+                self._quarantine(key, data, partition, exc)
                 continue
             if state.partition == partition:  # not a standby copy of another worker's
                 processor.adopt(state)
@@ -725,6 +725,30 @@ class IngestWorker:
             partition, restored, "snapshot" if models is not None else "fresh",
         )  # fmt: skip
         return bool(restored) or models is not None
+
+    def _quarantine(self, key: bytes, data: bytes, partition: int, error: Exception) -> None:
+        """Set aside a stored state that cannot be read: the user starts afresh.
+
+        The state goes to the quarantine topic with the reason, and is counted; its user's
+        next event makes a new state, which replaces it in the table.
+        """
+        reason = error.reason if isinstance(error, StateUnreadable) else type(error).__name__
+        self._quarantined.add(key)
+        self.metrics.states_unreadable.inc()
+        log.error(
+            "stored state of key %.100r unreadable (%s): quarantined, the user starts afresh",
+            key, error,
+        )  # fmt: skip
+        record = quarantine_record(
+            reason,
+            str(error),
+            key=key,
+            value=data,
+            app_id=self.settings.app_id,
+            partition=partition,
+            quarantined_at_ms=int(time.time() * 1000),
+        )
+        self.table.app.producer.send_many(self.settings.topic_state_quarantine, [(key, record)])
 
     def _snapshot(self, partition: int, now: float) -> None:
         self.snapshots.publish(

@@ -95,7 +95,11 @@ def output_topics(settings: Settings) -> dict[str, str]:
 
 def all_topics(settings: Settings) -> tuple[list[str], list[str]]:
     """``(plain topics, compacted topics)`` that ottscore reads or writes."""
-    plain = [settings.topic_events, *output_topics(settings).values()]
+    plain = [
+        settings.topic_events,
+        *output_topics(settings).values(),
+        settings.topic_state_quarantine,
+    ]
     return plain, [settings.topic_models, settings.topic_catalog]
 
 

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     topic_signals: str = Field("ott.signals", description="Risk transitions per user.")
     topic_models: str = Field("ott.models", description="Signed model snapshots (compacted).")
     topic_catalog: str = Field("ott.catalog", description="Item catalog (compacted), optional.")
+    topic_state_quarantine: str = Field(
+        "ott.state.quarantine", description="Stored user states no release can read, with a reason."
+    )
     topic_partitions: int = Field(
         4, ge=1, description="Partitions of the topics ottscore creates (input and tables)."
     )

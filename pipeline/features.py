@@ -46,9 +46,8 @@ import base64
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any
 
-__all__ = ["UserFeatures", "CHURN_FEATURES", "pack_floats", "unpack_floats"]
+__all__ = ["UserFeatures", "CHURN_FEATURES", "unpack_floats"]
 
 DAY_MS = 86_400_000
 _SHORT_HALF_LIFE_MS = 7 * DAY_MS
@@ -184,34 +183,12 @@ class UserFeatures:
             max(affinity.values()) / total_affinity if total_affinity else 0.0,
         ]
 
-    def to_list(self) -> list[object]:
-        """Positional form for the state's serialisation: floats packed exactly (float64)."""
-        floats = [
-            self.sessions_7d, self.sessions_28d, *self.events_7d, self.watch_s_7d,
-            self.completion_sum, self.completion_n, self.search_only_sessions, self.clicks,
-            self.clicks_played, self.tv_events, self.all_events, self.gap_mean_days,
-        ]  # fmt: skip
-        return [self.at_ms, self.previous_session_end_ms, pack_floats(floats), self.genre_affinity]
-
-    @classmethod
-    def from_list(cls, values: list) -> UserFeatures:  # type: ignore[type-arg]
-        """Restore what :meth:`to_list` wrote."""
-        at_ms, previous_end_ms, packed, affinity = values
-        f = unpack_floats(packed)
-        fields: list[Any] = [at_ms, f[0], f[1], f[2:6], *f[6:15], previous_end_ms, affinity]
-        return cls(*fields)
-
-
-def pack_floats(values: list[float]) -> str:
-    """Floats as base64 of little-endian float64: exact, and ~40 % smaller than JSON text.
-
-    >>> unpack_floats(pack_floats([0.1, 2.5])) == [0.1, 2.5]
-    True
-    """
-    return base64.b64encode(struct.pack(f"<{len(values)}d", *values)).decode("ascii")
-
 
 def unpack_floats(text: str) -> list[float]:
-    """The floats :func:`pack_floats` packed."""
+    """Floats packed as base64 of little-endian float64 (stored states of format 2).
+
+    >>> unpack_floats(base64.b64encode(struct.pack("<2d", 0.1, 2.5)).decode())
+    [0.1, 2.5]
+    """
     data = base64.b64decode(text)
     return list(struct.unpack(f"<{len(data) // 8}d", data))

@@ -28,6 +28,7 @@ from pipeline.events import format_ts
 __all__ = [
     "SCHEMA_VERSION",
     "dlq_record",
+    "quarantine_record",
     "reduced_dlq_record",
     "churn_record",
     "personalization_record",
@@ -142,6 +143,37 @@ def reduced_dlq_record(value: bytes) -> bytes:
     record.update(original="", original_encoding="text", original_truncated=True,
                   original_omitted=True)  # fmt: skip
     return orjson.dumps(record)
+
+
+def quarantine_record(
+    reason: str,
+    detail: str,
+    *,
+    key: bytes,
+    value: bytes,
+    app_id: str,
+    partition: int,
+    quarantined_at_ms: int,
+) -> bytes:
+    """A stored user state that no release can read, set aside with the reason.
+
+    >>> rec = orjson.loads(quarantine_record("not_json", "unexpected character", key=b"u1",
+    ...     value=b"{oops", app_id="ottscore", partition=2, quarantined_at_ms=0))
+    >>> rec["reason"], rec["key"], base64.b64decode(rec["state"]), rec["partition"]
+    ('not_json', 'u1', b'{oops', 2)
+    """
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "detail": detail,
+            "key": key.decode("utf-8", "replace"),
+            "state": base64.b64encode(value).decode("ascii"),
+            "app_id": app_id,
+            "partition": partition,
+            "quarantined_at": format_ts(quarantined_at_ms),
+            "schema_version": SCHEMA_VERSION,
+        }
+    )
 
 
 def risk_band(probability: float, *, medium: float, high: float) -> str:

@@ -24,21 +24,22 @@ True
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
 
+from pipeline import state_codec
 from pipeline.dedupe import RecentIds
 from pipeline.events import EVENT_TYPES, Event
-from pipeline.features import UserFeatures, pack_floats, unpack_floats
+from pipeline.features import UserFeatures
 
 __all__ = ["ClosedSession", "PendingChurn", "Step", "UserState", "TYPE_INDEX"]
 
 TYPE_INDEX = {name: i for i, name in enumerate(EVENT_TYPES)}
-_FORMAT = 2
+#: Stored fields that models decide (a replay after a restart may differ in them).
+MODEL_OUTPUTS = frozenset({"pending", "risk_band", "segment", "reco_items", "trending_items"})
 FINISHED_FRACTION = 0.9
 MAX_FINISHED = 32
 
@@ -82,17 +83,6 @@ class PendingChurn:
     features: list[float]
     probabilities: dict[str, float]
 
-    def to_list(self) -> list[object]:
-        """The fields as a list, for the state's positional JSON."""
-        return [self.predicted_at_ms, self.last_seen_ms, pack_floats(self.features),
-                self.probabilities]  # fmt: skip
-
-    @classmethod
-    def from_list(cls, values: list) -> PendingChurn:  # type: ignore[type-arg]
-        """Inverse of :meth:`to_list`."""
-        predicted_at, last_seen, features, probabilities = values
-        return cls(predicted_at, last_seen, unpack_floats(features), probabilities)
-
 
 @dataclass(slots=True, eq=False)
 class UserState:
@@ -130,6 +120,8 @@ class UserState:
     reco_at_ms: int = 0
     reco_items: list[str] = field(default_factory=list)
     trending_items: list[str] = field(default_factory=list)
+    #: Fields of a newer release, kept as read and written back unchanged.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def new(cls, user_id: str, *, partition: int, window_ms: int, max_ids: int) -> UserState:
@@ -239,39 +231,22 @@ class UserState:
             self._end_playback(None)
         return closed
 
-    def activity(self) -> tuple[object, ...]:
+    def activity(self) -> dict[str, object]:
         """The part of the state that events alone determine (no model output in it)."""
-        return tuple(orjson.loads(self.to_bytes())[:23])
+        stored = orjson.loads(self.to_bytes())
+        return {name: value for name, value in stored.items() if name not in MODEL_OUTPUTS}
 
     def to_bytes(self) -> bytes:
-        """Serialise compactly (positional JSON; floats and recent ids packed)."""
-        return orjson.dumps(
-            [
-                _FORMAT, self.partition, self.offset, self.first_seen_ms, self.last_seen_ms,
-                self.counts, self.sessions, self.session_start_ms, self.session_events,
-                self.session_watch_s, self.session_searched, self.session_played, self.watch_s,
-                self.playing_item, self.playing_position_s, self.playing_since_ms,
-                self.playing_duration_s, self.current_item, self.clicked_item, self.finished,
-                self.features.to_list(), base64.b64encode(self.recent_ids.to_bytes()).decode(),
-                self.reco_at_ms,
-                # model outputs from here on (see activity())
-                self.pending.to_list() if self.pending else None, self.risk_band, self.segment,
-                self.reco_items, self.trending_items,
-            ]
-        )  # fmt: skip
+        """Serialise as stored: named fields, versioned (:mod:`pipeline.state_codec`)."""
+        return state_codec.encode(self)
 
     @classmethod
     def from_bytes(cls, user_id: str, data: bytes, *, window_ms: int, max_ids: int) -> UserState:
-        """Restore what :meth:`to_bytes` wrote."""
-        f = orjson.loads(data)
-        if f[0] != _FORMAT:
-            raise ValueError(f"unknown user state format {f[0]!r}")
-        ids = RecentIds.from_bytes(base64.b64decode(f[21]), window_ms=window_ms, max_ids=max_ids)
-        fields: list[Any] = [
-            user_id, f[1], ids, *f[2:20], UserFeatures.from_list(f[20]),
-            PendingChurn.from_list(f[23]) if f[23] else None, f[24], f[25], f[22], f[26], f[27],
-        ]  # fmt: skip
-        return cls(*fields)
+        """Restore a state stored by this release or any earlier one.
+
+        Raises :class:`pipeline.state_codec.StateUnreadable` when no release wrote ``data``.
+        """
+        return state_codec.decode(user_id, data, window_ms=window_ms, max_ids=max_ids)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, UserState) and self.to_bytes() == other.to_bytes()

@@ -1,0 +1,147 @@
+"""Stored states and snapshots written by earlier releases restore under this one."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import Settings
+from pipeline.models import PartitionModels
+from pipeline.processor import Processor
+from pipeline.simulate import SimulationConfig, Simulator
+from pipeline.snapshots import unseal
+from pipeline.state import UserState
+from pipeline.state_codec import FORMAT, StateUnreadable, decode, encode
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+BOUNDS = {"window_ms": 600_000, "max_ids": 32}
+
+
+@functools.cache
+def fixture_states() -> list[dict[str, Any]]:
+    lines = (FIXTURES / "states-format-2.jsonl").read_bytes().splitlines()
+    return [orjson.loads(line) for line in lines]
+
+
+def fields(state: UserState) -> dict[str, object]:
+    """Every field as the fixture writer dumped them (``make_state_fixture.fields``)."""
+    out: dict[str, object] = {}
+    for field in dataclasses.fields(state):
+        value = getattr(state, field.name)
+        if field.name == "recent_ids":
+            value = base64.b64encode(value.to_bytes()).decode()
+        elif dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)  # type: ignore[arg-type]
+        out[field.name] = value
+    return out
+
+
+def test_the_fixture_holds_positional_format_2_states_of_every_kind() -> None:
+    states = fixture_states()
+    assert len(states) >= 30
+    raw = [orjson.loads(base64.b64decode(line["bytes"])) for line in states]
+    assert all(type(value) is list and value[0] == 2 for value in raw)
+    assert any(line["fields"]["pending"] for line in states)
+    assert any(line["fields"]["session_start_ms"] is not None for line in states)
+    assert any(line["fields"]["playing_item"] is not None for line in states)
+
+
+def test_states_written_by_format_2_restore_exactly() -> None:
+    for line in fixture_states():
+        state = decode(line["user_id"], base64.b64decode(line["bytes"]), **BOUNDS)
+        expected = {**line["fields"], "extra": {}}
+        assert fields(state) == expected, line["user_id"]
+
+
+def test_a_migrated_state_is_written_in_the_current_format_and_reads_back_equal() -> None:
+    for line in fixture_states():
+        state = decode(line["user_id"], base64.b64decode(line["bytes"]), **BOUNDS)
+        stored = orjson.loads(encode(state))
+        assert stored["format"] == FORMAT and "partition" in stored and "features" in stored
+        assert decode(line["user_id"], encode(state), **BOUNDS) == state
+
+
+def test_a_newer_releases_unknown_fields_are_kept_and_written_back() -> None:
+    line = fixture_states()[0]
+    stored = orjson.loads(
+        encode(decode(line["user_id"], base64.b64decode(line["bytes"]), **BOUNDS))
+    )
+    newer = {**stored, "format": FORMAT + 1, "experiment_arms": {"exp-1": "b"}}
+    state = decode(line["user_id"], orjson.dumps(newer), **BOUNDS)
+    assert state.extra == {"experiment_arms": {"exp-1": "b"}}
+    assert orjson.loads(encode(state))["experiment_arms"] == {"exp-1": "b"}
+
+
+def test_a_field_missing_from_an_older_state_takes_its_default() -> None:
+    state = UserState.new("u1", partition=1, **BOUNDS)
+    stored = orjson.loads(encode(state))
+    del stored["reco_items"], stored["segment"], stored["counts"]
+    restored = decode("u1", orjson.dumps(stored), **BOUNDS)
+    assert (restored.reco_items, restored.segment, restored.counts) == ([], None, [0, 0, 0, 0])
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"{oops", "not_json"),
+        (b'"a string"', "not_a_state"),
+        (b"[1, 2, 3]", "unknown_format"),
+        (b'{"partition": 0}', "unknown_format"),
+        (b'{"format": 3, "partition": 0, "offset": "7"}', "wrong_type"),
+        (b'{"format": 3, "partition": 0, "recent_ids": "***"}', "wrong_type"),
+        (
+            b'{"format": 3, "partition": 0, "features": {"counters": {"layout": 1, "f64": "AA"}}}',
+            "wrong_type",
+        ),
+        (
+            b'{"format": 3, "partition": 0, "features": {"counters": {"layout": 99, "f64": ""}}}',
+            "unknown_format",
+        ),
+        (
+            b'{"format": 3, "partition": 0, "features": {"genre_affinity": {"drama": "x"}}}',
+            "wrong_type",
+        ),
+    ],
+)
+def test_a_state_no_release_wrote_is_refused_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(StateUnreadable) as refused:
+        decode("u1", data, **BOUNDS)
+    assert refused.value.reason == reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300) | st.builds(orjson.dumps, st.dictionaries(
+    st.sampled_from(["format", "partition", "offset", "features", "pending", "counts", "x"]),
+    st.none() | st.integers(-5, 5) | st.text(max_size=4) | st.lists(st.integers(-9, 9), max_size=3),
+)))  # fmt: skip
+def test_any_bytes_restore_or_are_refused_never_another_exception(data: bytes) -> None:
+    try:
+        decode("u1", data, **BOUNDS)
+    except StateUnreadable:
+        pass
+
+
+def test_a_processor_restores_the_fixture_states_and_goes_on() -> None:
+    processor = Processor(Settings(churn_challenger="poisson"), clock=lambda: 4_102_444_800.0)
+    for line in fixture_states():
+        processor.adopt(processor.decode_state(line["user_id"], base64.b64decode(line["bytes"])))
+    records = list(Simulator(SimulationConfig(users=40, days=31, seed=13)).records())
+    for offset, (key, value) in enumerate(records[-500:], start=10**6):
+        processor.process(value, key=key, partition=0, offset=offset)
+    assert not processor.tally.rejected.get("processing_error")
+    assert sum(processor.tally.consumed.values()) > 0
+
+
+def test_the_snapshot_of_the_previous_release_restores() -> None:
+    blob = (FIXTURES / "snapshot-format-3.bin").read_bytes()
+    header, models = unseal(blob, key=b"fixture-key", app_id="ottscore", partition=0)
+    assert isinstance(models, PartitionModels) and header.partition == 0
+    assert len(models.items) > 0
