@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import importlib.metadata
 import logging
 import time
 import weakref
@@ -56,11 +57,46 @@ from pipeline.records import quarantine_record, reduced_dlq_record
 from pipeline.snapshots import MAX_SNAPSHOT_BYTES
 from pipeline.state_codec import StateUnreadable
 
-__all__ = ["build_app", "App", "Consumer", "IngestWorker", "Worker"]
+__all__ = ["build_app", "check_versions", "App", "Consumer", "IngestWorker", "Worker"]
 
 log = logging.getLogger(__name__)
 
 WRITE_BACK_PART = 100  # states serialised and handed over between two turns of the loop
+
+#: The versions whose private internals the patches in this module were written against
+#: and verified on (the fault tests): any other version may have changed them.
+VERIFIED_VERSIONS = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+class UnverifiedVersion(RuntimeError):
+    """An installed framework version the worker's patches were not verified on."""
+
+
+def check_versions(*, allow_unverified: bool) -> list[str]:
+    """Refuse to run on a Faust or aiokafka the patches here were not verified on.
+
+    Returns the mismatches (``name installed X, verified Y``) when ``allow_unverified``
+    lets the worker start anyway (logged as a warning); raises otherwise.
+
+    >>> check_versions(allow_unverified=False)
+    []
+    """
+    found = {name: importlib.metadata.version(name) for name in VERIFIED_VERSIONS}
+    mismatches = [
+        f"{name} {found[name]} is installed, the worker's patches of its internals were "
+        f"verified on {verified}"
+        for name, verified in VERIFIED_VERSIONS.items()
+        if found[name] != verified
+    ]
+    if mismatches and not allow_unverified:
+        raise UnverifiedVersion(
+            "; ".join(mismatches) + ": install the verified versions (pip install -e .), or set "
+            "OTTSCORE_ALLOW_UNVERIFIED_FAUST=true after running the fault tests on them"
+        )
+    for mismatch in mismatches:
+        log.warning("%s (OTTSCORE_ALLOW_UNVERIFIED_FAUST is set)", mismatch)
+    return mismatches
+
 
 #: What the broker (or aiokafka, before sending) answers for a record or batch too large.
 REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)

@@ -20,9 +20,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     mode.loop.use("uvloop")
 
-    from agents.app import build_app
+    from agents.app import UnverifiedVersion, build_app, check_versions
     from agents.kafka import ensure_topics, topic_max_message_bytes
 
+    try:
+        check_versions(allow_unverified=settings.allow_unverified_faust)
+    except UnverifiedVersion as refused:
+        print(f"ottscore worker: {refused}", file=sys.stderr)
+        return 2
     ensure_topics(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(settings)

@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         description="Most records handed to the producer and not yet acknowledged; the "
         "worker fetches no more input while there are more (back-pressure).",
     )
+    allow_unverified_faust: bool = Field(
+        False,
+        description="Start the worker on a faust-streaming or aiokafka other than the "
+        "versions its patches were verified on (run the fault tests first).",
+    )
     fault_crash_at: str = Field(
         "",
         pattern=r"^([a-z_]+(:[0-9]+)?)?$",
