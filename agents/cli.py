@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ottscore",
         description="Real-time churn and personalisation scores from OTT viewing events.",
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="on a failure, print the traceback too"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="run a Faust worker (the ingest agent)")
@@ -254,4 +257,45 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "simulate" and not (args.to_kafka or args.out or args.catalog_out):
         build_parser().error("simulate needs --to-kafka, --out or --catalog-out")
-    raise SystemExit(args.func(args, Settings()))
+    try:
+        code = args.func(args, Settings())
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"ottscore {args.command}: {explain(exc)}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)
+
+
+def explain(exc: BaseException) -> str:
+    r"""One line that says what went wrong and what to do (the traceback is for --debug).
+
+    >>> explain(FileNotFoundError(2, "No such file or directory", "events.jsonl"))
+    'events.jsonl: no such file'
+    >>> explain(ValueError("bad\nthings"))
+    'ValueError: bad (run with --debug for the traceback)'
+    """
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+    from pydantic import ValidationError
+
+    from agents.broker import BrokerError
+
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, FileNotFoundError):
+        return f"{exc.filename}: no such file"
+    if isinstance(exc, IsADirectoryError | PermissionError):
+        return f"{exc.filename}: {exc.strerror.lower() if exc.strerror else 'cannot read it'}"
+    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
+        return (
+            f"no Kafka broker answers ({first_line}): start one with `ottscore broker "
+            "start`, or point KAFKA_BOOTSTRAP_SERVERS at one"
+        )
+    if isinstance(exc, ValidationError):
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        return f"invalid setting {where}: {error['msg']} (see the README's configuration table)"
+    if isinstance(exc, BrokerError):
+        return first_line
+    return f"{type(exc).__name__}: {first_line} (run with --debug for the traceback)"
