@@ -14,6 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from agents.kafka import ensure_topics, kafka_python_config
 from pipeline.config import Settings
+from pipeline.evaluate import jsonl_lines
 from pipeline.events import parse_ts
 
 __all__ = [
@@ -178,17 +179,16 @@ class CatalogReader:
 
 
 def read_jsonl_records(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
-    """``(user_id key, line)`` for each line of a JSONL file of events, file order."""
-    with open(path, "rb") as lines:
-        for line in lines:
-            value = line.rstrip(b"\r\n")
-            if not value:
-                continue
-            try:
-                user_id = orjson.loads(value).get("user_id")
-            except (orjson.JSONDecodeError, AttributeError):
-                user_id = None
-            yield (user_id.encode() if isinstance(user_id, str) else None), value
+    """``(user_id key, line)`` for each line of a JSONL file of events, file order.
+
+    Lines are read as ``ottscore evaluate`` reads them (:func:`pipeline.evaluate.jsonl_lines`).
+    """
+    for value in jsonl_lines(path):
+        try:
+            user_id = orjson.loads(value).get("user_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            user_id = None
+        yield (user_id.encode() if isinstance(user_id, str) else None), value
 
 
 def tail(settings: Settings, topic: str, *, from_beginning: bool = False, limit: int = 0) -> int:

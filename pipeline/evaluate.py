@@ -39,6 +39,7 @@ __all__ = [
     "evaluate",
     "format_report",
     "plot_series",
+    "jsonl_lines",
     "read_event_file",
     "read_jsonl",
 ]
@@ -58,9 +59,9 @@ class EventFile:
 def read_event_file(path: str | Path, *, decoder: EventDecoder) -> EventFile:
     r"""Read the lines of a JSONL events file, keyed by ``user_id``, sorted by ``ts`` if need be.
 
-    Each line is one record, as a client would send it (an empty line is an empty
-    record). A line ``decoder`` rejects keeps its place after the line before it and has
-    no key: the processor dead-letters it.
+    Each line is one record, as :func:`jsonl_lines` reads it (``ottscore replay`` too): an
+    empty line is an empty record. A line ``decoder`` rejects keeps its place after the
+    line before it and has no key: the processor dead-letters it.
 
     Examples
     --------
@@ -76,9 +77,7 @@ def read_event_file(path: str | Path, *, decoder: EventDecoder) -> EventFile:
     >>> tmp.cleanup()
 
     """
-    records = Path(path).read_bytes().split(b"\n")
-    if records and not records[-1]:
-        records.pop()
+    records = list(jsonl_lines(path))
     keys: list[bytes | None] = []
     times = np.empty(len(records), dtype=np.int64)
     last = np.iinfo(np.int64).min
@@ -96,12 +95,31 @@ def read_event_file(path: str | Path, *, decoder: EventDecoder) -> EventFile:
     return EventFile([records[i] for i in order], [keys[i] for i in order], reordered=True)
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Read the JSON objects of a JSONL file (blank lines skipped), e.g. a catalog."""
+def jsonl_lines(path: str | Path) -> Iterator[bytes]:
+    r"""The records of a JSONL file of events: each line, without its line end.
+
+    The one rule for the events files ottscore reads (``evaluate`` and ``replay`` alike):
+    every line is a record, an empty line an empty record (dead-lettered as ``empty``, as
+    an empty Kafka record would be, so a simulated file keeps its empty records); the line
+    end after the last line starts no record.
+
+    >>> import pathlib, tempfile
+    >>> tmp = tempfile.TemporaryDirectory(); path = pathlib.Path(tmp.name) / "f.jsonl"
+    >>> _ = path.write_bytes(b'{"a": 1}\r\n\n{oops\n')
+    >>> list(jsonl_lines(path))
+    [b'{"a": 1}', b'', b'{oops']
+    >>> tmp.cleanup()
+    """
     with open(path, "rb") as lines:
         for line in lines:
-            if line.strip():
-                yield orjson.loads(line)
+            yield line.rstrip(b"\r\n")
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Read the JSON objects of a JSONL file of objects, e.g. a catalog (blank lines skipped)."""
+    for line in jsonl_lines(path):
+        if line.strip():
+            yield orjson.loads(line)
 
 
 def evaluate(
