@@ -303,6 +303,20 @@ class Consumer(faust_aiokafka.Consumer):
         then leave them acknowledged nowhere: the next commit found nothing to commit, and
         records acked later were held behind the gap. The records from the committed offset
         to the abandoned one are acknowledged again, so the next commit commits them.
+
+        >>> def abandoned_then_more(app):
+        ...     consumer, tp = app.consumer, TP("events", 0)
+        ...     consumer._committed_offset[tp] = 10
+        ...     consumer._acked[tp].extend(range(10, 20))
+        ...     picked = consumer._filter_committable_offsets([tp])  # a commit takes them,
+        ...     if isinstance(consumer, Consumer):                   # is abandoned, and
+        ...         consumer._restore_acks(picked)
+        ...     consumer._acked[tp].extend(range(20, 30))            # more are processed
+        ...     return picked[tp], consumer._filter_committable_offsets([tp]).get(tp)
+        >>> abandoned_then_more(faust.App("doctest-faust-2", broker="kafka://127.0.0.1:1"))
+        (20, None)
+        >>> abandoned_then_more(App("doctest-ottscore-2", broker="kafka://127.0.0.1:1"))
+        (20, 30)
         """
         for tp, offset in offsets.items():
             committed = self._committed_offset.get(tp)
