@@ -231,6 +231,8 @@ class Consumer(faust_aiokafka.Consumer):
                         if self._rebalanced_since(generation):
                             break  # keep the read offsets the seek sets
                         read_offset[tp] = offset
+                    if batch:  # models of newly assigned partitions are read off the loop
+                        await worker.prefetch_snapshots({m.partition for m in batch})
                     if batch and not self._rebalanced_since(generation):
                         worker.handle(batch)
                         for message in batch:
@@ -688,6 +690,8 @@ class IngestWorker:
         self._last: dict[int, Message] = {}  # the last record handled of each partition
         self._lagged: set[int] = set()  # partitions whose lag is exported
         self._quarantined: set[bytes] = set()  # keys of stored states set aside
+        #: Reads of the snapshot models of assigned partitions (:meth:`prefetch_snapshots`).
+        self._prefetched: dict[int, asyncio.Future] = {}
         self.faults = FaultInjection.parse(settings.fault_crash_at)
         #: A batch raised: nothing more is written back or committed (see :meth:`handle`).
         self.failed = False
@@ -766,7 +770,12 @@ class IngestWorker:
             if state.partition == partition:  # not a standby copy of another worker's
                 processor.adopt(state)
                 restored += 1
-        models = latest_snapshot(self.settings, partition, metrics=self.metrics)
+        read = self._prefetched.pop(partition, None)
+        if read is not None and read.done() and not read.cancelled() and not read.exception():
+            models = read.result()
+        else:  # not read on assignment (a worker always does): read now, on the loop
+            log.warning("partition %d: snapshot read on the event loop", partition)
+            models = latest_snapshot(self.settings, partition, metrics=self.metrics)
         if models is not None:
             processor.install_models(partition, models)
         self._restored.add(partition)
@@ -775,6 +784,29 @@ class IngestWorker:
             partition, restored, "snapshot" if models is not None else "fresh",
         )  # fmt: skip
         return bool(restored) or models is not None
+
+    async def prefetch_snapshots(self, partitions: set[int]) -> None:
+        """Read the latest snapshot of each newly assigned partition, off the event loop.
+
+        The worker calls this when partitions are assigned, and before it hands over a
+        batch (records may flow before the assignment's reads end); the models are
+        installed with the partition's states at its first record. The reads
+        (kafka-python, up to 10 s each) run in threads, so the event loop goes on meanwhile:
+        timers, health beats, the producer. A partition whose read is under way (a second
+        assignment while the first is read) is not read twice.
+        """
+
+        def read(partition: int) -> object | None:
+            return latest_snapshot(self.settings, partition, metrics=self.metrics)
+
+        for partition in sorted(partitions - self._restored):
+            if partition not in self._prefetched:
+                self._prefetched[partition] = asyncio.ensure_future(
+                    asyncio.to_thread(read, partition)
+                )
+        reads = [self._prefetched[p] for p in partitions if p in self._prefetched]
+        if reads and not all(read.done() for read in reads):
+            await asyncio.wait(reads)
 
     def _quarantine(self, key: bytes, data: bytes, partition: int, error: Exception) -> None:
         """Set aside a stored state that cannot be read: the user starts afresh.
@@ -967,6 +999,7 @@ class IngestWorker:
             self.snapshots.forget(partition)
             self.processor.drop_partition(partition)
             self._restored.discard(partition)
+            self._prefetched.pop(partition, None)
             self._offsets.pop(partition, None)
             self._last.pop(partition, None)
             self._forget_lag(partition)
@@ -1135,6 +1168,12 @@ def build_app(settings: Settings | None = None) -> faust.App:
         async for event in stream:
             message = event.message
             raise RuntimeError(f"record {message.tp}@{message.offset} bypassed the Consumer")
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
+        await worker.prefetch_snapshots(
+            {tp.partition for tp in assigned if tp.topic == settings.topic_events}
+        )
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
