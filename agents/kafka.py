@@ -30,6 +30,7 @@ __all__ = [
     "output_topics",
     "all_topics",
     "send_batches",
+    "partition_for",
 ]
 
 
@@ -249,3 +250,16 @@ async def send_batches(
 
 
 _PARTITIONER = DefaultPartitioner()
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition of ``partitions`` that Kafka's default partitioner gives ``key``.
+
+    murmur2 of the key, as the Java client, kafka-python and aiokafka (whose partitioner
+    this is) place keyed records: where a user's events, and so their state, live.
+
+    >>> partition_for(b"u-42", 4), partition_for(b"u-42", 16)
+    (1, 9)
+    """
+    every = list(range(partitions))
+    return _PARTITIONER(key, every, every)

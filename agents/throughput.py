@@ -22,13 +22,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition as AioTopicPartition
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
-from kafka.partitioner.default import murmur2
 
 from agents.kafka import (
     admin_client,
     create_topics,
     kafka_python_config,
     output_topics,
+    partition_for,
     send_batches,
 )
 from agents.produce import make_producer, publish_catalog
@@ -106,7 +106,7 @@ def _partitioned(
     """``(key, value, partition, offset)`` as Kafka's default partitioner would place them."""
     offsets = [0] * partitions
     for key, value in records:
-        partition = (murmur2(key) & 0x7FFFFFFF) % partitions
+        partition = partition_for(key, partitions)
         yield key, value, partition, offsets[partition]
         offsets[partition] += 1
 

@@ -7,9 +7,11 @@ two certificates are signed, so nothing else can ever be signed by that CA.
 
 Examples
 --------
->>> certificates = issue_certificates(Path("/tmp/ottscore-tls"))  # doctest: +SKIP
->>> certificates.ca.name  # doctest: +SKIP
-'ca.pem'
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as directory:
+...     certificates = issue_certificates(Path(directory))
+...     certificates.ca.name, certificates.ca.exists()
+('ca.pem', True)
 """
 
 from __future__ import annotations

@@ -12,11 +12,10 @@ import base64
 from pathlib import Path
 
 import orjson
-from aiokafka.partitioner import DefaultPartitioner
 from conftest import free_ports
 from worker_process import WorkerProcess, latest_by_key, produce_all, read_topic
 
-from agents.kafka import create_topics, kafka_python_config
+from agents.kafka import create_topics, kafka_python_config, partition_for
 from agents.produce import produce
 from pipeline.events import Event, encode_event
 from pipeline.schemas import validator
@@ -26,12 +25,6 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "states-format-2.js
 BOUNDS = {"window_ms": 600_000, "max_ids": 32}
 
 
-def partition_of(key: bytes, partitions: int) -> int:
-    """The input partition Kafka's default partitioner gives ``key`` (and so its state's)."""
-    every = list(range(partitions))
-    return DefaultPartitioner()(key, every, every)
-
-
 def test_stored_states_restore_and_an_unreadable_one_is_quarantined(
     settings_factory, tmp_path: Path
 ) -> None:
@@ -39,10 +32,10 @@ def test_stored_states_restore_and_an_unreadable_one_is_quarantined(
     partitions = settings.topic_partitions
     old = orjson.loads(FIXTURE.read_bytes().splitlines()[0])
     positional = orjson.loads(base64.b64decode(old["bytes"]))  # format 2: an array
-    positional[1] = partition_of(b"user-old", partitions)  # the partition its events use
+    positional[1] = partition_for(b"user-old", partitions)  # the partition its events use
     positional[2] = -1  # applied no offset of this input topic yet
     newer = orjson.loads(encode(decode("user-newer", orjson.dumps(positional), **BOUNDS)))
-    newer |= {"format": 4, "partition": partition_of(b"user-newer", partitions),
+    newer |= {"format": 4, "partition": partition_for(b"user-newer", partitions),
               "experiment_arms": {"e1": "b"}}  # fmt: skip
     seeds = {
         b"user-old": orjson.dumps(positional),

@@ -1,4 +1,4 @@
-"""The worker refuses to start on a Faust or aiokafka its patches were not verified on."""
+"""Framework versions and the Kafka conventions the worker relies on: patches, partitioner."""
 
 from __future__ import annotations
 
@@ -55,3 +55,17 @@ def test_ottscore_worker_on_another_faust_exits_with_one_line_naming_both_versio
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ottscore worker: faust-streaming 0.15.4")
     assert "verified on 0.15.3" in lines[0] and "OTTSCORE_ALLOW_UNVERIFIED_FAUST" in lines[0]
+
+
+def test_one_partitioner_agrees_with_kafka_pythons_murmur2_for_any_key() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+    from kafka.partitioner.default import murmur2
+
+    from agents.kafka import partition_for
+
+    @given(key=st.binary(min_size=1, max_size=64), partitions=st.integers(1, 64))
+    def agrees(key: bytes, partitions: int) -> None:
+        assert partition_for(key, partitions) == (murmur2(key) & 0x7FFFFFFF) % partitions
+
+    agrees()
