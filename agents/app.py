@@ -458,14 +458,11 @@ class Producer(faust_aiokafka.Producer):
         if self._pending_records >= self.max_pending:
             self._room.clear()
         done.add_done_callback(functools.partial(self._release, len(records)))
-        self._enqueue(
+        self._outgoing.append(
             _Outgoing(
                 topic, partition, records, on_acknowledged, on_refused, done, after_acknowledged
             )
         )
-
-    def _enqueue(self, outgoing: _Outgoing) -> None:
-        self._outgoing.append(outgoing)
         self._has_outgoing.set()
 
     def _release(self, count: int, _done: asyncio.Future) -> None:
