@@ -558,34 +558,80 @@ class Producer(faust_aiokafka.Producer):
     def _settle_lists(self, lists: Sequence[_Outgoing], done: asyncio.Future) -> None:
         """Settle each list handed over together as ``done`` (their merged batches) settled.
 
-        A list refused for its size that has an ``on_refused`` is replaced by what that
-        returns, and settles when the replacement does.
+        The broker takes or refuses a batch whole: a list none of whose records was in a
+        batch refused for its size is acknowledged. The records of a list that were are
+        sent again one batch each, and only those refused alone go to its ``on_refused``
+        (:meth:`_resend_alone`); without ``on_refused`` the list fails.
         """
         failure = done.exception()
-        for outgoing in lists:
-            if failure is None:
-                if outgoing.on_acknowledged is not None:
-                    outgoing.on_acknowledged(done.result())
-                outgoing.done.set_result(None)
-            elif outgoing.on_refused is not None and isinstance(failure, REFUSED_FOR_SIZE):
-                replacements = outgoing.on_refused(outgoing.records)
-                log.error(
-                    "%s refused %d records for their size (%r); %d sent instead",
-                    outgoing.topic, len(outgoing.records), failure, len(replacements),
-                )  # fmt: skip
-                if replacements:  # sent at once: a barrier may be waiting for this list
-                    replacement = dataclasses.replace(
-                        outgoing, records=replacements, on_refused=None
-                    )
-                    task = asyncio.ensure_future(
-                        self._dispatch(outgoing.topic, outgoing.partition, [replacement])
-                    )
-                    self._resending.add(task)
-                    task.add_done_callback(self._resending.discard)
-                else:
-                    outgoing.done.set_result(None)
-            else:
+        if failure is not None:
+            for outgoing in lists:
                 outgoing.done.set_exception(failure)
+            return
+        settled: _Settled = done.result()
+        refused = iter(settled.refused)
+        position = next(refused, None)
+        start = 0
+        for outgoing in lists:
+            end = start + len(outgoing.records)
+            mine = []
+            while position is not None and position < end:
+                mine.append(outgoing.records[position - start])
+                position = next(refused, None)
+            start = end
+            if not mine:
+                if outgoing.on_acknowledged is not None:
+                    outgoing.on_acknowledged(settled.last)
+                outgoing.done.set_result(None)
+            elif outgoing.on_refused is None:
+                outgoing.done.set_exception(settled.refusal or RuntimeError("refused"))
+            else:  # at once: a barrier may be waiting for this list
+                task = asyncio.ensure_future(self._resend_alone(outgoing, mine, settled))
+                self._resending.add(task)
+                task.add_done_callback(self._resending.discard)
+
+    async def _resend_alone(self, outgoing: _Outgoing, records: Records, settled: _Settled) -> None:
+        """Send ``records`` of ``outgoing`` again, each in a batch of its own, then settle it.
+
+        They were in a batch the broker refused for its size, with records that may have
+        fitted: a dead letter keeps its original unless it is refused on its own. Those
+        refused alone are replaced by what ``outgoing.on_refused`` returns.
+        """
+        assert outgoing.on_refused is not None
+        last = dict(settled.last)
+        replaced = 0
+        try:
+            for record in records:
+                try:
+                    _merge_last(last, await self._send_now(outgoing, [record]))
+                except REFUSED_FOR_SIZE:
+                    replaced += 1
+                    replacements = outgoing.on_refused([record])
+                    if replacements:
+                        _merge_last(last, await self._send_now(outgoing, replacements))
+        except Exception as exc:  # noqa: BLE001 - the flush raises it
+            outgoing.done.set_exception(exc)
+            return
+        finally:
+            log.error(
+                "%s refused a batch for its size (%r): of its %d records, %d were sent again "
+                "whole and %d refused alone were replaced by what their kind sends instead",
+                outgoing.topic, settled.refusal, len(records), len(records) - replaced, replaced,
+            )  # fmt: skip
+        if outgoing.on_acknowledged is not None:
+            outgoing.on_acknowledged(last)
+        outgoing.done.set_result(None)
+
+    async def _send_now(self, outgoing: _Outgoing, records: Records) -> dict[int, int]:
+        """Send ``records`` as batches of their own; raise if one is refused."""
+        producer = self._ensure_producer()
+        sent = await send_batches(producer, outgoing.topic, records, partition=outgoing.partition)
+        done = asyncio.get_running_loop().create_future()
+        _settle_when_all(sent, done)
+        settled: _Settled = await done
+        if settled.refusal is not None:
+            raise settled.refusal
+        return settled.last
 
     def _track(self, fut: asyncio.Future) -> None:
         self._unacknowledged.add(fut)
@@ -1052,36 +1098,61 @@ def freeze_heap(after: str) -> None:
     log.info("froze %d objects after %s", gc.get_freeze_count(), after)
 
 
-def _settle_when_all(sent: Sequence[tuple[asyncio.Future, int]], done: asyncio.Future) -> None:
-    """Resolve ``done`` when every batch is acknowledged, or fail it with the first failure.
+@dataclasses.dataclass(slots=True)
+class _Settled:
+    """How the batches of one dispatch ended, once all of them have."""
 
-    Its result is the offset of the last record written to each partition.
+    #: The offset of the last record written to each partition.
+    last: dict[int, int]
+    #: The positions (in the records dispatched) of those in batches refused for their size.
+    refused: list[int]
+    #: The broker's answer to the first batch refused for its size.
+    refusal: BaseException | None = None
+
+
+def _merge_last(last: dict[int, int], more: dict[int, int]) -> None:
+    for partition, offset in more.items():
+        if offset > last.get(partition, -1):
+            last[partition] = offset
+
+
+def _settle_when_all(
+    sent: Sequence[tuple[asyncio.Future, list[int]]], done: asyncio.Future
+) -> None:
+    """Resolve ``done`` with a :class:`_Settled` when every batch has been answered.
+
+    A batch refused for its size is noted there; any other failure (or a cancelled batch)
+    fails ``done``.
     """
     remaining = len(sent)
-    last: dict[int, int] = {}
+    settled = _Settled({}, [])
 
-    def settled(batch: asyncio.Future, count: int) -> None:
+    def on_batch(batch: asyncio.Future, held: list[int]) -> None:
         nonlocal remaining
         if done.done():
             return
         if batch.cancelled():
             done.set_exception(RuntimeError("a batch was cancelled before it was acknowledged"))
             return
-        if batch.exception() is not None:
-            done.set_exception(batch.exception())
+        failure = batch.exception()
+        if isinstance(failure, REFUSED_FOR_SIZE):
+            settled.refused.extend(held)
+            settled.refusal = settled.refusal or failure
+        elif failure is not None:
+            done.set_exception(failure)
             return
-        metadata = batch.result()
-        end = metadata.offset + count - 1
-        if end > last.get(metadata.partition, -1):
-            last[metadata.partition] = end
+        else:
+            metadata = batch.result()
+            _merge_last(settled.last, {metadata.partition: metadata.offset + len(held) - 1})
         remaining -= 1
         if not remaining:
-            done.set_result(last)
+            settled.refused.sort()
+            done.set_result(settled)
 
     if not sent:
-        done.set_result(last)
-    for batch, count in sent:
-        batch.add_done_callback(functools.partial(settled, count=count))
+        done.set_result(settled)
+    for batch, held in sent:
+        batch.add_done_callback(functools.partial(on_batch, held=held))
 
 
 def logging_config(settings: Settings) -> dict[str, Any] | None:

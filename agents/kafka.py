@@ -215,7 +215,7 @@ async def send_batches(
     records: Iterable[tuple[bytes | None, bytes]],
     *,
     partition: int | None = None,
-) -> list[tuple[asyncio.Future, int]]:
+) -> list[tuple[asyncio.Future, list[int]]]:
     """Hand ``(key, value)`` records to aiokafka as whole batches, one or more per partition.
 
     Each record goes to ``partition``, or, without one, to the partition
@@ -224,28 +224,31 @@ async def send_batches(
     ``producer.send`` costs a coroutine, a future and a lookup of the open batch per
     record; here a record is one append to a batch being built. Returns each batch's
     future (its record metadata once the broker acknowledged it, carrying the batch's
-    first offset) and how many records it holds. A producer configured with another
+    first offset) and the positions in ``records`` of the records it holds, in order: the
+    broker accepts or refuses a batch whole. A producer configured with another
     partitioner must not use this without ``partition``.
     """
     partitions = sorted(await producer.partitions_for(topic))
     choose = _PARTITIONER
-    open_batches: dict[int, Any] = {}
-    full: list[tuple[int, Any]] = []
-    for key, value in records:
+    open_batches: dict[int, tuple[Any, list[int]]] = {}
+    full: list[tuple[int, Any, list[int]]] = []
+    for position, (key, value) in enumerate(records):
         to = partition if partition is not None else choose(key, partitions, partitions)
-        batch = open_batches.get(to)
-        if batch is None:
-            batch = open_batches[to] = producer.create_batch()
+        entry = open_batches.get(to)
+        if entry is None:
+            entry = open_batches[to] = (producer.create_batch(), [])
+        batch, held = entry
         if batch.append(key=key, value=value, timestamp=None) is None:  # full
-            full.append((to, batch))
-            batch = open_batches[to] = producer.create_batch()
+            full.append((to, batch, held))
+            batch, held = open_batches[to] = (producer.create_batch(), [])
             if batch.append(key=key, value=value, timestamp=None) is None:
                 raise ValueError(f"a record of {len(value)} bytes does not fit in a batch")
-    full.extend(open_batches.items())
+        held.append(position)
+    full.extend((to, batch, held) for to, (batch, held) in open_batches.items())
     sent = []
-    for to, batch in full:  # a partition's batches in the order they were filled
+    for to, batch, held in full:  # a partition's batches in the order they were filled
         batch.close()
-        sent.append((await producer.send_batch(batch, topic, partition=to), batch.record_count()))
+        sent.append((await producer.send_batch(batch, topic, partition=to), held))
     return sent
 
 
