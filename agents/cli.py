@@ -20,8 +20,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     mode.loop.use("uvloop")
 
-    from agents.app import UnverifiedVersion, build_app, check_versions
-    from agents.kafka import ensure_topics, topic_max_message_bytes
+    from agents.worker.app import build_app
+    from agents.worker.faust_patches import UnverifiedVersion, check_versions
+    from agents.worker.kafka import ensure_topics, topic_max_message_bytes
 
     try:
         check_versions(allow_unverified=settings.allow_unverified_faust)
@@ -40,7 +41,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
-    from agents.broker import LocalKafka
+    from agents.devtools.broker import LocalKafka
 
     broker = LocalKafka.from_settings(settings)
     if args.action == "start":
@@ -58,7 +59,7 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.simulate import SimulationConfig, Simulator, write_catalog, write_jsonl
+    from pipeline.sim.simulate import SimulationConfig, Simulator, write_catalog, write_jsonl
 
     simulator = Simulator(
         SimulationConfig(
@@ -75,7 +76,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         count = write_jsonl(simulator.records(), args.out)
         print(f"wrote {count} records to {args.out}", file=sys.stderr)
     if args.to_kafka:
-        from agents.produce import produce, publish_catalog
+        from agents.devtools.produce import produce, publish_catalog
 
         publish_catalog(settings, simulator.catalog())
         count = produce(settings, simulator.records(), rate=args.rate)
@@ -84,7 +85,8 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    from agents.produce import produce, read_jsonl_records
+    from agents.devtools.produce import produce
+    from pipeline.serde.jsonl import read_jsonl_records
 
     count = produce(settings, read_jsonl_records(args.file), speed=args.speed)
     print(f"produced {count} records to {settings.topic_events}", file=sys.stderr)
@@ -92,7 +94,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.evaluate import evaluate, format_report
+    from pipeline.offline.evaluate import evaluate, format_report
 
     if args.mode:
         settings = settings.model_copy(update={"reco_mode": args.mode})
@@ -109,7 +111,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.movielens import import_movielens
+    from pipeline.offline.movielens import import_movielens
 
     count = import_movielens(args.directory, args.out, catalog_out=args.catalog_out)
     print(f"wrote {count} events to {args.out}", file=sys.stderr)
@@ -117,20 +119,20 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _tail(args: argparse.Namespace, settings: Settings) -> int:
-    from agents.produce import tail
+    from agents.devtools.produce import tail
 
     tail(settings, args.topic, from_beginning=args.from_beginning, limit=args.max)
     return 0
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from agents.demo import run_demo
+    from agents.devtools.demo import run_demo
 
     return run_demo(settings, users=args.users, rate=args.rate, bad_rate=args.bad_rate)
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from agents.bench import format_report, run_bench
+    from agents.devtools.bench import format_report, run_bench
 
     report = run_bench(
         settings,
@@ -280,7 +282,7 @@ def explain(exc: BaseException) -> str:
     from kafka.errors import KafkaConnectionError, KafkaTimeoutError
     from pydantic import ValidationError
 
-    from agents.broker import BrokerError
+    from agents.devtools.broker import BrokerError
 
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, FileNotFoundError):

@@ -5,7 +5,8 @@ Usage::
     python docs/movielens_parity.py path/to/ml-latest-small
 
 Both run prequentially (predict each rating, then learn it) over the ratings in time
-order, with the same ``BiasedMF`` set-up (:func:`pipeline.reco.explicit_mf_params`):
+order, with the same ``BiasedMF`` set-up
+(:func:`pipeline.models.reco.recommender.explicit_mf_params`):
 ottscore through ``evaluate`` on the imported events, River under
 ``evaluate.progressive_val_score``. Prints the two MAE/RMSE pairs.
 """
@@ -19,9 +20,9 @@ from pathlib import Path
 from river import reco
 
 from pipeline.config import Settings
-from pipeline.evaluate import evaluate
-from pipeline.movielens import import_movielens, read_ratings, river_progressive_errors
-from pipeline.reco import explicit_mf_params
+from pipeline.models.reco.recommender import explicit_mf_params
+from pipeline.offline.evaluate import evaluate
+from pipeline.offline.movielens import import_movielens, read_ratings, river_progressive_errors
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("directory", type=Path, help="ml-100k (u.data) or ml-latest (ratings.csv)")

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         "",
         pattern=r"^([a-z_]+(:[0-9]+)?)?$",
         description="Fault injection for tests: STEP:N kills the worker (SIGKILL) the N-th "
-        "time it reaches STEP of its batch and commit sequence (agents/faults.py); empty "
+        "time it reaches STEP of its batch and commit sequence (agents/worker/faults.py); empty "
         "in production.",
     )
     catalog_refresh_s: float = Field(

@@ -3,7 +3,7 @@
 Which broker the session uses is chosen by ``OTTSCORE_TEST_KAFKA``:
 
 ``local`` (default)
-    a :class:`~agents.broker.LocalKafka` on free ports in a temporary directory, stopped at
+    a :class:`~agents.devtools.broker.LocalKafka` on free ports in a temporary directory, stopped at
     the end of the session; its jars come from the project's cache (``.ottscore/kafka``).
 ``testcontainers``
     a Kafka container (needs a Docker daemon).
@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from agents.broker import LocalKafka, wait_for_broker
-from agents.kafka import create_topics, ensure_topics
+from agents.devtools.broker import LocalKafka, wait_for_broker
+from agents.worker.kafka import create_topics, ensure_topics
 from pipeline.config import Settings
 
 _HERE = Path(__file__).parent
@@ -144,7 +144,7 @@ def isolated_settings(tmp_path: Path, **fields: Any) -> Settings:
     """:class:`Settings` for a worker of its own, with its topics created on its broker.
 
     The settings get a unique ``app_id`` and unique names for every ``topic_*`` field, all
-    created as the worker creates them (:func:`agents.kafka.ensure_topics`) over the
+    created as the worker creates them (:func:`agents.worker.kafka.ensure_topics`) over the
     settings' own connection, an in-memory store, a data directory under ``tmp_path``, no
     metrics endpoint and a free web port. ``fields`` (such as the ``kafka_*`` connection)
     override any field.

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient
 
-from agents.bench import TARGETS
 from agents.cli import main
+from agents.devtools.bench import TARGETS
 
 pytestmark = pytest.mark.slow
 

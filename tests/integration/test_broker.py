@@ -12,8 +12,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from agents.broker import JARS_MARKER, BrokerError, BrokerStatus, LocalKafka
-from agents.kafka import create_topics
+from agents.devtools.broker import JARS_MARKER, BrokerError, BrokerStatus, LocalKafka
+from agents.worker.kafka import create_topics
 from pipeline.config import Settings
 
 

@@ -34,13 +34,13 @@ from worker_process import (
     wait_committed,
 )
 
-from agents.faults import STEPS
-from agents.kafka import ensure_topics
-from agents.produce import produce
+from agents.devtools.produce import produce
+from agents.worker.faults import STEPS
+from agents.worker.kafka import ensure_topics
 from pipeline.config import Settings
-from pipeline.events import EVENT_TYPES, EventDecoder, Rejection
-from pipeline.processor import Processor
-from pipeline.simulate import SimulationConfig, Simulator
+from pipeline.core.events import EVENT_TYPES, EventDecoder, Rejection
+from pipeline.core.processor import Processor
+from pipeline.sim.simulate import SimulationConfig, Simulator
 
 #: A killed worker's partitions move after this; the broker's minimum allowed is 6 s.
 SESSION_TIMEOUT_S = 6.0

@@ -27,14 +27,14 @@ from worker_process import (
     sum_samples,
 )
 
-from agents.kafka import admin_client, kafka_python_config, topic_max_message_bytes
-from agents.produce import produce, publish_catalog
-from agents.snapshots import snapshot_record_key
+from agents.devtools.produce import produce, publish_catalog
+from agents.worker.kafka import admin_client, kafka_python_config, topic_max_message_bytes
+from agents.worker.snapshots import snapshot_record_key
 from pipeline.config import Settings
-from pipeline.events import Event, encode_event, parse_ts
-from pipeline.schemas import validator
-from pipeline.simulate import SimulationConfig, Simulator
-from pipeline.snapshots import FORMAT_VERSION, MAGIC
+from pipeline.core.events import Event, encode_event, parse_ts
+from pipeline.serde.schemas import validator
+from pipeline.serde.snapshots import FORMAT_VERSION, MAGIC
+from pipeline.sim.simulate import SimulationConfig, Simulator
 
 HOSTILE_HEADER = b"[" * 3000
 SMALL_LIMIT = 65_536

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
 
-from agents.app import App
+from agents.worker.faust_patches import App
 
 PARTITIONS = 4
 
@@ -31,7 +31,7 @@ def end_offsets(bootstrap: str, topic: str) -> int:
 
 async def send_and_flush(bootstrap: str, topic_name: str, count: int) -> tuple[int, int]:
     """(messages not acknowledged after the flush, messages in the topic right after it)."""
-    app = App(f"flush-test-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}")
+    app = App(f"flush-test-{uuid.uuid4().hex[:8]}", broker=f"ottscore://{bootstrap}")
     topic = app.topic(
         topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )

@@ -17,8 +17,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from agents.app import App
-from agents.kafka import admin_client, partition_for
+from agents.worker.faust_patches import App
+from agents.worker.kafka import admin_client, partition_for
 
 LIMIT = 4096
 
@@ -54,7 +54,7 @@ def read_back(bootstrap: str, topic: str) -> dict[int, list[tuple[bytes, bytes]]
 
 
 async def send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], **kw: object):
-    app = App(f"refusals-test-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}")
+    app = App(f"refusals-test-{uuid.uuid4().hex[:8]}", broker=f"ottscore://{bootstrap}")
     producer = app.producer
     await producer.start()
     acknowledged: list[dict[int, int]] = []

@@ -23,8 +23,8 @@ import yaml
 from conftest import free_ports
 from worker_process import WorkerProcess
 
-from agents.produce import produce
-from pipeline.simulate import SimulationConfig, Simulator
+from agents.devtools.produce import produce
+from pipeline.sim.simulate import SimulationConfig, Simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"

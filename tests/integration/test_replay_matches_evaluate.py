@@ -7,9 +7,10 @@ from pathlib import Path
 from conftest import free_ports
 from worker_process import WorkerProcess, labelled, sum_samples
 
-from agents.produce import produce, read_jsonl_records
-from pipeline.evaluate import evaluate
-from pipeline.events import Event, encode_event
+from agents.devtools.produce import produce
+from pipeline.core.events import Event, encode_event
+from pipeline.offline.evaluate import evaluate
+from pipeline.serde.jsonl import read_jsonl_records
 
 
 def test_a_file_with_empty_and_malformed_lines_gives_the_same_counts_live_and_offline(

@@ -1,6 +1,6 @@
 """TLS and SASL on the real broker: SCRAM-SHA-512 over TLS, mutual TLS, and the worker on them.
 
-The module starts a broker of its own with :class:`~agents.broker.SecureListeners`: a new
+The module starts a broker of its own with :class:`~agents.devtools.broker.SecureListeners`: a new
 CA, broker and client certificate, and one SCRAM-SHA-512 user with a random password.
 """
 
@@ -20,11 +20,11 @@ from kafka.errors import KafkaTimeoutError
 from pydantic import SecretStr
 from worker_process import WorkerProcess, produce_all, read_topic
 
-from agents.broker import LocalKafka, SecureListeners
-from agents.kafka import admin_client, kafka_python_config
-from agents.tls import issue_certificates
+from agents.devtools.broker import LocalKafka, SecureListeners
+from agents.devtools.tls import issue_certificates
+from agents.worker.kafka import admin_client, kafka_python_config
 from pipeline.config import Settings
-from pipeline.simulate import SimulationConfig, Simulator
+from pipeline.sim.simulate import SimulationConfig, Simulator
 
 SCRAM_USER = "ottscore"
 

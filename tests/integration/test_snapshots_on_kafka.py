@@ -13,10 +13,10 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from river import compose, linear_model, preprocessing
 
-from agents.produce import make_producer
-from agents.snapshots import SnapshotWriter, latest_snapshot, snapshot_record_key
+from agents.devtools.produce import make_producer
+from agents.worker.metrics import Metrics
+from agents.worker.snapshots import SnapshotWriter, latest_snapshot, snapshot_record_key
 from pipeline.config import Settings
-from pipeline.metrics import Metrics
 
 KEY = "integration-test-snapshot-key"
 PROBES = [{"sessions": s, "watch_s": w} for s in (0, 3, 15) for w in (10.0, 2400.0)]
@@ -86,7 +86,7 @@ def test_newest_valid_snapshot_is_restored_and_forgeries_are_refused(
     assert value(metrics, "ottscore_snapshots_published_total") == 2
     assert value(metrics, "ottscore_snapshot_last_published_timestamp_seconds") > 0
 
-    with caplog.at_level(logging.WARNING, logger="agents.snapshots"):
+    with caplog.at_level(logging.WARNING, logger="agents.worker.snapshots"):
         restored = latest_snapshot(settings, 0, metrics=metrics)
 
     assert predictions(restored) == newest
@@ -96,7 +96,7 @@ def test_newest_valid_snapshot_is_restored_and_forgeries_are_refused(
         for reason in ("unsigned", "bad_signature", "malformed", "wrong_partition")
     }
     assert refused == {"unsigned": 1, "bad_signature": 1, "malformed": 0, "wrong_partition": 0}
-    warnings = [r.getMessage() for r in caplog.records if r.name == "agents.snapshots"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "agents.worker.snapshots"]
     assert len(warnings) == 2
     assert "unsigned" in warnings[0] and "bad_signature" in warnings[1]
     assert all(f"{settings.app_id}/p0" in w and settings.topic_models in w for w in warnings)

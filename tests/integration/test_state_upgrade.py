@@ -15,11 +15,11 @@ import orjson
 from conftest import free_ports
 from worker_process import WorkerProcess, latest_by_key, produce_all, read_topic
 
-from agents.kafka import create_topics, kafka_python_config, partition_for
-from agents.produce import produce
-from pipeline.events import Event, encode_event
-from pipeline.schemas import validator
-from pipeline.state_codec import decode, encode
+from agents.devtools.produce import produce
+from agents.worker.kafka import create_topics, kafka_python_config, partition_for
+from pipeline.core.events import Event, encode_event
+from pipeline.core.state_codec import decode, encode
+from pipeline.serde.schemas import validator
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "states-format-2.jsonl"
 BOUNDS = {"window_ms": 600_000, "max_ids": 32}

@@ -23,13 +23,13 @@ from worker_process import (
     wait_committed,
 )
 
-from agents.demo import scrape
-from agents.produce import produce
+from agents.devtools.demo import scrape
+from agents.devtools.produce import produce
 from pipeline.config import Settings
-from pipeline.events import Event, EventDecoder
-from pipeline.processor import Processor
-from pipeline.schemas import validator
-from pipeline.simulate import SimulationConfig, Simulator
+from pipeline.core.events import Event, EventDecoder
+from pipeline.core.processor import Processor
+from pipeline.serde.schemas import validator
+from pipeline.sim.simulate import SimulationConfig, Simulator
 
 #: Rejection reasons the accounting test must see at least once each.
 MALFORMED_REASONS = {

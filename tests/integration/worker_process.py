@@ -15,12 +15,12 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents import worker_process
-from agents.kafka import kafka_python_config, output_topics
-from agents.produce import make_producer
+from agents.devtools import worker_process
+from agents.devtools.produce import make_producer
+from agents.worker.kafka import kafka_python_config, output_topics
 from pipeline.config import Settings
-from pipeline.events import EventDecoder, Rejection
-from pipeline.processor import Processor
+from pipeline.core.events import EventDecoder, Rejection
+from pipeline.core.processor import Processor
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_decoder_matches_schema import JSON_VALUES
 
-from pipeline.catalog_items import CATALOG_REJECT_REASONS, CatalogItemRejected, catalog_item
 from pipeline.config import Settings
-from pipeline.processor import Processor
-from pipeline.schemas import validator
+from pipeline.core.catalog_items import CATALOG_REJECT_REASONS, CatalogItemRejected, catalog_item
+from pipeline.core.processor import Processor
+from pipeline.serde.schemas import validator
 
 SCHEMA = validator("catalog")
 GOOD = {"item_id": "film-1", "title": "Heat", "genres": ["Crime"], "duration_s": 10_200}

@@ -9,8 +9,13 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.records import DLQ_RECORD_OVERHEAD, MAX_DLQ_KEY_BYTES, dlq_record, reduced_dlq_record
-from pipeline.schemas import validator
+from pipeline.core.records import (
+    DLQ_RECORD_OVERHEAD,
+    MAX_DLQ_KEY_BYTES,
+    dlq_record,
+    reduced_dlq_record,
+)
+from pipeline.serde.schemas import validator
 
 DLQ = validator("dlq")
 MIB = 1_048_576

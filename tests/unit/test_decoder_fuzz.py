@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_decoder_matches_schema import SCHEMA, invalid_events, valid_events
 
-from pipeline.events import REJECT_REASONS, Event, EventDecoder, Rejection
+from pipeline.core.events import REJECT_REASONS, Event, EventDecoder, Rejection
 
 DECODER = EventDecoder()  # the worker's limits: 16 KiB, one day of clock skew
 EXAMPLES = 11_000

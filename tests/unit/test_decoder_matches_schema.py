@@ -12,7 +12,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.events import (
+from pipeline.core.events import (
     EVENT_TYPES,
     MAX_COUNT,
     MAX_SECONDS,
@@ -24,7 +24,7 @@ from pipeline.events import (
     encode_event,
     parse_ts,
 )
-from pipeline.schemas import load_schemas, registry, validator
+from pipeline.serde.schemas import load_schemas, registry, validator
 
 SCHEMA = validator("event")
 # The oversize and future-timestamp guards are not part of the schema: with this clock and

@@ -11,9 +11,10 @@ import pytest
 
 from agents.cli import main
 from pipeline.config import Settings
-from pipeline.evaluate import check_predictions, evaluate, read_event_file, read_jsonl
-from pipeline.events import Event, EventDecoder, encode_event, parse_ts
-from pipeline.simulate import SimulationConfig, Simulator, write_catalog, write_jsonl
+from pipeline.core.events import Event, EventDecoder, encode_event, parse_ts
+from pipeline.offline.evaluate import check_predictions, evaluate, read_event_file
+from pipeline.serde.jsonl import read_jsonl
+from pipeline.sim.simulate import SimulationConfig, Simulator, write_catalog, write_jsonl
 
 DESIGN_KEYS = {
     "events", "events_per_s", "dlq", "churn.samples", "churn.auc", "churn.logloss",

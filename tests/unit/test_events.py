@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from pipeline.config import Settings
-from pipeline.events import (
+from pipeline.core.events import (
     EVENT_TYPES,
     MAX_TS_MS,
     REJECT_REASONS,
@@ -21,7 +21,7 @@ from pipeline.events import (
     format_ts,
     parse_ts,
 )
-from pipeline.schemas import SCHEMA_BASE_URI, SCHEMAS_DIR, load_schemas, validator
+from pipeline.serde.schemas import SCHEMA_BASE_URI, SCHEMAS_DIR, load_schemas, validator
 
 NOW_S = 1_795_400_000.0  # 2026-11-23T02:13:20Z
 TS = "2026-11-22T20:15:03.120Z"

@@ -9,9 +9,9 @@ import pytest
 from river import reco
 
 from pipeline.config import Settings
-from pipeline.evaluate import evaluate
-from pipeline.movielens import import_movielens, read_ratings, river_progressive_errors
-from pipeline.reco import explicit_mf_params
+from pipeline.models.reco.recommender import explicit_mf_params
+from pipeline.offline.evaluate import evaluate
+from pipeline.offline.movielens import import_movielens, read_ratings, river_progressive_errors
 
 
 def write_u_data(directory: Path, *, ratings: int = 3_000, seed: int = 5) -> None:

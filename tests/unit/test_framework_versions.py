@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from agents.app import VERIFIED_VERSIONS, UnverifiedVersion, check_versions
+from agents.worker.faust_patches import VERIFIED_VERSIONS, UnverifiedVersion, check_versions
 
 #: ``ottscore worker`` in a process where faust-streaming reports another version.
 WORKER_ON_ANOTHER_FAUST = """
@@ -62,10 +62,21 @@ def test_one_partitioner_agrees_with_kafka_pythons_murmur2_for_any_key() -> None
     from hypothesis import strategies as st
     from kafka.partitioner.default import murmur2
 
-    from agents.kafka import partition_for
+    from agents.worker.kafka import partition_for
 
     @given(key=st.binary(min_size=1, max_size=64), partitions=st.integers(1, 64))
     def agrees(key: bytes, partitions: int) -> None:
         assert partition_for(key, partitions) == (murmur2(key) & 0x7FFFFFFF) % partitions
 
     agrees()
+
+
+def test_the_worker_broker_urls_name_the_transport_with_its_consumer_and_producer() -> None:
+    """Faust builds the consumer and producer from the transport its broker URL names."""
+    from agents.worker.faust_patches import App, Consumer, Producer, Transport
+    from agents.worker.kafka import faust_broker_settings
+    from pipeline.config import Settings
+
+    app = App("transport-test", **faust_broker_settings(Settings()))
+    assert type(app.transport) is Transport
+    assert type(app.consumer) is Consumer and type(app.producer) is Producer

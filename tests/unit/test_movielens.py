@@ -7,8 +7,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.events import EventDecoder, parse_ts
-from pipeline.movielens import import_movielens, read_catalog, read_ratings
+from pipeline.core.events import EventDecoder, parse_ts
+from pipeline.offline.movielens import import_movielens, read_catalog, read_ratings
 
 # (user, item, rating, unix time); out of time order, with ties at 881250949.
 RATINGS = [

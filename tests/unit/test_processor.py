@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
-from pipeline.dedupe import RecentIds
-from pipeline.events import Event
-from pipeline.processor import Processor
-from pipeline.simulate import SimulationConfig, Simulator
+from pipeline.core.dedupe import RecentIds
+from pipeline.core.events import Event
+from pipeline.core.processor import Processor
+from pipeline.sim.simulate import SimulationConfig, Simulator
 
 SETTINGS = Settings(churn_challenger="poisson")
 FAR_FUTURE = 4_102_444_800.0  # the wall clock only guards against future timestamps

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from test_decoder_matches_schema import JSON_FIELDS, JSON_VALUES
 
 from pipeline.config import Settings
-from pipeline.events import EVENT_TYPES, MAX_SECONDS, MAX_TS_MS, Event, encode_event
-from pipeline.processor import Processor
+from pipeline.core.events import EVENT_TYPES, MAX_SECONDS, MAX_TS_MS, Event, encode_event
+from pipeline.core.processor import Processor
 
 SETTINGS = Settings(session_gap_s=60, churn_horizon_s=3_600)
 NOW_S = MAX_TS_MS / 1_000  # no valid ts is in the future of this clock

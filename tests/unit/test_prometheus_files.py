@@ -20,7 +20,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from pipeline.metrics import OUTPUT_KINDS, Metrics, Tally
+from agents.worker.metrics import Metrics
+from pipeline.core.outputs import SCORED_KINDS
+from pipeline.core.tally import Tally
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -52,7 +54,7 @@ def populated_metrics() -> Metrics:
     tally.rejected.update(not_json=2)
     tally.published.update(churn=2, personalization=3, signal=1)
     metrics.add(tally)
-    for kind in OUTPUT_KINDS:
+    for kind in SCORED_KINDS:
         metrics.event_to_publish_latency.labels(kind).observe(0.2)
         metrics.ingest_to_publish_latency.labels(kind).observe(0.02)
     metrics.batch_duration.observe(0.004)

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import metrics
 
-from pipeline.events import parse_ts
-from pipeline.quality import LabelledPrediction, Prequential, exact_auc, log_loss
+from pipeline.core.events import parse_ts
+from pipeline.models.quality import LabelledPrediction, Prequential, exact_auc, log_loss
 
 
 def brute_force_auc(labels: list[int], scores: list[float]) -> float:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import linear_model, optim, preprocessing
 
-from pipeline.ranker import SignalRanker
+from pipeline.models.reco.ranker import SignalRanker
 
 NAMES = ("a", "b", "c")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from agents.worker.metrics import Metrics
 from pipeline.config import Settings
-from pipeline.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

@@ -16,10 +16,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.audience import DAY_MS
-from pipeline.catalog import GENRES, Catalog
-from pipeline.events import Event, EventDecoder, Rejection, encode_event
-from pipeline.simulate import (
+from pipeline.core.events import Event, EventDecoder, Rejection, encode_event
+from pipeline.sim.audience import DAY_MS
+from pipeline.sim.simulate import (
     MALFORMED_KINDS,
     SimulationConfig,
     Simulator,
@@ -27,6 +26,7 @@ from pipeline.simulate import (
     write_catalog,
     write_jsonl,
 )
+from pipeline.sim.synthetic_catalog import GENRES, Catalog
 
 # A clock far after the simulated period, so that no simulated event is "in the future".
 DECODER = EventDecoder(clock=lambda: 4_102_444_800.0)
@@ -72,7 +72,7 @@ def test_the_same_config_gives_the_same_bytes_and_another_seed_others() -> None:
 
 def test_the_bytes_do_not_depend_on_the_process_hash_seed() -> None:
     script = (
-        "import hashlib; from pipeline.simulate import Simulator, SimulationConfig; "
+        "import hashlib; from pipeline.sim.simulate import Simulator, SimulationConfig; "
         f"print(hashlib.sha256(b''.join(k + v for k, v in Simulator({NOISY!r}).records()))"
         ".hexdigest())"
     )

@@ -8,11 +8,11 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agents import app as worker_app
-from agents.health import Health
-from agents.snapshots import SnapshotWriter
+from agents.worker import ingest as worker_app
+from agents.worker.health import Health
+from agents.worker.metrics import Metrics
+from agents.worker.snapshots import SnapshotWriter
 from pipeline.config import Settings
-from pipeline.metrics import Metrics
 
 SLOW_READ_S = 0.5
 

@@ -8,18 +8,26 @@ import json
 import os
 import pickle
 import random
+import re
 import struct
 import sys
+import types
 from contextlib import AbstractContextManager
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from river import compose, linear_model, preprocessing, reco
 
-from pipeline.snapshots import (
+from pipeline.config import Settings
+from pipeline.core.processor import Processor
+from pipeline.models.churn import LogisticChurn
+from pipeline.models.partition import PartitionModels
+from pipeline.models.reco.recommender import Recommender
+from pipeline.serde.snapshots import (
     FORMAT_VERSION,
     MAGIC,
     MAX_SNAPSHOT_BYTES,
@@ -27,8 +35,10 @@ from pipeline.snapshots import (
     SnapshotHeader,
     SnapshotRefused,
     seal,
+    stored_as,
     unseal,
 )
+from pipeline.sim.simulate import SimulationConfig, Simulator
 
 KEY = b"0123456789abcdef0123456789abcdef"
 APP = "ottscore"
@@ -257,3 +267,73 @@ def test_a_signed_snapshot_that_no_longer_loads_is_refused_as_malformed(
     with pytest.raises(SnapshotRefused) as refused:
         unseal(data, key=KEY, app_id=APP, partition=0)
     assert refused.value.reason == "malformed"
+
+
+def same(a: object, b: object, path: str = "models") -> None:
+    """Assert ``a`` and ``b`` hold equal values all the way down (arrays, slots, dicts)."""
+    assert type(a) is type(b), path
+    if isinstance(a, np.ndarray):
+        assert np.array_equal(a, b, equal_nan=True), path
+    elif isinstance(a, np.random.Generator):
+        same(a.bit_generator.state, b.bit_generator.state, path)  # type: ignore[attr-defined]
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path  # type: ignore[call-overload]
+        for key in a:
+            same(a[key], b[key], f"{path}[{key!r}]")  # type: ignore[index]
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path  # type: ignore[arg-type]
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):  # type: ignore[call-overload]
+            same(x, y, f"{path}[{i}]")
+    elif hasattr(a, "__dict__") or hasattr(type(a), "__slots__"):
+        names = [n for cls in type(a).__mro__ for n in getattr(cls, "__slots__", ())]
+        fields = {n: getattr(a, n) for n in names if hasattr(a, n)} | getattr(a, "__dict__", {})
+        assert fields, path
+        for name, value in fields.items():
+            same(value, getattr(b, name), f"{path}.{name}")
+    else:
+        assert a == b or (a != a and b != b), path  # NaN equals NaN here
+
+
+def trained_partition_models() -> PartitionModels:
+    simulator = Simulator(SimulationConfig(users=40, days=15, seed=3))
+    processor = Processor(Settings())
+    processor.load_catalog(simulator.catalog())
+    for offset, (key, value) in enumerate(simulator.records()):
+        processor.process(value, key=key, partition=0, offset=offset)
+    return processor.models(0)
+
+
+def test_a_snapshot_names_our_classes_by_stable_name_never_by_module_path() -> None:
+    """Moving a module must not throw saved models away: no module of ours is in the pickle."""
+    models = trained_partition_models()
+    blob = sealed(models)
+    modules = {name for name in re.findall(rb"pipeline(?:\.\w+)+", blob)}
+    assert modules == {b"pipeline.serde.snapshots"}  # the one resolver of stable names
+    _, restored = unseal(blob, key=KEY, app_id=APP, partition=0)
+    same(restored, models)
+
+
+def test_a_snapshot_written_under_old_module_paths_restores_by_class_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Releases before stable names pickled ``<module path>.<class>``; the modules moved since."""
+    models = trained_partition_models()
+    gone = types.ModuleType("pipeline.gone")
+    monkeypatch.setitem(sys.modules, "pipeline.gone", gone)
+    for cls in (PartitionModels, LogisticChurn, Recommender):
+        setattr(gone, cls.__name__, cls)
+        monkeypatch.setattr(cls, "__module__", "pipeline.gone")
+    old_style = pickle.dumps(models, protocol=5)  # by module path, as releases before did
+    monkeypatch.undo()
+    assert b"pipeline.gone" in old_style and "pipeline.gone" not in sys.modules
+    header, _ = unseal(sealed(models), key=KEY, app_id=APP, partition=0)
+    fields = dataclasses.asdict(header) | {"payload_bytes": len(old_style)}
+    raw = json.dumps(fields).encode()
+    body = struct.pack(">7sBI", MAGIC, FORMAT_VERSION, len(raw)) + raw + old_style
+    _, restored = unseal(body + hmac.digest(KEY, body, "sha256"), key=KEY, app_id=APP, partition=0)
+    same(restored, models)
+
+
+def test_one_stable_name_names_one_class() -> None:
+    with pytest.raises(ValueError, match="already names"):
+        stored_as("PartitionModels")(type("Impostor", (), {}))

@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
-from pipeline.models import PartitionModels
-from pipeline.processor import Processor
-from pipeline.simulate import SimulationConfig, Simulator
-from pipeline.snapshots import unseal
-from pipeline.state import UserState
-from pipeline.state_codec import FORMAT, StateUnreadable, decode, encode
+from pipeline.core.processor import Processor
+from pipeline.core.state import UserState
+from pipeline.core.state_codec import FORMAT, StateUnreadable, decode, encode
+from pipeline.models.partition import PartitionModels
+from pipeline.serde.snapshots import unseal
+from pipeline.sim.simulate import SimulationConfig, Simulator
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BOUNDS = {"window_ms": 600_000, "max_ids": 32}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from river import optim, reco
 
-from pipeline.taste import TasteModel
+from pipeline.models.reco.taste import TasteModel
 
 K = 4
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.timers import EventTimeTimers
+from pipeline.core.timers import EventTimeTimers
 
 # a user's timers are on its partition, which its key decides
 PARTITION_OF = {"u1": 0, "u2": 0, "u3": 1, "u4": 1}

@@ -1,0 +1,1 @@
+"""Developer tools: the local broker, TLS material, the demo, replay and tail, the bench."""

@@ -1,0 +1,376 @@
+"""Throughput of ottscore and of its baselines over one synthetic workload, and state size.
+
+The figures of ``ottscore bench`` that count events per second (:mod:`agents.devtools.bench` puts
+them together): a bare aiokafka consumer, a hand-written kafka-python loop around the
+processor, the processor in-process, and real worker processes; plus the size of the
+user states a worker wrote to its changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition as AioTopicPartition
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from agents.devtools.produce import make_producer, publish_catalog
+from agents.devtools.worker_process import WorkerError, WorkerProcess, free_port
+from agents.worker.kafka import (
+    admin_client,
+    create_topics,
+    kafka_python_config,
+    output_topics,
+    partition_for,
+    send_batches,
+)
+from pipeline.config import Settings
+from pipeline.core.processor import Processor
+from pipeline.sim.simulate import SimulationConfig, Simulator
+
+__all__ = [
+    "Workload",
+    "WorkerRun",
+    "baseline_kafka_python_events_per_s",
+    "core_events_per_s",
+    "produce_fast",
+    "raw_aiokafka_events_per_s",
+    "run_workers",
+    "state_bytes_per_user",
+    "worker_settings",
+]
+
+EVENTS_PER_USER_DAY = 5.4
+"""Mean events a simulated viewer emits per day (see :mod:`pipeline.sim.simulate`)."""
+
+BATCH = 2000
+"""Records per batch of the in-process core run (the worker's default batch size)."""
+
+WRITE_BACK_EVERY = 10_000
+"""Records between two state write-backs of the core run: the worker writes back as it
+commits, which Faust does every 10,000 records acknowledged (``broker_commit_every``)
+or every 2.8 s, whichever comes first."""
+
+SEED = 7
+"""Seed of the workload's simulation."""
+
+_STARTUP_TIMEOUT_S = 180.0
+_STALL_TIMEOUT_S = 120.0
+_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A fixed synthetic workload: valid events in event-time order and the item catalog.
+
+    ``records`` are ``(user_id key, event)`` pairs ending no later than now, so that no
+    event is refused as stamped in the future.
+    """
+
+    records: list[tuple[bytes, bytes]]
+    catalog: list[dict[str, Any]]
+
+    @classmethod
+    def simulate(cls, *, events: int, users: int, items: int, seed: int = SEED) -> Workload:
+        """The first ``events`` records of a simulation of ``users`` viewers and ``items`` items."""
+        days = max(1.0, 1.3 * events / (users * EVENTS_PER_USER_DAY))
+        for _ in range(6):
+            simulator = Simulator(
+                SimulationConfig(
+                    users=users,
+                    days=days,
+                    seed=seed,
+                    catalog_size=items,
+                    start_ms=int((time.time() - days * 86_400) * 1000),
+                )
+            )
+            records = list(islice(simulator.records(), events))
+            if len(records) == events:
+                return cls(records, simulator.catalog())
+            days *= 2
+        raise ValueError(f"{users} users do not make {events} events in {days:g} days")
+
+
+def _partitioned(
+    records: Sequence[tuple[bytes, bytes]], partitions: int
+) -> Iterator[tuple[bytes, bytes, int, int]]:
+    """``(key, value, partition, offset)`` as Kafka's default partitioner would place them."""
+    offsets = [0] * partitions
+    for key, value in records:
+        partition = partition_for(key, partitions)
+        yield key, value, partition, offsets[partition]
+        offsets[partition] += 1
+
+
+def produce_fast(settings: Settings, records: Sequence[tuple[bytes, bytes]]) -> None:
+    """Send ``records`` to the events topic in whole aiokafka batches (before any timing).
+
+    ~10 times the rate of kafka-python's ``send`` per record, which the workers matched:
+    two workers kept up with it, so no backlog built up and the run timed the producer.
+    """
+    asyncio.run(_produce_fast(settings, records))
+
+
+async def _produce_fast(settings: Settings, records: Sequence[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(
+        **kafka_python_config(settings),
+        acks="all",
+        max_batch_size=1024 * 1024,
+        client_id="ottscore-bench-producer",
+    )
+    await producer.start()
+    try:
+        step = 50_000  # records in flight at once
+        for start in range(0, len(records), step):
+            sent = await send_batches(
+                producer, settings.topic_events, records[start : start + step]
+            )
+            await asyncio.gather(*(batch for batch, _ in sent))
+    finally:
+        await producer.stop()
+
+
+# --- measurements -----------------------------------------------------------------------
+
+
+def raw_aiokafka_events_per_s(settings: Settings, total: int) -> float:
+    """A bare aiokafka consumer reading the events topic from the start to its end."""
+    return asyncio.run(_raw_aiokafka(settings, total))
+
+
+async def _raw_aiokafka(settings: Settings, total: int) -> float:
+    consumer = AIOKafkaConsumer(
+        **kafka_python_config(settings), enable_auto_commit=False, client_id="ottscore-bench-raw"
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            AioTopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + _STALL_TIMEOUT_S + total / 1000
+        count = 0
+        started = time.perf_counter()
+        while count < total:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                count += len(records)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"aiokafka read {count} of {total} records in time")
+        return total / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+def baseline_kafka_python_events_per_s(
+    settings: Settings, catalog: list[dict[str, Any]], total: int
+) -> float:
+    """A hand-written kafka-python loop: process each record, publish outputs, write states."""
+    processor = Processor(settings)
+    processor.load_catalog(catalog)
+    topics = output_topics(settings)
+    states = f"{settings.app_id}-baseline-users"
+    create_topics(
+        kafka_python_config(settings),
+        [],
+        partitions=settings.topic_partitions,
+        compacted=[states],
+    )
+    consumer = KafkaConsumer(
+        **kafka_python_config(settings),
+        enable_auto_commit=False,
+        client_id="ottscore-bench-baseline",
+    )
+    producer = make_producer(settings, client_id="ottscore-bench-baseline")
+    try:
+        partitions = [
+            TopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)
+        ]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + _STALL_TIMEOUT_S + total / 100
+        count = 0
+        started = time.perf_counter()
+        while count < total:
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    processor.process(
+                        r.value,
+                        key=r.key,
+                        partition=r.partition,
+                        offset=r.offset,
+                        timestamp_ms=r.timestamp,
+                        topic=r.topic,
+                    )
+                count += len(records)
+            for out in processor.take_outbox():
+                producer.send(topics[out.kind], key=out.key, value=out.value)
+            for user_id, partition, data in processor.take_dirty():
+                producer.send(states, key=user_id.encode(), value=data, partition=partition)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"kafka-python processed {count} of {total} records in time")
+        producer.flush()
+        return total / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+        producer.close()
+
+
+def core_events_per_s(settings: Settings, workload: Workload) -> float:
+    """The processor in-process over the workload, as the worker runs it.
+
+    Outputs are taken every batch, states (serialised) every ``WRITE_BACK_EVERY`` records.
+    """
+    processor = Processor(settings)
+    processor.load_catalog(workload.catalog)
+    records = list(_partitioned(workload.records, settings.topic_partitions))
+    timestamp_ms = int(time.time() * 1000)
+    topic = settings.topic_events
+    process = processor.process
+    started = time.perf_counter()
+    for start in range(0, len(records), BATCH):
+        for key, value, partition, offset in records[start : start + BATCH]:
+            process(
+                value,
+                key=key,
+                partition=partition,
+                offset=offset,
+                timestamp_ms=timestamp_ms,
+                topic=topic,
+            )
+        processor.take_outbox()
+        if (start + BATCH) % WRITE_BACK_EVERY == 0 or start + BATCH >= len(records):
+            processor.take_dirty()
+    return len(records) / (time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    """What one run of :func:`run_workers` measured."""
+
+    app_id: str
+    events_per_s: float
+    records_received: int
+    peak_rss_bytes: int
+
+
+def worker_settings(settings: Settings, workdir: Path, index: int) -> Settings:
+    """``settings`` for worker ``index`` of a run: own data directory and free ports."""
+    return settings.model_copy(
+        update={
+            "data_dir": workdir / f"{settings.app_id}-{index}",
+            "metrics_port": free_port(),
+            "worker_web_port": free_port(),
+        }
+    )
+
+
+def _wait_for_group(settings: Settings, workers: Sequence[WorkerProcess]) -> None:
+    """Wait until every worker is a member of the app's consumer group and it is stable."""
+    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+    with admin_client(kafka_python_config(settings), timeout=10.0) as admin:
+        while True:
+            for worker in workers:
+                worker.metrics()  # raises if it exited
+            try:
+                group = admin.describe_groups([settings.app_id]).get(settings.app_id) or {}
+            except KafkaError:  # no coordinator yet (a new cluster creates its offsets topic)
+                group = {}
+            if group.get("group_state") == "Stable" and len(group["members"]) == len(workers):
+                return
+            if time.monotonic() > deadline:
+                tails = "\n".join(worker.log_tail() for worker in workers)
+                raise WorkerError(f"the workers did not form a stable group in time:\n{tails}")
+            time.sleep(0.5)
+
+
+def run_workers(settings: Settings, workload: Workload, *, count: int, workdir: Path) -> WorkerRun:
+    """Run ``count`` workers of one app over ``workload``, on topics of their own; time them.
+
+    The workers start on an empty events topic; once their consumer group is stable the
+    workload is produced at once (faster than they consume, so a backlog builds up) and
+    their metrics are polled every 0.1 s. The clock starts at the first poll in which every
+    worker has received records and stops at the first that shows the whole workload taken
+    in; the rate counts the records taken in between. Start-up, group join and production
+    are out of the window; the producer is idle while it runs.
+    """
+    publish_catalog(settings, workload.catalog)  # creates the topics; workers read it at start
+    total = len(workload.records)
+    app_id = settings.app_id
+    workers = [
+        WorkerProcess(worker_settings(settings, workdir, n), workdir / f"{app_id}-{n}.log")
+        for n in range(count)
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        _wait_for_group(settings, workers)
+        produce_fast(settings, workload.records)
+        start: tuple[float, float] | None = None
+        progress, progress_at = 0.0, time.monotonic()
+        while True:
+            time.sleep(_POLL_S)
+            each = [worker.records_new() for worker in workers]
+            taken, now = sum(each), time.monotonic()
+            if start is None and all(each):
+                start = (now, taken)
+            if taken >= total:
+                break
+            if taken > progress:
+                progress, progress_at = taken, now
+            if now - progress_at > _STALL_TIMEOUT_S:
+                tails = "\n".join(worker.log_tail() for worker in workers)
+                raise WorkerError(
+                    f"{count} worker(s) took {taken:.0f} of {total} records and then nothing "
+                    f"for {_STALL_TIMEOUT_S:g} s:\n{tails}"
+                )
+        if start is None or start[1] >= total:
+            raise WorkerError(
+                f"{count} worker(s) took the whole workload before it could be timed: make it "
+                "larger"
+            )
+        rate = (total - start[1]) / (now - start[0])
+        received = sum(
+            int(worker.metrics().get("ottscore_records_received_total", 0)) for worker in workers
+        )
+        peak = max(worker.peak_rss_bytes() for worker in workers)
+    finally:
+        for worker in workers:
+            worker.stop()
+    return WorkerRun(app_id, rate, received, peak)
+
+
+def state_bytes_per_user(settings: Settings, app_id: str) -> float:
+    """Mean size of the latest value of each key of the app's ``users`` changelog."""
+    topic = f"{app_id}-users-changelog"
+    consumer = KafkaConsumer(**kafka_python_config(settings), enable_auto_commit=False)
+    latest: dict[bytes, int] = {}
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            raise WorkerError(f"no changelog topic {topic}")
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + _STALL_TIMEOUT_S
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end")
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    if r.value is None:
+                        latest.pop(r.key, None)
+                    else:
+                        latest[r.key] = len(r.value)
+    finally:
+        consumer.close()
+    return statistics.fmean(latest.values()) if latest else math.nan

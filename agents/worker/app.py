@@ -1,0 +1,181 @@
+"""The Faust app of ottscore: topics, the changelog-backed user table and the ingest agent.
+
+Records of ``ott.events`` go from Faust's consumer to :class:`IngestWorker` a fetched
+batch at a time (:meth:`Consumer._drain_messages`), not through a Faust stream: the
+worker hands each to :class:`pipeline.core.processor.Processor` and publishes the batch's
+output records before the batch is acknowledged. User states are written to the ``users``
+table as the consumer commits (:meth:`Consumer._commit_tps`): every state changed since
+the last commit, once per user however many of its events came in between. Faust flushes
+its producer before it commits input offsets, so a committed offset always has its states
+and outputs durable in Kafka (at-least-once; a replay after a crash is recognised per
+user by its offset). The ``ingest`` agent subscribes the topic, so that Faust assigns its
+partitions together with the table's, and never receives a record itself.
+
+Run it with ``ottscore worker`` (or ``faust -A agents.worker.app worker``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from agents.worker.faust_patches import App, Refusal, Worker
+from agents.worker.health import Health, serve
+from agents.worker.ingest import IngestWorker, freeze_heap
+from agents.worker.kafka import faust_broker_settings, output_topics
+from agents.worker.metrics import Metrics
+from agents.worker.snapshots import SnapshotWriter
+from pipeline.config import Settings
+from pipeline.serde.snapshots import MAX_SNAPSHOT_BYTES
+
+__all__ = ["build_app", "logging_config"]
+
+log = logging.getLogger(__name__)
+
+
+def logging_config(settings: Settings) -> dict[str, Any] | None:
+    """Faust's logging set-up for ``settings.log_format``: None keeps Faust's text lines.
+
+    ``json`` writes one JSON object per line (python-json-logger) to stderr, with the
+    time, level, logger, process and message, plus the fields of any ``extra``.
+    """
+    if settings.log_format == "text":
+        return None
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {
+                "()": "pythonjsonlogger.json.JsonFormatter",
+                "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+                "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            }
+        },
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "root": {"handlers": ["stderr"], "level": "INFO"},
+    }
+
+
+def build_app(settings: Settings | None = None) -> faust.App:
+    """The ottscore Faust app for ``settings`` (read from the environment by default)."""
+    settings = settings or Settings()
+    app = App(
+        settings.app_id,
+        **faust_broker_settings(settings),
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        consumer_auto_offset_reset="earliest",
+        web_port=settings.worker_web_port,
+        web_bind=settings.worker_web_host,
+        producer_max_request_size=MAX_SNAPSHOT_BYTES + 64 * 1024,
+        logging_config=logging_config(settings),
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=settings.kafka_session_timeout_s / 10,
+        broker_max_poll_records=settings.batch_max_events,
+        producer_max_batch_size=1_000_000,  # a commit's states of a partition in one batch
+        Worker=Worker,
+    )
+    raw = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    events = app.topic(settings.topic_events, partitions=settings.topic_partitions, **raw)
+    topics = {kind: app.topic(name, **raw) for kind, name in output_topics(settings).items()}
+    table = app.Table(
+        "users",
+        key_type=bytes,  # bytes keys and values are written raw: user_id UTF-8, state bytes
+        value_type=bytes,
+        partitions=settings.topic_partitions,
+        help="Per-user state (pipeline.core.state.UserState bytes), keyed by user_id.",
+    )
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+
+    def send_snapshot(key: bytes, value: bytes, *, callback: Any, on_refused: Refusal) -> None:
+        producer = app.producer
+        producer.send_many(settings.topic_models, [(key, value)], callback, on_refused=on_refused)
+
+    snapshots = SnapshotWriter(
+        settings, topic_sender=send_snapshot, metrics=metrics, max_bytes=MAX_SNAPSHOT_BYTES
+    )
+    health = Health(stale_after_s=settings.health_stale_s, commit_stale_s=settings.commit_stale_s)
+    worker = IngestWorker(
+        settings, table=table, topics=topics, metrics=metrics, snapshots=snapshots, health=health
+    )
+    app.ottscore = worker  # type: ignore[attr-defined]
+
+    @app.agent(events, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        """Subscribe the input topic; its records reach the worker from :class:`Consumer`."""
+        async for event in stream:
+            message = event.message
+            raise RuntimeError(f"record {message.tp}@{message.offset} bypassed the Consumer")
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
+        await worker.prefetch_snapshots(
+            {tp.partition for tp in assigned if tp.topic == settings.topic_events}
+        )
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
+        worker.revoke({tp.partition for tp in revoked if tp.topic == settings.topic_events})
+        await app.producer.flush()  # the last snapshots are acknowledged before partitions move
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(app: faust.App, **_: Any) -> None:
+        worker.snapshot_now(set(worker._restored))  # Faust flushes the producer right after
+        await asyncio.to_thread(worker.catalog.close)
+
+    @app.timer(settings.catalog_refresh_s)
+    async def refresh() -> None:
+        worker.load_catalog(await asyncio.to_thread(worker.catalog.read))
+        worker.export_quality()
+
+    @app.timer(1.0)
+    async def beat() -> None:
+        health.beat()
+        if app.rebalancing or app.in_recovery:
+            health.set_ready(False, "rebalancing" if app.rebalancing else "recovering table")
+        elif app.tables.recovery.completed.is_set():
+            health.set_ready(True, "processing")
+        metrics.ready.set(1 if health.readiness()[0] else 0)
+
+    @app.timer(settings.lag_interval_s)
+    async def lag() -> None:
+        consumer = app.consumer
+        owned = [tp for tp in consumer.assignment() if tp.topic == settings.topic_events]
+        if owned and not (app.rebalancing or app.in_recovery):
+            ends = await consumer.highwaters(*owned)
+            still = {
+                tp.partition for tp in consumer.assignment() if tp.topic == settings.topic_events
+            }
+            if app.rebalancing or app.in_recovery:
+                return  # read across a rebalance: the next round is exact
+            worker.export_lag(
+                {tp.partition: end for tp, end in ends.items()},
+                {tp.partition: consumer._committed_offset.get(tp) for tp in owned},
+                still,
+            )
+
+    @app.task
+    async def prepare() -> None:
+        loop = asyncio.get_running_loop()
+        log.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
+        freeze_heap("start-up")
+        if settings.metrics_port:
+            serve(health, registry, host=settings.metrics_host, port=settings.metrics_port)
+            log.info(
+                "metrics on http://%s:%d/metrics (health: /healthz, /readyz)",
+                settings.metrics_host, settings.metrics_port,
+            )  # fmt: skip
+
+    return app

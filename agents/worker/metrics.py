@@ -1,0 +1,287 @@
+"""Prometheus metrics of ottscore, in base units, with no user or item ids in labels.
+
+The processing core counts in plain integers (:class:`~pipeline.core.tally.Tally`);
+:meth:`Metrics.add` moves a tally into the Prometheus counters once per batch, so the hot
+path pays a dictionary increment per event, not a labelled-counter lookup.
+
+Accounting identity, per worker process::
+
+    records_received = events_consumed (all types) + events_deduplicated
+                       + events_rejected (all reasons) + events_already_applied
+
+Examples
+--------
+>>> from prometheus_client import CollectorRegistry
+>>> m = Metrics(CollectorRegistry())
+>>> t = Tally()
+>>> t.received += 3; t.consumed["play"] += 2; t.rejected["not_json"] += 1
+>>> m.add(t)
+>>> m.registry.get_sample_value("ottscore_events_consumed_total", {"type": "play"})
+2.0
+>>> m.registry.get_sample_value("ottscore_records_received_total")
+3.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
+
+from pipeline.core.catalog_items import CATALOG_REJECT_REASONS
+from pipeline.core.events import EVENT_TYPES, REJECT_REASONS
+from pipeline.core.outputs import SCORED_KINDS
+from pipeline.core.tally import Tally
+from pipeline.serde.snapshots import REFUSAL_REASONS
+
+#: The kinds of record whose refusal for size the worker survives (``records_refused``).
+REFUSED_KINDS = ("dlq", "snapshot")
+
+__all__ = ["LATENCY_BUCKETS_S", "Metrics"]
+
+#: Event-time → publish spans from sub-second (live) to days (replays, session ends).
+LATENCY_BUCKETS_S = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    1800,
+    3600,
+    6 * 3600,
+    86_400,
+    7 * 86_400,
+)
+
+
+def _counter_of_each(
+    name: str, documentation: str, label: str, values: Iterable[str], registry: CollectorRegistry
+) -> PromCounter:
+    """A counter labelled ``label``, with every one of ``values`` exported from the start, at 0."""
+    counter = PromCounter(name, documentation, [label], registry=registry)
+    for value in values:
+        counter.labels(value)
+    return counter
+
+
+class Metrics:
+    """ottscore's metrics, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.records_received = PromCounter(
+            "ottscore_records_received_total",
+            "Input records read from the events topic, valid or not.",
+            registry=registry,
+        )
+        self.events_consumed = _counter_of_each(
+            "ottscore_events_consumed_total",
+            "Valid, new input events applied to state, by event type.",
+            "type",
+            EVENT_TYPES,
+            registry,
+        )
+        self.events_rejected = _counter_of_each(
+            "ottscore_events_rejected_total",
+            "Input records sent to the dead-letter topic, by reason.",
+            "reason",
+            REJECT_REASONS,
+            registry,
+        )
+        self.events_deduplicated = PromCounter(
+            "ottscore_events_deduplicated_total",
+            "Client retries dropped because their event_id was seen recently.",
+            registry=registry,
+        )
+        self.events_already_applied = PromCounter(
+            "ottscore_events_already_applied_total",
+            "Records re-read after a restart whose effect the state already holds.",
+            registry=registry,
+        )
+        self.scores_published = PromCounter(
+            "ottscore_scores_published_total",
+            "Output records published, by kind (churn, personalization, signal).",
+            ["kind"],
+            registry=registry,
+        )
+        self.sessions_closed = PromCounter(
+            "ottscore_sessions_closed_total",
+            "Sessions ended by the event-time watermark.",
+            registry=registry,
+        )
+        self.catalog_rejected = _counter_of_each(
+            "ottscore_catalog_items_rejected_total",
+            "Catalog items skipped because they do not validate against catalog.schema.json, "
+            "by reason.",
+            "reason",
+            CATALOG_REJECT_REASONS,
+            registry,
+        )
+        self.timer_errors = PromCounter(
+            "ottscore_timer_errors_total",
+            "Event-time timers (session ends, churn labels) skipped because they raised.",
+            registry=registry,
+        )
+        self.event_to_publish_latency = Histogram(
+            "ottscore_event_to_publish_latency_seconds",
+            "Wall-clock publish time minus the event time of the record's triggering event.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.ingest_to_publish_latency = Histogram(
+            "ottscore_ingest_to_publish_latency_seconds",
+            "Wall-clock publish time minus the Kafka timestamp of the triggering input record.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.batch_duration = Histogram(
+            "ottscore_batch_duration_seconds",
+            "Time to process one batch of input records, state write-back included.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.state_writes = PromCounter(
+            "ottscore_state_writes_total",
+            "User states written back to the changelog-backed table.",
+            registry=registry,
+        )
+        self.states_unreadable = PromCounter(
+            "ottscore_states_unreadable_total",
+            "Stored user states that could not be read on restore; those users start afresh.",
+            registry=registry,
+        )
+        self.commit_timeouts = PromCounter(
+            "ottscore_commit_timeouts_total",
+            "Commits abandoned after OTTSCORE_KAFKA_COMMIT_TIMEOUT_S (outputs or offsets not "
+            "acknowledged in time); each is tried again at the next interval.",
+            registry=registry,
+        )
+        self.last_commit = Gauge(
+            "ottscore_last_commit_timestamp_seconds",
+            "Wall-clock time of this worker's latest successful commit of input offsets.",
+            registry=registry,
+        )
+        self.users_cached = Gauge(
+            "ottscore_users_cached",
+            "User states held in memory by this worker.",
+            registry=registry,
+        )
+        self.timers_pending = Gauge(
+            "ottscore_timers_pending",
+            "Live event-time timers (open sessions, pending labels).",
+            registry=registry,
+        )
+        self.snapshots_published = PromCounter(
+            "ottscore_snapshots_published_total",
+            "Model snapshots acknowledged by the models topic.",
+            registry=registry,
+        )
+        self.snapshots_refused = _counter_of_each(
+            "ottscore_snapshots_refused_total",
+            "Model snapshots not loaded on restore, by reason "
+            "(unsigned, bad_signature, malformed, wrong_partition).",
+            "reason",
+            REFUSAL_REASONS,
+            registry,
+        )
+        self.records_refused = _counter_of_each(
+            "ottscore_records_refused_total",
+            "Records the broker refused for their size, by kind: dlq (sent again without "
+            "the original bytes) or snapshot (dropped; the previous snapshot stays).",
+            "kind",
+            REFUSED_KINDS,
+            registry,
+        )
+        self.snapshots_restored = PromCounter(
+            "ottscore_snapshots_restored_total",
+            "Partitions whose models were restored from a verified snapshot.",
+            registry=registry,
+        )
+        self.snapshot_seconds = Histogram(
+            "ottscore_snapshot_seconds",
+            "Time to pickle and sign one partition's models (blocks the worker meanwhile).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.snapshot_bytes = Gauge(
+            "ottscore_snapshot_bytes",
+            "Size of the latest model snapshot sealed, in bytes.",
+            registry=registry,
+        )
+        self.snapshot_last_published = Gauge(
+            "ottscore_snapshot_last_published_timestamp_seconds",
+            "Wall-clock time the latest model snapshot was acknowledged (Unix seconds).",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "ottscore_consumer_lag_records",
+            "Input records behind the end of each input partition this worker owns "
+            "(end offset minus the next offset to process).",
+            ["partition"],
+            registry=registry,
+        )
+        self.consumer_committed_lag = Gauge(
+            "ottscore_consumer_committed_lag_records",
+            "Input records after the group's committed offset of each input partition this "
+            "worker owns (end offset minus committed offset): what a crash would replay.",
+            ["partition"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "ottscore_worker_ready",
+            "1 while the worker owns recovered partitions and processes them, else 0 "
+            "(starting, rebalancing or recovering its table).",
+            registry=registry,
+        )
+
+        self.model_quality = Gauge(
+            "ottscore_model_quality",
+            "Prequential quality over each model's last 10,000 outcomes: metric is churn_auc "
+            "(exact), churn_logloss, hit_rate_at_10, mae or rmse; model the variant "
+            "(churn: logreg, tree, poisson; lists: personalized, or the trending baseline).",
+            ["metric", "model"],
+            registry=registry,
+        )
+
+        for kind in SCORED_KINDS:
+            self.scores_published.labels(kind)
+            self.event_to_publish_latency.labels(kind)
+            self.ingest_to_publish_latency.labels(kind)
+
+    def set_quality(self, rolling: dict[tuple[str, str], float]) -> None:
+        """Export :meth:`pipeline.models.quality.Prequential.rolling` (NaN values are skipped)."""
+        for (metric, model), value in rolling.items():
+            if value == value:
+                self.model_quality.labels(metric, model).set(value)
+
+    def add(self, tally: Tally) -> None:
+        """Add a batch's tally to the counters (the tally is left as it was)."""
+        self.records_received.inc(tally.received)
+        for event_type, n in tally.consumed.items():
+            self.events_consumed.labels(event_type).inc(n)
+        for reason, n in tally.rejected.items():
+            self.events_rejected.labels(reason).inc(n)
+        for kind, n in tally.published.items():
+            self.scores_published.labels(kind).inc(n)
+        if tally.deduplicated:
+            self.events_deduplicated.inc(tally.deduplicated)
+        if tally.already_applied:
+            self.events_already_applied.inc(tally.already_applied)
+        if tally.sessions_closed:
+            self.sessions_closed.inc(tally.sessions_closed)
+        if tally.timer_errors:
+            self.timer_errors.inc(tally.timer_errors)
+        for reason, n in tally.catalog_rejected.items():
+            self.catalog_rejected.labels(reason).inc(n)

@@ -1,0 +1,98 @@
+"""Personalisation per event: prequential hit-rate, learning from choices, top-K lists.
+
+:class:`Personalizer` is the part of the processor that turns a user's event into
+implicit feedback for the partition's
+:class:`~pipeline.models.reco.recommender.Recommender` and, when the user turns to another
+item, into a fresh top-K list (at most one per ``reco_debounce_s`` of event time). Before
+learning from a choice it scores the last list published for the user, and the trending
+list of the same moment, against it: the prequential hit-rate@K of the model and of the baseline.
+
+The "next item" of the hit-rate is the first click or play of an item other than the one
+the user was on: resuming the same film is not a choice, and a list computed after the
+click on an item is not credited for the play that follows it.
+"""
+
+from __future__ import annotations
+
+from pipeline.config import Settings
+from pipeline.core.events import Event
+from pipeline.core.records import personalization_record
+from pipeline.core.state import Step, UserState
+from pipeline.models.partition import PartitionModels
+from pipeline.models.quality import TRENDING, Prequential
+
+__all__ = ["Personalizer", "PERSONALIZED", "RECO_MODEL_VERSION"]
+
+PERSONALIZED = "personalized"
+RECO_MODEL_VERSION = "reco-ranker-1"
+
+
+class Personalizer:
+    """Hit-rate, learning and lists for the events of any partition's users."""
+
+    def __init__(self, settings: Settings, *, quality: Prequential) -> None:
+        self.k = settings.reco_k
+        self.quality = quality
+        self._debounce_ms = int(settings.reco_debounce_s * 1000)
+
+    def on_event(
+        self,
+        state: UserState,
+        models: PartitionModels,
+        event: Event,
+        step: Step,
+        previous: str | None,
+    ) -> bytes | None:
+        """Learn from an item event; returns a personalisation record when one is due."""
+        items = models.items
+        ts = event.ts_ms
+        if models.ratings is not None and event.rating is not None and event.item_id:
+            predicted = models.ratings.predict_one(state.user_id, event.item_id)
+            self.quality.rating(PERSONALIZED, predicted, event.rating, ts_ms=ts)
+            models.ratings.learn_one(state.user_id, event.item_id, event.rating)
+        recommender = models.recommender
+        if step.choice is not None:
+            if state.reco_at_ms:
+                self.quality.next_item(PERSONALIZED, step.choice in state.reco_items, ts_ms=ts)
+                self.quality.next_item(TRENDING, step.choice in state.trending_items, ts_ms=ts)
+            recommender.choose(
+                state.user_id,
+                items.index(step.choice),
+                previous=items.find(previous) if previous is not None else None,
+                genres=state.features.genre_affinity,
+                ts_ms=ts,
+            )
+        if step.playback_end is not None:
+            ended, fraction = step.playback_end
+            recommender.watched(state.user_id, items.index(ended), fraction)
+        due = ts - state.reco_at_ms >= self._debounce_ms
+        if due and (step.choice is not None or not state.reco_at_ms):
+            return self._list(state, models, ts)
+        return None
+
+    def _list(self, state: UserState, models: PartitionModels, ts_ms: int) -> bytes:
+        items = models.items
+        current = items.find(state.current_item) if state.current_item else None
+        exclude = [i for i in map(items.find, state.finished) if i is not None]
+        if current is not None:
+            exclude.append(current)
+        recommender = models.recommender
+        ranked = recommender.recommend(
+            state.user_id,
+            k=self.k,
+            previous=current,
+            genres=state.features.genre_affinity,
+            exclude=exclude,
+        )
+        trending = recommender.trending.top(self.k, exclude=exclude)
+        state.reco_at_ms = ts_ms
+        state.reco_items = [r.item_id for r in ranked]
+        state.trending_items = [items.ids[i] for i in trending]
+        return personalization_record(
+            state.user_id,
+            ts_ms,
+            items=[(r.item_id, r.score, r.reason) for r in ranked],
+            model_version=RECO_MODEL_VERSION,
+            segment=state.segment,
+            cold_start=not recommender.taste.knows(state.user_id),
+        )

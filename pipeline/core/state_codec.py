@@ -1,0 +1,360 @@
+"""Stored user states: a named, versioned format that every later release reads.
+
+A user state lives in the changelog and the local store between releases, so its format
+is a public API: fields are named, never positional; a release may add fields (with a
+default for states written before), never change what a name means. :func:`encode`
+writes the current format; :func:`decode` reads every format ever released:
+
+format 2 (until 2026-12)
+    a positional JSON array, floats packed as base64 float64; migrated on read.
+format 3
+    a JSON object of named fields; nested objects for the features and the pending
+    churn prediction. Their float vectors are packed (base64 of little-endian float64:
+    exact, and half the size of JSON text) under a named, versioned layout
+    (:data:`COUNTER_LAYOUTS`, :data:`CHURN_FEATURE_LAYOUTS`): a release that changes a
+    vector adds a layout, and every layout ever written stays readable.
+
+A field a newer release added is kept as it is (``UserState.extra``) and written back
+unchanged, so a rollback and a roll-forward lose nothing. A state that cannot be read
+(not JSON, a field of the wrong type) raises :class:`StateUnreadable` with a reason: the
+worker quarantines it and the user starts afresh, it never stops.
+
+Examples
+--------
+>>> from pipeline.core.state import UserState
+>>> state = UserState.new("u1", partition=2, window_ms=600_000, max_ids=32)
+>>> data = encode(state)
+>>> orjson.loads(data)["format"], orjson.loads(data)["partition"]
+(3, 2)
+>>> decode("u1", data, window_ms=600_000, max_ids=32) == state
+True
+>>> decode("u1", b'{"format": 3, "partition": "two"}', window_ms=600_000, max_ids=32)
+Traceback (most recent call last):
+...
+pipeline.core.state_codec.StateUnreadable: wrong_type: partition: expected int, got str
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import operator
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from pipeline.core.dedupe import RecentIds
+from pipeline.core.features import CHURN_FEATURES, UserFeatures, unpack_floats
+
+if TYPE_CHECKING:
+    from pipeline.core.state import PendingChurn, UserState
+
+__all__ = [
+    "CHURN_FEATURE_LAYOUTS",
+    "COUNTER_LAYOUTS",
+    "FORMAT",
+    "StateUnreadable",
+    "decode",
+    "encode",
+]
+
+FORMAT: Final = 3
+"""The format :func:`encode` writes."""
+
+
+class StateUnreadable(ValueError):
+    """A stored state no release can read, and why.
+
+    ``reason`` is ``not_json``, ``not_a_state``, ``unknown_format`` (older than any
+    release) or ``wrong_type``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --- field types ------------------------------------------------------------------------
+
+
+def _check(name: str, value: object, *kinds: type) -> Any:
+    if type(value) not in kinds:
+        expected = " or ".join(kind.__name__ for kind in kinds)
+        raise StateUnreadable(
+            "wrong_type", f"{name}: expected {expected}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _int(name: str, value: object) -> int:
+    return _check(name, value, int)  # type: ignore[no-any-return]
+
+
+def _float(name: str, value: object) -> float:
+    return float(_check(name, value, int, float))
+
+
+def _optional(read: Callable[[str, object], Any]) -> Callable[[str, object], Any]:
+    return lambda name, value: None if value is None else read(name, value)
+
+
+def _bool(name: str, value: object) -> bool:
+    return _check(name, value, bool)  # type: ignore[no-any-return]
+
+
+def _str(name: str, value: object) -> str:
+    return _check(name, value, str)  # type: ignore[no-any-return]
+
+
+def _list_of(read: Callable[[str, object], Any]) -> Callable[[str, object], list[Any]]:
+    return lambda name, value: [read(name, item) for item in _check(name, value, list)]
+
+
+def _dict_of(read: Callable[[str, object], Any]) -> Callable[[str, object], dict[str, Any]]:
+    def check(name: str, value: object) -> dict[str, Any]:
+        return {
+            _str(name, key): read(name, item) for key, item in _check(name, value, dict).items()
+        }
+
+    return check
+
+
+#: Every top-level field of format 3 but the nested ones: how to read it, and its value in
+#: a state written before the field existed (copied: a release adding a field adds it here).
+_SCALARS: dict[str, tuple[Callable[[str, object], Any], Any]] = {
+    "offset": (_int, -1),
+    "first_seen_ms": (_int, 0),
+    "last_seen_ms": (_int, 0),
+    "counts": (_list_of(_int), [0, 0, 0, 0]),
+    "sessions": (_int, 0),
+    "session_start_ms": (_optional(_int), None),
+    "session_events": (_int, 0),
+    "session_watch_s": (_float, 0.0),
+    "session_searched": (_bool, False),
+    "session_played": (_bool, False),
+    "watch_s": (_float, 0.0),
+    "playing_item": (_optional(_str), None),
+    "playing_position_s": (_float, 0.0),
+    "playing_since_ms": (_int, 0),
+    "playing_duration_s": (_optional(_float), None),
+    "current_item": (_optional(_str), None),
+    "clicked_item": (_optional(_str), None),
+    "finished": (_list_of(_str), []),
+    "risk_band": (_optional(_str), None),
+    "segment": (_optional(_int), None),
+    "reco_at_ms": (_int, 0),
+    "reco_items": (_list_of(_str), []),
+    "trending_items": (_list_of(_str), []),
+}
+#: The decayed counters of :class:`~pipeline.core.features.UserFeatures`, by layout number, in
+#: the order they are packed (``events_7d`` holds one count per event type).
+COUNTER_LAYOUTS: dict[int, tuple[str, ...]] = {
+    1: (
+        "sessions_7d", "sessions_28d", "events_7d", "events_7d", "events_7d", "events_7d",
+        "watch_s_7d", "completion_sum", "completion_n", "search_only_sessions", "clicks",
+        "clicks_played", "tv_events", "all_events", "gap_mean_days",
+    ),
+}  # fmt: skip
+COUNTER_LAYOUT: Final = 1
+#: The churn features of a pending prediction, by layout number, in the order packed.
+CHURN_FEATURE_LAYOUTS: dict[int, tuple[str, ...]] = {1: CHURN_FEATURES}
+CHURN_FEATURE_LAYOUT: Final = 1
+_NESTED = ("partition", "features", "recent_ids", "pending", "format")
+_get_scalars = operator.attrgetter(*_SCALARS)
+_KNOWN = frozenset(_SCALARS) | frozenset(_NESTED)
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def encode(state: UserState) -> bytes:
+    """The stored form of ``state``: format :data:`FORMAT`, named fields."""
+    pending = state.pending
+    features = state.features
+    record: dict[str, Any] = {
+        **state.extra,
+        "format": FORMAT,
+        "partition": state.partition,
+        **dict(zip(_SCALARS, _get_scalars(state), strict=True)),
+        "features": {
+            "at_ms": features.at_ms,
+            "previous_session_end_ms": features.previous_session_end_ms,
+            "genre_affinity": features.genre_affinity,
+            "counters": {
+                "layout": COUNTER_LAYOUT,
+                "f64": _pack(
+                    [
+                        features.sessions_7d,
+                        features.sessions_28d,
+                        *features.events_7d,
+                        features.watch_s_7d,
+                        features.completion_sum,
+                        features.completion_n,
+                        features.search_only_sessions,
+                        features.clicks,
+                        features.clicks_played,
+                        features.tv_events,
+                        features.all_events,
+                        features.gap_mean_days,
+                    ]
+                ),
+            },
+        },  # fmt: skip
+        "recent_ids": base64.b64encode(state.recent_ids.to_bytes()).decode("ascii"),
+        "pending": None
+        if pending is None
+        else {
+            "predicted_at_ms": pending.predicted_at_ms,
+            "last_seen_ms": pending.last_seen_ms,
+            "features": {"layout": CHURN_FEATURE_LAYOUT, "f64": _pack(pending.features)},
+            "probabilities": pending.probabilities,
+        },
+    }
+    return orjson.dumps(record)
+
+
+def _pack(values: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(values)}d", *values)).decode("ascii")
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def decode(user_id: str, data: bytes, *, window_ms: int, max_ids: int) -> UserState:
+    """Read a stored state of any released format (see the module docstring).
+
+    Raises
+    ------
+    StateUnreadable
+        When ``data`` is not a state any release wrote.
+    """
+    from pipeline.core.state import PendingChurn, UserState
+
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise StateUnreadable("not_json", str(exc)) from None
+    if type(obj) is list:
+        obj = _from_format_2(obj)
+    if type(obj) is not dict:
+        raise StateUnreadable("not_a_state", f"a JSON {type(obj).__name__}")
+    fmt = obj.get("format")
+    if type(fmt) is not int or fmt < 3:
+        raise StateUnreadable("unknown_format", f"format {fmt!r}")
+    try:
+        ids = RecentIds.from_bytes(
+            base64.b64decode(_str("recent_ids", obj.get("recent_ids", "")), validate=True),
+            window_ms=window_ms,
+            max_ids=max_ids,
+        )
+    except (binascii.Error, ValueError) as exc:
+        if isinstance(exc, StateUnreadable):
+            raise
+        raise StateUnreadable("wrong_type", f"recent_ids: {exc}") from None
+    values = {
+        name: read(name, obj[name]) if name in obj else copy.copy(default)
+        for name, (read, default) in _SCALARS.items()
+    }
+    return UserState(
+        user_id,
+        _int("partition", obj.get("partition")),
+        ids,
+        features=_features(_check("features", obj.get("features", {}), dict)),
+        pending=_pending(PendingChurn, obj.get("pending")),
+        extra={name: value for name, value in obj.items() if name not in _KNOWN},
+        **values,
+    )
+
+
+def _features(obj: dict[str, Any]) -> UserFeatures:
+    values: dict[str, Any] = {
+        "at_ms": _int("features.at_ms", obj.get("at_ms", 0)),
+        "previous_session_end_ms": _int(
+            "features.previous_session_end_ms", obj.get("previous_session_end_ms", 0)
+        ),
+        "genre_affinity": _dict_of(_float)(
+            "features.genre_affinity", obj.get("genre_affinity", {})
+        ),
+    }
+    if "counters" in obj:
+        names = _layout("features.counters", obj["counters"], COUNTER_LAYOUTS)
+        floats = _unpacked("features.counters", obj["counters"], len(names))
+        named = list(zip(names, floats, strict=True))
+        values["events_7d"] = [value for name, value in named if name == "events_7d"]
+        values |= {name: value for name, value in named if name != "events_7d"}
+    return UserFeatures(**values)
+
+
+def _layout(name: str, obj: object, layouts: dict[int, tuple[str, ...]]) -> tuple[str, ...]:
+    layout = _check(name, obj, dict).get("layout")
+    if layout not in layouts:
+        raise StateUnreadable("unknown_format", f"{name}: layout {layout!r}")
+    return layouts[layout]
+
+
+def _unpacked(name: str, obj: dict[str, Any], count: int) -> list[float]:
+    try:
+        floats = unpack_floats(_str(f"{name}.f64", obj.get("f64")))
+    except (binascii.Error, struct.error) as exc:
+        raise StateUnreadable("wrong_type", f"{name}.f64: {exc}") from None
+    if len(floats) != count:
+        raise StateUnreadable("wrong_type", f"{name}.f64: {len(floats)} floats, not {count}")
+    return floats
+
+
+def _pending(cls: type[PendingChurn], obj: object) -> PendingChurn | None:
+    if obj is None:
+        return None
+    fields = _check("pending", obj, dict)
+    names = _layout("pending.features", fields.get("features"), CHURN_FEATURE_LAYOUTS)
+    return cls(
+        _int("pending.predicted_at_ms", fields.get("predicted_at_ms")),
+        _int("pending.last_seen_ms", fields.get("last_seen_ms")),
+        _unpacked("pending.features", fields["features"], len(names)),
+        _dict_of(_float)("pending.probabilities", fields.get("probabilities")),
+    )
+
+
+# --- migrations -------------------------------------------------------------------------
+
+#: Format 2's positional layout: the name of each position (0 is the format number).
+_FORMAT_2 = (
+    "format", "partition", "offset", "first_seen_ms", "last_seen_ms", "counts", "sessions",
+    "session_start_ms", "session_events", "session_watch_s", "session_searched",
+    "session_played", "watch_s", "playing_item", "playing_position_s", "playing_since_ms",
+    "playing_duration_s", "current_item", "clicked_item", "finished", "features",
+    "recent_ids", "reco_at_ms", "pending", "risk_band", "segment", "reco_items",
+    "trending_items",
+)  # fmt: skip
+
+
+def _from_format_2(values: list[Any]) -> dict[str, Any]:
+    """Format 2 (positional array) as the named fields of format 3."""
+    if len(values) != len(_FORMAT_2) or values[0] != 2:
+        raise StateUnreadable(
+            "unknown_format", f"an array of {len(values)} fields starting {values[:1]!r}"
+        )
+    obj = dict(zip(_FORMAT_2, values, strict=True))
+    try:  # the packed floats of format 2 are layouts 1 of format 3
+        at_ms, previous_end_ms, packed, affinity = obj["features"]
+        obj["features"] = {
+            "at_ms": at_ms,
+            "previous_session_end_ms": previous_end_ms,
+            "genre_affinity": affinity,
+            "counters": {"layout": 1, "f64": packed},
+        }
+        if obj["pending"]:
+            predicted_at_ms, last_seen_ms, packed_x, probabilities = obj["pending"]
+            obj["pending"] = {"predicted_at_ms": predicted_at_ms, "last_seen_ms": last_seen_ms,
+                              "features": {"layout": 1, "f64": packed_x},
+                              "probabilities": probabilities}  # fmt: skip
+        else:
+            obj["pending"] = None
+    except (TypeError, ValueError) as exc:
+        raise StateUnreadable("wrong_type", f"format 2: {exc}") from None
+    obj["format"] = FORMAT
+    return obj

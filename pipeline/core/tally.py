@@ -1,0 +1,38 @@
+"""What the core did, in plain integers: the hot path counts here, the worker exports it.
+
+>>> t = Tally()
+>>> t.received += 2; t.consumed["play"] += 1; t.deduplicated += 1
+>>> t.received == sum(t.consumed.values()) + t.deduplicated
+True
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["Tally"]
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one batch did, in plain integers."""
+
+    received: int = 0
+    consumed: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    deduplicated: int = 0
+    already_applied: int = 0
+    published: Counter[str] = field(default_factory=Counter)
+    sessions_closed: int = 0
+    timer_errors: int = 0
+    catalog_rejected: Counter[str] = field(default_factory=Counter)
+
+    def clear(self) -> None:
+        """Zero every count."""
+        self.received = self.deduplicated = self.already_applied = self.sessions_closed = 0
+        self.timer_errors = 0
+        self.catalog_rejected.clear()
+        self.consumed.clear()
+        self.rejected.clear()
+        self.published.clear()

@@ -1,0 +1,410 @@
+"""Personalisation: online implicit-feedback ranking of all items, vectorised, with reasons.
+
+A :class:`Recommender` serves one partition. It learns, on every choice a user makes (the
+first click or play of an item other than the one they were on), from four signals that
+are each cheap to keep online:
+
+``popularity``
+    :class:`Trending`: time-decayed plays per item (3-day half-life in event time).
+``genre``
+    how much of the user's watch time went to the item's genres (from the catalog).
+``sequel``
+    :class:`Transitions`: how often viewers chose this item right after the user's
+    current one (the next episode, the film's sequel, what people binge next).
+``taste``
+    :class:`~pipeline.models.reco.taste.TasteModel`, River's ``BiasedMF`` over the item index in
+    numpy, trained on implicit feedback: a choice is 1, the watched fraction at the end
+    of a playback is its value, sampled unchosen items are 0.
+
+A :class:`~pipeline.models.reco.ranker.SignalRanker` (River's ``StandardScaler`` and
+``LogisticRegression`` as numpy vectors) learns how to weigh the four, from the chosen
+item against sampled unchosen ones, *before* the signals learn from the choice; the
+taste model learns from the same rows. Both learn a choice's rows in one vectorised step
+and are checked against River sample by sample (River's dictionaries cost ~18 µs per
+sample, five samples per choice). Ranking never makes a call per item: the signals are
+numpy arrays over the item index, combined with the ranker's coefficients in one
+vectorised expression (River's own ``rank`` loop measured ~60× slower for 1,000 items).
+Items nobody has chosen have no taste yet and score on the other signals.
+
+The reason given for an item is its signal with the largest weighted contribution:
+"because you watched <current item>" (sequel or taste), "because you like <genre>"
+(genre) or "trending in <genre>" (popularity). Cold-start users (no taste vector yet)
+get the same ranking with the taste signal at zero, which is trending tempered by genre.
+
+Examples
+--------
+>>> items = ItemIndex()
+>>> reco = Recommender(items, seed=1)
+>>> for i in range(30):   # everyone watches a1 then a2; b-items are rarely chosen
+...     u = f"u{i}"
+...     reco.choose(u, items.index("a1"), previous=None, genres=None, ts_ms=i * 60_000)
+...     reco.choose(u, items.index("a2"), previous=items.index("a1"), genres=None,
+...                 ts_ms=i * 60_000 + 1)
+...     reco.choose(u, items.index(f"b{i}"), previous=None, genres=None, ts_ms=i * 60_000 + 2)
+>>> top = reco.recommend("new-user", k=2, previous=items.index("a1"), genres=None,
+...                      exclude=[items.index("a1")])
+>>> top[0].item_id
+'a2'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from river import optim, reco
+
+from pipeline.models.reco.items import GrowableArray, ItemIndex
+from pipeline.models.reco.ranker import SignalRanker
+from pipeline.models.reco.taste import TasteModel
+from pipeline.serde.snapshots import stored_as
+
+__all__ = [
+    "explicit_mf_params",
+    "RATING_RANGE",
+    "Recommendation",
+    "Recommender",
+    "RatingModel",
+    "Trending",
+    "Transitions",
+]
+
+SIGNALS = ("popularity", "genre", "sequel", "taste")
+
+RATING_RANGE = (0.5, 5.0)
+
+
+def explicit_mf_params() -> dict[str, Any]:
+    """River's published ``BiasedMF`` set-up for MovieLens 100K (MAE 0.7486, RMSE 0.9479).
+
+    A function, because River's optimizers keep state: each model needs its own.
+
+    >>> reco.BiasedMF(**explicit_mf_params()).n_factors
+    10
+    """
+    return {
+        "n_factors": 10,
+        "bias_optimizer": optim.SGD(0.025),
+        "latent_optimizer": optim.SGD(0.05),
+        "weight_initializer": optim.initializers.Zeros(),
+        "latent_initializer": optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73),
+        "l2_bias": 0.0,
+        "l2_latent": 0.0,
+    }
+
+
+@stored_as("Recommendation")
+@dataclass(slots=True, frozen=True)
+class Recommendation:
+    """One ranked item."""
+
+    item_id: str
+    score: float
+    reason: str
+
+
+@stored_as("Trending")
+class Trending:
+    """Time-decayed popularity per item, kept without touching every item on each event.
+
+    A weight added at event time ``t`` is stored as ``w · 2^((t - t0) / half_life)``;
+    every item decays by the same factor, so the stored values rank items exactly as the
+    decayed ones do. When the exponent grows large the reference ``t0`` moves forward and
+    all values are rescaled once.
+
+    Values only grow (a rescale keeps their order), so the ``leaders`` (the
+    :data:`LEADERS` most popular items) are kept exactly by checking the one item that
+    grew: :meth:`top` ranks them instead of the whole catalog.
+
+    >>> items = ItemIndex()
+    >>> trending = Trending(items)
+    >>> for i, n in enumerate([3, 1, 2]):
+    ...     for _ in range(n):
+    ...         trending.add(items.index(f"m{i}"), 1.0, ts_ms=0)
+    >>> trending.top(2), trending.top(2, exclude=[0])
+    ([0, 2], [2, 1])
+    """
+
+    LEADERS = 64
+
+    def __init__(self, items: ItemIndex, *, half_life_ms: float = 3 * 86_400_000) -> None:
+        self.items = items
+        self.half_life_ms = half_life_ms
+        self._values = GrowableArray()
+        self._t0: int | None = None
+        self._leaders: list[int] = []  # the LEADERS largest values (all, while fewer are > 0)
+        self.total = 0.0  # sum of the stored values
+        self.version = 0  # counts the changes, for caches of derived values
+
+    def add(self, idx: int, weight: float, ts_ms: int) -> None:
+        """Add ``weight`` (> 0) to item ``idx`` at event time ``ts_ms``."""
+        if self._t0 is None:
+            self._t0 = ts_ms
+        exponent = (ts_ms - self._t0) / self.half_life_ms
+        if exponent > 40:
+            self._values.data *= 2.0**-exponent
+            self.total = float(self._values.data.sum())
+            self._t0, exponent = ts_ms, 0.0
+        values = self._values.ensure(idx)
+        added = weight * 2.0**exponent
+        values[idx] += added
+        self.total += added
+        self.version += 1
+        leaders = self._leaders
+        if idx in leaders:
+            return
+        if len(leaders) < self.LEADERS:
+            leaders.append(idx)
+            return
+        weakest = int(np.argmin(values[leaders]))
+        if values[idx] > values[leaders[weakest]]:
+            leaders[weakest] = idx
+
+    def values(self) -> np.ndarray:
+        """Popularity per item index (relative scale)."""
+        return self._values.view(len(self.items))
+
+    def top(self, k: int, *, exclude: Iterable[int] = ()) -> list[int]:
+        """Indices of the ``k`` most popular items, ``exclude`` left out."""
+        excluded = set(exclude)
+        candidates = [i for i in self._leaders if i not in excluded]
+        if len(candidates) >= k:  # every other item is at most as popular as these
+            order = np.argsort(-self._values.data[candidates], kind="stable")[:k]
+            return [candidates[i] for i in order]
+        scores = self.values().copy()
+        scores[[i for i in excluded if i < len(scores)]] = -1.0
+        return _top_k(scores, k)
+
+
+@stored_as("Transitions")
+class Transitions:
+    """Decayed counts of "chose B right after A", by A."""
+
+    def __init__(self, *, max_next: int = 64) -> None:
+        self.after: dict[int, dict[int, float]] = {}
+        self.max_next = max_next
+
+    def add(self, previous: int, chosen: int) -> None:
+        """Count one choice of ``chosen`` right after ``previous``."""
+        row = self.after.setdefault(previous, {})
+        row[chosen] = row.get(chosen, 0.0) + 1.0
+        if len(row) > self.max_next:  # keep the strongest: bounded memory per item
+            weakest = min(row, key=row.__getitem__)
+            del row[weakest]
+
+    def following(self, previous: int | None) -> dict[int, float]:
+        """Counts of the items chosen right after ``previous`` (empty when none or unknown)."""
+        return self.after.get(previous, {}) if previous is not None else {}
+
+
+@stored_as("Recommender")
+class Recommender:
+    """Top-K items for the users of one partition (see the module docstring)."""
+
+    def __init__(
+        self, items: ItemIndex, *, n_factors: int = 16, negatives: int = 4, seed: int = 0
+    ) -> None:
+        self.items = items
+        self.trending = Trending(items)
+        self.transitions = Transitions()
+        self.taste = TasteModel(n_factors=n_factors, seed=seed)
+        self.ranker = SignalRanker(len(SIGNALS))
+        self.negatives = negatives
+        self.rng = np.random.default_rng(seed)
+        self._uniforms = np.empty(0)  # drawn in blocks: one Generator call costs ~5 µs
+        self._popularity_cache: tuple[int, int, np.ndarray] | None = None
+
+    # --- signals ---------------------------------------------------------------------
+
+    def _signals(
+        self,
+        user_id: str,
+        rows: np.ndarray,
+        *,
+        previous: int | None,
+        genres: Mapping[str, float] | None,
+    ) -> np.ndarray:
+        """``(len(rows), 4)`` matrix of the raw signals of the items ``rows`` for this user."""
+        signals = np.zeros((len(rows), len(SIGNALS)))
+        signals[:, 0] = self._popularity()[rows]
+        if genres:
+            signals[:, 1] = self.items.genre_scores(self.items.genre_vector(genres), rows)
+        after = self.transitions.following(previous)
+        if after:
+            signals[:, 2] = np.log1p([after.get(int(row), 0.0) for row in rows])
+        if self.taste.knows(user_id):
+            signals[:, 3] = self.taste.scores(user_id, len(self.items), rows=rows)
+        return signals
+
+    def _scores(
+        self,
+        user_id: str,
+        coefficients: np.ndarray,
+        offset: float,
+        *,
+        previous: int | None,
+        genres: Mapping[str, float] | None,
+    ) -> np.ndarray:
+        """``coefficients · signals + offset`` of every item, without the signals matrix.
+
+        Each signal is added where it is non-zero: the popularity of every item, the
+        genres through their combinations, the taste factors through one matrix-vector
+        product, the transitions from the current item only for the items that followed it.
+        """
+        n = len(self.items)
+        scores = self._popularity() * coefficients[0]
+        scores += offset
+        if genres:
+            scores += self.items.genre_scores(self.items.genre_vector(genres) * coefficients[1])
+        for chosen, count in self.transitions.following(previous).items():
+            if chosen < n:
+                scores[chosen] += math.log1p(count) * coefficients[2]
+        if self.taste.knows(user_id):
+            scores += self.taste.scores(user_id, n, weight=coefficients[3])
+        return scores
+
+    def _popularity(self) -> np.ndarray:
+        """The popularity signal ``log1p(popularity · items / total)`` of every item.
+
+        0 while nothing was chosen. Computed once per change of the trending counts or
+        of the catalog (several lists in a row share it); treat it as read-only.
+        """
+        trending = self.trending
+        n = len(self.items)
+        cached = self._popularity_cache
+        if cached is not None and cached[0] == trending.version and cached[1] == n:
+            return cached[2]
+        if trending.total > 0:
+            signal = trending.values() * (n / trending.total)
+            np.log1p(signal, out=signal)
+        else:
+            signal = np.zeros(n)
+        self._popularity_cache = (trending.version, n, signal)
+        return signal
+
+    # --- learning --------------------------------------------------------------------
+
+    def choose(
+        self,
+        user_id: str,
+        idx: int,
+        *,
+        previous: int | None,
+        genres: Mapping[str, float] | None,
+        ts_ms: int,
+    ) -> None:
+        """Learn from a choice: ``user_id`` went for item ``idx`` after item ``previous``.
+
+        The ranker learns the chosen item against ``negatives`` sampled unchosen ones
+        before the signals learn from the choice; the taste model learns the same rows
+        (1 for the choice, 0 for the others).
+        """
+        n = len(self.items)
+        rows = np.array([idx])
+        if n > 1:
+            sampled = self._sample(n)
+            rows = np.concatenate((rows, sampled[sampled != idx]))
+            signals = self._signals(user_id, rows, previous=previous, genres=genres)
+            self.ranker.learn(signals, rows == idx)
+        targets = np.zeros(len(rows))
+        targets[0] = 1.0
+        self.taste.learn(user_id, rows, targets)
+        if previous is not None and previous != idx:
+            self.transitions.add(previous, idx)
+        self.trending.add(idx, 1.0, ts_ms)
+
+    def _sample(self, n: int) -> np.ndarray:
+        """``negatives`` item indices drawn uniformly from ``range(n)``."""
+        if len(self._uniforms) < self.negatives:
+            self._uniforms = self.rng.random(1024 * self.negatives)
+        drawn, self._uniforms = self._uniforms[: self.negatives], self._uniforms[self.negatives :]
+        return (drawn * n).astype(np.intp)
+
+    def watched(self, user_id: str, idx: int, fraction: float) -> None:
+        """Learn from the end of a playback that reached ``fraction`` of the item."""
+        self.taste.learn_one(user_id, idx, min(max(fraction, 0.0), 1.0))
+
+    # --- ranking ---------------------------------------------------------------------
+
+    def recommend(
+        self,
+        user_id: str,
+        *,
+        k: int,
+        previous: int | None,
+        genres: Mapping[str, float] | None,
+        exclude: Iterable[int] = (),
+    ) -> list[Recommendation]:
+        """The ``k`` best items for ``user_id`` with reasons, ``exclude`` left out."""
+        if not len(self.items):
+            return []
+        coefficients, offset = self.ranker.linear()
+        scores = self._scores(user_id, coefficients, offset, previous=previous, genres=genres)
+        scores[list(exclude)] = -np.inf
+        top = np.array(_top_k(scores, k), dtype=np.intp)
+        top = top[np.isfinite(scores[top])]
+        if not len(top):
+            return []
+        signals = self._signals(user_id, top, previous=previous, genres=genres)
+        strongest = np.argmax((signals - self.ranker.means) * coefficients, axis=1).tolist()
+        ids = self.items.ids
+        return [
+            Recommendation(ids[i], score, self._reason(i, s, previous))
+            for i, score, s in zip(top.tolist(), scores[top].tolist(), strongest, strict=True)
+        ]
+
+    def _reason(self, idx: int, signal: int, previous: int | None) -> str:
+        strongest = SIGNALS[int(signal)]
+        if strongest in ("sequel", "taste") and previous is not None:
+            return f"because you watched {self.items.title(previous)}"
+        if strongest == "genre" and self.items.genres(idx):
+            return f"because you like {self.items.genres(idx)[0]}"
+        return self._trending_reason(idx)
+
+    def _trending_reason(self, idx: int) -> str:
+        genres = self.items.genres(idx)
+        return f"trending in {genres[0]}" if genres else "trending now"
+
+
+@stored_as("RatingModel")
+class RatingModel:
+    """Explicit feedback: River ``BiasedMF`` with River's published MovieLens set-up."""
+
+    def __init__(self) -> None:
+        self.mf = reco.BiasedMF(**explicit_mf_params())
+
+    def predict_one(self, user_id: str, item_id: str) -> float:
+        """Predicted rating, clipped to :data:`RATING_RANGE` (as River's evaluation clips)."""
+        low, high = RATING_RANGE
+        return min(max(self.mf.predict_one(user_id, item_id), low), high)
+
+    def learn_one(self, user_id: str, item_id: str, rating: float) -> None:
+        """Learn one observed rating."""
+        self.mf.learn_one(user_id, item_id, rating)
+
+
+def _top_k(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the ``k`` largest scores, best first (ties by index).
+
+    The ``k``-th largest of an evenly strided sample of ~64·k scores is at most the
+    ``k``-th largest of all, so every score above it is a candidate and the top ``k`` are
+    among them: sorting ~64·k candidates replaces partitioning every item (~4× faster at
+    5,000 items).
+
+    >>> _top_k(np.array([0.5, 3.0, -np.inf, 2.0, 3.0]), 3)
+    [1, 4, 3]
+    """
+    n = len(scores)
+    if n <= k:
+        return np.argsort(-scores, kind="stable").tolist()
+    sample = scores[:: max(1, n // (64 * k))]
+    if len(sample) > k:
+        threshold = np.partition(sample, len(sample) - k)[len(sample) - k]
+        candidates = np.flatnonzero(scores >= threshold)
+    else:
+        candidates = np.arange(n)
+    order = np.argsort(-scores[candidates], kind="stable")[:k]
+    return candidates[order].tolist()

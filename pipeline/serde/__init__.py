@@ -1,0 +1,1 @@
+"""What ottscore reads and writes outside the process: snapshots, JSONL files, schemas."""
