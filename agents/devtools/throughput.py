@@ -34,7 +34,8 @@ from agents.worker.kafka import (
     send_batches,
 )
 from pipeline.config import Settings
-from pipeline.core.processor import Processor
+from pipeline.core.processor import Output, Processor
+from pipeline.offline.runner import drive
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
 __all__ = [
@@ -51,9 +52,6 @@ __all__ = [
 
 EVENTS_PER_USER_DAY = 5.4
 """Mean events a simulated viewer emits per day (see :mod:`pipeline.sim.simulate`)."""
-
-BATCH = 2000
-"""Records per batch of the in-process core run (the worker's default batch size)."""
 
 WRITE_BACK_EVERY = 10_000
 """Records between two state write-backs of the core run: the worker writes back as it
@@ -191,6 +189,15 @@ def baseline_kafka_python_events_per_s(
         client_id="ottscore-bench-baseline",
     )
     producer = make_producer(settings, client_id="ottscore-bench-baseline")
+
+    def publish(outputs: Sequence[Output]) -> None:
+        for out in outputs:
+            producer.send(topics[out.kind], key=out.key, value=out.value)
+
+    def write(changed: Sequence[tuple[str, int, bytes]]) -> None:
+        for user_id, partition, data in changed:
+            producer.send(states, key=user_id.encode(), value=data, partition=partition)
+
     try:
         partitions = [
             TopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)
@@ -201,21 +208,14 @@ def baseline_kafka_python_events_per_s(
         count = 0
         started = time.perf_counter()
         while count < total:
-            for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    processor.process(
-                        r.value,
-                        key=r.key,
-                        partition=r.partition,
-                        offset=r.offset,
-                        timestamp_ms=r.timestamp,
-                        topic=r.topic,
-                    )
-                count += len(records)
-            for out in processor.take_outbox():
-                producer.send(topics[out.kind], key=out.key, value=out.value)
-            for user_id, partition, data in processor.take_dirty():
-                producer.send(states, key=user_id.encode(), value=data, partition=partition)
+            polled = [
+                (r.key, r.value, r.partition, r.offset, r.timestamp)
+                for records in consumer.poll(timeout_ms=500).values()
+                for r in records
+            ]
+            drive(processor, polled, batch=len(polled) or 1, topic=settings.topic_events,
+                  outputs=publish, states=write)  # fmt: skip
+            count += len(polled)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"kafka-python processed {count} of {total} records in time")
         producer.flush()
@@ -232,25 +232,20 @@ def core_events_per_s(settings: Settings, workload: Workload) -> float:
     """
     processor = Processor(settings)
     processor.load_catalog(workload.catalog)
-    records = list(_partitioned(workload.records, settings.topic_partitions))
     timestamp_ms = int(time.time() * 1000)
-    topic = settings.topic_events
-    process = processor.process
-    started = time.perf_counter()
-    for start in range(0, len(records), BATCH):
-        for key, value, partition, offset in records[start : start + BATCH]:
-            process(
-                value,
-                key=key,
-                partition=partition,
-                offset=offset,
-                timestamp_ms=timestamp_ms,
-                topic=topic,
-            )
-        processor.take_outbox()
-        if (start + BATCH) % WRITE_BACK_EVERY == 0 or start + BATCH >= len(records):
-            processor.take_dirty()
-    return len(records) / (time.perf_counter() - started)
+    records = [
+        (key, value, partition, offset, timestamp_ms)
+        for key, value, partition, offset in _partitioned(
+            workload.records, settings.topic_partitions
+        )
+    ]
+    run = drive(
+        processor,
+        records,
+        topic=settings.topic_events,
+        write_back_every=WRITE_BACK_EVERY,
+    )
+    return run.events_per_s
 
 
 @dataclass(frozen=True)

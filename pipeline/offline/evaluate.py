@@ -14,9 +14,9 @@ sees them increase.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
-import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ from pipeline.core.events import Event, EventDecoder, parse_ts
 from pipeline.core.personalize import PERSONALIZED
 from pipeline.core.processor import Processor
 from pipeline.models.quality import TRENDING, LabelledPrediction
+from pipeline.offline.runner import drive
 from pipeline.serde.jsonl import jsonl_lines, read_jsonl
 
 __all__ = [
@@ -167,26 +168,17 @@ def _line_writer(out: IO[bytes]) -> Callable[[LabelledPrediction], None]:
 
 def _run(processor: Processor, events: EventFile, *, progress: bool) -> float:
     """Process every record; return the seconds spent processing."""
-    records, keys = events.records, events.keys
-    process = processor.process
-    elapsed_s = 0.0
+    zero = itertools.repeat(0)
+    records = zip(events.keys, events.records, zero, itertools.count(), zero, strict=False)
     with tqdm(
-        total=len(records),
+        total=len(events.records),
         unit="ev",
         unit_scale=True,
         file=sys.stderr,
         disable=not progress,
         desc="evaluate",
     ) as bar:
-        for start in range(0, len(records), _CHUNK):
-            stop = min(start + _CHUNK, len(records))
-            started = time.perf_counter()
-            for offset in range(start, stop):
-                process(records[offset], key=keys[offset], partition=0, offset=offset)
-            processor.take_outbox()
-            elapsed_s += time.perf_counter() - started
-            bar.update(stop - start)
-    return elapsed_s
+        return drive(processor, records, batch=_CHUNK, progress=bar.update).seconds
 
 
 def plot_series(

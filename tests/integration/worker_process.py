@@ -7,7 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import orjson
@@ -20,7 +20,8 @@ from agents.devtools.produce import make_producer
 from agents.worker.kafka import kafka_python_config, output_topics
 from pipeline.config import Settings
 from pipeline.core.events import EventDecoder, Rejection
-from pipeline.core.processor import Processor
+from pipeline.core.processor import Output, Processor
+from pipeline.offline.runner import drive
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -182,20 +183,20 @@ def score_identity(kind: str, value: bytes) -> tuple[str, str, str]:
 
 def reference_run(settings: Settings) -> tuple[dict[str, bytes], set[tuple[str, str, str]]]:
     """User states and score identities of one uninterrupted in-process run over the input."""
-    processor = Processor(settings)
     scores: set[tuple[str, str, str]] = set()
-    for record in read_topic(settings, settings.topic_events):
-        processor.process(
-            record.value,
-            key=record.key,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp_ms=record.timestamp,
-        )
-        for out in processor.take_outbox():
-            if out.kind in SCORED_KINDS:
-                scores.add(score_identity(out.kind, out.value))
-    return {user: data for user, _, data in processor.take_dirty()}, scores
+    states: dict[str, bytes] = {}
+
+    def score(outputs: Sequence[Output]) -> None:
+        scores.update(score_identity(o.kind, o.value) for o in outputs if o.kind in SCORED_KINDS)
+
+    records = read_topic(settings, settings.topic_events)
+    drive(
+        Processor(settings),
+        ((r.key, r.value, r.partition, r.offset, r.timestamp) for r in records),
+        outputs=score,
+        states=lambda changed: states.update((user, data) for user, _, data in changed),
+    )
+    return states, scores
 
 
 def published_scores(settings: Settings) -> list[tuple[str, str, str]]:

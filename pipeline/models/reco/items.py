@@ -65,9 +65,13 @@ class ItemIndex:
         return found
 
     def add_catalog_item(self, item: Mapping[str, Any]) -> int:
-        """Add or update an item from a catalog record ``{item_id, title, genres, duration_s}``."""
+        """Add or update an item from a catalog record ``{item_id, title, genres, duration_s}``.
+
+        The record is one :func:`pipeline.core.catalog_items.catalog_item` validated (its
+        genres lower-cased there, once); it is taken as it is.
+        """
         item_id = str(item["item_id"])
-        genres = tuple(str(g).lower() for g in item.get("genres") or ())
+        genres = tuple(item.get("genres") or ())
         duration = item.get("duration_s")
         found = self._index.get(item_id)
         if found is None:
