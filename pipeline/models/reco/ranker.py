@@ -8,7 +8,7 @@ converting dictionaries. The recommender learns five rows per choice; through Ri
 dictionaries that was ~70 µs per choice.
 
 Learning one row is exactly River's ``scaler.learn_one(x)`` then
-``model.learn_one(scaler.transform_one(x), y)`` (``tests/unit/test_ranker.py`` checks it
+``model.learn_one(scaler.transform_one(x), y)`` (``tests/unit/models/test_ranker.py`` checks it
 against River). Several rows are the minibatch form: the scaler learns them all (its
 running mean and variance merged exactly, as one at a time would give), then every
 row's gradient is taken at the current weights and summed.

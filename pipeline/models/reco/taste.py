@@ -7,7 +7,7 @@ sampled negatives is one vectorised step and ranking every item is one matrix-ve
 product. River's ``learn_one`` updates dictionaries one sample at a time (~18 µs per
 sample here); the recommender learns five samples per choice and one per playback end.
 
-Learning one sample is exactly River's ``learn_one`` (``tests/unit/test_taste.py``
+Learning one sample is exactly River's ``learn_one`` (``tests/unit/models/test_taste.py``
 checks it against ``river.reco.BiasedMF``). Learning several at once is the minibatch
 form of the same step: every gradient is taken at the current parameters, and the
 user's gradients are summed, as several ``learn_one`` calls would add them.

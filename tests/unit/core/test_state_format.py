@@ -21,7 +21,7 @@ from pipeline.models.partition import PartitionModels
 from pipeline.serde.snapshots import unseal
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 BOUNDS = {"window_ms": 600_000, "max_ids": 32}
 
 
