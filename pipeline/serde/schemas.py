@@ -2,8 +2,9 @@
 
 The schemas are the contract clients read; the hot path enforces the input contract with
 :class:`pipeline.core.events.EventDecoder` instead, and tests hold the two to the same verdict.
-``jsonschema`` (the ``test`` extra, with its ``format`` extra for date-time checks) is
-imported only when a validator is asked for, so the runtime never needs it.
+``jsonschema`` (with its ``format`` extra for date-time checks) validates what is rare and
+untrusted at run time, such as experiment definitions; it is imported only when a
+validator is asked for.
 
 Examples
 --------
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +32,14 @@ if TYPE_CHECKING:
 
 __all__ = ["SCHEMAS_DIR", "SCHEMA_BASE_URI", "load_schemas", "registry", "validator"]
 
-SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
-"""Directory of the ``*.schema.json`` files."""
+_IN_REPOSITORY = Path(__file__).resolve().parents[2] / "schemas"
+#: Directory of the ``*.schema.json`` files: the repository's ``schemas/``, or where an
+#: installed package put them (``[tool.setuptools.data-files]`` in ``pyproject.toml``).
+SCHEMAS_DIR = (
+    _IN_REPOSITORY
+    if _IN_REPOSITORY.is_dir()
+    else Path(sys.prefix) / "share" / "ottscore" / "schemas"
+)
 
 SCHEMA_BASE_URI = "https://ottscore.dev/schemas/"
 """Base of every schema's ``$id``: ``SCHEMA_BASE_URI + "<name>.schema.json"``."""
