@@ -1,4 +1,4 @@
-"""The ``ottscore`` command line: worker, broker, simulate, replay, evaluate, import, tail, demo."""
+"""The ``ottscore`` command line: worker, broker, simulate, replay, evaluate, experiment, bench."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     # a dead-letter topic created before (or by someone else) may take less than configured
     app.ottscore.limit_dead_letters(topic_max_message_bytes(settings, settings.topic_dlq))
     app.ottscore.load_catalog(app.ottscore.catalog.read())  # the refreshes read what changed
+    app.ottscore.load_experiments(app.ottscore.experiment_definitions.read())
     sys.argv = ["ottscore", "worker", "--loglevel", args.loglevel]
     app.main()
     return 0  # pragma: no cover - app.main() exits
@@ -129,6 +130,32 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from agents.devtools.demo import run_demo
 
     return run_demo(settings, users=args.users, rate=args.rate, bad_rate=args.bad_rate)
+
+
+def _experiment(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from agents.experiments import create, defined, format_table, stop
+    from pipeline.experiments.definition import DefinitionRefused
+
+    try:
+        if args.action == "create":
+            text = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
+            experiment = create(settings, text)
+            print(f"experiment {experiment.id} published to {settings.topic_experiments}")
+        elif args.action == "stop":
+            experiment = stop(settings, args.id, at=args.at)
+            print(f"experiment {experiment.id} stops at {args.at or 'now'}")
+        else:
+            experiments = [known.experiment for known in defined(settings).values()]
+            print(format_table(experiments, now_ms=int(time.time() * 1000)))
+    except DefinitionRefused as refused:
+        print(f"ottscore experiment: refused: {refused}", file=sys.stderr)
+        return 2
+    except KeyError as missing:
+        print(f"ottscore experiment: no experiment {missing} on the topic", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -234,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=2000.0, help="records per second")
     demo.add_argument("--bad-rate", type=float, default=0.01)
     demo.set_defaults(func=_demo)
+
+    experiment = sub.add_parser("experiment", help="define, list and stop A/B experiments")
+    actions = experiment.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="check a definition and publish it")
+    create.add_argument("file", type=Path, help="the JSON definition; - reads standard input")
+    actions.add_parser("list", help="the experiments on the topic, with their state now")
+    stop = actions.add_parser("stop", help="stop an experiment (in event time)")
+    stop.add_argument("id")
+    stop.add_argument("--at", help="RFC 3339 event time of the stop (default: now)")
+    experiment.set_defaults(func=_experiment)
 
     bench = sub.add_parser("bench", help="throughput, latency and scaling of the worker")
     bench.add_argument("--events", type=int, default=200_000)

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     topic_signals: str = Field("ott.signals", description="Risk transitions per user.")
     topic_models: str = Field("ott.models", description="Signed model snapshots (compacted).")
     topic_catalog: str = Field("ott.catalog", description="Item catalog (compacted), optional.")
+    topic_experiments: str = Field(
+        "ott.experiments",
+        description="Experiment definitions (compacted), key = experiment id; "
+        "schemas/experiment.schema.json.",
+    )
     topic_state_quarantine: str = Field(
         "ott.state.quarantine", description="Stored user states no release can read, with a reason."
     )
@@ -127,6 +132,12 @@ class Settings(BaseSettings):
         description="Fault injection for tests: STEP:N kills the worker (SIGKILL) the N-th "
         "time it reaches STEP of its batch and commit sequence (agents/worker/faults.py); empty "
         "in production.",
+    )
+    experiments_refresh_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between a worker's reads of the experiments topic: a new "
+        "definition or a stop takes effect within this (each read takes only what changed).",
     )
     catalog_refresh_s: float = Field(
         60.0,

@@ -134,11 +134,16 @@ def build_app(settings: Settings | None = None) -> faust.App:
     async def on_shutdown(app: faust.App, **_: Any) -> None:
         worker.snapshot_now(set(worker._restored))  # Faust flushes the producer right after
         await asyncio.to_thread(worker.catalog.close)
+        await asyncio.to_thread(worker.experiment_definitions.close)
 
     @app.timer(settings.catalog_refresh_s)
     async def refresh() -> None:
         worker.load_catalog(await asyncio.to_thread(worker.catalog.read))
         worker.export_quality()
+
+    @app.timer(settings.experiments_refresh_s)
+    async def refresh_experiments() -> None:
+        worker.load_experiments(await asyncio.to_thread(worker.experiment_definitions.read))
 
     @app.timer(1.0)
     async def beat() -> None:

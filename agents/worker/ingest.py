@@ -21,7 +21,7 @@ from typing import Any
 import faust
 from faust.types import TP, Message
 
-from agents.worker.catalog import CatalogReader
+from agents.worker.compacted import CompactedReader
 from agents.worker.faults import FaultInjection
 from agents.worker.faust_patches import Records, writing_for
 from agents.worker.health import Health
@@ -55,7 +55,8 @@ class IngestWorker:
     ) -> None:
         self.settings = settings
         self.health = health
-        self.catalog = CatalogReader(settings)  # read at start and at every refresh
+        self.catalog = CompactedReader(settings, settings.topic_catalog)  # start, refreshes
+        self.experiment_definitions = CompactedReader(settings, settings.topic_experiments)
         self.table = table
         self.topics = topics
         self.metrics = metrics
@@ -237,6 +238,11 @@ class IngestWorker:
                 self.settings.topic_dlq, topic_max_message_bytes, processor.dlq_max_message_bytes,
             )  # fmt: skip
             processor.dlq_max_message_bytes = topic_max_message_bytes
+
+    def load_experiments(self, definitions: list[object]) -> None:
+        """Adopt experiment definitions read from their topic (refused ones counted, skipped)."""
+        self.processor.load_experiments(definitions)
+        self._export_tally()
 
     def load_catalog(self, items: list[object]) -> None:
         """Adopt catalog items read from the catalog topic (invalid ones counted, skipped)."""

@@ -98,7 +98,7 @@ def all_topics(settings: Settings) -> tuple[list[str], list[str]]:
         *output_topics(settings).values(),
         settings.topic_state_quarantine,
     ]
-    return plain, [settings.topic_models, settings.topic_catalog]
+    return plain, [settings.topic_models, settings.topic_catalog, settings.topic_experiments]
 
 
 def admin_client(config: Mapping[str, Any], *, timeout: float) -> KafkaAdminClient:

@@ -33,6 +33,7 @@ from pipeline.core.catalog_items import CATALOG_REJECT_REASONS
 from pipeline.core.events import EVENT_TYPES, REJECT_REASONS
 from pipeline.core.outputs import SCORED_KINDS
 from pipeline.core.tally import Tally
+from pipeline.experiments.definition import REFUSAL_REASONS as DEFINITION_REFUSALS
 from pipeline.serde.snapshots import REFUSAL_REASONS
 
 #: The kinds of record whose refusal for size the worker survives (``records_refused``).
@@ -118,6 +119,14 @@ class Metrics:
             "ottscore_sessions_closed_total",
             "Sessions ended by the event-time watermark.",
             registry=registry,
+        )
+        self.experiments_refused = _counter_of_each(
+            "ottscore_experiment_definitions_refused_total",
+            "Experiment definitions read from the experiments topic and refused, by reason "
+            "(not_json, schema, a rule beyond the schema, or a change to a registered one).",
+            "reason",
+            sorted(DEFINITION_REFUSALS),
+            registry,
         )
         self.catalog_rejected = _counter_of_each(
             "ottscore_catalog_items_rejected_total",
@@ -285,3 +294,5 @@ class Metrics:
             self.timer_errors.inc(tally.timer_errors)
         for reason, n in tally.catalog_rejected.items():
             self.catalog_rejected.labels(reason).inc(n)
+        for reason, n in tally.experiments_refused.items():
+            self.experiments_refused.labels(reason).inc(n)

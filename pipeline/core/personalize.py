@@ -18,6 +18,8 @@ from pipeline.config import Settings
 from pipeline.core.events import Event
 from pipeline.core.records import personalization_record
 from pipeline.core.state import Step, UserState
+from pipeline.experiments.definition import Knobs
+from pipeline.experiments.live import LiveExperiments
 from pipeline.models.partition import PartitionModels
 from pipeline.models.quality import TRENDING, Prequential
 
@@ -25,14 +27,24 @@ __all__ = ["Personalizer", "PERSONALIZED", "RECO_MODEL_VERSION"]
 
 PERSONALIZED = "personalized"
 RECO_MODEL_VERSION = "reco-ranker-1"
+#: The ``model_version`` of a trending list shown instead (an experiment's ``list_source``).
+TRENDING_VERSION = "trending-1"
+_NO_KNOBS = Knobs()
 
 
 class Personalizer:
     """Hit-rate, learning and lists for the events of any partition's users."""
 
-    def __init__(self, settings: Settings, *, quality: Prequential) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        quality: Prequential,
+        experiments: LiveExperiments | None = None,
+    ) -> None:
         self.k = settings.reco_k
         self.quality = quality
+        self.experiments = experiments if experiments is not None else LiveExperiments()
         self._debounce_ms = int(settings.reco_debounce_s * 1000)
 
     def on_event(
@@ -65,34 +77,57 @@ class Personalizer:
         if step.playback_end is not None:
             ended, fraction = step.playback_end
             recommender.watched(state.user_id, items.index(ended), fraction)
-        due = ts - state.reco_at_ms >= self._debounce_ms
+        arms = self.experiments.arms(state.experiments, ts) if state.experiments else {}
+        knobs = self.experiments.knobs(arms) if arms else _NO_KNOBS
+        debounce_ms = self._debounce_ms
+        if knobs.reco_debounce_s is not None:
+            debounce_ms = int(knobs.reco_debounce_s * 1000)
+        due = ts - state.reco_at_ms >= debounce_ms
         if due and (step.choice is not None or not state.reco_at_ms):
-            return self._list(state, models, ts)
+            return self._list(state, models, ts, arms, knobs)
         return None
 
-    def _list(self, state: UserState, models: PartitionModels, ts_ms: int) -> bytes:
+    def _list(
+        self,
+        state: UserState,
+        models: PartitionModels,
+        ts_ms: int,
+        arms: dict[str, str],
+        knobs: Knobs,
+    ) -> bytes:
+        """Rank, keep the model's and trending's top-K for the hit-rate, publish the list.
+
+        The prequential hit-rate always scores the model's top ``reco_k`` (and trending's):
+        what an experiment shows a user (another size, the trending list) never changes
+        what the model is measured on.
+        """
         items = models.items
         current = items.find(state.current_item) if state.current_item else None
         exclude = [i for i in map(items.find, state.finished) if i is not None]
         if current is not None:
             exclude.append(current)
         recommender = models.recommender
+        shown_k = knobs.list_size or self.k
         ranked = recommender.recommend(
             state.user_id,
-            k=self.k,
+            k=max(self.k, shown_k),
             previous=current,
             genres=state.features.genre_affinity,
             exclude=exclude,
         )
-        trending = recommender.trending.top(self.k, exclude=exclude)
+        trending = recommender.trending.top(max(self.k, shown_k), exclude=exclude)
         state.reco_at_ms = ts_ms
-        state.reco_items = [r.item_id for r in ranked]
-        state.trending_items = [items.ids[i] for i in trending]
+        state.reco_items = [r.item_id for r in ranked[: self.k]]
+        state.trending_items = [items.ids[i] for i in trending[: self.k]]
+        version = RECO_MODEL_VERSION
+        if knobs.list_source == "trending":
+            ranked, version = recommender.as_trending(trending), TRENDING_VERSION
         return personalization_record(
             state.user_id,
             ts_ms,
-            items=[(r.item_id, r.score, r.reason) for r in ranked],
-            model_version=RECO_MODEL_VERSION,
+            items=[(r.item_id, r.score, r.reason) for r in ranked[:shown_k]],
+            model_version=version,
             segment=state.segment,
             cold_start=not recommender.taste.knows(state.user_id),
+            experiments=arms,
         )

@@ -61,6 +61,7 @@ from pipeline.core.records import (
 from pipeline.core.state import PendingChurn, UserState
 from pipeline.core.tally import Tally
 from pipeline.core.timers import EventTimeTimers
+from pipeline.experiments.live import LiveExperiments
 from pipeline.models.partition import PartitionModels
 from pipeline.models.quality import LabelledPrediction, Prequential
 
@@ -126,7 +127,11 @@ class Processor:
         self.timers = EventTimeTimers()
         self.tally = Tally()
         self.quality = Prequential()
-        self.personalizer = Personalizer(settings, quality=self.quality)
+        #: The experiments read from ``ott.experiments`` (:meth:`load_experiments`).
+        self.experiments = LiveExperiments()
+        self.personalizer = Personalizer(
+            settings, quality=self.quality, experiments=self.experiments
+        )
         self.catalog: dict[str, dict[str, Any]] = {}
         self._models: dict[int, PartitionModels] = {}
         self._prediction_sink = prediction_sink
@@ -209,6 +214,15 @@ class Processor:
             self._label(state, models, churned=False, at_ms=event.ts_ms)
         previous = state.current_item
         step = state.update(event, self._genres)
+        if self.experiments:
+            self.experiments.assign(
+                state.experiments,
+                user_id,
+                ts_ms=event.ts_ms,
+                first_seen_ms=state.first_seen_ms,
+                segment=state.segment,
+                device=event.device,
+            )
         timers.schedule(state.partition, user_id, SESSION, state.session_deadline_ms(self._gap_ms))
         if event.item_id is not None:
             record = self.personalizer.on_event(state, models, event, step, previous)
@@ -270,6 +284,17 @@ class Processor:
             catalog[item_id] = record
             for models in self._models.values():
                 models.items.add_catalog_item(record)
+
+    def load_experiments(self, definitions: Iterable[object]) -> None:
+        """Adopt experiment definitions (from ``ott.experiments`` or a file).
+
+        A definition that does not parse, or that changes a registered experiment other
+        than by its stop, is skipped, logged with its reason and counted in the tally
+        (``experiments_refused``); the ones after it are still read. Users are assigned at
+        their next event while an experiment runs (:class:`LiveExperiments`).
+        """
+        self.experiments.load(definitions)
+        self.tally.experiments_refused.update(self.experiments.take_refused())
 
     # --- models -----------------------------------------------------------------------
 
@@ -398,7 +423,13 @@ class Processor:
         name, champion = models.champion
         probability = probabilities[name]
         settings = self.settings
-        band = risk_band(probability, medium=settings.risk_medium, high=settings.risk_high)
+        medium, high = settings.risk_medium, settings.risk_high
+        arms = self.experiments.arms(state.experiments, at_ms) if state.experiments else {}
+        if arms:
+            thresholds = self.experiments.knobs(arms).churn_thresholds
+            if thresholds is not None:
+                medium, high = thresholds.medium, thresholds.high
+        band = risk_band(probability, medium=medium, high=high)
         key = state.user_id.encode()
         self._emit(
             "churn",
@@ -417,6 +448,7 @@ class Processor:
                     "watch_s": session.watch_s,
                 },
                 segment=state.segment,
+                experiments=arms,
             ),
         )
         previous = state.risk_band
@@ -433,6 +465,7 @@ class Processor:
                     band=band,
                     previous_band=previous,
                     model_version=champion.model_version,
+                    experiments=arms,
                 ),
             )
 

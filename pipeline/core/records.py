@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -197,8 +197,12 @@ def churn_record(
     top_features: Sequence[tuple[str, float, float]] = (),
     session: dict[str, Any] | None = None,
     segment: int | None = None,
+    experiments: Mapping[str, str] | None = None,
 ) -> bytes:
-    """A churn risk record for ``user_id`` at event time ``ts_ms``."""
+    """A churn risk record for ``user_id`` at event time ``ts_ms``.
+
+    ``experiments`` (experiment id → variant) names the variants that shaped it.
+    """
     record: dict[str, Any] = {
         "user_id": user_id,
         "ts": format_ts(ts_ms),
@@ -215,6 +219,8 @@ def churn_record(
         record["session"] = session
     if segment is not None:
         record["segment"] = segment
+    if experiments:
+        record["experiments"] = experiments
     return orjson.dumps(record)
 
 
@@ -227,20 +233,22 @@ def signal_record(
     band: str,
     previous_band: str,
     model_version: str,
+    experiments: Mapping[str, str] | None = None,
 ) -> bytes:
     """A risk transition (``became_at_risk`` or ``recovered``) of ``user_id``."""
-    return orjson.dumps(
-        {
-            "user_id": user_id,
-            "ts": format_ts(ts_ms),
-            "signal": signal,
-            "churn_probability": probability,
-            "risk_band": band,
-            "previous_band": previous_band,
-            "model_version": model_version,
-            "schema_version": SCHEMA_VERSION,
-        }
-    )
+    record: dict[str, Any] = {
+        "user_id": user_id,
+        "ts": format_ts(ts_ms),
+        "signal": signal,
+        "churn_probability": probability,
+        "risk_band": band,
+        "previous_band": previous_band,
+        "model_version": model_version,
+        "schema_version": SCHEMA_VERSION,
+    }
+    if experiments:
+        record["experiments"] = experiments
+    return orjson.dumps(record)
 
 
 def personalization_record(
@@ -251,6 +259,7 @@ def personalization_record(
     model_version: str,
     segment: int | None,
     cold_start: bool,
+    experiments: Mapping[str, str] | None = None,
 ) -> bytes:
     """A top-K list ``[(item_id, score, reason), ...]`` for ``user_id`` at event time ``ts_ms``."""
     record: dict[str, Any] = {
@@ -266,4 +275,6 @@ def personalization_record(
     }
     if segment is not None:
         record["segment"] = segment
+    if experiments:
+        record["experiments"] = experiments
     return orjson.dumps(record)

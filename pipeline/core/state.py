@@ -120,6 +120,8 @@ class UserState:
     reco_at_ms: int = 0
     reco_items: list[str] = field(default_factory=list)
     trending_items: list[str] = field(default_factory=list)
+    #: Experiment id → the user's variant, or ``""`` outside its population (sticky).
+    experiments: dict[str, str] = field(default_factory=dict)
     #: Fields of a newer release, kept as read and written back unchanged.
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -149,6 +149,7 @@ _SCALARS: dict[str, tuple[Callable[[str, object], Any], Any]] = {
     "reco_at_ms": (_int, 0),
     "reco_items": (_list_of(_str), []),
     "trending_items": (_list_of(_str), []),
+    "experiments": (_dict_of(_str), {}),  # since 2026-12
 }
 #: The decayed counters of :class:`~pipeline.core.features.UserFeatures`, by layout number, in
 #: the order they are packed (``events_7d`` holds one count per event type).

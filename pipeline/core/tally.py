@@ -27,12 +27,14 @@ class Tally:
     sessions_closed: int = 0
     timer_errors: int = 0
     catalog_rejected: Counter[str] = field(default_factory=Counter)
+    experiments_refused: Counter[str] = field(default_factory=Counter)
 
     def clear(self) -> None:
         """Zero every count."""
         self.received = self.deduplicated = self.already_applied = self.sessions_closed = 0
         self.timer_errors = 0
         self.catalog_rejected.clear()
+        self.experiments_refused.clear()
         self.consumed.clear()
         self.rejected.clear()
         self.published.clear()

@@ -74,6 +74,9 @@ class ExperimentRegistry:
         self._experiments[experiment.id] = experiment
         self._ids_by_salt[experiment.salt] = experiment.id
 
+    def __contains__(self, experiment_id: object) -> bool:
+        return experiment_id in self._experiments
+
     def __getitem__(self, experiment_id: str) -> Experiment:
         return self._experiments[experiment_id]
 

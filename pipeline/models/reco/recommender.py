@@ -356,6 +356,12 @@ class Recommender:
             for i, score, s in zip(top.tolist(), scores[top].tolist(), strongest, strict=True)
         ]
 
+    def as_trending(self, indices: Iterable[int]) -> list[Recommendation]:
+        """Items (from :meth:`Trending.top`) as a trending list: popularity, and reasons."""
+        values = self.trending.values()
+        ids = self.items.ids
+        return [Recommendation(ids[i], float(values[i]), self._trending_reason(i)) for i in indices]
+
     def _reason(self, idx: int, signal: int, previous: int | None) -> str:
         strongest = SIGNALS[int(signal)]
         if strongest in ("sequel", "taste") and previous is not None:

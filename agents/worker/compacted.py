@@ -1,4 +1,7 @@
-"""The live catalog: the compacted catalog topic, read at start and at every refresh."""
+"""Compacted topics read live: the catalog and the experiment definitions.
+
+A worker reads each at start and then at every refresh, only what was published since.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +14,13 @@ from kafka import KafkaConsumer, TopicPartition
 from agents.worker.kafka import kafka_python_config
 from pipeline.config import Settings
 
-__all__ = ["CatalogReader"]
+__all__ = ["CompactedReader"]
 
 log = logging.getLogger(__name__)
 
 
-class CatalogReader:
-    """The catalog topic read incrementally: every item the first time, then what changed.
+class CompactedReader:
+    """A compacted topic read incrementally: every record the first time, then what changed.
 
     A worker refreshes its catalog every ``catalog_refresh_s``. Reading the whole topic
     again cost ~150 ms of CPU for 5,000 items: in a thread, but holding the interpreter
@@ -26,15 +29,17 @@ class CatalogReader:
     broker for the end offsets and reads nothing.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, topic: str) -> None:
         self.settings = settings
+        self.topic = topic
         self._consumer: KafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
 
     def read(self) -> list[object]:
-        """The items published since the last read (latest record per key), as parsed.
+        """The records published since the last read (latest per key), as parsed JSON.
 
-        Nothing is validated here (:meth:`pipeline.core.processor.Processor.load_catalog` does);
+        Nothing is validated here (the processor does, e.g.
+        :meth:`~pipeline.core.processor.Processor.load_catalog`);
         a value that is not JSON is handed over as its bytes, to be refused there with its
         reason, and a tombstone deletes nothing but the earlier record of its key. A read
         stops after ``kafka_startup_timeout_s`` with what it has, logged: the next read goes
@@ -49,11 +54,11 @@ class CatalogReader:
                 enable_auto_commit=False,
                 request_timeout_ms=int(timeout_s * 1000),
             )
-            topic = self.settings.topic_catalog
+            topic = self.topic
             partitions = [
                 TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
             ]
-            if not partitions:  # no catalog yet: look again next time
+            if not partitions:  # no topic yet: look again next time
                 consumer.close()
                 return []
             consumer.assign(partitions)
@@ -64,14 +69,14 @@ class CatalogReader:
         while any(consumer.position(tp) < end[tp] for tp in self._partitions):
             if time.monotonic() > deadline:
                 log.warning(
-                    "catalog %s not read to its end in %.0f s: %d items now, the rest at the "
-                    "next refresh", self.settings.topic_catalog, timeout_s, len(items),
+                    "%s not read to its end in %.0f s: %d records now, the rest at the "
+                    "next refresh", self.topic, timeout_s, len(items),
                 )  # fmt: skip
                 break
             for records in consumer.poll(timeout_ms=1000).values():
                 for record in records:
                     if record.value is None:
-                        items.pop(record.key, None)  # a tombstone: no item
+                        items.pop(record.key, None)  # a tombstone: no record
                         continue
                     try:
                         items[record.key] = orjson.loads(record.value)

@@ -1,0 +1,179 @@
+"""Experiments in the processor: sticky assignment, knobs that change what is published, tags."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from pipeline.config import Settings
+from pipeline.core.events import format_ts, parse_ts
+from pipeline.core.personalize import RECO_MODEL_VERSION, TRENDING_VERSION
+from pipeline.core.processor import Output, Processor
+from pipeline.core.state_codec import decode, encode
+from pipeline.experiments.assignment import assign
+from pipeline.offline.runner import drive
+from pipeline.serde.schemas import validator
+from pipeline.sim.simulate import SimulationConfig, Simulator
+
+SETTINGS = Settings()
+
+
+@functools.cache
+def simulation() -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+    simulator = Simulator(SimulationConfig(users=300, days=12, seed=5))
+    return list(simulator.records()), simulator.catalog()
+
+
+def definition(experiment_id: str = "rail", **changes: Any) -> dict[str, Any]:
+    records, _ = simulation()
+    start = orjson.loads(records[len(records) // 4][1])["ts"]
+    return {
+        "schema_version": 1,
+        "id": experiment_id,
+        "salt": f"{experiment_id}-salt",
+        "start": start,
+        "metrics": ["click_play_conversion"],
+        "variants": [
+            {"name": "control", "weight": 0.5, "control": True},
+            {"name": "trending", "weight": 0.5, "knobs": {"list_source": "trending"}},
+        ],
+    } | changes
+
+
+def run(*definitions: object) -> tuple[Processor, list[Output]]:
+    records, catalog = simulation()
+    processor = Processor(SETTINGS)
+    processor.load_catalog(catalog)
+    processor.load_experiments(definitions)
+    outputs: list[Output] = []
+    drive(
+        processor,
+        ((key, value, 0, offset, 0) for offset, (key, value) in enumerate(records)),
+        outputs=outputs.extend,
+    )
+    return processor, outputs
+
+
+def published(outputs: list[Output], kind: str) -> list[dict[str, Any]]:
+    return [orjson.loads(out.value) for out in outputs if out.kind == kind]
+
+
+def test_each_arm_publishes_its_list_and_every_record_names_the_arm() -> None:
+    processor, outputs = run(definition())
+    start = parse_ts(definition()["start"])
+    lists = published(outputs, "personalization")
+    arms: Counter[tuple[str, str]] = Counter()
+    for record in lists:
+        ts = parse_ts(record["ts"])
+        state = processor.users[record["user_id"]]
+        if ts < start:
+            assert "experiments" not in record
+            continue
+        variant = state.experiments["rail"]
+        assert record["experiments"] == {"rail": variant}
+        expected = TRENDING_VERSION if variant == "trending" else RECO_MODEL_VERSION
+        assert record["model_version"] == expected
+        arms[variant, record["model_version"]] += 1
+    assert arms["control", RECO_MODEL_VERSION] > 100 and arms["trending", TRENDING_VERSION] > 100
+    tagged = 0
+    for record in published(outputs, "churn"):  # a session may end unassigned: no tag then
+        if "experiments" in record:
+            assert parse_ts(record["ts"]) >= start
+            held = processor.users[record["user_id"]].experiments
+            assert record["experiments"] == {"rail": held["rail"]}
+            tagged += 1
+    assert tagged > 50
+    check = {kind: validator(kind) for kind in ("personalization", "churn", "signal")}
+    for out in outputs:
+        if out.kind in check:
+            check[out.kind].validate(orjson.loads(out.value))
+    print(f"\nlists after the start by arm and source: {dict(arms)}")
+
+
+def test_the_trending_arm_shows_the_trending_list_the_model_is_still_scored_on_its_own() -> None:
+    processor, outputs = run(definition())
+    for record in published(outputs, "personalization"):
+        if record.get("experiments") == {"rail": "trending"}:
+            state = processor.users[record["user_id"]]
+            assert all(item["reason"].startswith("trending") for item in record["items"])
+            if parse_ts(record["ts"]) == state.reco_at_ms:  # the user's latest list
+                assert [item["item_id"] for item in record["items"]] == state.trending_items
+    # what the model is scored on (the hit-rate) stays its own list, not the one shown
+    trending_arm = [s for s in processor.users.values() if s.experiments.get("rail") == "trending"]
+    assert sum(s.reco_items != s.trending_items for s in trending_arm if s.reco_items) > 50
+
+
+def test_list_size_and_churn_thresholds_follow_the_arm() -> None:
+    knobs = {"list_size": 3, "churn_thresholds": {"medium": 0.001, "high": 0.002}}
+    variants = [
+        {"name": "control", "weight": 0.5, "control": True},
+        {"name": "small", "weight": 0.5, "knobs": knobs},
+    ]
+    _, outputs = run(definition(variants=variants))
+    sizes: Counter[tuple[str, int]] = Counter()
+    for record in published(outputs, "personalization"):
+        arm = record.get("experiments", {}).get("rail")
+        sizes[arm or "none", len(record["items"])] += 1
+        if arm == "small":
+            assert len(record["items"]) <= 3
+    assert sizes["small", 3] > 50 and any(n == 10 for arm, n in sizes if arm == "control")
+    bands = Counter(
+        (record.get("experiments", {}).get("rail"), record["risk_band"])
+        for record in published(outputs, "churn")
+    )
+    assert bands["small", "high"] > 0
+    assert bands["small", "low"] == bands["small", "medium"] == 0
+    assert bands["control", "low"] > 0
+
+
+def test_assignment_is_the_hash_of_salt_and_user_sticky_through_a_state_round_trip() -> None:
+    processor, _ = run(definition())
+    experiment = processor.experiments.registry["rail"]
+    assigned = {user: s.experiments["rail"] for user, s in processor.users.items() if s.experiments}
+    assert len(assigned) > 100
+    assert all(assign(experiment, user) == variant for user, variant in assigned.items())
+    for user in list(assigned)[:20]:
+        state = processor.users[user]
+        restored = decode(user, encode(state), window_ms=600_000, max_ids=32)
+        assert restored.experiments == state.experiments
+
+
+def test_a_stopped_experiment_shapes_nothing_after_its_stop() -> None:
+    records, _ = simulation()
+    stop = orjson.loads(records[len(records) // 2][1])["ts"]
+    _, outputs = run(definition(stop=stop))
+    after = [r for r in published(outputs, "personalization") if r["ts"] >= stop]
+    assert after and all("experiments" not in record for record in after)
+    assert all(record["model_version"] == RECO_MODEL_VERSION for record in after)
+
+
+def test_new_users_only_admits_users_first_seen_after_the_start() -> None:
+    processor, _ = run(definition(population={"new_users": True}))
+    start = parse_ts(definition()["start"])
+    inside = {u: s for u, s in processor.users.items() if s.experiments.get("rail")}
+    outside = {u: s for u, s in processor.users.items() if s.experiments.get("rail") == ""}
+    assert inside and outside
+    assert all(s.first_seen_ms >= start for s in inside.values())
+    assert all(s.first_seen_ms < start for s in outside.values())
+
+
+def test_refused_definitions_are_counted_and_the_good_ones_run() -> None:
+    bad_weights = definition("bad", variants=[{"name": "a", "weight": 0.7, "control": True},
+                                              {"name": "b", "weight": 0.7}])  # fmt: skip
+    changed = definition(metrics=["return_7d"])  # the id of a registered one, other contents
+    processor, outputs = run(b"{oops", bad_weights, definition(), changed, definition())
+    assert processor.tally.experiments_refused == {
+        "not_json": 1,
+        "weights_sum": 1,
+        "duplicate_id": 1,
+    }
+    assert any("experiments" in r for r in published(outputs, "personalization"))
+
+
+def test_without_experiments_nothing_changes() -> None:
+    _, with_none = run()
+    _, with_one_not_started = run(definition(start=format_ts(4_000_000_000_000)))
+    assert [o.value for o in with_none] == [o.value for o in with_one_not_started]
