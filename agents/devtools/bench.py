@@ -50,6 +50,7 @@ from agents.devtools.throughput import (
     WorkerRun,
     Workload,
     baseline_kafka_python_events_per_s,
+    bench_experiments,
     core_events_per_s,
     produce_fast,
     raw_aiokafka_events_per_s,
@@ -74,6 +75,7 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("latency_p99_s", "<=", 0.1),
     ("state_bytes_per_user", "<=", 2048.0),
     ("two_workers_speedup", ">=", 1.7),
+    ("experiments_core_ratio", ">=", 0.9),
 )
 
 
@@ -249,6 +251,14 @@ def run_bench(
                     results.setdefault("core", []).append(
                         _timed("core in-process", lambda: core_events_per_s(base, workload))
                     )
+                    results.setdefault("core_experiments", []).append(
+                        _timed(
+                            "core in-process, two experiments running",
+                            lambda: core_events_per_s(
+                                base, workload, experiments=bench_experiments(workload)
+                            ),
+                        )
+                    )
                 for count in (1, 2) if "two_workers" in wanted else (1,):
                     if count == 1 and not {"worker", "two_workers"} & set(wanted):
                         continue
@@ -277,6 +287,16 @@ def run_bench(
         "baseline_kafka_python_events_per_s": baseline_rate,
         "worker_events_per_s": worker_rate,
         "core_events_per_s": _median(results.get("core", [])),
+        "core_experiments_events_per_s": _median(results.get("core_experiments", [])),
+        # per run, with / without experiments: the pair ran back to back
+        "experiments_core_ratio": _median(
+            [
+                _ratio(with_, without)
+                for with_, without in zip(
+                    results.get("core_experiments", []), results.get("core", []), strict=True
+                )
+            ]
+        ),
         "latency_p50_s": latency.p50_s if latency else None,
         "latency_p99_s": latency.p99_s if latency else None,
         "latency_outputs": latency.outputs if latency else None,
@@ -294,6 +314,7 @@ def run_bench(
             "raw_aiokafka": results.get("raw", []),
             "baseline_kafka_python": results.get("baseline", []),
             "core": results.get("core", []),
+            "core_experiments": results.get("core_experiments", []),
             "worker": [r.events_per_s for r in single],
             "two_workers": [r.events_per_s for r in pairs],
         },
@@ -357,6 +378,8 @@ def format_report(report: dict[str, Any]) -> str:
         "baseline_kafka_python_events_per_s",
         "worker_events_per_s",
         "core_events_per_s",
+        "core_experiments_events_per_s",
+        "experiments_core_ratio",
         "worker_vs_raw_aiokafka",
         "worker_vs_kafka_python",
         "latency_p50_s",

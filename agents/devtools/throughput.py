@@ -18,6 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition as AioTopicPartition
 from kafka import KafkaConsumer, TopicPartition
@@ -225,13 +226,46 @@ def baseline_kafka_python_events_per_s(
         producer.close()
 
 
-def core_events_per_s(settings: Settings, workload: Workload) -> float:
+def bench_experiments(workload: Workload) -> list[dict[str, Any]]:
+    """Two experiments running from the workload's first event, which every user joins.
+
+    One shows half the users the trending list instead of the model's; the other gives half
+    a 5-item list and other churn thresholds. Their cost is assignment (two hashes per
+    user), the arms of each list and score, and the tags on every record.
+    """
+    start = orjson.loads(workload.records[0][1])["ts"]
+
+    def experiment(name: str, knobs: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "schema_version": 1,
+            "id": f"bench-{name}",
+            "salt": f"bench-{name}",
+            "start": start,
+            "metrics": ["click_play_conversion"],
+            "variants": [
+                {"name": "control", "weight": 0.5, "control": True},
+                {"name": name, "weight": 0.5, "knobs": knobs},
+            ],
+        }
+
+    thresholds = {"medium": 0.2, "high": 0.5}
+    return [
+        experiment("trending", {"list_source": "trending"}),
+        experiment("short", {"list_size": 5, "churn_thresholds": thresholds}),
+    ]
+
+
+def core_events_per_s(
+    settings: Settings, workload: Workload, *, experiments: Sequence[object] = ()
+) -> float:
     """The processor in-process over the workload, as the worker runs it.
 
-    Outputs are taken every batch, states (serialised) every ``WRITE_BACK_EVERY`` records.
+    Outputs are taken every batch, states (serialised) every ``WRITE_BACK_EVERY`` records;
+    ``experiments`` (definitions) run as a worker runs them.
     """
     processor = Processor(settings)
     processor.load_catalog(workload.catalog)
+    processor.load_experiments(experiments)
     timestamp_ms = int(time.time() * 1000)
     records = [
         (key, value, partition, offset, timestamp_ms)

@@ -77,13 +77,19 @@ class Personalizer:
         if step.playback_end is not None:
             ended, fraction = step.playback_end
             recommender.watched(state.user_id, items.index(ended), fraction)
-        arms = self.experiments.arms(state.experiments, ts) if state.experiments else {}
-        knobs = self.experiments.knobs(arms) if arms else _NO_KNOBS
+        experiments = self.experiments
         debounce_ms = self._debounce_ms
-        if knobs.reco_debounce_s is not None:
-            debounce_ms = int(knobs.reco_debounce_s * 1000)
+        arms = None
+        if state.experiments and experiments.sets_debounce:
+            arms = experiments.arms(state.experiments, ts)
+            debounce = experiments.knobs(arms).reco_debounce_s if arms else None
+            if debounce is not None:
+                debounce_ms = int(debounce * 1000)
         due = ts - state.reco_at_ms >= debounce_ms
         if due and (step.choice is not None or not state.reco_at_ms):
+            if arms is None:
+                arms = experiments.arms(state.experiments, ts) if state.experiments else {}
+            knobs = experiments.knobs(arms) if arms else _NO_KNOBS
             return self._list(state, models, ts, arms, knobs)
         return None
 

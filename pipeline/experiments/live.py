@@ -66,7 +66,11 @@ class LiveExperiments:
         #: Definitions refused since the last :meth:`take_refused`, by reason.
         self.refused: Counter[str] = Counter()
         self._knobs: dict[tuple[str, str], Knobs] = {}
+        self._merged: dict[tuple[tuple[str, str], ...], Knobs] = {}
         self._running: tuple[Experiment, ...] = ()
+        #: Whether a variant sets ``reco_debounce_s`` (else a user's arms matter to a list
+        #: only once it is due, and are not looked up at every event).
+        self.sets_debounce = False
 
     def __bool__(self) -> bool:
         """Whether any experiment is defined (the processor's fast path skips them all)."""
@@ -89,6 +93,10 @@ class LiveExperiments:
             for variant in experiment.variants:
                 self._knobs[experiment.id, variant.name] = variant.knobs
         self._running = tuple(sorted(self.registry, key=lambda experiment: experiment.id))
+        self._merged.clear()
+        self.sets_debounce = any(
+            knobs.reco_debounce_s is not None for knobs in self._knobs.values()
+        )
 
     def assign(
         self,
@@ -129,6 +137,13 @@ class LiveExperiments:
 
     def knobs(self, arms: Mapping[str, str]) -> Knobs:
         """What ``arms`` change, merged; where two set one knob, the first experiment by id wins."""
+        key = tuple(sorted(arms.items()))
+        merged = self._merged.get(key)
+        if merged is None:
+            merged = self._merged[key] = self._merge(arms)
+        return merged
+
+    def _merge(self, arms: Mapping[str, str]) -> Knobs:
         merged = Knobs()
         for experiment_id in sorted(arms):
             knobs = self._knobs.get((experiment_id, arms[experiment_id]))
