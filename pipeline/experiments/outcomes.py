@@ -1,0 +1,152 @@
+"""What each user of an experiment did while it ran: the user-level values it is judged on.
+
+:class:`Outcomes` reads a user's events in event-time order and keeps, per user, the counts
+the experiment metrics are made of, over the user's first ``window_s`` of event time from
+their first event (7 days by default): a user's values are final once the window has
+passed, so every user is measured over the same span and the values do not drift while the
+experiment is watched. Event time only: a click converts when the same user
+plays the same item within ``conversion_window_s`` (10 minutes) of it; a search succeeds
+when a play follows it in the same session (no gap of ``session_gap_s``); a playback
+completes when its playhead reaches ``COMPLETION_FRACTION`` of the item's duration. Each
+metric is then one value per user (:data:`METRICS`): the statistics compare the means of
+those values between arms, so a heavy user counts once, as a user.
+
+>>> from pipeline.core.events import Event
+>>> outcomes = Outcomes()
+>>> for event in [
+...     Event("e1", "click", "u1", 0, item_id="m1"),
+...     Event("e2", "play", "u1", 60_000, item_id="m1", position_s=0.0, duration_s=100.0),
+...     Event("e3", "pause", "u1", 160_000, item_id="m1", position_s=95.0),
+...     Event("e4", "click", "u1", 200_000, item_id="m2"),
+... ]:
+...     outcomes.add(event)
+>>> user = outcomes.users["u1"]
+>>> user.clicks, user.clicks_played, user.watch_s, user.completed
+(2, 1, 95.0, 1)
+>>> METRICS["click_play_conversion"](user), METRICS["watch_seconds_per_user"](user)
+(0.5, 95.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pipeline.core.events import Event
+
+__all__ = ["COMPLETION_FRACTION", "METRICS", "Outcomes", "UserOutcome"]
+
+#: Share of an item's duration a playhead must reach for the playback to count as completed.
+COMPLETION_FRACTION = 0.9
+
+
+@dataclass(slots=True)
+class UserOutcome:
+    """One user's counts since joining the experiment."""
+
+    first_ms: int
+    last_ms: int
+    sessions: int = 1
+    clicks: int = 0
+    clicks_played: int = 0
+    searches: int = 0
+    searches_played: int = 0
+    plays: int = 0
+    completed: int = 0
+    watch_s: float = 0.0
+    _pending_clicks: dict[str, int] = field(default_factory=dict)
+    _open_searches: int = 0
+    _playing: str | None = None
+    _position_s: float = 0.0
+    _since_ms: int = 0
+    _duration_s: float | None = None
+    _completed_this: bool = False
+
+
+def _ratio(hits: int, trials: int) -> float | None:
+    return hits / trials if trials else None
+
+
+#: Each metric as one value per user (``None``: the user has no value, e.g. never clicked).
+METRICS: dict[str, Callable[[UserOutcome], float | None]] = {
+    "click_play_conversion": lambda u: _ratio(u.clicks_played, u.clicks),
+    "search_play_success": lambda u: _ratio(u.searches_played, u.searches),
+    "completion_rate": lambda u: _ratio(u.completed, u.plays),
+    "watch_seconds_per_user": lambda u: u.watch_s,
+    "play_starts_per_user": lambda u: float(u.plays),
+    "sessions_per_user": lambda u: float(u.sessions),
+}
+
+
+class Outcomes:
+    """The :class:`UserOutcome` of every user whose events were added, in event-time order."""
+
+    def __init__(
+        self,
+        *,
+        window_s: float = 7 * 86_400.0,
+        session_gap_s: float = 1800.0,
+        conversion_window_s: float = 600.0,
+    ) -> None:
+        self.users: dict[str, UserOutcome] = {}
+        self.window_ms = int(window_s * 1000)
+        self._gap_ms = int(session_gap_s * 1000)
+        self._window_ms = int(conversion_window_s * 1000)
+
+    def add(self, event: Event) -> None:
+        """Count one event of a user (events of one user must come in event-time order)."""
+        ts = event.ts_ms
+        user = self.users.get(event.user_id)
+        if user is None:
+            user = self.users[event.user_id] = UserOutcome(ts, ts)
+        elif ts >= user.first_ms + self.window_ms:  # after the user's window: not counted
+            return
+        elif ts - user.last_ms > self._gap_ms:
+            user.sessions += 1
+            user._open_searches = 0
+        user.last_ms = max(user.last_ms, ts)
+        self._watch(user, event)
+        if event.type == "search":
+            user.searches += 1
+            user._open_searches += 1
+        elif event.type == "click" and event.item_id is not None:
+            user.clicks += 1
+            user._pending_clicks[event.item_id] = ts
+        elif event.type == "play" and event.item_id is not None:
+            clicked = user._pending_clicks.pop(event.item_id, None)
+            if clicked is not None and ts - clicked <= self._window_ms:
+                user.clicks_played += 1
+            user.searches_played += user._open_searches
+            user._open_searches = 0
+
+    def _watch(self, user: UserOutcome, event: Event) -> None:
+        """Watch seconds, play starts and completions, from the playhead (as the state does)."""
+        same = event.item_id is not None and event.item_id == user._playing
+        if user._playing is not None and same and event.position_s is not None:
+            elapsed_s = max(0.0, (event.ts_ms - user._since_ms) / 1000.0)
+            user.watch_s += min(max(0.0, event.position_s - user._position_s), elapsed_s)
+            self._complete(user, event.position_s)
+        if event.type == "play" and event.item_id is not None:
+            if not same:
+                user.plays += 1
+                user._completed_this = False
+                user._duration_s = event.duration_s
+            elif event.duration_s:
+                user._duration_s = event.duration_s
+            user._playing = event.item_id
+            user._position_s = event.position_s or 0.0
+            user._since_ms = event.ts_ms
+            self._complete(user, user._position_s)
+        elif event.type == "pause" and same:
+            user._position_s = event.position_s or user._position_s
+            user._since_ms = event.ts_ms
+            user._playing = None if user._completed_this else user._playing
+        elif not same and event.type in ("click", "play"):
+            user._playing = None
+
+    @staticmethod
+    def _complete(user: UserOutcome, position_s: float) -> None:
+        duration = user._duration_s
+        if not user._completed_this and duration and position_s >= COMPLETION_FRACTION * duration:
+            user.completed += 1
+            user._completed_this = True
