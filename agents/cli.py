@@ -146,6 +146,22 @@ def _experiment(args: argparse.Namespace, settings: Settings) -> int:
         elif args.action == "stop":
             experiment = stop(settings, args.id, at=args.at)
             print(f"experiment {experiment.id} stops at {args.at or 'now'}")
+        elif args.action == "report":
+            from pipeline.experiments.report import format_report, plot_report
+            from pipeline.offline.experiment_report import report_events
+            from pipeline.serde.jsonl import read_jsonl
+
+            definitions: list[object] = (
+                list(read_jsonl(args.definitions))
+                if args.definitions
+                else [known.definition for known in defined(settings).values()]
+            )
+            report = report_events(
+                args.events, definitions, args.id, settings=settings, catalog_path=args.catalog
+            )
+            print(format_report(report))
+            if args.plot:
+                plot_report(report, str(args.plot))
         else:
             experiments = [known.experiment for known in defined(settings).values()]
             print(format_table(experiments, now_ms=int(time.time() * 1000)))
@@ -270,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     stop = actions.add_parser("stop", help="stop an experiment (in event time)")
     stop.add_argument("id")
     stop.add_argument("--at", help="RFC 3339 event time of the stop (default: now)")
+    report = actions.add_parser("report", help="each metric per variant, always-valid p-values")
+    report.add_argument("id")
+    report.add_argument("--events", type=Path, required=True, help="JSONL events to judge on")
+    report.add_argument(
+        "--definitions", type=Path, help="JSONL definitions (default: the experiments topic)"
+    )
+    report.add_argument("--catalog", type=Path, help="JSONL catalog loaded before the events")
+    report.add_argument("--plot", type=Path, help="draw p-values and intervals over event time")
     experiment.set_defaults(func=_experiment)
 
     bench = sub.add_parser("bench", help="throughput, latency and scaling of the worker")

@@ -1,0 +1,73 @@
+"""``ottscore experiment report`` over an events file: the same assignment as the workers.
+
+The file is run through the :class:`~pipeline.core.processor.Processor` with the experiment
+definitions (as ``ottscore evaluate`` runs it), so each user gets the variant a worker gives
+them, population filters included; the assignments then come from the user states, and the
+decoded events feed :func:`~pipeline.experiments.report.build_report`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from pathlib import Path
+
+from pipeline.config import Settings
+from pipeline.core.events import Event, EventDecoder
+from pipeline.core.processor import Processor
+from pipeline.experiments.report import Report, build_report
+from pipeline.offline.evaluate import read_event_file
+from pipeline.offline.runner import drive
+from pipeline.serde.jsonl import read_jsonl
+
+__all__ = ["report_events"]
+
+
+def report_events(
+    events_path: str | Path,
+    definitions: Iterable[object],
+    experiment_id: str,
+    *,
+    settings: Settings,
+    catalog_path: str | Path | None = None,
+    window_s: float = 7 * 86_400.0,
+) -> Report:
+    """The report of ``experiment_id`` (one of ``definitions``) over an events file.
+
+    Raises
+    ------
+    KeyError
+        When no valid definition has the id ``experiment_id``.
+    """
+    processor = Processor(settings, clock=lambda: 4_102_444_800.0)  # no event is "future"
+    if catalog_path is not None:
+        processor.load_catalog(read_jsonl(catalog_path))
+    processor.load_experiments(definitions)
+    if experiment_id not in processor.experiments.registry:
+        raise KeyError(experiment_id)
+    experiment = processor.experiments.registry[experiment_id]
+    decoder = processor.decoder
+    events = read_event_file(events_path, decoder=decoder)
+    zero = itertools.repeat(0)
+    drive(
+        processor,
+        zip(events.keys, events.records, zero, itertools.count(), zero, strict=False),
+    )
+    assignments = {
+        user_id: state.experiments[experiment_id]
+        for user_id, state in processor.users.items()
+        if experiment_id in state.experiments
+    }
+    return build_report(
+        experiment, assignments, _unique_events(events.records, decoder), window_s=window_s
+    )
+
+
+def _unique_events(records: Iterable[bytes], decoder: EventDecoder) -> Iterable[Event]:
+    """The valid events of ``records``, each once (client retries repeat an event id)."""
+    seen: set[tuple[str, str]] = set()
+    for record in records:
+        event = decoder.decode(record)
+        if isinstance(event, Event) and (event.user_id, event.event_id) not in seen:
+            seen.add((event.user_id, event.event_id))
+            yield event
