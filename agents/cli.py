@@ -106,6 +106,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
         report_path=args.report,
         predictions_path=args.predictions,
         plot_path=args.plot,
+        partitions=args.partitions,
     )
     print(format_report(report))
     return 0
@@ -251,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=["implicit", "explicit"],
         help="personalisation mode (default: OTTSCORE_RECO_MODE, else implicit)",
+    )
+    ev.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="place records on N partitions as Kafka does; each partition's models learn "
+        "from its users only, as in a worker (default 1)",
     )
     ev.add_argument("--report", type=Path, required=True, help="write the JSON report here")
     ev.add_argument("--plot", type=Path, help="draw rolling quality over event time (PNG)")

@@ -12,7 +12,7 @@ import asyncio
 import math
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -31,10 +31,10 @@ from agents.worker.kafka import (
     create_topics,
     kafka_python_config,
     output_topics,
-    partition_for,
     send_batches,
 )
 from pipeline.config import Settings
+from pipeline.core.partitioning import partitioned
 from pipeline.core.processor import Output, Processor
 from pipeline.offline.runner import drive
 from pipeline.sim.simulate import SimulationConfig, Simulator
@@ -97,17 +97,6 @@ class Workload:
                 return cls(records, simulator.catalog())
             days *= 2
         raise ValueError(f"{users} users do not make {events} events in {days:g} days")
-
-
-def _partitioned(
-    records: Sequence[tuple[bytes, bytes]], partitions: int
-) -> Iterator[tuple[bytes, bytes, int, int]]:
-    """``(key, value, partition, offset)`` as Kafka's default partitioner would place them."""
-    offsets = [0] * partitions
-    for key, value in records:
-        partition = partition_for(key, partitions)
-        yield key, value, partition, offsets[partition]
-        offsets[partition] += 1
 
 
 def produce_fast(settings: Settings, records: Sequence[tuple[bytes, bytes]]) -> None:
@@ -269,7 +258,7 @@ def core_events_per_s(
     timestamp_ms = int(time.time() * 1000)
     records = [
         (key, value, partition, offset, timestamp_ms)
-        for key, value, partition, offset in _partitioned(
+        for key, value, partition, offset in partitioned(
             workload.records, settings.topic_partitions
         )
     ]

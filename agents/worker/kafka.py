@@ -8,17 +8,18 @@ admin calls. Both get their bootstrap servers and security (SSL, SASL) from the 
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import NoError, TopicAlreadyExistsError, for_code
 
 from pipeline.config import Settings
 from pipeline.core.outputs import OUTPUTS
+from pipeline.core.partitioning import partition_for
 from pipeline.serde.snapshots import MAX_SNAPSHOT_BYTES
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "output_topics",
     "all_topics",
     "send_batches",
-    "partition_for",
 ]
 
 
@@ -226,11 +226,16 @@ async def send_batches(
     partitioner must not use this without ``partition``.
     """
     partitions = sorted(await producer.partitions_for(topic))
-    choose = _PARTITIONER
+    count = len(partitions)
     open_batches: dict[int, tuple[Any, list[int]]] = {}
     full: list[tuple[int, Any, list[int]]] = []
     for position, (key, value) in enumerate(records):
-        to = partition if partition is not None else choose(key, partitions, partitions)
+        if partition is not None:
+            to = partition
+        elif key is not None:
+            to = partitions[partition_for(key, count)]
+        else:  # as aiokafka's default partitioner places an unkeyed record
+            to = random.choice(partitions)
         entry = open_batches.get(to)
         if entry is None:
             entry = open_batches[to] = (producer.create_batch(), [])
@@ -247,19 +252,3 @@ async def send_batches(
         batch.close()
         sent.append((await producer.send_batch(batch, topic, partition=to), held))
     return sent
-
-
-_PARTITIONER = DefaultPartitioner()
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition of ``partitions`` that Kafka's default partitioner gives ``key``.
-
-    murmur2 of the key, as the Java client, kafka-python and aiokafka (whose partitioner
-    this is) place keyed records: where a user's events, and so their state, live.
-
-    >>> partition_for(b"u-42", 4), partition_for(b"u-42", 16)
-    (1, 9)
-    """
-    every = list(range(partitions))
-    return _PARTITIONER(key, every, every)

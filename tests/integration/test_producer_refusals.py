@@ -18,7 +18,8 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from agents.worker.faust_patches import App
-from agents.worker.kafka import admin_client, partition_for
+from agents.worker.kafka import admin_client
+from pipeline.core.partitioning import partition_for
 
 LIMIT = 4096
 

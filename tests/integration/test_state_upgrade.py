@@ -16,8 +16,9 @@ from conftest import free_ports
 from worker_process import WorkerProcess, latest_by_key, produce_all, read_topic
 
 from agents.devtools.produce import produce
-from agents.worker.kafka import create_topics, kafka_python_config, partition_for
+from agents.worker.kafka import create_topics, kafka_python_config
 from pipeline.core.events import Event, encode_event
+from pipeline.core.partitioning import partition_for
 from pipeline.core.state_codec import decode, encode
 from pipeline.serde.schemas import validator
 

@@ -223,3 +223,18 @@ def test_cli_imports_movielens_then_evaluates_it_in_explicit_mode(
     assert report["events"] == 96 and report["dlq"] == 0
     assert 0 < report["reco.mae"] <= report["reco.rmse"] < 5
     assert not math.isnan(report["reco.rmse"])
+
+
+def test_partitions_place_records_as_kafka_does_and_one_partition_is_the_default(
+    simulated: tuple[Path, Path], evaluated: Path
+) -> None:
+    events, catalog = simulated
+    default = orjson.loads((evaluated / "returned.json").read_bytes())
+    one = evaluate(events, settings=Settings(), catalog_path=catalog, partitions=1, progress=False)
+    assert quality(one) == quality(default) and one["partitions"] == 1
+    four = evaluate(events, settings=Settings(), catalog_path=catalog, partitions=4, progress=False)
+    # the same records, counted the same; the models of four partitions learn apart
+    assert (four["events"], four["dlq"], four["partitions"]) == (one["events"], one["dlq"], 4)
+    assert quality(four) != quality(one)
+    with pytest.raises(ValueError, match="at least 1"):
+        evaluate(events, settings=Settings(), partitions=0, progress=False)

@@ -57,16 +57,18 @@ def test_ottscore_worker_on_another_faust_exits_with_one_line_naming_both_versio
     assert "verified on 0.15.3" in lines[0] and "OTTSCORE_ALLOW_UNVERIFIED_FAUST" in lines[0]
 
 
-def test_one_partitioner_agrees_with_kafka_pythons_murmur2_for_any_key() -> None:
+def test_the_one_partitioner_agrees_with_aiokafkas_default_for_any_key() -> None:
+    """What aiokafka's producer.send would choose is where the core places a record."""
+    from aiokafka.partitioner import DefaultPartitioner
     from hypothesis import given
     from hypothesis import strategies as st
-    from kafka.partitioner.default import murmur2
 
-    from agents.worker.kafka import partition_for
+    from pipeline.core.partitioning import partition_for
 
     @given(key=st.binary(min_size=1, max_size=64), partitions=st.integers(1, 64))
     def agrees(key: bytes, partitions: int) -> None:
-        assert partition_for(key, partitions) == (murmur2(key) & 0x7FFFFFFF) % partitions
+        every = list(range(partitions))
+        assert partition_for(key, partitions) == DefaultPartitioner()(key, every, every)
 
     agrees()
 
