@@ -17,12 +17,19 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
+from rich.live import Live
+from rich.text import Text
 
 from agents.devtools.broker import LocalKafka
+from agents.devtools.demo_view import Followed, Rates, follow, judge, now_s, render, scrape_labelled
 from agents.devtools.produce import produce, publish_catalog
+from agents.experiments import create
 from agents.worker.kafka import ensure_topics
 from pipeline.config import Settings
+from pipeline.core.events import Event, EventDecoder
+from pipeline.experiments.definition import Experiment
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
 __all__ = ["run_demo", "scrape"]
@@ -57,15 +64,6 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-_VIEW = (
-    "ottscore demo  —  {elapsed:5.0f} s   (Ctrl-C to stop)\n"
-    "  events/s      {events_rate:9.0f}    consumed   {consumed:10.0f}\n"
-    "  scores/s      {scores_rate:9.0f}    published  {published:10.0f}\n"
-    "  dead-lettered {dlq:9.0f}    duplicates {dedup:10.0f}\n"
-    "  sessions ended{sessions:9.0f}    users      {users:10.0f}\n"
-)
-
-
 def run_demo(settings: Settings, *, users: int, rate: float, bad_rate: float) -> int:
     """Run the demo until interrupted; returns the exit status."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -96,14 +94,16 @@ def run_demo(settings: Settings, *, users: int, rate: float, bad_rate: float) ->
             )
         )
         publish_catalog(settings, simulator.catalog())
+        experiment = _demo_experiment(settings, simulator)
+        sent: list[Event] = []
         feeder = threading.Thread(
             target=produce,
-            args=(settings, _until(stop, simulator.records())),
+            args=(settings, _noted(sent, _until(stop, simulator.records()))),
             kwargs={"rate": rate},
             daemon=True,
         )
         feeder.start()
-        _live_view(settings, worker)
+        _live_view(settings, worker, experiment, sent, stop)
     except KeyboardInterrupt:
         print("\nstopping …", flush=True)
     finally:
@@ -116,35 +116,65 @@ def run_demo(settings: Settings, *, users: int, rate: float, bad_rate: float) ->
     return 0
 
 
-def _live_view(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
+def _demo_experiment(settings: Settings, simulator: Simulator) -> Experiment:
+    """Publish the demo's experiment: half the users see the trending list, from the start."""
+    first = next(iter(simulator.records()))[1]
+    start = orjson.loads(first)["ts"]
+    experiment_id = f"demo-rail-{start[:10]}"
+    definition = {
+        "schema_version": 1,
+        "id": experiment_id,
+        "salt": experiment_id,
+        "start": start,
+        "metrics": ["click_play_conversion", "watch_seconds_per_user", "play_starts_per_user"],
+        "variants": [
+            {"name": "personalised", "weight": 0.5, "control": True},
+            {"name": "trending", "weight": 0.5, "knobs": {"list_source": "trending"}},
+        ],
+    }
+    return create(settings, orjson.dumps(definition))
+
+
+def _noted(sent: list[Event], records: Iterable[tuple[bytes, bytes]]) -> Iterator[Any]:
+    """Pass ``records`` on, keeping the valid events among them (for the experiment's report)."""
+    decoder = EventDecoder()
+    for key, value in records:
+        event = decoder.decode(value)
+        if isinstance(event, Event):
+            sent.append(event)
+        yield key, value
+
+
+def _live_view(
+    settings: Settings,
+    worker: subprocess.Popen[bytes],
+    experiment: Experiment,
+    sent: list[Event],
+    stop: threading.Event,
+) -> None:
     url = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
-    started = time.monotonic()
-    previous: dict[str, float] = {}
-    previous_at = started
-    tty = sys.stdout.isatty()
-    while worker.poll() is None:
-        time.sleep(1.0)
-        try:
-            now_metrics = scrape(url)
-        except OSError:
-            continue  # the worker is still starting
-        now = time.monotonic()
-        span = max(now - previous_at, 1e-6)
-        consumed = now_metrics.get("ottscore_events_consumed_total", 0.0)
-        published = now_metrics.get("ottscore_scores_published_total", 0.0)
-        view = _VIEW.format(
-            elapsed=now - started,
-            events_rate=(consumed - previous.get("ottscore_events_consumed_total", 0.0)) / span,
-            scores_rate=(published - previous.get("ottscore_scores_published_total", 0.0)) / span,
-            consumed=consumed,
-            published=published,
-            dlq=now_metrics.get("ottscore_events_rejected_total", 0.0),
-            dedup=now_metrics.get("ottscore_events_deduplicated_total", 0.0),
-            sessions=now_metrics.get("ottscore_sessions_closed_total", 0.0),
-            users=now_metrics.get("ottscore_users_cached", 0.0),
-        )
-        print(("\x1b[H\x1b[2J" if tty else "") + view, flush=True)
-        previous, previous_at = now_metrics, now
+    followed = Followed()
+    follow(settings, followed, stop)
+    started = now_s()
+    rates = Rates()
+    report = None
+    judged_at = 0.0
+    with Live(Text("starting the worker …"), refresh_per_second=2, screen=False) as live:
+        while worker.poll() is None:
+            time.sleep(1.0)
+            try:
+                metrics = scrape_labelled(url)
+            except OSError:
+                continue  # the worker is still starting
+            at = now_s()
+            per_s = (
+                rates.per_s(metrics, "ottscore_events_consumed_total", at),
+                rates.per_s(metrics, "ottscore_scores_published_total", at),
+            )
+            rates.previous, rates.previous_at = metrics, at
+            if at - judged_at >= 5.0:
+                report, judged_at = judge(experiment, followed, sent[:]), at
+            live.update(render(at - started, metrics, per_s, followed, report))
     raise SystemExit(f"the worker exited with status {worker.returncode}")
 
 
