@@ -10,7 +10,8 @@ sample here); the recommender learns five samples per choice and one per playbac
 Learning one sample is exactly River's ``learn_one`` (``tests/unit/models/test_taste.py``
 checks it against ``river.reco.BiasedMF``). Learning several at once is the minibatch
 form of the same step: every gradient is taken at the current parameters, and the
-user's gradients are summed, as several ``learn_one`` calls would add them.
+user's gradients are summed, as several ``learn_one`` calls would add them; so are an
+item's, when it is among the rows more than once (a negative drawn twice).
 
 An item is given random latent factors the first time it is learned; until then its
 row is zero, so items nobody has chosen yet add nothing to anybody's taste score. A user
@@ -113,7 +114,15 @@ class TasteModel:
         gradient = vectors @ user
         gradient += (self.mean + bias) - targets
         gradient *= 2.0
-        items[rows] = vectors * self._decay - np.outer(gradient, user) * self._lr
+        step = np.outer(gradient, user) * self._lr
+        if len(set(rows.tolist())) == m:
+            items[rows] = vectors * self._decay - step
+        else:  # an item drawn twice takes both its steps, as two learn_one calls add them
+            unique, inverse, counts = np.unique(rows, return_inverse=True, return_counts=True)
+            summed = np.zeros((len(unique), items.shape[1]))
+            np.add.at(summed, inverse, step)
+            shrink = 1.0 - counts[:, None] * (1.0 - self._decay)
+            items[unique] = items[unique] * shrink - summed
         self._step_user(user_id, user, bias, gradient @ vectors, float(gradient.sum()), m)
 
     def learn_one(self, user_id: str, row: int, target: float) -> None:
