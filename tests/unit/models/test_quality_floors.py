@@ -1,0 +1,55 @@
+"""Quality floors: a model that is broken must fail a test, not only look worse in a report.
+
+One seeded simulation (400 viewers, 45 days, ~85,000 records) runs through the processor
+as one partition. The floors sit below what the models reach on it (printed) and above
+what a broken model reaches: churn features fed as zeros or risk signals never emitted each
+fail here (checked by breaking them). Dropping the taste signal from the ranking does not:
+on this traffic the lists reach the same hit-rate without it (0.463 against 0.461), a
+signal that has yet to earn its place.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+
+from pipeline.config import Settings
+from pipeline.core.processor import Output, Processor
+from pipeline.offline.runner import drive
+from pipeline.sim.simulate import SimulationConfig, Simulator
+
+
+@functools.cache
+def run() -> tuple[dict[str, float], Counter[str]]:
+    simulator = Simulator(SimulationConfig(users=400, days=45, seed=1))
+    processor = Processor(Settings())
+    processor.load_catalog(simulator.catalog())
+    kinds: Counter[str] = Counter()
+
+    def count(outputs: list[Output]) -> None:
+        kinds.update(out.kind for out in outputs)
+
+    records = (
+        (key, value, 0, offset, 0) for offset, (key, value) in enumerate(simulator.records())
+    )
+    drive(processor, records, outputs=count)
+    report = processor.quality.report(churn_model="logreg", reco_model="personalized")
+    print(f"\nquality floors run: {report}, outputs {dict(kinds)}")
+    return report, kinds
+
+
+def test_the_churn_models_rank_churners_first() -> None:
+    report, _ = run()
+    assert report["churn.auc"] >= 0.68  # 0.738 measured; zeroed features give ~0.5
+    assert report["churn.poisson.auc"] >= 0.76  # 0.797 measured
+
+
+def test_the_personalised_lists_beat_trending_by_far() -> None:
+    report, _ = run()
+    assert report["reco.hit_rate_at_10"] >= 0.40  # 0.461 measured
+    assert report["reco.hit_rate_at_10"] >= 2.5 * report["reco.trending_hit_rate_at_10"]
+
+
+def test_risk_transitions_are_signalled() -> None:
+    _, kinds = run()
+    assert kinds["signal"] >= 5 and kinds["churn"] >= 5000  # 11 and 6,175 measured
