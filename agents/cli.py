@@ -62,6 +62,9 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.sim.simulate import SimulationConfig, Simulator, write_catalog, write_jsonl
 
+    if args.closed_loop:
+        return _simulate_closed_loop(args, settings)
+
     simulator = Simulator(
         SimulationConfig(
             users=args.users,
@@ -82,6 +85,32 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         publish_catalog(settings, simulator.catalog())
         count = produce(settings, simulator.records(), rate=args.rate)
         print(f"produced {count} records to {settings.topic_events}", file=sys.stderr)
+    return 0
+
+
+def _simulate_closed_loop(args: argparse.Namespace, settings: Settings) -> int:
+    """Users who see the lists the core publishes to them, in process; the events to a file."""
+    from pipeline.core.processor import Processor
+    from pipeline.sim.closed_loop import ClosedLoop, ClosedLoopConfig
+    from pipeline.sim.list_policies import ProcessorLists
+    from pipeline.sim.simulate import write_catalog, write_jsonl
+
+    if args.to_kafka or not args.out:
+        raise ValueError("--closed-loop runs in process: give --out (and --catalog-out)")
+    loop = ClosedLoop(
+        ClosedLoopConfig(users=args.users, days=args.days, seed=args.seed, bad_rate=args.bad_rate)
+    )
+    processor = Processor(settings, clock=lambda: 4_102_444_800.0)  # the loop's own time
+    if args.experiments:
+        from pipeline.serde.jsonl import read_jsonl
+
+        processor.load_experiments(read_jsonl(args.experiments))
+    run = loop.run(ProcessorLists(processor, catalog=loop.catalog.records()))
+    if args.catalog_out:
+        write_catalog(loop.catalog.records(), args.catalog_out)
+    count = write_jsonl(run.records, args.out)
+    lists = sum(len(shown) for shown in run.impressions.values())
+    print(f"wrote {count} records to {args.out} ({lists} home screens seen)", file=sys.stderr)
     return 0
 
 
@@ -232,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--duplicate-rate", type=float, default=0.0, help="share of client retries (exact re-sends)"
+    )
+    sim.add_argument(
+        "--closed-loop",
+        action="store_true",
+        help="users see the lists the core publishes to them and react (in process, --out)",
+    )
+    sim.add_argument(
+        "--experiments", type=Path, help="with --closed-loop: JSONL experiment definitions to run"
     )
     sim.set_defaults(func=_simulate)
 

@@ -75,3 +75,21 @@ def test_the_command_prints_the_table_and_draws_the_plot(files, capsys, tmp_path
         main(["experiment", "report", "nope", "--events", str(events), "--definitions",
               str(definitions)])  # fmt: skip
     assert missing.value.code == 2
+
+
+def test_a_closed_loop_a_a_experiment_finds_nothing_and_its_split_is_even(tmp_path) -> None:
+    """Users who see their lists, split into two arms that show the same thing."""
+    start = "2026-01-01T00:00:00Z"  # the closed loop's first day
+    same = definition(start) | {"id": "aa", "salt": "aa-salt"}
+    same["variants"] = [{"name": "a", "weight": 0.5, "control": True}, {"name": "b", "weight": 0.5}]
+    definitions = tmp_path / "aa.jsonl"
+    definitions.write_bytes(orjson.dumps(same) + b"\n")
+    events, catalog = tmp_path / "events.jsonl", tmp_path / "catalog.jsonl"
+    with pytest.raises(SystemExit) as done:
+        main(["simulate", "--closed-loop", "--users", "300", "--days", "14", "--seed", "3",
+              "--experiments", str(definitions), "--out", str(events),
+              "--catalog-out", str(catalog)])  # fmt: skip
+    assert done.value.code == 0
+    report = report_events(events, [same], "aa", settings=Settings(), catalog_path=catalog)
+    assert sum(report.users.values()) > 250 and report.srm_p_value > 0.05
+    assert not any(row.significant for row in report.rows)
