@@ -7,7 +7,8 @@ passed, so every user is measured over the same span and the values do not drift
 experiment is watched. Event time only: a click converts when the same user
 plays the same item within ``conversion_window_s`` (10 minutes) of it; a search succeeds
 when a play follows it in the same session (no gap of ``session_gap_s``); a playback
-completes when its playhead reaches ``COMPLETION_FRACTION`` of the item's duration. Each
+completes when its playhead reaches 90 % of the item's duration
+(:class:`~pipeline.core.playback.Playhead`). Each
 metric is then one value per user (:data:`METRICS`): the statistics compare the means of
 those values between arms, so a heavy user counts once, as a user.
 
@@ -33,11 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.core.events import Event
+from pipeline.core.playback import Playhead
 
-__all__ = ["COMPLETION_FRACTION", "METRICS", "Outcomes", "UserOutcome"]
-
-#: Share of an item's duration a playhead must reach for the playback to count as completed.
-COMPLETION_FRACTION = 0.9
+__all__ = ["METRICS", "Outcomes", "UserOutcome"]
 
 
 @dataclass(slots=True)
@@ -56,11 +55,7 @@ class UserOutcome:
     watch_s: float = 0.0
     _pending_clicks: dict[str, int] = field(default_factory=dict)
     _open_searches: int = 0
-    _playing: str | None = None
-    _position_s: float = 0.0
-    _since_ms: int = 0
-    _duration_s: float | None = None
-    _completed_this: bool = False
+    _playhead: Playhead = field(default_factory=Playhead)
 
 
 def _ratio(hits: int, trials: int) -> float | None:
@@ -105,7 +100,10 @@ class Outcomes:
             user.sessions += 1
             user._open_searches = 0
         user.last_ms = max(user.last_ms, ts)
-        self._watch(user, event)
+        watched, completed, started = user._playhead.step(event)
+        user.watch_s += watched
+        user.completed += completed
+        user.plays += started
         if event.type == "search":
             user.searches += 1
             user._open_searches += 1
@@ -118,35 +116,3 @@ class Outcomes:
                 user.clicks_played += 1
             user.searches_played += user._open_searches
             user._open_searches = 0
-
-    def _watch(self, user: UserOutcome, event: Event) -> None:
-        """Watch seconds, play starts and completions, from the playhead (as the state does)."""
-        same = event.item_id is not None and event.item_id == user._playing
-        if user._playing is not None and same and event.position_s is not None:
-            elapsed_s = max(0.0, (event.ts_ms - user._since_ms) / 1000.0)
-            user.watch_s += min(max(0.0, event.position_s - user._position_s), elapsed_s)
-            self._complete(user, event.position_s)
-        if event.type == "play" and event.item_id is not None:
-            if not same:
-                user.plays += 1
-                user._completed_this = False
-                user._duration_s = event.duration_s
-            elif event.duration_s:
-                user._duration_s = event.duration_s
-            user._playing = event.item_id
-            user._position_s = event.position_s or 0.0
-            user._since_ms = event.ts_ms
-            self._complete(user, user._position_s)
-        elif event.type == "pause" and same:
-            user._position_s = event.position_s or user._position_s
-            user._since_ms = event.ts_ms
-            user._playing = None if user._completed_this else user._playing
-        elif not same and event.type in ("click", "play"):
-            user._playing = None
-
-    @staticmethod
-    def _complete(user: UserOutcome, position_s: float) -> None:
-        duration = user._duration_s
-        if not user._completed_this and duration and position_s >= COMPLETION_FRACTION * duration:
-            user.completed += 1
-            user._completed_this = True

@@ -18,7 +18,10 @@ RULES = [
     (("pipeline",), ("agents",)),  # the core runs without Kafka and Faust
     (("agents.worker",), ("agents.devtools", "agents.cli")),  # the worker ships alone
     # what scores users never runs the simulator or the offline tools
-    (("pipeline.core", "pipeline.models", "pipeline.serde"), ("pipeline.sim", "pipeline.offline")),
+    (
+        ("pipeline.core", "pipeline.models", "pipeline.serde", "pipeline.kpis"),
+        ("pipeline.sim", "pipeline.offline"),
+    ),
 ]
 
 
