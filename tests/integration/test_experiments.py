@@ -10,6 +10,7 @@ publishes the trending list.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from conftest import free_ports
 from worker_process import WorkerProcess, labelled, produce_all, read_topic
 
@@ -134,3 +136,48 @@ def test_the_worker_counts_bad_definitions_and_runs_the_good_one(
         arms[variant] += 1
     assert arms["control"] > 20 and arms["trending"] > 20
     print(f"\nexperiment on the real broker: lists by arm {dict(arms)}, refused {dict(refused)}")
+
+
+@pytest.mark.slow
+def test_assignments_survive_a_kill_and_the_population_decided_before_it_holds(
+    settings_factory, tmp_path: Path
+) -> None:
+    """Only users seen before the start take part; a worker killed mid-run forgets nobody."""
+    settings = settings_factory(metrics_port=free_ports(1)[0], store="rocksdb://")
+    simulator = Simulator(SimulationConfig(users=150, days=10, seed=12, new_user_fraction=0.3))
+    records = list(simulator.records())
+    start = orjson.loads(records[len(records) // 3][1])["ts"]
+    returning = definition(start, population={"new_users": False})
+    produce(settings, [(b"rail", orjson.dumps(returning))], topic=settings.topic_experiments)
+    first_seen: dict[str, str] = {}
+    for _, value in records:
+        event = orjson.loads(value)
+        first_seen.setdefault(event["user_id"], event["ts"])
+    half = 2 * len(records) // 3
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce_all(settings, records[:half])
+        worker.wait_received(half)
+    finally:
+        worker.stop(signal.SIGKILL)
+    worker = WorkerProcess(settings, tmp_path / "worker-2.log").start()
+    try:
+        produce_all(settings, records[half:])
+        worker.wait_until(
+            lambda: worker.metric("ottscore_records_received_total") >= len(records) - half,
+            timeout_s=120, what="the rest of the records",
+        )  # fmt: skip
+    finally:
+        assert worker.stop() == 0
+    experiment = parse_definition(returning)
+    tags: dict[str, set[str]] = {}
+    for record in read_topic(settings, settings.topic_scores_personalization):
+        value = orjson.loads(record.value)
+        if "experiments" in value:
+            tags.setdefault(value["user_id"], set()).add(value["experiments"]["rail"])
+    assert tags and all(len(variants) == 1 for variants in tags.values())
+    assert all(first_seen[user] < start for user in tags)  # new users stay outside
+    assert all(variants == {assign(experiment, user)} for user, variants in tags.items())
+    newcomers = [user for user, ts in first_seen.items() if ts >= start]
+    assert newcomers and not set(newcomers) & set(tags)
+    print(f"\nkilled mid-run: {len(tags)} users tagged, {len(newcomers)} newcomers outside")
