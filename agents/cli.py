@@ -141,6 +141,25 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _kpis(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from pipeline.offline.kpis import kpis_of_file
+
+    windows, returns, late = kpis_of_file(
+        args.file, settings=settings, partitions=args.partitions, lateness_s=args.lateness_s
+    )
+    with open(args.out, "wb") as out:
+        for record in [*windows, *returns]:
+            out.write(orjson.dumps(record) + b"\n")
+    print(
+        f"wrote {len(windows)} window and {len(returns)} 7-day return records to {args.out} "
+        f"({late} late events not applied)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _import(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.offline.movielens import import_movielens
 
@@ -303,6 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--predictions", type=Path, help="write one JSON line per labelled churn prediction"
     )
     ev.set_defaults(func=_evaluate)
+
+    kpis = sub.add_parser("kpis", help="KPI windows (hour, day) of a file of events")
+    kpis.add_argument("file", type=Path, help="JSONL events")
+    kpis.add_argument("--out", type=Path, required=True, help="write JSONL KPI records here")
+    kpis.add_argument("--partitions", type=int, default=1, help="as the workers' topic has")
+    kpis.add_argument(
+        "--lateness-s", type=float, default=300.0, help="event time a window waits for late events"
+    )
+    kpis.set_defaults(func=_kpis)
 
     imp = sub.add_parser("import", help="turn a public data set into events")
     imp.add_argument("source", choices=["movielens"])

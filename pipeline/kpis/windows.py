@@ -139,7 +139,11 @@ class PartitionKpis:
             self._released_ms = until_ms
 
     def close(self, *, final: bool = False) -> list[WindowCounts | ReturnCounts]:
-        """The windows (and 7-day returns) now final, each once; ``final``: all of them."""
+        """The windows (and 7-day returns) now final, each once.
+
+        ``final`` (the end of a file) closes every window; a 7-day return is given only once
+        its week is over, never guessed from a week cut short.
+        """
         if final and self._held:
             self._release(max(ts for ts, *_ in self._held))
         released = self._released_ms
@@ -155,8 +159,9 @@ class PartitionKpis:
                     end = start + DAY_MS
                     back = {u for u in counts.users if (self._users[u].last_ms or 0) >= end}
                     self._returns[start, scope] = (counts.users, back)
-        for start, scope in sorted(self._returns):
-            if final or start + DAY_MS + RETURN_MS <= released:
+        last = self.watermark_ms if final else released
+        for start, scope in sorted(self._returns):  # a return not known yet is never guessed
+            if last is not None and start + DAY_MS + RETURN_MS <= last:
                 users, back = self._returns.pop((start, scope))
                 done.append(ReturnCounts(start, scope, len(users), len(back)))
         return done
