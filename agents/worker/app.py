@@ -138,12 +138,16 @@ def build_app(settings: Settings | None = None) -> faust.App:
 
     @app.timer(settings.catalog_refresh_s)
     async def refresh() -> None:
-        worker.load_catalog(await asyncio.to_thread(worker.catalog.read))
+        items = await asyncio.to_thread(worker.catalog.refresh)
+        if items is not None:
+            worker.load_catalog(items)
         worker.export_quality()
 
     @app.timer(settings.experiments_refresh_s)
     async def refresh_experiments() -> None:
-        worker.load_experiments(await asyncio.to_thread(worker.experiment_definitions.read))
+        definitions = await asyncio.to_thread(worker.experiment_definitions.refresh)
+        if definitions is not None:
+            worker.load_experiments(definitions)
 
     @app.timer(1.0)
     async def beat() -> None:

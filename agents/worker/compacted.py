@@ -6,6 +6,7 @@ A worker reads each at start and then at every refresh, only what was published 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import orjson
@@ -34,9 +35,29 @@ class CompactedReader:
         self.topic = topic
         self._consumer: KafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
+        self._lock = threading.Lock()  # a close waits for a read in another thread
+
+    def refresh(self) -> list[object] | None:
+        """:meth:`read`, for the periodic refresh: a failure is logged, never raised.
+
+        The broker may be away (a restart, a failover) or the worker stopping while a read
+        runs in its thread: the refresh gives up with a warning, the reader starts afresh
+        (the next read reads the whole topic, which the processor takes unchanged), and the
+        worker goes on. Returns ``None`` when the read failed.
+        """
+        try:
+            return self.read()
+        except Exception as exc:  # noqa: BLE001 - a refresh must never stop the worker
+            log.warning(
+                "refreshing %s failed (%r); tried again at the next refresh", self.topic, exc
+            )
+            self.close()
+            return None
 
     def read(self) -> list[object]:
         """The records published since the last read (latest per key), as parsed JSON.
+
+        Raises what the Kafka client raises when the broker cannot be read.
 
         Nothing is validated here (the processor does, e.g.
         :meth:`~pipeline.core.processor.Processor.load_catalog`);
@@ -45,6 +66,10 @@ class CompactedReader:
         stops after ``kafka_startup_timeout_s`` with what it has, logged: the next read goes
         on from there.
         """
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> list[object]:
         timeout_s = self.settings.kafka_startup_timeout_s
         deadline = time.monotonic() + timeout_s
         consumer = self._consumer
@@ -86,6 +111,7 @@ class CompactedReader:
 
     def close(self) -> None:
         """Close the consumer (a later :meth:`read` reads everything again)."""
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        with self._lock:
+            if self._consumer is not None:
+                consumer, self._consumer = self._consumer, None
+                consumer.close()
