@@ -13,11 +13,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.core.events import Event, EventDecoder
 from pipeline.core.processor import Processor
 from pipeline.experiments.report import Report, build_report
 from pipeline.offline.evaluate import read_event_file
-from pipeline.offline.runner import drive
+from pipeline.offline.runner import drive, unique_events
 from pipeline.serde.jsonl import read_jsonl
 
 __all__ = ["report_events"]
@@ -59,15 +58,5 @@ def report_events(
         if experiment_id in state.experiments
     }
     return build_report(
-        experiment, assignments, _unique_events(events.records, decoder), window_s=window_s
+        experiment, assignments, unique_events(events.records, decoder), window_s=window_s
     )
-
-
-def _unique_events(records: Iterable[bytes], decoder: EventDecoder) -> Iterable[Event]:
-    """The valid events of ``records``, each once (client retries repeat an event id)."""
-    seen: set[tuple[str, str]] = set()
-    for record in records:
-        event = decoder.decode(record)
-        if isinstance(event, Event) and (event.user_id, event.event_id) not in seen:
-            seen.add((event.user_id, event.event_id))
-            yield event

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.core.events import Event, EventDecoder
+from pipeline.core.events import EventDecoder
 from pipeline.core.partitioning import partition_for
 from pipeline.kpis.combine import kpi_records, return_records
 from pipeline.kpis.windows import PartitionKpis, ReturnCounts, WindowCounts
 from pipeline.offline.evaluate import read_event_file
+from pipeline.offline.runner import unique_events
 
 __all__ = ["kpis_of_file"]
 
@@ -29,15 +30,9 @@ def kpis_of_file(
     decoder = EventDecoder.from_settings(settings)
     events = read_event_file(path, decoder=decoder)
     parts = [PartitionKpis(lateness_ms=int(lateness_s * 1000)) for _ in range(partitions)]
-    seen: set[tuple[str, str]] = set()
     closed: list[WindowCounts | ReturnCounts] = []
-    for record in events.records:
-        event = decoder.decode(record)
-        if not isinstance(event, Event) or (event.user_id, event.event_id) in seen:
-            continue
-        seen.add((event.user_id, event.event_id))
-        part = parts[partition_for(event.user_id.encode(), partitions)]
-        part.add(event, arms={})
+    for event in unique_events(events.records, decoder):
+        parts[partition_for(event.user_id.encode(), partitions)].add(event, arms={})
     for part in parts:
         closed.extend(part.close(final=True))
     windows = kpi_records(c for c in closed if isinstance(c, WindowCounts))

@@ -22,14 +22,15 @@ True
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from pipeline.core.events import Event, EventDecoder
 from pipeline.core.processor import Output, Processor
 
-__all__ = ["BATCH", "InputRecord", "Run", "drive"]
+__all__ = ["BATCH", "InputRecord", "Run", "drive", "unique_events"]
 
 #: Records per batch: the worker's default (``OTTSCORE_BATCH_MAX_EVENTS``).
 BATCH = 2000
@@ -105,3 +106,17 @@ def drive(
         if states is not None:
             states(dirty)
     return Run(count, seconds)
+
+
+def unique_events(records: Iterable[bytes], decoder: EventDecoder) -> Iterator[Event]:
+    """The valid events of ``records``, each event id of a user once.
+
+    A client retry repeats an event id and the workers de-duplicate it, so the offline
+    measures (experiment reports, KPI windows) count it once too.
+    """
+    seen: set[tuple[str, str]] = set()
+    for record in records:
+        event = decoder.decode(record)
+        if isinstance(event, Event) and (event.user_id, event.event_id) not in seen:
+            seen.add((event.user_id, event.event_id))
+            yield event
