@@ -328,7 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     kpis.add_argument("--out", type=Path, required=True, help="write JSONL KPI records here")
     kpis.add_argument("--partitions", type=int, default=1, help="as the workers' topic has")
     kpis.add_argument(
-        "--lateness-s", type=float, default=300.0, help="event time a window waits for late events"
+        "--lateness-s",
+        type=float,
+        default=None,
+        help="event time a window waits for late events (default: OTTSCORE_KPI_LATENESS_S)",
     )
     kpis.set_defaults(func=_kpis)
 

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     topic_state_quarantine: str = Field(
         "ott.state.quarantine", description="Stored user states no release can read, with a reason."
     )
+    topic_kpi_partials: str = Field(
+        "ott.kpis.partials",
+        description="Each partition's closed KPI windows, for the combining agent (one "
+        "partition; internal).",
+    )
+    topic_kpis: str = Field(
+        "ott.kpis", description="Business KPIs per closed window and scope (key = window)."
+    )
     topic_partitions: int = Field(
         4, ge=1, description="Partitions of the topics ottscore creates (input and tables)."
     )
@@ -138,6 +146,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between a worker's reads of the experiments topic: a new "
         "definition or a stop takes effect within this (each read takes only what changed).",
+    )
+    kpi_lateness_s: float = Field(
+        300.0,
+        ge=0,
+        description="Allowed lateness of the KPI windows, in seconds of event time: an "
+        "event older than the watermark by more is counted late and not applied; a window "
+        "closes this long after its end plus the 30 minutes a click or search can convert.",
     )
     catalog_refresh_s: float = Field(
         60.0,

@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 import faust
+import orjson
 from prometheus_client import CollectorRegistry
 
 from agents.worker.faust_patches import App, Refusal, Worker
@@ -30,11 +31,15 @@ from agents.worker.kafka import faust_broker_settings, output_topics
 from agents.worker.metrics import Metrics
 from agents.worker.snapshots import SnapshotWriter
 from pipeline.config import Settings
+from pipeline.kpis.combine import KpiCombiner
 from pipeline.serde.snapshots import MAX_SNAPSHOT_BYTES
 
 __all__ = ["build_app", "logging_config"]
 
 log = logging.getLogger(__name__)
+
+#: The one key of the KPI combining agent's table.
+COMBINER_KEY = b"combiner"
 
 
 def logging_config(settings: Settings) -> dict[str, Any] | None:
@@ -98,6 +103,14 @@ def build_app(settings: Settings | None = None) -> faust.App:
     )
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+    partials = app.topic(settings.topic_kpi_partials, partitions=1, **raw)
+    combined = app.Table(
+        "kpis",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=1,
+        help="State of the KPI combining agent (pipeline.kpis.combine.KpiCombiner bytes).",
+    )
 
     def send_snapshot(key: bytes, value: bytes, *, callback: Any, on_refused: Refusal) -> None:
         producer = app.producer
@@ -119,6 +132,42 @@ def build_app(settings: Settings | None = None) -> faust.App:
             message = event.message
             raise RuntimeError(f"record {message.tp}@{message.offset} bypassed the Consumer")
 
+    kpi_combiner: dict[str, KpiCombiner] = {}  # the one in use, read from the table first
+
+    @app.agent(partials, name="kpis")
+    async def combine_kpis(stream: faust.StreamT) -> None:
+        """Add up the partitions' KPI windows; publish each once every partition closed it.
+
+        A window's record is acknowledged by the broker before the combiner's state that
+        gave it is written, so a restart publishes it again (the same record, the same
+        key) rather than never. A record that is not a partial one is logged and skipped.
+        """
+        producer = app.producer
+        async for value in stream:
+            combiner = kpi_combiner.get("in use")
+            if combiner is None:
+                stored = combined.get(COMBINER_KEY)
+                combiner = kpi_combiner["in use"] = (
+                    KpiCombiner.from_bytes(stored, partitions=settings.topic_partitions)
+                    if stored
+                    else KpiCombiner(settings.topic_partitions)
+                )
+            try:
+                records = combiner.feed(orjson.loads(value))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.error("KPI partial record skipped (%s): %.200r", exc, value)
+                continue
+            if records:
+                acknowledged = asyncio.get_running_loop().create_future()
+                producer.send_many(
+                    settings.topic_kpis,
+                    [(record["key"].encode(), orjson.dumps(record)) for record in records],
+                    lambda _offsets, done=acknowledged: done.done() or done.set_result(None),
+                )
+                await acknowledged  # a failure fails the next commit's flush: the worker stops
+                metrics.set_kpis(records)
+            combined[COMBINER_KEY] = combiner.to_bytes()
+
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
         await worker.prefetch_snapshots(
@@ -128,6 +177,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
         worker.revoke({tp.partition for tp in revoked if tp.topic == settings.topic_events})
+        if any(tp.topic == settings.topic_kpi_partials for tp in revoked):
+            kpi_combiner.clear()  # its next owner (maybe this worker again) reads the table
         await app.producer.flush()  # the last snapshots are acknowledged before partitions move
 
     @app.on_before_shutdown.connect

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
+import orjson
 from faust.types import TP, Message
 
 from agents.worker.compacted import CompactedReader
@@ -32,7 +33,7 @@ from pipeline.core.processor import Processor
 from pipeline.core.records import quarantine_record, reduced_dlq_record
 from pipeline.core.state_codec import StateUnreadable
 
-__all__ = ["IngestWorker", "WRITE_BACK_PART", "freeze_heap"]
+__all__ = ["IngestWorker", "KPI_MARK_PREFIX", "WRITE_BACK_PART", "freeze_heap", "kpi_mark_key"]
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +133,14 @@ class IngestWorker:
         Returns whether anything was adopted: stored states or a snapshot's models.
         """
         processor = self.processor
-        restored = 0
+        states = []
+        kpis_closed_ms = -1
         for key, data in self.table.data.items():
             if key in self._quarantined:
+                continue
+            if key.startswith(KPI_MARK_PREFIX):
+                if key == kpi_mark_key(partition):
+                    kpis_closed_ms = read_kpi_mark(data)
                 continue
             try:
                 user_id = key.decode()
@@ -145,8 +151,11 @@ class IngestWorker:
                 self._quarantine(key, data, partition, exc)
                 continue
             if state.partition == partition:  # not a standby copy of another worker's
-                processor.adopt(state)
-                restored += 1
+                states.append(state)
+        processor.restore_kpis(partition, kpis_closed_ms)  # before the users' parts are added
+        for state in states:
+            processor.adopt(state)
+        restored = len(states)
         read = self._prefetched.pop(partition, None)
         if read is not None and read.done() and not read.cancelled() and not read.exception():
             models = read.result()
@@ -280,6 +289,7 @@ class IngestWorker:
         if self.failed:
             return
         processor = self.processor
+        self._write_kpi_marks(processor.take_kpi_marks())
         users = processor.take_dirty_users()
         self.faults.reach("write_back_taken")
         written = 0
@@ -311,6 +321,31 @@ class IngestWorker:
             )
         self.faults.reach("changelog_handed")
         self.metrics.state_writes.inc(len(states))
+
+    def _write_kpi_marks(self, marks: Sequence[tuple[int, int]]) -> None:
+        """Store how far each partition closed its KPI windows, with its user states.
+
+        The mark goes to the changelog once the KPI records of those windows are
+        acknowledged (``after_acknowledged``); once stored, the partition's users forget
+        their parts of the windows closed by it, and a restart never closes them again.
+        """
+        table = self.table
+        changelog = table.changelog_topic.get_topic_name()
+        for partition, closed_ms in marks:
+            records = [(kpi_mark_key(partition), kpi_mark(closed_ms))]
+
+            def stored(
+                last_offsets: dict[int, int],
+                partition: int = partition,
+                closed_ms: int = closed_ms,
+                records: Records = records,
+            ) -> None:
+                self._persist(partition, records, last_offsets)
+                self.processor.kpi_mark_stored(partition, closed_ms)
+
+            table.app.producer.send_many(
+                changelog, records, stored, partition=partition, after_acknowledged=True
+            )
 
     def _persist(self, partition: int, records: Records, last_offsets: dict[int, int]) -> None:
         """The changelog holds ``records``: write them to the store, with the offset it is at.
@@ -420,6 +455,34 @@ class IngestWorker:
         for gauge in (self.metrics.consumer_lag, self.metrics.consumer_committed_lag):
             with contextlib.suppress(KeyError):
                 gauge.remove(str(partition))
+
+
+#: Keys of the users table that are not users: no user id (UTF-8 text) starts with 0xFF.
+KPI_MARK_PREFIX = b"\xffkpis/"
+
+
+def kpi_mark_key(partition: int) -> bytes:
+    """The key of ``partition``'s KPI mark in the users table."""
+    return KPI_MARK_PREFIX + str(partition).encode()
+
+
+def kpi_mark(closed_ms: int) -> bytes:
+    """The stored KPI mark (format 1): windows closing at or before ``closed_ms`` were given.
+
+    >>> read_kpi_mark(kpi_mark(1_796_544_000_000))
+    1796544000000
+    """
+    return orjson.dumps({"format": 1, "closed_ms": closed_ms})
+
+
+def read_kpi_mark(data: bytes) -> int:
+    """The closed point of a stored KPI mark; -1 (nothing closed) for one no release wrote."""
+    try:
+        obj = orjson.loads(data)
+        return int(obj["closed_ms"]) if obj.get("format") == 1 else -1
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        log.error("KPI mark %.100r unreadable: the partition's windows are counted afresh", data)
+        return -1
 
 
 def freeze_heap(after: str) -> None:

@@ -98,7 +98,13 @@ def all_topics(settings: Settings) -> tuple[list[str], list[str]]:
         *output_topics(settings).values(),
         settings.topic_state_quarantine,
     ]
-    return plain, [settings.topic_models, settings.topic_catalog, settings.topic_experiments]
+    compacted = [
+        settings.topic_models,
+        settings.topic_catalog,
+        settings.topic_experiments,
+        settings.topic_kpis,
+    ]
+    return plain, compacted
 
 
 def admin_client(config: Mapping[str, Any], *, timeout: float) -> KafkaAdminClient:
@@ -177,17 +183,28 @@ def create_topics(
 def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> None:
     """Create every topic ottscore reads or writes that does not exist yet.
 
+    The KPI partials topic has one partition whatever ``topic_partitions``: the agent
+    that adds the partitions' KPI windows up must see all of them.
+
     The dead-letter topic is created with ``max.message.bytes`` set to
     ``dlq_max_message_bytes``, the bound every dead-letter record is cut to.
     """
     plain, compacted = all_topics(settings)
+    single = settings.topic_kpi_partials
     create_topics(
         kafka_python_config(settings),
-        plain,
+        [name for name in plain + compacted if name != single],
         partitions=settings.topic_partitions,
         replication=settings.topic_replication,
         compacted=compacted,
         configs={settings.topic_dlq: {"max.message.bytes": str(settings.dlq_max_message_bytes)}},
+        timeout=timeout,
+    )
+    create_topics(  # one partition: one combining agent sees every partition's windows
+        kafka_python_config(settings),
+        [single],
+        partitions=1,
+        replication=settings.topic_replication,
         timeout=timeout,
     )
 

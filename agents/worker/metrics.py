@@ -25,6 +25,8 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
@@ -35,6 +37,9 @@ from pipeline.core.outputs import SCORED_KINDS
 from pipeline.core.tally import Tally
 from pipeline.experiments.definition import REFUSAL_REASONS as DEFINITION_REFUSALS
 from pipeline.serde.snapshots import REFUSAL_REASONS
+
+#: Fields of a KPI record that are not values (schemas/kpi.schema.json).
+_KPI_LABELS = frozenset({"key", "window", "start", "end", "scope", "schema_version"})
 
 #: The kinds of record whose refusal for size the worker survives (``records_refused``).
 REFUSED_KINDS = ("dlq", "snapshot")
@@ -80,6 +85,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._kpi_end: dict[str, float] = {}
         self.records_received = PromCounter(
             "ottscore_records_received_total",
             "Input records read from the events topic, valid or not.",
@@ -255,6 +261,35 @@ class Metrics:
             registry=registry,
         )
 
+        self.kpi_late_events = PromCounter(
+            "ottscore_kpi_late_events_total",
+            "Events older than their partition's KPI watermark by more than the allowed "
+            "lateness (OTTSCORE_KPI_LATENESS_S): counted here, not in any KPI window.",
+            registry=registry,
+        )
+        self.kpi_records_published = _counter_of_each(
+            "ottscore_kpi_records_published_total",
+            "KPI records published to the KPI topic by this worker's combining agent, by window "
+            "(hour, day, return_7d), once every partition closed the window.",
+            "window",
+            ("hour", "day", "return_7d"),
+            registry,
+        )
+        self.kpi = Gauge(
+            "ottscore_kpi",
+            "The latest KPI window published by this worker, per window (hour, day, "
+            "return_7d), scope (all, or experiment/ID/VARIANT) and kpi (each count and ratio "
+            "of schemas/kpi.schema.json).",
+            ["window", "scope", "kpi"],
+            registry=registry,
+        )
+        self.kpi_window_end = Gauge(
+            "ottscore_kpi_window_end_timestamp_seconds",
+            "End (event time) of the latest KPI window published by this worker, per window.",
+            ["window"],
+            registry=registry,
+        )
+
         self.model_quality = Gauge(
             "ottscore_model_quality",
             "Prequential quality over each model's last 10,000 outcomes: metric is churn_auc "
@@ -275,6 +310,20 @@ class Metrics:
             if value == value:
                 self.model_quality.labels(metric, model).set(value)
 
+    def set_kpis(self, records: list[dict[str, Any]]) -> None:
+        """Export the KPI records just published: each window's latest values."""
+        for record in records:
+            window = record["window"]
+            scope = "/".join(record["scope"])
+            self.kpi_records_published.labels(window).inc()
+            for name, value in record.items():
+                if name not in _KPI_LABELS and isinstance(value, int | float):
+                    self.kpi.labels(window, scope, name).set(value)
+            end = datetime.fromisoformat(record["end"].replace("Z", "+00:00")).timestamp()
+            if end >= (self._kpi_end.get(window) or 0.0):
+                self._kpi_end[window] = end
+                self.kpi_window_end.labels(window).set(end)
+
     def add(self, tally: Tally) -> None:
         """Add a batch's tally to the counters (the tally is left as it was)."""
         self.records_received.inc(tally.received)
@@ -292,6 +341,8 @@ class Metrics:
             self.sessions_closed.inc(tally.sessions_closed)
         if tally.timer_errors:
             self.timer_errors.inc(tally.timer_errors)
+        if tally.kpi_late:
+            self.kpi_late_events.inc(tally.kpi_late)
         for reason, n in tally.catalog_rejected.items():
             self.catalog_rejected.labels(reason).inc(n)
         for reason, n in tally.experiments_refused.items():

@@ -46,6 +46,7 @@ OUTPUTS = {
         Output("churn", "topic_scores_churn", "churn"),
         Output("personalization", "topic_scores_personalization", "personalization"),
         Output("signal", "topic_signals", "signal"),
+        Output("kpi_partial", "topic_kpi_partials", "kpi_partial", scored=False),
     )
 }
 

@@ -30,8 +30,8 @@ Examples
 ...     ev = Event(f"e{offset}", "search", user, ts, query="drama")
 ...     p.process(encode_event(ev), key=user.encode(), partition=0, offset=offset)
 >>> p.process(b"{not json", key=b"u3", partition=0, offset=3)
->>> [o.kind for o in p.take_outbox()]   # u1's session ended when u2's event passed 90 s
-['churn', 'dlq']
+>>> [o.kind for o in p.take_outbox()]   # the KPI windows opened; u1's session ended at 90 s
+['kpi_partial', 'churn', 'dlq']
 >>> p.tally.received, sum(p.tally.consumed.values()), dict(p.tally.rejected)
 (4, 3, {'not_json': 1})
 >>> sorted(user for user, _, _ in p.take_dirty())
@@ -55,6 +55,7 @@ from pipeline.core.records import (
     DLQ_RECORD_OVERHEAD,
     churn_record,
     dlq_record,
+    kpi_partial_record,
     risk_band,
     signal_record,
 )
@@ -62,6 +63,7 @@ from pipeline.core.state import PendingChurn, UserState
 from pipeline.core.tally import Tally
 from pipeline.core.timers import EventTimeTimers
 from pipeline.experiments.live import LiveExperiments
+from pipeline.kpis.windows import HOUR_MS, PartitionKpis, UserKpis
 from pipeline.models.partition import PartitionModels
 from pipeline.models.quality import LabelledPrediction, Prequential
 
@@ -145,6 +147,13 @@ class Processor:
         self._cause: tuple[int, int] = (0, 0)
         # per partition, (offset, last event time) of the states adopted since its last record
         self._floors: dict[int, list[tuple[int, int]]] = {}
+        #: Each partition's KPI windows (:mod:`pipeline.kpis.windows`), their users' parts in
+        #: the user states.
+        self.kpis: dict[int, PartitionKpis] = {}
+        self._kpi_lateness_ms = int(settings.kpi_lateness_s * 1000)
+        self._kpi_hour: dict[int, int] = {}  # per partition, the hour of its last KPI record
+        self._kpi_next: dict[int, int] = {}  # per partition, when its next KPI record is due
+        self._kpi_marked: dict[int, int] = {}  # per partition, its closed point last stored
 
     # --- input ------------------------------------------------------------------------
 
@@ -224,6 +233,19 @@ class Processor:
                 device=event.device,
             )
         timers.schedule(state.partition, user_id, SESSION, state.session_deadline_ms(self._gap_ms))
+        kpis = self.kpis.get(state.partition) or self._kpis_of(state.partition)
+        late = kpis.late
+        kpis.add(
+            event,
+            arms=self.experiments.arms(state.experiments, event.ts_ms) if state.experiments else {},
+            user=state.kpis or self._kpi_tracker(user_id),
+        )
+        if kpis.late != late:
+            tally.kpi_late += 1
+        elif kpis.has_closed or (kpis.released_ms or 0) >= self._kpi_next.get(
+            state.partition, -(2**62)
+        ):
+            self._emit_kpis(state.partition, kpis)
         if event.item_id is not None:
             record = self.personalizer.on_event(state, models, event, step, previous)
             if record is not None:
@@ -251,6 +273,13 @@ class Processor:
         timers = self.timers
         timers.advance(partition, ts_ms)
         self._cause = (ts_ms, timestamp_ms)
+        kpis = self.kpis.get(partition)
+        if kpis is not None and (kpis.watermark_ms is None or ts_ms > kpis.watermark_ms):
+            kpis.advance(ts_ms)
+            if kpis.has_closed or (kpis.released_ms or 0) >= self._kpi_next.get(
+                partition, -(2**62)
+            ):
+                self._emit_kpis(partition, kpis)
         if timers.due(partition):
             self._fire_timers(partition)
 
@@ -339,6 +368,8 @@ class Processor:
         """
         self.users[state.user_id] = state
         self._floors.setdefault(state.partition, []).append((state.offset, state.last_seen_ms))
+        if state.kpis is not None:
+            self._kpis_of(state.partition).adopt(state.user_id, state.kpis)
         if state.session_start_ms is not None:
             self.timers.schedule(
                 state.partition, state.user_id, SESSION, state.session_deadline_ms(self._gap_ms)
@@ -501,6 +532,73 @@ class Processor:
         self._outbox.append(Output(kind, key, value, event_ts_ms, ingest_ts_ms))
         self.tally.published[kind] += 1
 
+    # --- KPI windows --------------------------------------------------------------------
+
+    def _kpis_of(self, partition: int) -> PartitionKpis:
+        kpis = self.kpis.get(partition)
+        if kpis is None:
+            kpis = self.kpis[partition] = PartitionKpis(
+                lateness_ms=self._kpi_lateness_ms,
+                session_gap_ms=self._gap_ms,
+                trackers=self._kpi_tracker,
+                changed=self._dirty.add,
+            )
+        return kpis
+
+    def _kpi_tracker(self, user_id: str) -> UserKpis:
+        state = self.users[user_id]
+        if state.kpis is None:
+            state.kpis = UserKpis()
+        return state.kpis
+
+    def _emit_kpis(self, partition: int, kpis: PartitionKpis) -> None:
+        """Publish the partition's windows closed since its last record.
+
+        And at least one record an hour of event time: the combining agent waits for
+        every partition.
+        """
+        closed = kpis.take_closed()
+        released = kpis.released_ms
+        if released is None:
+            return
+        hour = released // HOUR_MS
+        if closed or hour != self._kpi_hour.get(partition):
+            self._kpi_hour[partition] = hour
+            self._kpi_next[partition] = (hour + 1) * HOUR_MS
+            value = kpi_partial_record(
+                partition, released_ms=released, follow_ms=kpis.follow_ms, closed=closed
+            )
+            event_ts_ms, ingest_ts_ms = self._cause
+            self._outbox.append(
+                Output("kpi_partial", str(partition).encode(), value, event_ts_ms, ingest_ts_ms)
+            )
+
+    def restore_kpis(self, partition: int, closed_ms: int) -> None:
+        """Before adopting a partition's users: its windows closing by ``closed_ms`` were given.
+
+        ``closed_ms`` is what :meth:`take_kpi_marks` gave, stored with the states.
+        """
+        self._kpis_of(partition).restore(closed_ms)
+        self._kpi_marked[partition] = closed_ms
+
+    def take_kpi_marks(self) -> list[tuple[int, int]]:
+        """``(partition, closed point)`` of each partition whose KPI windows closed further.
+
+        Since the last call; store them with the states, then call :meth:`kpi_mark_stored`.
+        """
+        marks = []
+        for partition, kpis in self.kpis.items():
+            if kpis.closed_ms > self._kpi_marked.get(partition, -1):
+                self._kpi_marked[partition] = kpis.closed_ms
+                marks.append((partition, kpis.closed_ms))
+        return marks
+
+    def kpi_mark_stored(self, partition: int, closed_ms: int) -> None:
+        """The mark is stored: the users of ``partition`` forget the windows closed by it."""
+        kpis = self.kpis.get(partition)
+        if kpis is not None:
+            kpis.made_durable(closed_ms)
+
     # --- output -----------------------------------------------------------------------
 
     def take_outbox(self) -> list[Output]:
@@ -509,7 +607,14 @@ class Processor:
         return outbox
 
     def take_dirty(self) -> list[tuple[str, int, bytes]]:
-        """``(user_id, partition, state bytes)`` of each user changed since the last call."""
+        """``(user_id, partition, state bytes)`` of each user changed since the last call.
+
+        For a caller that stores them at once (offline runs): how far the KPI windows
+        closed counts as stored too (:meth:`take_kpi_marks`), so users forget their parts
+        of closed windows as in the worker.
+        """
+        for partition, closed_ms in self.take_kpi_marks():
+            self.kpi_mark_stored(partition, closed_ms)
         return self.states_of(self.take_dirty_users())
 
     def take_dirty_users(self) -> list[str]:
@@ -550,6 +655,10 @@ class Processor:
         """
         self.timers.drop_partition(partition)
         self._floors.pop(partition, None)
+        self.kpis.pop(partition, None)
+        self._kpi_hour.pop(partition, None)
+        self._kpi_next.pop(partition, None)
+        self._kpi_marked.pop(partition, None)
         self._models.pop(partition, None)
         for user_id in [u for u, s in self.users.items() if s.partition == partition]:
             del self.users[user_id]

@@ -278,3 +278,56 @@ def personalization_record(
     if experiments:
         record["experiments"] = experiments
     return orjson.dumps(record)
+
+
+def kpi_partial_record(
+    partition: int, *, released_ms: int, follow_ms: int, closed: Sequence[Any]
+) -> bytes:
+    """A partition's KPI windows closed since its last record, and how far it has closed.
+
+    ``closed`` holds :class:`~pipeline.kpis.windows.WindowCounts` and
+    :class:`~pipeline.kpis.windows.ReturnCounts`; ``released_ms`` is the event time up to
+    which the partition applied its events: every window whose end plus ``follow_ms`` is at
+    or before it is closed, and every 7-day return whose week ended by it
+    (``schemas/kpi_partial.schema.json``; :class:`pipeline.kpis.combine.KpiCombiner` adds
+    the partitions up).
+    """
+    windows, returns = [], []
+    for part in closed:
+        scope = list(part.scope)
+        if hasattr(part, "size"):
+            windows.append(
+                {
+                    "window": part.size,
+                    "start_ms": part.start_ms,
+                    "scope": scope,
+                    "active_users": part.active_users,
+                    "sessions": part.sessions,
+                    "play_starts": part.play_starts,
+                    "clicks": part.clicks,
+                    "click_plays": part.click_plays,
+                    "searches": part.searches,
+                    "search_plays": part.search_plays,
+                    "completions": part.completions,
+                    "watch_s": part.watch_s,
+                }  # fmt: skip
+            )
+        else:
+            returns.append(
+                {
+                    "start_ms": part.start_ms,
+                    "scope": scope,
+                    "active_users": part.active_users,
+                    "returned": part.returned,
+                }  # fmt: skip
+            )
+    return orjson.dumps(
+        {
+            "partition": partition,
+            "released_ms": released_ms,
+            "follow_ms": follow_ms,
+            "windows": windows,
+            "returns": returns,
+            "schema_version": 1,
+        }
+    )

@@ -34,12 +34,15 @@ from pipeline.core import state_codec
 from pipeline.core.dedupe import RecentIds
 from pipeline.core.events import EVENT_TYPES, Event
 from pipeline.core.features import UserFeatures
+from pipeline.kpis.windows import UserKpis
 
 __all__ = ["ClosedSession", "PendingChurn", "Step", "UserState", "TYPE_INDEX"]
 
 TYPE_INDEX = {name: i for i, name in enumerate(EVENT_TYPES)}
 #: Stored fields that models decide (a replay after a restart may differ in them).
 MODEL_OUTPUTS = frozenset({"pending", "risk_band", "segment", "reco_items", "trending_items"})
+#: Stored fields of a user's KPI part whose pruning follows the worker's commits.
+KPI_PARTS = frozenset({"counts", "days"})
 FINISHED_FRACTION = 0.9
 MAX_FINISHED = 32
 
@@ -122,6 +125,8 @@ class UserState:
     trending_items: list[str] = field(default_factory=list)
     #: Experiment id → the user's variant, or ``""`` outside its population (sticky).
     experiments: dict[str, str] = field(default_factory=dict)
+    #: The user's part of the partition's KPI windows (:mod:`pipeline.kpis.windows`).
+    kpis: UserKpis | None = None
     #: Fields of a newer release, kept as read and written back unchanged.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -234,8 +239,14 @@ class UserState:
         return closed
 
     def activity(self) -> dict[str, object]:
-        """The part of the state that events alone determine (no model output in it)."""
+        """The part of the state that events alone determine (no model output in it).
+
+        Nor the user's parts of KPI windows already published: they are forgotten as the
+        worker stores how far its windows closed, at its commits.
+        """
         stored = orjson.loads(self.to_bytes())
+        if "kpis" in stored:
+            stored["kpis"] = {k: v for k, v in stored["kpis"].items() if k not in KPI_PARTS}
         return {name: value for name, value in stored.items() if name not in MODEL_OUTPUTS}
 
     def to_bytes(self) -> bytes:

@@ -51,6 +51,7 @@ from pipeline.core.features import CHURN_FEATURES, UserFeatures, unpack_floats
 
 if TYPE_CHECKING:
     from pipeline.core.state import PendingChurn, UserState
+    from pipeline.kpis.windows import UserKpis
 
 __all__ = [
     "CHURN_FEATURE_LAYOUTS",
@@ -164,7 +165,7 @@ COUNTER_LAYOUT: Final = 1
 #: The churn features of a pending prediction, by layout number, in the order packed.
 CHURN_FEATURE_LAYOUTS: dict[int, tuple[str, ...]] = {1: CHURN_FEATURES}
 CHURN_FEATURE_LAYOUT: Final = 1
-_NESTED = ("partition", "features", "recent_ids", "pending", "format")
+_NESTED = ("partition", "features", "recent_ids", "pending", "format", "kpis")
 _get_scalars = operator.attrgetter(*_SCALARS)
 _KNOWN = frozenset(_SCALARS) | frozenset(_NESTED)
 
@@ -215,6 +216,8 @@ def encode(state: UserState) -> bytes:
             "probabilities": pending.probabilities,
         },
     }
+    if state.kpis is not None:  # since 2026-12; absent from a state without KPI windows
+        record["kpis"] = state.kpis.to_json()
     return orjson.dumps(record)
 
 
@@ -266,6 +269,7 @@ def decode(user_id: str, data: bytes, *, window_ms: int, max_ids: int) -> UserSt
         ids,
         features=_features(_check("features", obj.get("features", {}), dict)),
         pending=_pending(PendingChurn, obj.get("pending")),
+        kpis=_kpis(user_id, obj.get("kpis")),
         extra={name: value for name, value in obj.items() if name not in _KNOWN},
         **values,
     )
@@ -318,6 +322,17 @@ def _pending(cls: type[PendingChurn], obj: object) -> PendingChurn | None:
         _unpacked("pending.features", fields["features"], len(names)),
         _dict_of(_float)("pending.probabilities", fields.get("probabilities")),
     )
+
+
+def _kpis(user_id: str, obj: object) -> UserKpis | None:
+    from pipeline.kpis.windows import UserKpis
+
+    if obj is None:
+        return None
+    try:
+        return UserKpis.from_json(obj, user_id)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StateUnreadable("wrong_type", f"kpis: {type(exc).__name__}: {exc}") from None
 
 
 # --- migrations -------------------------------------------------------------------------

@@ -26,6 +26,8 @@ class Tally:
     published: Counter[str] = field(default_factory=Counter)
     sessions_closed: int = 0
     timer_errors: int = 0
+    #: Events older than their partition's KPI watermark by more than the lateness.
+    kpi_late: int = 0
     catalog_rejected: Counter[str] = field(default_factory=Counter)
     experiments_refused: Counter[str] = field(default_factory=Counter)
 
@@ -33,6 +35,7 @@ class Tally:
         """Zero every count."""
         self.received = self.deduplicated = self.already_applied = self.sessions_closed = 0
         self.timer_errors = 0
+        self.kpi_late = 0
         self.catalog_rejected.clear()
         self.experiments_refused.clear()
         self.consumed.clear()

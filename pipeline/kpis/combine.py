@@ -1,10 +1,11 @@
 """The partitions' window counts added up into one KPI record per window and scope.
 
-What the second stage does with the per-partition :class:`~pipeline.kpis.windows.WindowCounts`
-of a window: add them (users live on one partition, so every count adds exactly) and derive
-the ratios. :func:`kpi_records` does it for a whole set at once (``ottscore kpis`` over a
-file); the record's ``key`` is stable (size, start, scope), so a window emitted again after
-a crash replaces itself.
+Users live on one partition, so every count of a window adds up exactly across partitions,
+active users included. :func:`kpi_records` and :func:`return_records` add up a whole set
+at once (``ottscore kpis`` over a file); :class:`KpiCombiner` does it as the workers'
+partial records arrive (the combining agent of the worker), and gives each window once
+every partition has closed it. A record's ``key`` is stable (window, start, scope), so a
+window given again after a crash replaces itself.
 
 >>> from pipeline.kpis.windows import WindowCounts
 >>> parts = [WindowCounts("hour", 0, ("all",), active_users=2, clicks=4, click_plays=1),
@@ -16,17 +17,15 @@ a crash replaces itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
+
 from pipeline.core.events import format_ts
-from pipeline.kpis.windows import WINDOWS, ReturnCounts, WindowCounts
+from pipeline.kpis.windows import COUNTS, DAY_MS, RETURN_MS, WINDOWS, ReturnCounts, WindowCounts
 
-__all__ = ["COUNTS", "kpi_records", "return_records"]
-
-#: The counts a window record adds up across partitions.
-COUNTS = ("active_users", "sessions", "play_starts", "clicks", "click_plays", "searches",
-          "search_plays", "completions", "watch_s")  # fmt: skip
+__all__ = ["COUNTS", "KpiCombiner", "kpi_records", "return_records"]
 
 
 def _ratio(hits: float, trials: float) -> float | None:
@@ -55,6 +54,7 @@ def kpi_records(counts: Iterable[WindowCounts]) -> list[dict[str, Any]]:
                 "search_play_success": _ratio(total["search_plays"], total["searches"]),
                 "completion_rate": _ratio(total["completions"], total["play_starts"]),
                 "watch_s_per_active_user": _ratio(total["watch_s"], total["active_users"]),
+                "schema_version": 1,
             }
         )
     return records
@@ -70,11 +70,135 @@ def return_records(counts: Iterable[ReturnCounts]) -> list[dict[str, Any]]:
     return [
         {
             "key": f"return_7d/{format_ts(start)}/{'/'.join(scope)}",
+            "window": "return_7d",
             "start": format_ts(start),
+            "end": format_ts(start + DAY_MS + RETURN_MS),
             "scope": list(scope),
             "active_users": active,
             "returned": back,
             "return_7d": _ratio(back, active),
+            "schema_version": 1,
         }
         for (start, scope), (active, back) in sorted(added.items())
     ]
+
+
+class KpiCombiner:
+    """Adds up the partial records of ``partitions`` partitions (``kpi_partial`` schema).
+
+    A window is given once every partition has closed it (its ``released_ms`` passed the
+    window's end plus ``follow_ms``; a 7-day return, the end of its week): all its counts
+    are in by then. A partition's record sent again (its worker restarted) replaces its
+    counts; one for a window already given is ignored. The state (:meth:`to_bytes`) is
+    what the combining agent stores.
+
+    >>> combiner = KpiCombiner(partitions=2)
+    >>> part = {"window": "hour", "start_ms": 0, "scope": ["all"], "active_users": 1,
+    ...         "sessions": 1, "play_starts": 0, "clicks": 2, "click_plays": 1, "searches": 0,
+    ...         "search_plays": 0, "completions": 0, "watch_s": 0.0}
+    >>> combiner.feed({"partition": 0, "released_ms": 5_400_000, "follow_ms": 1_800_000,
+    ...                "windows": [part], "returns": []})
+    []
+    >>> [(r["key"], r["active_users"], r["click_play_conversion"]) for r in combiner.feed(
+    ...     {"partition": 1, "released_ms": 5_400_000, "follow_ms": 1_800_000,
+    ...      "windows": [part], "returns": []})]
+    [('hour/1970-01-01T00:00:00.000Z/all', 2, 0.5)]
+    """
+
+    def __init__(self, partitions: int) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be at least 1, not {partitions}")
+        self.partitions = partitions
+        #: Per partition, the event time up to which it closed its windows.
+        self.released: dict[int, int] = {}
+        #: Everything closing at or before this was given.
+        self.given_ms = -1
+        self.follow_ms = 0
+        self._windows: dict[tuple[str, int, tuple[str, ...]], dict[int, list[float]]] = {}
+        self._returns: dict[tuple[int, tuple[str, ...]], dict[int, list[int]]] = {}
+
+    def feed(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Take one partial record; the KPI records (windows, then returns) now complete."""
+        partition = int(record["partition"])
+        if not 0 <= partition < self.partitions:
+            raise ValueError(f"partition {partition} of {self.partitions}")
+        self.follow_ms = int(record["follow_ms"])
+        for window in record["windows"]:
+            key = (str(window["window"]), int(window["start_ms"]), tuple(window["scope"]))
+            if self._window_close(key[0], key[1]) > self.given_ms:
+                self._windows.setdefault(key, {})[partition] = [window[n] for n in COUNTS]
+        for back in record["returns"]:
+            day, scope = int(back["start_ms"]), tuple(back["scope"])
+            if day + DAY_MS + RETURN_MS > self.given_ms:
+                self._returns.setdefault((day, scope), {})[partition] = [
+                    int(back["active_users"]),
+                    int(back["returned"]),
+                ]
+        released = int(record["released_ms"])
+        self.released[partition] = max(released, self.released.get(partition, released))
+        if len(self.released) < self.partitions:
+            return []
+        final = min(self.released.values())
+        if final <= self.given_ms:
+            return []
+        self.given_ms = final
+        return self._give(final)
+
+    def _window_close(self, size: str, start: int) -> int:
+        return start + WINDOWS[size] + self.follow_ms
+
+    def _give(self, final: int) -> list[dict[str, Any]]:
+        due = [key for key in self._windows if self._window_close(key[0], key[1]) <= final]
+        parts = [  # in partition order: the same sums, to the bit, whatever the arrivals
+            WindowCounts(size, start, scope, *values)  # type: ignore[arg-type]
+            for size, start, scope in due
+            for _, values in sorted(self._windows.pop((size, start, scope)).items())
+        ]
+        returned = [key for key in self._returns if key[0] + DAY_MS + RETURN_MS <= final]
+        backs = [
+            ReturnCounts(day, scope, *values)
+            for day, scope in returned
+            for _, values in sorted(self._returns.pop((day, scope)).items())
+        ]
+        return kpi_records(parts) + return_records(backs)
+
+    # --- stored form ------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The combiner's state, stored by the agent (format 1, read by later releases)."""
+        return orjson.dumps(
+            {
+                "format": 1,
+                "partitions": self.partitions,
+                "released": [[p, ms] for p, ms in sorted(self.released.items())],
+                "given_ms": self.given_ms,
+                "follow_ms": self.follow_ms,
+                "windows": [
+                    [size, start, list(scope), [[p, v] for p, v in parts.items()]]
+                    for (size, start, scope), parts in self._windows.items()
+                ],
+                "returns": [
+                    [day, list(scope), [[p, v] for p, v in parts.items()]]
+                    for (day, scope), parts in self._returns.items()
+                ],
+            }  # fmt: skip
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, partitions: int) -> KpiCombiner:
+        """A stored state, for ``partitions`` partitions now.
+
+        A partition the state does not know is waited for.
+        """
+        obj = orjson.loads(data)
+        if obj.get("format") != 1:
+            raise ValueError(f"KPI combiner state of format {obj.get('format')!r}")
+        combiner = cls(partitions)
+        combiner.released = {int(p): int(ms) for p, ms in obj["released"] if int(p) < partitions}
+        combiner.given_ms = int(obj["given_ms"])
+        combiner.follow_ms = int(obj["follow_ms"])
+        for size, start, scope, parts in obj["windows"]:
+            combiner._windows[size, int(start), tuple(scope)] = {int(p): v for p, v in parts}
+        for day, scope, parts in obj["returns"]:
+            combiner._returns[int(day), tuple(scope)] = {int(p): v for p, v in parts}
+        return combiner

@@ -1,13 +1,14 @@
 """KPIs per tumbling window of event time, as one partition sees its users.
 
-:class:`PartitionKpis` takes a partition's events as they arrive, holds them until the
-watermark (the latest event time seen) has passed them by ``lateness_ms``, and then applies
-them in event-time order, so that events shuffled within the allowed lateness give exactly
-the counts of the sorted stream. An event older than that is **late**: counted
-(:attr:`PartitionKpis.late`), not applied. A window closes once every fact it can hold is
-final (its end, plus the ``follow_ms`` in which a click or search can still convert, plus
-the lateness), and :meth:`PartitionKpis.close` returns its :class:`WindowCounts`: one per
-window size, window and scope ("all", and each experiment variant of the users' events).
+:class:`PartitionKpis` takes a partition's events as they arrive and holds each one, with
+its user (:class:`UserKpis`), until the watermark (the latest event time seen) has passed
+it by ``lateness_ms``; then it applies the user's events in event-time order, so that
+events shuffled within the allowed lateness give exactly the counts of the sorted stream.
+An event older than that is **late**: counted (:attr:`PartitionKpis.late`), not applied.
+A window closes once every fact it can hold is final (its end, plus the ``follow_ms`` in
+which a click or search can still convert, plus the lateness), and
+:meth:`PartitionKpis.take_closed` gives its :class:`WindowCounts` once: one per window
+size, window and scope ("all", and each experiment variant of the users' events).
 
 The counts of one window, each from this partition's users only (a user lives on one
 partition, so the partitions' counts add up exactly, active users included):
@@ -20,33 +21,44 @@ partition, so the partitions' counts add up exactly, active users included):
 - ``searches``, ``search_plays``: searches, and those followed by a play within
   ``session_gap_ms`` (in the same session), counted in the search's window;
 - ``completions``: playbacks whose playhead reached 90 % of the duration in the window;
-- ``watch_s``: seconds of playhead advance reported by the window's events.
+- ``watch_s``: seconds of playhead advance reported by the window's events (each event's
+  advance counted in whole milliseconds, so that any order of adding gives the same sum).
 
-Day windows also keep their active users for the **7-day return**: the share of them with an
-event in the 7 days after the window, closed 7 days later (:meth:`PartitionKpis.close`
-returns it as a separate, delayed :class:`ReturnCounts`).
+Day windows also give the **7-day return**: the share of their active users with an event
+in the 7 days after the window, closed 7 days later (a separate, delayed
+:class:`ReturnCounts`).
 
->>> from pipeline.core.events import Event
+**Where the state lives.** Everything about one user (the events held, their playhead,
+pending clicks and searches, their own counts in each window not yet closed for good) is
+a :class:`UserKpis`, which the worker stores inside the user's state: written when the
+user's state is, restored with it, so a crash never leaves a user's part of a window
+half-counted. The partition's window totals are only the sum of its users' parts, and
+are rebuilt from them (:meth:`PartitionKpis.adopt`). Windows closed at or before
+:attr:`PartitionKpis.closed_ms` are never counted again: the worker stores that point too,
+and a user forgets their part of a window once the point is durable
+(:meth:`PartitionKpis.made_durable`).
+
 >>> kpis = PartitionKpis(lateness_ms=60_000)
 >>> kpis.add(Event("c", "click", "u1", 1_000, item_id="m1"), arms={})
 >>> kpis.add(Event("p", "play", "u1", 61_000, item_id="m1", position_s=0.0), arms={})
 >>> kpis.add(Event("x", "search", "u2", 6 * 3_600_000, query="noir"), arms={})
 >>> [(w.size, w.start_ms, w.scope, w.clicks, w.click_plays, w.play_starts)
-...  for w in kpis.close() if w.size == "hour"]
+...  for w in kpis.take_closed() if isinstance(w, WindowCounts)]
 [('hour', 0, ('all',), 1, 1, 1)]
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
-import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.core.events import Event
 from pipeline.core.playback import Playhead
 
-__all__ = ["WINDOWS", "PartitionKpis", "ReturnCounts", "WindowCounts"]
+__all__ = ["COUNTS", "WINDOWS", "PartitionKpis", "ReturnCounts", "UserKpis", "WindowCounts"]
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -54,8 +66,26 @@ DAY_MS = 24 * HOUR_MS
 WINDOWS = {"hour": HOUR_MS, "day": DAY_MS}
 RETURN_MS = 7 * DAY_MS
 ALL = ("all",)
+#: The counts of a window, in the order :class:`UserKpis` keeps them.
+COUNTS = ("active_users", "sessions", "play_starts", "clicks", "click_plays", "searches",
+          "search_plays", "completions", "watch_s")  # fmt: skip
+ACTIVE, SESSIONS, PLAY_STARTS, CLICKS, CLICK_PLAYS, SEARCHES, SEARCH_PLAYS, COMPLETIONS, WATCH = (
+    range(len(COUNTS))
+)
 
 Scope = tuple[str, ...]
+Scopes = tuple[Scope, ...]
+WindowKey = tuple[str, int, Scope]
+
+
+ONLY_ALL: Scopes = (ALL,)
+
+
+def scopes_of(arms: Mapping[str, str]) -> Scopes:
+    """The scopes an event of a user in ``arms`` counts in: all, and each variant."""
+    if not arms:
+        return ONLY_ALL
+    return (ALL, *(("experiment", k, v) for k, v in sorted(arms.items())))
 
 
 @dataclass(slots=True)
@@ -74,7 +104,6 @@ class WindowCounts:
     search_plays: int = 0
     completions: int = 0
     watch_s: float = 0.0
-    users: set[str] = field(default_factory=set, repr=False)
 
 
 @dataclass(slots=True)
@@ -88,15 +117,124 @@ class ReturnCounts:
 
 
 @dataclass(slots=True)
-class _User:
+class UserKpis:
+    """One user's part of the KPI windows (stored with the user's state).
+
+    ``held``: events not applied yet, in event-time order, with their scopes; ``counts``:
+    the user's counts (:data:`COUNTS`, watch time in milliseconds) in each window not yet
+    closed for good; ``days``: of each day the
+    user was active on (not yet closed for good), its scopes and whether the user came
+    back within 7 days.
+    """
+
+    held: list[tuple[int, Event, Scopes]] = field(default_factory=list)
     last_ms: int | None = None
     playhead: Playhead = field(default_factory=Playhead)
-    clicks: dict[str, list[tuple[int, tuple[Scope, ...]]]] = field(default_factory=dict)
-    searches: list[tuple[int, tuple[Scope, ...]]] = field(default_factory=list)
+    clicks: dict[str, list[tuple[int, Scopes]]] = field(default_factory=dict)
+    searches: list[tuple[int, Scopes]] = field(default_factory=list)
+    counts: dict[WindowKey, list[int]] = field(default_factory=dict)
+    day_ms: int | None = None
+    days: dict[int, tuple[list[Scope], list[bool]]] = field(default_factory=dict)
+    #: Windows closed for good at or before this were forgotten (memory only).
+    pruned_ms: int = -1
+
+    # --- the stored form: named, versioned (read by every later release) ---------------
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (format 1): plain JSON values.
+
+        >>> user = UserKpis(last_ms=5)
+        >>> UserKpis.from_json(user.to_json()) == user
+        True
+        """
+        head = self.playhead
+        return {
+            "format": 1,
+            "held": [[ts, *_event_fields(e), _arms(s)] for ts, e, s in self.held],
+            "last_ms": self.last_ms,
+            "playhead": [
+                head.playing,
+                head.position_s,
+                head.since_ms,
+                head.duration_s,
+                head.completed,
+            ],  # fmt: skip
+            "clicks": [[item, ts, _arms(s)] for item, at in self.clicks.items() for ts, s in at],
+            "searches": [[ts, _arms(s)] for ts, s in self.searches],
+            "counts": [
+                [size, start, _arm(scope), values]
+                for (size, start, scope), values in self.counts.items()
+            ],  # fmt: skip
+            "day_ms": self.day_ms,
+            "days": [
+                [day, [_arm(s) for s in scopes], back[0]]
+                for day, (scopes, back) in self.days.items()
+            ],  # fmt: skip
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, user_id: str = "") -> UserKpis:
+        """Read :meth:`to_json`'s form.
+
+        Raises ``ValueError``, ``TypeError`` or ``KeyError`` if it is not one.
+        """
+        if type(obj) is not dict or obj.get("format") != 1:
+            raise ValueError(f"not a stored KPI tracker of format 1: {str(obj)[:80]}")
+        user = cls()
+        for ts, kind, item, position, duration, arms in obj["held"]:
+            event = Event("", kind, user_id, int(ts), item_id=item, position_s=position,
+                          duration_s=duration)  # fmt: skip
+            user.held.append((int(ts), event, _scopes(arms)))
+        user.last_ms = obj["last_ms"]
+        playing, position_s, since_ms, duration_s, completed = obj["playhead"]
+        user.playhead = Playhead(playing, float(position_s), int(since_ms), duration_s,
+                                 bool(completed))  # fmt: skip
+        for item, ts, arms in obj["clicks"]:
+            user.clicks.setdefault(str(item), []).append((int(ts), _scopes(arms)))
+        user.searches = [(int(ts), _scopes(arms)) for ts, arms in obj["searches"]]
+        for size, start, arm, values in obj["counts"]:
+            if size not in WINDOWS or len(values) != len(COUNTS):
+                raise ValueError(f"window {size!r} with {len(values)} counts")
+            user.counts[size, int(start), _scope(arm)] = [int(value) for value in values]
+        user.day_ms = obj["day_ms"]
+        for day, arms, returned in obj["days"]:
+            user.days[int(day)] = ([_scope(a) for a in arms], [bool(returned)])
+        return user
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UserKpis) and self.to_json() == other.to_json()
+
+
+def _event_fields(event: Event) -> tuple[Any, ...]:
+    return event.type, event.item_id, event.position_s, event.duration_s
+
+
+def _arm(scope: Scope) -> list[str]:
+    return [] if scope == ALL else list(scope[1:])
+
+
+def _scope(arm: list[str]) -> Scope:
+    if not arm:
+        return ALL
+    experiment, variant = arm
+    return ("experiment", str(experiment), str(variant))
+
+
+def _arms(scopes: Scopes) -> list[list[str]]:
+    return [list(s[1:]) for s in scopes if s != ALL]
+
+
+def _scopes(arms: list[list[str]]) -> Scopes:
+    return (ALL, *(_scope(a) for a in arms))
 
 
 class PartitionKpis:
-    """The KPI windows of one partition's users (see the module docstring)."""
+    """The KPI windows of one partition's users (see the module docstring).
+
+    ``trackers`` gives the :class:`UserKpis` of a user (created on first use); the worker
+    keeps them in the user states, an offline run here (the default). ``changed`` is told
+    of every user whose part changed (to be written back).
+    """
 
     def __init__(
         self,
@@ -104,6 +242,8 @@ class PartitionKpis:
         lateness_ms: int = 5 * 60_000,
         session_gap_ms: int = 30 * 60_000,
         conversion_ms: int = 10 * 60_000,
+        trackers: Callable[[str], UserKpis] | None = None,
+        changed: Callable[[str], None] | None = None,
     ) -> None:
         self.lateness_ms = lateness_ms
         self.session_gap_ms = session_gap_ms
@@ -112,105 +252,288 @@ class PartitionKpis:
         #: Events older than the watermark by more than the lateness: counted, not applied.
         self.late = 0
         self.watermark_ms: int | None = None
-        self._held: list[tuple[int, int, Event, tuple[Scope, ...]]] = []
-        self._order = itertools.count()
-        self._released_ms: int | None = None  # event time up to which events were applied
-        self._users: dict[str, _User] = {}
-        self._windows: dict[tuple[str, int, Scope], WindowCounts] = {}
-        self._returns: dict[tuple[int, Scope], tuple[set[str], set[str]]] = {}
+        #: Event time up to which events are applied (the watermark less the lateness).
+        self.released_ms: int | None = None
+        #: Every window whose close point is at or before this has been closed (given once).
+        self.closed_ms = -1
+        #: ... and that point is durable: users forget their parts of those windows.
+        self.durable_ms = -1
+        self._own: dict[str, UserKpis] = {}
+        self._tracker = trackers or self._own_tracker
+        self._changed = changed
+        self._heap: list[tuple[int, str]] = []  # (event time, user) of every held event
+        self._open: dict[WindowKey, list[int]] = {}
+        self._returns: dict[tuple[int, Scope], list[int]] = {}
+        self._next_close: int | None = None  # the earliest close point of what is open
+        self._closed: list[WindowCounts | ReturnCounts] = []
 
-    def add(self, event: Event, *, arms: Mapping[str, str]) -> None:
-        """Take one event of this partition; ``arms`` are its user's experiment variants."""
-        if self._released_ms is not None and event.ts_ms < self._released_ms:
+    def _own_tracker(self, user_id: str) -> UserKpis:
+        user = self._own.get(user_id)
+        if user is None:
+            user = self._own[user_id] = UserKpis()
+        return user
+
+    # --- input ------------------------------------------------------------------------
+
+    def add(self, event: Event, *, arms: Mapping[str, str], user: UserKpis | None = None) -> None:
+        """Take one event of this partition; ``arms`` are its user's experiment variants.
+
+        ``user`` is the user's :class:`UserKpis` when the caller holds it (and marks the
+        user changed itself).
+        """
+        ts = event.ts_ms
+        released = self.released_ms
+        if released is not None and ts < released:
             self.late += 1
             return
-        scopes = (ALL, *(("experiment", k, v) for k, v in sorted(arms.items())))
-        heapq.heappush(self._held, (event.ts_ms, next(self._order), event, scopes))
-        if self.watermark_ms is None or event.ts_ms > self.watermark_ms:
-            self.watermark_ms = event.ts_ms
-        self._release(self.watermark_ms - self.lateness_ms)
+        user_id = event.user_id
+        if user is None:
+            user = self._tracker(user_id)
+            if self._changed is not None:
+                self._changed(user_id)
+        held = user.held
+        entry = (ts, event, scopes_of(arms))
+        if not held or held[-1][0] <= ts:  # in order: the usual case
+            held.append(entry)
+        else:
+            bisect.insort_right(held, entry, key=_ts)
+        heapq.heappush(self._heap, (ts, user_id))
+        watermark = self.watermark_ms
+        if watermark is None or ts > watermark:
+            self.watermark_ms = ts
+            self._release(ts - self.lateness_ms)
 
-    def _release(self, until_ms: int) -> None:
-        held = self._held
-        while held and held[0][0] <= until_ms:
-            _, _, event, scopes = heapq.heappop(held)
-            self._apply(event, scopes)
-        if self._released_ms is None or until_ms > self._released_ms:
-            self._released_ms = until_ms
+    def advance(self, watermark_ms: int) -> None:
+        """Move the watermark to ``watermark_ms`` (never back): apply and close what is due."""
+        if self.watermark_ms is None or watermark_ms > self.watermark_ms:
+            self.watermark_ms = watermark_ms
+            self._release(watermark_ms - self.lateness_ms)
+
+    def adopt(self, user_id: str, user: UserKpis) -> None:
+        """Count a restored user's parts of the windows still open, and hold their events."""
+        self._prune(user, self.closed_ms)
+        for (size, start, scope), values in user.counts.items():
+            total = self._window_total((size, start, scope))
+            for i, value in enumerate(values):
+                total[i] += value
+        for day, (scopes, back) in user.days.items():
+            for scope in scopes:
+                returns = self._return_total(day, scope)
+                returns[0] += 1
+                returns[1] += back[0]
+        for ts, _, _ in user.held:
+            heapq.heappush(self._heap, (ts, user_id))
+
+    def restore(self, closed_ms: int) -> None:
+        """Before adopting users: windows closing at or before ``closed_ms`` were given."""
+        self.closed_ms = self.durable_ms = max(self.closed_ms, closed_ms)
+
+    def made_durable(self, closed_ms: int) -> None:
+        """``closed_ms`` (a value of :attr:`closed_ms`) is stored: forget what closed by it."""
+        self.durable_ms = max(self.durable_ms, closed_ms)
+
+    # --- output -----------------------------------------------------------------------
+
+    @property
+    def has_closed(self) -> bool:
+        """Whether windows closed since the last :meth:`take_closed`."""
+        return bool(self._closed)
+
+    def take_closed(self) -> list[WindowCounts | ReturnCounts]:
+        """The windows (and 7-day returns) closed since the last call, each once."""
+        closed, self._closed = self._closed, []
+        return closed
 
     def close(self, *, final: bool = False) -> list[WindowCounts | ReturnCounts]:
-        """The windows (and 7-day returns) now final, each once.
+        """:meth:`take_closed`, after applying every event and closing every window if ``final``.
 
-        ``final`` (the end of a file) closes every window; a 7-day return is given only once
-        its week is over, never guessed from a week cut short.
+        ``final`` is the end of a file. A 7-day return is given only once its week is
+        over, never guessed from a week cut short.
         """
-        if final and self._held:
-            self._release(max(ts for ts, *_ in self._held))
-        released = self._released_ms
-        if released is None:
-            return []
-        done: list[WindowCounts | ReturnCounts] = []
-        for size, start, scope in sorted(self._windows, key=lambda k: (k[1], k[0], k[2])):
-            if final or start + WINDOWS[size] + self.follow_ms <= released:
-                counts = self._windows.pop((size, start, scope))
-                counts.active_users = len(counts.users)
-                done.append(counts)
-                if size == "day":  # who came back since the day ended, and later who will
-                    end = start + DAY_MS
-                    back = {u for u in counts.users if (self._users[u].last_ms or 0) >= end}
-                    self._returns[start, scope] = (counts.users, back)
-        last = self.watermark_ms if final else released
-        for start, scope in sorted(self._returns):  # a return not known yet is never guessed
-            if last is not None and start + DAY_MS + RETURN_MS <= last:
-                users, back = self._returns.pop((start, scope))
-                done.append(ReturnCounts(start, scope, len(users), len(back)))
-        return done
+        if final and self._heap:
+            self._release(max(ts for ts, _ in self._heap))
+        if final and self._open:
+            self._close_windows(None)
+            if self.watermark_ms is not None:
+                self._close_returns(self.watermark_ms)
+        return self.take_closed()
 
-    # --- applying one event, in event-time order -------------------------------------
+    # --- applying events, in event-time order per user --------------------------------
 
-    def _window(self, size: str, ts: int, scope: Scope) -> WindowCounts:
-        start = ts - ts % WINDOWS[size]
-        key = (size, start, scope)
-        counts = self._windows.get(key)
-        if counts is None:
-            counts = self._windows[key] = WindowCounts(size, start, scope)
-        return counts
+    def _release(self, until_ms: int) -> None:
+        heap = self._heap
+        tracker = self._tracker
+        while heap and heap[0][0] <= until_ms:
+            _, user_id = heapq.heappop(heap)
+            user = tracker(user_id)
+            held = user.held
+            if not held or held[0][0] > until_ms:
+                continue  # released with an earlier entry of the same user
+            if user.pruned_ms < self.durable_ms:
+                self._prune(user, self.durable_ms)
+            n = bisect.bisect_right(held, until_ms, key=_ts)
+            for ts, event, scopes in held[:n]:
+                self._apply(user, ts, event, scopes)
+            del held[:n]
+            if self._changed is not None:
+                self._changed(user_id)
+        if self.released_ms is None or until_ms > self.released_ms:
+            self.released_ms = until_ms
+            if self._next_close is not None and until_ms >= self._next_close:
+                self._close_windows(until_ms)
+                self._close_returns(until_ms)
+            self.closed_ms = max(self.closed_ms, until_ms)
 
-    def _apply(self, event: Event, scopes: tuple[Scope, ...]) -> None:
-        ts, user_id = event.ts_ms, event.user_id
-        user = self._users.setdefault(user_id, _User())
-        for (start, _scope), (users, back) in self._returns.items():
-            if start + DAY_MS <= ts < start + DAY_MS + RETURN_MS and user_id in users:
-                back.add(user_id)
+    def _close_windows(self, until_ms: int | None) -> None:
+        """Give every window (and its scopes) whose close point is at or before ``until_ms``."""
+        follow = self.follow_ms
+        due = sorted(
+            (key for key in self._open
+             if until_ms is None or key[1] + WINDOWS[key[0]] + follow <= until_ms),
+            key=lambda key: (key[1], key[0], key[2]),
+        )  # fmt: skip
+        for key in due:
+            values = self._open.pop(key)
+            counts: dict[str, Any] = dict(
+                zip(COUNTS, [*values[:-1], values[-1] / 1000], strict=True)
+            )
+            self._closed.append(WindowCounts(key[0], key[1], key[2], **counts))
+        self._set_next_close()
+
+    def _close_returns(self, until_ms: int) -> None:
+        for day, scope in sorted(k for k in self._returns if k[0] + DAY_MS + RETURN_MS <= until_ms):
+            active, back = self._returns.pop((day, scope))
+            self._closed.append(ReturnCounts(day, scope, active, back))
+        self._set_next_close()
+
+    def _set_next_close(self) -> None:
+        points = [start + WINDOWS[size] + self.follow_ms for size, start, _ in self._open]
+        points += [day + DAY_MS + RETURN_MS for day, _ in self._returns]
+        self._next_close = min(points) if points else None
+
+    def _window_total(self, key: WindowKey) -> list[int]:
+        total = self._open.get(key)
+        if total is None:
+            total = self._open[key] = [0] * len(COUNTS)
+            point = key[1] + WINDOWS[key[0]] + self.follow_ms
+            if self._next_close is None or point < self._next_close:
+                self._next_close = point
+        return total
+
+    def _return_total(self, day: int, scope: Scope) -> list[int]:
+        total = self._returns.get((day, scope))
+        if total is None:
+            total = self._returns[day, scope] = [0, 0]
+            point = day + DAY_MS + RETURN_MS
+            if self._next_close is None or point < self._next_close:
+                self._next_close = point
+        return total
+
+    def _prune(self, user: UserKpis, closed_ms: int) -> None:
+        """Forget the user's parts of windows closed at or before ``closed_ms``."""
+        follow = self.follow_ms
+        for key in [k for k in user.counts if k[1] + WINDOWS[k[0]] + follow <= closed_ms]:
+            del user.counts[key]
+        for day in [d for d in user.days if d + DAY_MS + RETURN_MS <= closed_ms]:
+            del user.days[day]
+        user.pruned_ms = closed_ms
+
+    def _apply(self, user: UserKpis, ts: int, event: Event, scopes: Scopes) -> None:
         new_session = user.last_ms is None or ts - user.last_ms > self.session_gap_ms
+        if new_session:  # every pending click and search is older than any conversion
+            user.clicks.clear()
+            user.searches.clear()
         user.last_ms = ts
         watched, completed, started = user.playhead.step(event)
+        kind = event.type
+        steps: list[tuple[int, int]] = []
+        if new_session:
+            steps.append((SESSIONS, 1))
+        if started:
+            steps.append((PLAY_STARTS, started))
+        if completed:
+            steps.append((COMPLETIONS, completed))
+        if watched:
+            steps.append((WATCH, round(watched * 1000)))
+        if kind == "click":
+            steps.append((CLICKS, 1))
+        elif kind == "search":
+            steps.append((SEARCHES, 1))
+        counts = user.counts
+        closed, follow = self.closed_ms, self.follow_ms
         for scope in scopes:
-            for size in WINDOWS:
-                counts = self._window(size, ts, scope)
-                counts.users.add(user_id)
-                counts.sessions += new_session
-                counts.play_starts += started
-                counts.completions += completed
-                counts.watch_s += watched
-                counts.clicks += event.type == "click"
-                counts.searches += event.type == "search"
-        if event.type == "click" and event.item_id is not None:
+            for size, length in WINDOWS.items():
+                start = ts - ts % length
+                if start + length + follow <= closed:
+                    continue  # given already (an event replayed after a restore): never again
+                key = (size, start, scope)
+                mine = counts.get(key)
+                total = self._window_total(key)
+                if mine is None:
+                    mine = counts[key] = [0] * len(COUNTS)
+                    mine[ACTIVE] = 1
+                    total[ACTIVE] += 1
+                for i, value in steps:
+                    mine[i] += value
+                    total[i] += value
+        self._count_day(user, ts, scopes)
+        if kind == "click" and event.item_id is not None:
             user.clicks.setdefault(event.item_id, []).append((ts, scopes))
-        elif event.type == "search":
+        elif kind == "search":
             user.searches.append((ts, scopes))
-        elif event.type == "play" and event.item_id is not None:
+        elif kind == "play" and event.item_id is not None:
             for clicked_ms, clicked_scopes in user.clicks.pop(event.item_id, []):
                 if ts - clicked_ms <= self.conversion_ms:
-                    self._credit(clicked_ms, clicked_scopes, "click_plays")
+                    self._credit(user, clicked_ms, clicked_scopes, CLICK_PLAYS)
             for searched_ms, searched_scopes in user.searches:
                 if ts - searched_ms <= self.session_gap_ms:
-                    self._credit(searched_ms, searched_scopes, "search_plays")
+                    self._credit(user, searched_ms, searched_scopes, SEARCH_PLAYS)
             user.searches = []
 
-    def _credit(self, at_ms: int, scopes: tuple[Scope, ...], count: str) -> None:
+    def _count_day(self, user: UserKpis, ts: int, scopes: Scopes) -> None:
+        """The user is active on ``ts``'s day.
+
+        Their first event of a day within 7 days of their last active day is that day's
+        return.
+        """
+        day = ts - ts % DAY_MS
+        if day != user.day_ms:
+            last = user.day_ms
+            if (
+                last is not None
+                and last < day <= last + RETURN_MS
+                and last in user.days
+                and (
+                    last + DAY_MS + RETURN_MS > self.closed_ms  # not given already
+                )
+            ):
+                last_scopes, back = user.days[last]
+                if not back[0]:
+                    back[0] = True
+                    for scope in last_scopes:
+                        self._return_total(last, scope)[1] += 1
+            user.day_ms = day
+        if day + DAY_MS + RETURN_MS <= self.closed_ms:
+            return  # given already (an event replayed after a restore): never again
+        entry = user.days.get(day)
+        if entry is None:
+            entry = user.days[day] = ([], [False])
+        for scope in scopes:
+            if scope not in entry[0]:
+                entry[0].append(scope)
+                self._return_total(day, scope)[0] += 1
+
+    def _credit(self, user: UserKpis, at_ms: int, scopes: Scopes, index: int) -> None:
         """Add one conversion to the windows of the click or search it converts."""
         for scope in scopes:
-            for size in WINDOWS:
-                counts = self._window(size, at_ms, scope)
-                setattr(counts, count, getattr(counts, count) + 1)
+            for size, length in WINDOWS.items():
+                key = (size, at_ms - at_ms % length, scope)
+                mine = user.counts.get(key)
+                total = self._open.get(key)
+                if mine is not None and total is not None:
+                    mine[index] += 1
+                    total[index] += 1
+
+
+def _ts(entry: tuple[int, Event, Scopes]) -> int:
+    return entry[0]

@@ -24,12 +24,20 @@ __all__ = ["kpis_of_file"]
 
 
 def kpis_of_file(
-    path: str | Path, *, settings: Settings, partitions: int = 1, lateness_s: float = 300.0
+    path: str | Path, *, settings: Settings, partitions: int = 1, lateness_s: float | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """``(window records, 7-day return records, late events)`` of an events file."""
+    """``(window records, 7-day return records, late events)`` of an events file.
+
+    The lateness is ``settings.kpi_lateness_s`` unless given; sessions end after
+    ``settings.session_gap_s``, as in the workers.
+    """
     decoder = EventDecoder.from_settings(settings)
     events = read_event_file(path, decoder=decoder)
-    parts = [PartitionKpis(lateness_ms=int(lateness_s * 1000)) for _ in range(partitions)]
+    lateness_ms = int((settings.kpi_lateness_s if lateness_s is None else lateness_s) * 1000)
+    gap_ms = int(settings.session_gap_s * 1000)
+    parts = [
+        PartitionKpis(lateness_ms=lateness_ms, session_gap_ms=gap_ms) for _ in range(partitions)
+    ]
     closed: list[WindowCounts | ReturnCounts] = []
     for event in unique_events(events.records, decoder):
         parts[partition_for(event.user_id.encode(), partitions)].add(event, arms={})

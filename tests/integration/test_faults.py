@@ -27,10 +27,10 @@ from conftest import free_ports
 from worker_process import (
     WorkerProcess,
     labelled,
-    latest_by_key,
     published_scores,
     read_topic,
     reference_run,
+    stored_states,
     wait_committed,
 )
 
@@ -64,8 +64,7 @@ def audit(settings: Settings) -> dict[str, int]:
             seen.add((decoded.user_id, decoded.event_id))
             valid.setdefault(decoded.user_id, Counter())[decoded.type] += 1
 
-    changelog = read_topic(settings, f"{settings.app_id}-users-changelog")
-    stored = {key.decode(): value for key, value in latest_by_key(changelog).items()}
+    stored = stored_states(settings)
     expected, expected_scores = reference_run(settings)
     processor = Processor(settings)
     states = {user: processor.decode_state(user, data) for user, data in stored.items()}

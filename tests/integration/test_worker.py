@@ -15,10 +15,10 @@ from worker_process import (
     WorkerProcess,
     expected_outcomes,
     labelled,
-    latest_by_key,
     produce_all,
     read_topic,
     reference_run,
+    stored_states,
     sum_samples,
     wait_committed,
 )
@@ -182,8 +182,7 @@ def test_state_after_a_restart_mid_stream_equals_an_uninterrupted_run(
     finally:
         assert second.stop(signal.SIGTERM) == 0
 
-    changelog = read_topic(settings, f"{settings.app_id}-users-changelog")
-    stored = {key.decode(): value for key, value in latest_by_key(changelog).items()}
+    stored = stored_states(settings)
     expected, _ = reference_run(settings)
     assert stored.keys() == expected.keys()
     processor = Processor(settings)

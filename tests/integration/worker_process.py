@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.devtools import worker_process
 from agents.devtools.produce import make_producer
+from agents.worker.ingest import KPI_MARK_PREFIX
 from agents.worker.kafka import kafka_python_config, output_topics
 from pipeline.config import Settings
 from pipeline.core.events import EventDecoder, Rejection
@@ -145,6 +146,16 @@ def latest_by_key(records: Iterable[ConsumerRecord]) -> dict[bytes, bytes]:
         else:
             latest[record.key] = record.value
     return latest
+
+
+def stored_states(settings: Settings) -> dict[str, bytes]:
+    """The user states the worker's changelog holds, by user (its KPI marks left out)."""
+    changelog = read_topic(settings, f"{settings.app_id}-users-changelog")
+    return {
+        key.decode(): value
+        for key, value in latest_by_key(changelog).items()
+        if not key.startswith(KPI_MARK_PREFIX)
+    }
 
 
 def expected_outcomes(records: list[tuple[bytes | None, bytes]]) -> tuple[Counter, Counter, int]:

@@ -49,7 +49,7 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 def populated_metrics() -> Metrics:
     """A :class:`Metrics` where every metric has a value."""
     metrics = Metrics(CollectorRegistry())
-    tally = Tally(received=12, deduplicated=1, already_applied=1, sessions_closed=2)
+    tally = Tally(received=12, deduplicated=1, already_applied=1, sessions_closed=2, kpi_late=1)
     tally.consumed.update(play=6, click=2)
     tally.rejected.update(not_json=2)
     tally.published.update(churn=2, personalization=3, signal=1)
@@ -70,6 +70,11 @@ def populated_metrics() -> Metrics:
     metrics.consumer_lag.labels("0").set(120)
     metrics.consumer_committed_lag.labels("0").set(300)
     metrics.ready.set(1)
+    hour = {"key": "hour/2026-12-07T10:00:00.000Z/all", "window": "hour", "scope": ["all"],
+            "start": "2026-12-07T10:00:00.000Z", "end": "2026-12-07T11:00:00.000Z",
+            "active_users": 40, "clicks": 10, "click_plays": 6, "click_play_conversion": 0.6,
+            "search_play_success": None, "schema_version": 1}  # fmt: skip
+    metrics.set_kpis([hour])
     metrics.set_quality(
         {
             ("churn_auc", "logreg"): 0.81,
@@ -229,6 +234,7 @@ def test_the_dashboard_has_a_row_per_concern() -> None:
         "Model quality",
         "Dead-letter queue",
         "Snapshots",
+        "Business KPIs",
     ]
 
 

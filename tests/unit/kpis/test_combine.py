@@ -1,0 +1,59 @@
+"""The combiner: a window once every partition has closed it, each once, its state stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.kpis.combine import KpiCombiner
+from pipeline.kpis.windows import COUNTS, HOUR_MS
+
+FOLLOW = 1_800_000
+
+
+def window(start_ms: int, **counts: Any) -> dict[str, Any]:
+    return {"window": "hour", "start_ms": start_ms, "scope": ["all"],
+            **dict.fromkeys(COUNTS, 0), "watch_s": 0.0, **counts}  # fmt: skip
+
+
+def partial(partition: int, released_ms: int, *windows: dict[str, Any]) -> dict[str, Any]:
+    return {"partition": partition, "released_ms": released_ms, "follow_ms": FOLLOW,
+            "windows": list(windows), "returns": []}  # fmt: skip
+
+
+CLOSED = HOUR_MS + FOLLOW  # the first hour's close point
+
+
+def test_a_window_waits_for_every_partition_then_is_given_once() -> None:
+    combiner = KpiCombiner(partitions=3)
+    assert combiner.feed(partial(0, CLOSED, window(0, active_users=2, clicks=4))) == []
+    assert combiner.feed(partial(1, CLOSED, window(0, active_users=1, clicks=1))) == []
+    assert combiner.feed(partial(2, CLOSED - 1)) == []  # not past the close yet
+    [record] = combiner.feed(partial(2, CLOSED))  # a partition without users in it
+    assert (record["active_users"], record["clicks"]) == (3, 5)
+    assert combiner.feed(partial(2, CLOSED + 10)) == []
+
+
+def test_a_partial_sent_again_replaces_and_one_for_a_window_given_is_ignored() -> None:
+    combiner = KpiCombiner(partitions=2)
+    combiner.feed(partial(0, CLOSED, window(0, active_users=2)))
+    combiner.feed(partial(0, CLOSED, window(0, active_users=2)))  # its worker restarted
+    [record] = combiner.feed(partial(1, CLOSED, window(0, active_users=5)))
+    assert record["active_users"] == 7
+    assert combiner.feed(partial(1, CLOSED + HOUR_MS, window(0, active_users=1))) == []
+
+
+def test_the_stored_state_goes_on_as_the_running_one() -> None:
+    running = KpiCombiner(partitions=2)
+    running.feed(partial(0, CLOSED + HOUR_MS, window(0, clicks=1), window(HOUR_MS, clicks=2)))
+    stored = KpiCombiner.from_bytes(running.to_bytes(), partitions=2)
+    last = partial(1, CLOSED + HOUR_MS, window(0, clicks=3))
+    given = stored.feed(last)
+    assert given == running.feed(last)
+    assert [r["clicks"] for r in given] == [4, 2]
+
+
+def test_a_partition_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="partition 4 of 2"):
+        KpiCombiner(partitions=2).feed(partial(4, CLOSED))
