@@ -65,6 +65,7 @@ DAY_MS = 24 * HOUR_MS
 #: The window sizes, by name.
 WINDOWS = {"hour": HOUR_MS, "day": DAY_MS}
 RETURN_MS = 7 * DAY_MS
+_SIZES = tuple(WINDOWS.items())
 ALL = ("all",)
 #: The counts of a window, in the order :class:`UserKpis` keeps them.
 COUNTS = ("active_users", "sessions", "play_starts", "clicks", "click_plays", "searches",
@@ -371,10 +372,13 @@ class PartitionKpis:
                 continue  # released with an earlier entry of the same user
             if user.pruned_ms < self.durable_ms:
                 self._prune(user, self.durable_ms)
-            n = bisect.bisect_right(held, until_ms, key=_ts)
-            for ts, event, scopes in held[:n]:
-                self._apply(user, ts, event, scopes)
-            del held[:n]
+            if len(held) == 1 or held[1][0] > until_ms:  # one event due: the usual case
+                self._apply(user, *held.pop(0))
+            else:
+                n = bisect.bisect_right(held, until_ms, key=_ts)
+                for ts, event, scopes in held[:n]:
+                    self._apply(user, ts, event, scopes)
+                del held[:n]
             if self._changed is not None:
                 self._changed(user_id)
         if self.released_ms is None or until_ms > self.released_ms:
@@ -459,16 +463,16 @@ class PartitionKpis:
             steps.append((CLICKS, 1))
         elif kind == "search":
             steps.append((SEARCHES, 1))
-        counts = user.counts
+        counts, totals = user.counts, self._open
         closed, follow = self.closed_ms, self.follow_ms
         for scope in scopes:
-            for size, length in WINDOWS.items():
+            for size, length in _SIZES:
                 start = ts - ts % length
                 if start + length + follow <= closed:
                     continue  # given already (an event replayed after a restore): never again
                 key = (size, start, scope)
                 mine = counts.get(key)
-                total = self._window_total(key)
+                total = totals.get(key) or self._window_total(key)
                 if mine is None:
                     mine = counts[key] = [0] * len(COUNTS)
                     mine[ACTIVE] = 1
@@ -497,6 +501,8 @@ class PartitionKpis:
         return.
         """
         day = ts - ts % DAY_MS
+        if day == user.day_ms and scopes is ONLY_ALL:
+            return  # counted on this day already (its first event added the scope "all")
         if day != user.day_ms:
             last = user.day_ms
             if (
