@@ -2,10 +2,12 @@
 
 :class:`Personalizer` is the part of the processor that turns a user's event into
 implicit feedback for the partition's
-:class:`~pipeline.models.reco.recommender.Recommender` and, when the user turns to another
+:class:`~pipeline.models.reco.recommender.Recommender` (the choice, and the items of the
+last list published to the user, passed over for it) and, when the user turns to another
 item, into a fresh top-K list (at most one per ``reco_debounce_s`` of event time). Before
 learning from a choice it scores the last list published for the user, and the trending
-list of the same moment, against it: the prequential hit-rate@K of the model and of the baseline.
+list of the same moment, against it: the prequential hit-rate@K of the model and of the
+baseline.
 
 The "next item" of the hit-rate is the first click or play of an item other than the one
 the user was on: resuming the same film is not a choice, and a list computed after the
@@ -73,6 +75,7 @@ class Personalizer:
                 previous=items.find(previous) if previous is not None else None,
                 genres=state.features.genre_affinity,
                 ts_ms=ts,
+                shown=self._published(state, models, ts),
             )
         if step.playback_end is not None:
             ended, fraction = step.playback_end
@@ -92,6 +95,23 @@ class Personalizer:
             knobs = experiments.knobs(arms) if arms else _NO_KNOBS
             return self._list(state, models, ts, arms, knobs)
         return None
+
+    def _published(self, state: UserState, models: PartitionModels, ts_ms: int) -> list[int]:
+        """The item indices of the last list published to the user (none before the first).
+
+        The model's top ``reco_k``, or trending's when an experiment shows trending instead,
+        cut to the size an experiment shows: the items the user passed over when choosing
+        something else teach the taste model what they do not want.
+        """
+        if not state.reco_at_ms:
+            return []
+        knobs = _NO_KNOBS
+        if state.experiments:
+            arms = self.experiments.arms(state.experiments, ts_ms)
+            knobs = self.experiments.knobs(arms) if arms else _NO_KNOBS
+        ids = state.trending_items if knobs.list_source == "trending" else state.reco_items
+        found = map(models.items.find, ids[: knobs.list_size or self.k])
+        return [idx for idx in found if idx is not None]
 
     def _list(
         self,

@@ -46,7 +46,14 @@ import orjson
 
 from pipeline.core.events import Event, encode_event
 from pipeline.sim.audience import DAY_MS, UserProfile, draw_profiles
-from pipeline.sim.home_screen import HomeScreen, HomeViewer, Impression, PublishedList, hidden_fit
+from pipeline.sim.home_screen import (
+    HomeScreen,
+    HomeViewer,
+    Impression,
+    PublishedList,
+    hidden_fit,
+    hidden_liking,
+)
 from pipeline.sim.simulate import MALFORMED_KINDS, malformed_record
 from pipeline.sim.synthetic_catalog import Catalog
 
@@ -201,8 +208,9 @@ class ClosedLoop:
         The catalog (:meth:`Catalog.records` is what to load into the core).
     profiles
         The users.
-    fit
-        The users' hidden fit of each title (rows in the order of ``profiles``).
+    fit, liking
+        The users' hidden fit of each title, and their liking of its genres (rows in the
+        order of ``profiles``).
     """
 
     def __init__(self, config: ClosedLoopConfig) -> None:
@@ -219,7 +227,8 @@ class ClosedLoop:
             churn_fraction=0.0,
             new_user_fraction=config.new_user_fraction,
         )
-        self.fit = hidden_fit(self.profiles, self.catalog)
+        self.liking = hidden_liking(self.profiles, self.catalog)
+        self.fit = hidden_fit(self.profiles, self.catalog, liking=self.liking)
 
     def run(self, policy: ListPolicy) -> ClosedLoopRun:
         """Run the whole period with ``policy``; keep everything (see :class:`ClosedLoopRun`)."""
@@ -250,6 +259,7 @@ class ClosedLoop:
                 self.catalog,
                 home=home,
                 fit=self.fit[index],
+                liking=self.liking[index],
                 rng=np.random.default_rng([config.seed, 0xC105ED, index]),
                 weekly_churn=config.weekly_churn,
                 seed=config.seed,

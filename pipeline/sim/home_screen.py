@@ -4,8 +4,8 @@ A :class:`HomeViewer` is the open-loop :class:`~pipeline.sim.viewing.Viewer` (sa
 habits, session times, searches and playback) whose sessions start from a home screen
 (:class:`HomeScreen`) showing the last list published for them; until they have one, a
 generic row (the ``popular`` titles) or no row at all. How they react depends on their
-hidden :func:`hidden_fit` of each title (half their genre taste, half the title's broad
-appeal), which only the simulation knows:
+hidden :func:`hidden_fit` of each title (half their :func:`hidden_liking` of its genres,
+half the title's broad appeal), which only the simulation knows:
 
 - **position bias**: slot ``r`` (from 0) of the row is looked at with probability
   ``(1 + r) ** -0.7`` (1, 0.62, 0.46, 0.38, 0.32 … 0.20 at the tenth);
@@ -13,9 +13,11 @@ appeal), which only the simulation knows:
   way; 0 for a title not yet released or an id the catalog does not know;
 - **click**: a slot looked at is clicked with probability ``0.5 × worth ** 2``, times
   ``0.4 + 0.6 × engagement``; the first slot clicked wins;
-- **click → play**: then it is played with probability ``0.35 + 0.6 × fit``, and watched as
-  the open-loop viewer watches (whose chance to finish grows with their genre liking) at an
-  attention of ``engagement × (0.25 + 0.75 × fit)``;
+- **click → play**: the detail page then tells whether the title is the viewer's kind of
+  title: it is played with probability ``0.35 + 0.6 × liking`` (its genres' liking alone:
+  broad appeal draws the click, and a popular title of a genre the viewer does not care
+  for is left on its page), and watched as the open-loop viewer watches (whose chance to
+  finish grows with the same liking) at an attention of ``engagement × (0.25 + 0.75 × fit)``;
 - **otherwise** the viewer resumes an unfinished item (half the home screens, times
   engagement, before even looking at the row) or, when the row tempted them with nothing,
   searches (10 %), browses the trending row (10 %) or gives up on that title (80 %);
@@ -74,6 +76,7 @@ __all__ = [
     "Impression",
     "PublishedList",
     "hidden_fit",
+    "hidden_liking",
     "position_bias",
 ]
 
@@ -108,17 +111,28 @@ def position_bias(rank: int) -> float:
     return float((1.0 + rank) ** -_BIAS_EXPONENT)
 
 
-def hidden_fit(profiles: Sequence[UserProfile], catalog: Catalog) -> np.ndarray:
-    """The fit of each viewer (row) for each title (column), from 0 to 1.
+def hidden_liking(profiles: Sequence[UserProfile], catalog: Catalog) -> np.ndarray:
+    """How much each viewer (row) likes the genres of each title (column), from 0 to 1.
 
-    ``0.5 × liking + 0.5 × appeal``: ``liking`` is the viewer's taste for the title's best
-    genre over their taste for their favourite genre (what the open-loop viewer's chance to
-    finish grows with), ``appeal`` the title's popularity percentile in the catalog (1 for
-    the most popular): what most people watch fits more people.
+    The viewer's taste for the title's best genre over their taste for their favourite
+    genre: what the open-loop viewer's chance to finish grows with.
     """
     taste = np.array([profile.taste for profile in profiles])
     liking = np.stack([taste[:, list(title.genres)].max(axis=1) for title in catalog.titles], 1)
-    liking /= taste.max(axis=1, keepdims=True)
+    return np.asarray(liking / taste.max(axis=1, keepdims=True))
+
+
+def hidden_fit(
+    profiles: Sequence[UserProfile], catalog: Catalog, *, liking: np.ndarray | None = None
+) -> np.ndarray:
+    """The fit of each viewer (row) for each title (column), from 0 to 1.
+
+    ``0.5 × liking + 0.5 × appeal``: ``liking`` is :func:`hidden_liking` (given, or computed),
+    ``appeal`` the title's popularity percentile in the catalog (1 for the most popular):
+    what most people watch fits more people.
+    """
+    if liking is None:
+        liking = hidden_liking(profiles, catalog)
     popularity = np.array([title.popularity for title in catalog.titles])
     appeal = np.argsort(np.argsort(popularity, kind="stable")) / max(len(popularity) - 1, 1)
     return np.asarray(_TASTE_WEIGHT * liking + (1.0 - _TASTE_WEIGHT) * appeal)
@@ -219,8 +233,8 @@ class HomeViewer(Viewer):
         As for the open-loop viewer, whose draws come from ``seed``.
     home
         The home screen, shared by all viewers.
-    fit
-        The viewer's :func:`hidden_fit` of each title.
+    fit, liking
+        The viewer's :func:`hidden_fit` and :func:`hidden_liking` of each title.
     rng
         The generator of the closed loop's own draws for this viewer.
     weekly_churn
@@ -234,6 +248,7 @@ class HomeViewer(Viewer):
         *,
         home: HomeScreen,
         fit: np.ndarray,
+        liking: np.ndarray,
         rng: np.random.Generator,
         weekly_churn: tuple[float, float],
         seed: int,
@@ -243,6 +258,7 @@ class HomeViewer(Viewer):
         super().__init__(profile, catalog, seed=seed, start_ms=start_ms, end_ms=end_ms)
         self.home = home
         self.fit = fit
+        self.liking = liking
         self.draw = rng
         self.weekly_churn = weekly_churn
         self.satisfaction = 0.5
@@ -318,8 +334,8 @@ class HomeViewer(Viewer):
         clicked = self._click_row(session.now_ms, engagement)
         if clicked is not None:
             rank, item = clicked
-            fit = self.fit[self.catalog.items[item].title_index]
-            return self._click(session, item, self._surface, rank, play_chance=0.35 + 0.6 * fit)
+            liking = self.liking[self.catalog.items[item].title_index]
+            return self._click(session, item, self._surface, rank, play_chance=0.35 + 0.6 * liking)
         elsewhere = draw.random()
         if elsewhere < _SEARCH_SHARE:
             return self._search(session, engagement)

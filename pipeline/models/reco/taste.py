@@ -46,6 +46,11 @@ class TasteModel:
     The item matrix holds each item's factors followed by its bias, so ``items @ user``
     (:meth:`scores`) is the taste signal of every item: factors · user factors + item
     bias (the global mean and the user's bias are the same for every item and left out).
+
+    The factors learn at 0.2 by default, not River's 0.05: a user makes a few dozen choices
+    a month, and at 0.05 their factors had barely left their random start (ranked by
+    taste alone, the lists of the quality-floors run hit the next item 7 % of the time,
+    below trending's 17 %; 19 % at 0.2).
     """
 
     def __init__(
@@ -53,7 +58,7 @@ class TasteModel:
         *,
         n_factors: int = 16,
         bias_lr: float = 0.01,
-        latent_lr: float = 0.05,
+        latent_lr: float = 0.2,
         l2_bias: float = 1e-3,
         l2_latent: float = 1e-3,
         sigma: float = 0.1,

@@ -4,8 +4,9 @@ One seeded simulation (400 viewers, 45 days, ~85,000 records) runs through the p
 as one partition. The floors sit below what the models reach on it (printed) and above
 what a broken model reaches: churn features fed as zeros or risk signals never emitted each
 fail here (checked by breaking them). Dropping the taste signal from the ranking does not:
-on this traffic the lists reach the same hit-rate without it (0.463 against 0.461), a
-signal that has yet to earn its place.
+on this traffic the lists reach nearly the same hit-rate without it (0.466 against 0.473).
+Here viewers choose by popularity times genre taste, which the popularity and genre
+signals carry already; ranked by taste alone the lists hit 0.19 (trending 0.17).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def test_the_churn_models_rank_churners_first() -> None:
 
 def test_the_personalised_lists_beat_trending_by_far() -> None:
     report, _ = run()
-    assert report["reco.hit_rate_at_10"] >= 0.40  # 0.461 measured
+    assert report["reco.hit_rate_at_10"] >= 0.40  # 0.473 measured
     assert report["reco.hit_rate_at_10"] >= 2.5 * report["reco.trending_hit_rate_at_10"]
 
 
