@@ -23,7 +23,7 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.core.processor import Processor
-from pipeline.experiments.definition import parse_definition
+from pipeline.experiments.definition import Experiment, parse_definition
 from pipeline.experiments.report import Report, build_report, format_report
 from pipeline.sim.audience import DAY_MS
 from pipeline.sim.closed_loop import ClosedLoop, ClosedLoopConfig
@@ -54,8 +54,11 @@ def definition(experiment_id: str, start: str, variants: list[dict]) -> dict:
 
 
 @functools.cache
-def reports(seed: int) -> dict[str, Report]:
-    """The reports of ``list_source`` and of the A/A, run together on one closed loop."""
+def experiment_run(seed: int) -> tuple[dict[str, Experiment], dict[str, dict[str, str]], list]:
+    """``list_source`` and the A/A, run together on one closed loop.
+
+    The experiments, each one's assignments, and the events.
+    """
     config = ClosedLoopConfig(users=USERS, days=DAYS, seed=seed)
     start_ms = config.start_ms + WARM_UP_DAYS * DAY_MS
     start = datetime.fromtimestamp(start_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -78,16 +81,26 @@ def reports(seed: int) -> dict[str, Report]:
     processor = Processor(Settings(), clock=lambda: 4_102_444_800.0)  # the loop's own time
     processor.load_experiments(definitions)
     run = loop.run(ProcessorLists(processor, catalog=loop.catalog.records()))
-    judged = {}
-    for raw in definitions:
-        experiment = parse_definition(raw)
-        assignments = {
-            user_id: state.experiments[experiment.id]
+    experiments = {raw["id"]: parse_definition(raw) for raw in definitions}
+    assignments = {
+        experiment_id: {
+            user_id: state.experiments[experiment_id]
             for user_id, state in processor.users.items()
-            if experiment.id in state.experiments
+            if experiment_id in state.experiments
         }
-        judged[experiment.id] = build_report(experiment, assignments, run.events)
-        print(f"\nseed {seed}\n{format_report(judged[experiment.id])}")
+        for experiment_id in experiments
+    }
+    return experiments, assignments, run.events
+
+
+@functools.cache
+def reports(seed: int) -> dict[str, Report]:
+    """The reports of ``list_source`` and of the A/A."""
+    experiments, assignments, events = experiment_run(seed)
+    judged = {}
+    for experiment_id, experiment in experiments.items():
+        judged[experiment_id] = build_report(experiment, assignments[experiment_id], events)
+        print(f"\nseed {seed}\n{format_report(judged[experiment_id])}")
     return judged
 
 
@@ -108,3 +121,16 @@ def test_an_a_a_split_of_the_same_users_finds_nothing(seed: int) -> None:
     assert min(report.users.values()) > 1000 and report.srm_p_value > 0.05
     assert len(report.rows) == len(METRICS)
     assert not any(row.significant for row in report.rows)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_sample_ratio_test_fires_when_one_arm_loses_a_tenth_of_its_users(seed: int) -> None:
+    """A logging defect that drops a tenth of the trending arm's users, on the same traffic."""
+    experiments, assignments, events = experiment_run(seed)
+    arms = assignments["list_source"]
+    trending = sorted(user for user, variant in arms.items() if variant == "trending")
+    lost = set(trending[::10])
+    kept = [event for event in events if event.user_id not in lost]
+    report = build_report(experiments["list_source"], arms, kept)
+    print(f"\nseed {seed}, a tenth of one arm lost: {report.users}, SRM p {report.srm_p_value:.3g}")
+    assert report.srm_p_value < 0.05
