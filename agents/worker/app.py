@@ -145,12 +145,14 @@ def build_app(settings: Settings | None = None) -> faust.App:
         producer = app.producer
         async for value in stream:
             combiner = kpi_combiner.get("in use")
-            if combiner is None:
+            if combiner is None:  # the events topic's partitions, as the group sees them
+                count = app.consumer.topic_partitions(settings.topic_events) or 0
+                partitions = max(count, settings.topic_partitions)
                 stored = combined.get(COMBINER_KEY)
                 combiner = kpi_combiner["in use"] = (
-                    KpiCombiner.from_bytes(stored, partitions=settings.topic_partitions)
+                    KpiCombiner.from_bytes(stored, partitions=partitions)
                     if stored
-                    else KpiCombiner(settings.topic_partitions)
+                    else KpiCombiner(partitions)
                 )
             try:
                 records = combiner.feed(orjson.loads(value))

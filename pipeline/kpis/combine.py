@@ -88,9 +88,10 @@ class KpiCombiner:
 
     A window is given once every partition has closed it (its ``released_ms`` passed the
     window's end plus ``follow_ms``; a 7-day return, the end of its week): all its counts
-    are in by then. A partition's record sent again (its worker restarted) replaces its
-    counts; one for a window already given is ignored. The state (:meth:`to_bytes`) is
-    what the combining agent stores.
+    are in by then. A record of a partition beyond ``partitions`` raises the count (each
+    partition publishes a record at its first event). A partition's record sent again
+    (its worker restarted) replaces its counts; one for a window already given is
+    ignored. The state (:meth:`to_bytes`) is what the combining agent stores.
 
     >>> combiner = KpiCombiner(partitions=2)
     >>> part = {"window": "hour", "start_ms": 0, "scope": ["all"], "active_users": 1,
@@ -120,8 +121,10 @@ class KpiCombiner:
     def feed(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Take one partial record; the KPI records (windows, then returns) now complete."""
         partition = int(record["partition"])
-        if not 0 <= partition < self.partitions:
-            raise ValueError(f"partition {partition} of {self.partitions}")
+        if partition < 0:
+            raise ValueError(f"partition {partition}")
+        if partition >= self.partitions:  # the topic has more: wait for them all from now on
+            self.partitions = partition + 1
         self.follow_ms = int(record["follow_ms"])
         for window in record["windows"]:
             key = (str(window["window"]), int(window["start_ms"]), tuple(window["scope"]))

@@ -79,3 +79,9 @@ def test_every_package_is_where_the_architecture_page_says() -> None:
     }
     assert {p for p in packages if f"`{p}`" not in page} == set()
     assert MODULES  # the walk found the code
+
+
+def test_no_two_test_modules_share_a_name() -> None:
+    """Test modules are imported by their file name: two of one name fail collection."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(name for name in set(names) if names.count(name) > 1) == []

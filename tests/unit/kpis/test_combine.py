@@ -54,6 +54,10 @@ def test_the_stored_state_goes_on_as_the_running_one() -> None:
     assert [r["clicks"] for r in given] == [4, 2]
 
 
-def test_a_partition_out_of_range_is_refused() -> None:
-    with pytest.raises(ValueError, match="partition 4 of 2"):
-        KpiCombiner(partitions=2).feed(partial(4, CLOSED))
+def test_a_partition_beyond_the_count_is_waited_for_from_then_on() -> None:
+    combiner = KpiCombiner(partitions=1)
+    assert combiner.feed(partial(1, CLOSED, window(0, active_users=2))) == []
+    [record] = combiner.feed(partial(0, CLOSED, window(0, active_users=1)))
+    assert combiner.partitions == 2 and record["active_users"] == 3
+    with pytest.raises(ValueError, match="partition -1"):
+        combiner.feed(partial(-1, CLOSED))
