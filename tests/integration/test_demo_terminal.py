@@ -1,9 +1,10 @@
 """``ottscore demo`` on the real broker: live within two minutes, nothing left after Ctrl-C.
 
-The demo runs as a user runs it, in a terminal (a pseudo-terminal here): its simulated
-users send events and see the lists the worker publishes; the view must show a list of a
-sample user, a closed KPI hour and the experiment's report, and SIGINT to its process
-group (what Ctrl-C sends) must stop the users, then the worker, and exit 0.
+The demo runs as a user runs it, in a terminal (a pseudo-terminal here), starting its own
+broker: its simulated users send events and see the lists the worker publishes; the view
+must show a list of a sample user, a closed KPI hour and the experiment's report, and
+SIGINT to its process group (what Ctrl-C sends) must stop the users, then the worker,
+then the broker, and exit 0.
 """
 
 from __future__ import annotations
@@ -43,12 +44,22 @@ def read_until(fd: int, wanted: tuple[str, ...], timeout_s: float) -> str:
 
 @pytest.mark.slow
 def test_the_demo_goes_live_within_two_minutes_and_ctrl_c_leaves_nothing_running(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_jars_dir: Path, tmp_path: Path
 ) -> None:
-    metrics_port, web_port = free_ports(2)
+    """The demo starts its own broker, and stops it with everything else.
+
+    The broker has a home of its own, with the project's Kafka jars linked in.
+    """
+    metrics_port, web_port, port, controller_port = free_ports(4)
+    home = tmp_path / "kafka"
+    home.mkdir()
+    (home / kafka_jars_dir.name).symlink_to(kafka_jars_dir, target_is_directory=True)
     env = {
         **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "OTTSCORE_BROKER_HOME": str(home),
+        "OTTSCORE_BROKER_PORT": str(port),
+        "OTTSCORE_BROKER_CONTROLLER_PORT": str(controller_port),
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
         "OTTSCORE_DATA_DIR": str(tmp_path / "data"),
         "OTTSCORE_METRICS_PORT": str(metrics_port),
         "OTTSCORE_WORKER_WEB_PORT": str(web_port),
@@ -69,11 +80,11 @@ def test_the_demo_goes_live_within_two_minutes_and_ctrl_c_leaves_nothing_running
         assert not missing, f"not shown within 120 s: {missing}\n{shown[-3000:]}"
     finally:
         os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the process group
-        shown_at_exit = read_until(controller, ("stopped worker",), timeout_s=60)
+        shown_at_exit = read_until(controller, ("no worker or broker left running",), timeout_s=90)
         demo.wait(timeout=30)
         os.close(controller)
     assert demo.returncode == 0, shown_at_exit[-2000:]
-    assert "stopped worker" in shown_at_exit
+    assert "stopped: no worker or broker left running" in shown_at_exit
     left = subprocess.run(  # the worker runs in the demo's session
         ["pgrep", "-s", str(demo.pid)], capture_output=True, text=True, check=False
     )
