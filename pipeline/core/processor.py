@@ -151,8 +151,7 @@ class Processor:
         #: the user states.
         self.kpis: dict[int, PartitionKpis] = {}
         self._kpi_lateness_ms = int(settings.kpi_lateness_s * 1000)
-        self._kpi_hour: dict[int, int] = {}  # per partition, the hour of its last KPI record
-        self._kpi_next: dict[int, int] = {}  # per partition, when its next KPI record is due
+        self._kpi_next: dict[int, int] = {}  # per partition, the hour after its last KPI record
         self._kpi_marked: dict[int, int] = {}  # per partition, its closed point last stored
 
     # --- input ------------------------------------------------------------------------
@@ -242,9 +241,7 @@ class Processor:
         )
         if kpis.late != late:
             tally.kpi_late += 1
-        elif kpis.has_closed or (kpis.released_ms or 0) >= self._kpi_next.get(
-            state.partition, -(2**62)
-        ):
+        else:
             self._emit_kpis(state.partition, kpis)
         if event.item_id is not None:
             record = self.personalizer.on_event(state, models, event, step, previous)
@@ -276,10 +273,7 @@ class Processor:
         kpis = self.kpis.get(partition)
         if kpis is not None and (kpis.watermark_ms is None or ts_ms > kpis.watermark_ms):
             kpis.advance(ts_ms)
-            if kpis.has_closed or (kpis.released_ms or 0) >= self._kpi_next.get(
-                partition, -(2**62)
-            ):
-                self._emit_kpis(partition, kpis)
+            self._emit_kpis(partition, kpis)
         if timers.due(partition):
             self._fire_timers(partition)
 
@@ -557,21 +551,20 @@ class Processor:
         And at least one record an hour of event time: the combining agent waits for
         every partition.
         """
-        closed = kpis.take_closed()
         released = kpis.released_ms
         if released is None:
             return
-        hour = released // HOUR_MS
-        if closed or hour != self._kpi_hour.get(partition):
-            self._kpi_hour[partition] = hour
-            self._kpi_next[partition] = (hour + 1) * HOUR_MS
-            value = kpi_partial_record(
-                partition, released_ms=released, follow_ms=kpis.follow_ms, closed=closed
-            )
-            event_ts_ms, ingest_ts_ms = self._cause
-            self._outbox.append(
-                Output("kpi_partial", str(partition).encode(), value, event_ts_ms, ingest_ts_ms)
-            )
+        due = self._kpi_next.get(partition)
+        if not kpis.has_closed and due is not None and released < due:
+            return  # the hot path: nothing closed, still in the hour of the last record
+        self._kpi_next[partition] = (released // HOUR_MS + 1) * HOUR_MS
+        value = kpi_partial_record(
+            partition, released_ms=released, follow_ms=kpis.follow_ms, closed=kpis.take_closed()
+        )
+        event_ts_ms, ingest_ts_ms = self._cause
+        self._outbox.append(
+            Output("kpi_partial", str(partition).encode(), value, event_ts_ms, ingest_ts_ms)
+        )
 
     def restore_kpis(self, partition: int, closed_ms: int) -> None:
         """Before adopting a partition's users: its windows closing by ``closed_ms`` were given.
@@ -656,7 +649,6 @@ class Processor:
         self.timers.drop_partition(partition)
         self._floors.pop(partition, None)
         self.kpis.pop(partition, None)
-        self._kpi_hour.pop(partition, None)
         self._kpi_next.pop(partition, None)
         self._kpi_marked.pop(partition, None)
         self._models.pop(partition, None)
