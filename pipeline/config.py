@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     topic_kpis: str = Field(
         "ott.kpis", description="Business KPIs per closed window and scope (key = window)."
     )
+    topic_experiment_results: str = Field(
+        "ott.experiments.results",
+        description="Each experiment's always-valid results as event time passes (compacted, "
+        "key = experiment id); schemas/experiment_result.schema.json.",
+    )
     topic_partitions: int = Field(
         4, ge=1, description="Partitions of the topics ottscore creates (input and tables)."
     )
@@ -153,6 +158,13 @@ class Settings(BaseSettings):
         description="Allowed lateness of the KPI windows, in seconds of event time: an "
         "event older than the watermark by more is counted late and not applied; a window "
         "closes this long after its end plus the 30 minutes a click or search can convert.",
+    )
+    experiment_window_s: float = Field(
+        7 * 86_400.0,
+        gt=0,
+        description="Seconds of event time from a user's first event in an experiment over "
+        "which the user is judged: the user's values enter the live results once it has "
+        "passed (the same as `ottscore experiment report`).",
     )
     catalog_refresh_s: float = Field(
         60.0,

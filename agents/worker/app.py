@@ -31,6 +31,7 @@ from agents.worker.kafka import faust_broker_settings, output_topics
 from agents.worker.metrics import Metrics
 from agents.worker.snapshots import SnapshotWriter
 from pipeline.config import Settings
+from pipeline.experiments.live_results import ResultsCombiner
 from pipeline.kpis.combine import KpiCombiner
 from pipeline.serde.snapshots import MAX_SNAPSHOT_BYTES
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: The one key of the KPI combining agent's table.
 COMBINER_KEY = b"combiner"
+#: Key of the experiment results' combiner in the same table.
+RESULTS_KEY = b"experiment-results"
 
 
 def logging_config(settings: Settings) -> dict[str, Any] | None:
@@ -109,7 +112,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
         key_type=bytes,
         value_type=bytes,
         partitions=1,
-        help="State of the KPI combining agent (pipeline.kpis.combine.KpiCombiner bytes).",
+        help="State of the KPI combining agent (pipeline.kpis.combine.KpiCombiner bytes; "
+        "pipeline.experiments.live_results.ResultsCombiner bytes under experiment-results).",
     )
 
     def send_snapshot(key: bytes, value: bytes, *, callback: Any, on_refused: Refusal) -> None:
@@ -132,43 +136,65 @@ def build_app(settings: Settings | None = None) -> faust.App:
             message = event.message
             raise RuntimeError(f"record {message.tp}@{message.offset} bypassed the Consumer")
 
-    kpi_combiner: dict[str, KpiCombiner] = {}  # the one in use, read from the table first
+    # the combiners in use, read from the table first
+    kpi_combiner: dict[str, tuple[KpiCombiner, ResultsCombiner]] = {}
+
+    def combiners() -> tuple[KpiCombiner, ResultsCombiner]:
+        in_use = kpi_combiner.get("in use")
+        if in_use is None:  # the events topic's partitions, as the group sees them
+            count = app.consumer.topic_partitions(settings.topic_events) or 0
+            partitions = max(count, settings.topic_partitions)
+            stored, results = combined.get(COMBINER_KEY), combined.get(RESULTS_KEY)
+            in_use = kpi_combiner["in use"] = (
+                KpiCombiner.from_bytes(stored, partitions=partitions)
+                if stored
+                else KpiCombiner(partitions),
+                ResultsCombiner.from_bytes(results, partitions=partitions)
+                if results
+                else ResultsCombiner(partitions),
+            )
+        return in_use
 
     @app.agent(partials, name="kpis")
     async def combine_kpis(stream: faust.StreamT) -> None:
-        """Add up the partitions' KPI windows; publish each once every partition closed it.
+        """Add up the partitions' KPI windows and experiment outcomes, and publish them.
 
-        A window's record is acknowledged by the broker before the combiner's state that
-        gave it is written, so a restart publishes it again (the same record, the same
-        key) rather than never. A record that is not a partial one is logged and skipped.
+        Each KPI window once every partition closed it; each experiment's results at each
+        hour boundary every partition passed. The records are acknowledged by the broker
+        before the combiners' states that gave them are written, so a restart publishes
+        them again (the same records, the same keys) rather than never. A record that is
+        not a partial one is logged and skipped.
         """
         producer = app.producer
         async for value in stream:
-            combiner = kpi_combiner.get("in use")
-            if combiner is None:  # the events topic's partitions, as the group sees them
-                count = app.consumer.topic_partitions(settings.topic_events) or 0
-                partitions = max(count, settings.topic_partitions)
-                stored = combined.get(COMBINER_KEY)
-                combiner = kpi_combiner["in use"] = (
-                    KpiCombiner.from_bytes(stored, partitions=partitions)
-                    if stored
-                    else KpiCombiner(partitions)
-                )
+            combiner, results_combiner = combiners()
             try:
-                records = combiner.feed(orjson.loads(value))
+                partial = orjson.loads(value)
+                records = combiner.feed(partial)
+                results = results_combiner.feed(
+                    int(partial["partition"]),
+                    int(partial["released_ms"]),
+                    partial.get("outcomes", []),
+                    partial.get("experiments", {}),
+                )
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.error("KPI partial record skipped (%s): %.200r", exc, value)
                 continue
-            if records:
+            sends = [(settings.topic_kpis, records), (settings.topic_experiment_results, results)]
+            for topic, published in sends:
+                if not published:
+                    continue
                 acknowledged = asyncio.get_running_loop().create_future()
                 producer.send_many(
-                    settings.topic_kpis,
-                    [(record["key"].encode(), orjson.dumps(record)) for record in records],
+                    topic,
+                    [(record["key"].encode(), orjson.dumps(record)) for record in published],
                     lambda _offsets, done=acknowledged: done.done() or done.set_result(None),
                 )
                 await acknowledged  # a failure fails the next commit's flush: the worker stops
-                metrics.set_kpis(records)
+            metrics.set_kpis(records)
+            metrics.set_experiment_results(results)
             combined[COMBINER_KEY] = combiner.to_bytes()
+            combined[RESULTS_KEY] = results_combiner.to_bytes()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:

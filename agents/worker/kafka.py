@@ -103,6 +103,7 @@ def all_topics(settings: Settings) -> tuple[list[str], list[str]]:
         settings.topic_catalog,
         settings.topic_experiments,
         settings.topic_kpis,
+        settings.topic_experiment_results,
     ]
     return plain, compacted
 

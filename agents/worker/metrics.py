@@ -290,6 +290,40 @@ class Metrics:
             registry=registry,
         )
 
+        self.experiment_results_published = PromCounter(
+            "ottscore_experiment_results_published_total",
+            "Experiment result records published by this worker's combining agent: one per "
+            "experiment at each hour boundary of event time that changed its users or values.",
+            registry=registry,
+        )
+        self.experiment_users = Gauge(
+            "ottscore_experiment_users",
+            "Users seen in each experiment variant, at its latest published result.",
+            ["experiment", "variant"],
+            registry=registry,
+        )
+        self.experiment_srm_p_value = Gauge(
+            "ottscore_experiment_srm_p_value",
+            "Always-valid p-value of the sample-ratio test of each experiment (a value below "
+            "0.05 says the assignment or the logging is broken).",
+            ["experiment"],
+            registry=registry,
+        )
+        self.experiment_p_value = Gauge(
+            "ottscore_experiment_p_value",
+            "Always-valid p-value of each metric of each variant against control (running "
+            "minimum of 1/Lambda of the mSPRT), at the latest published result.",
+            ["experiment", "variant", "metric"],
+            registry=registry,
+        )
+        self.experiment_difference = Gauge(
+            "ottscore_experiment_difference",
+            "Confidence sequence of the difference (variant minus control) of each metric: "
+            "bound lower or upper (absent while unbounded), and the point estimate.",
+            ["experiment", "variant", "metric", "bound"],
+            registry=registry,
+        )
+
         self.model_quality = Gauge(
             "ottscore_model_quality",
             "Prequential quality over each model's last 10,000 outcomes: metric is churn_auc "
@@ -323,6 +357,25 @@ class Metrics:
             if end >= (self._kpi_end.get(window) or 0.0):
                 self._kpi_end[window] = end
                 self.kpi_window_end.labels(window).set(end)
+
+    def set_experiment_results(self, records: list[dict[str, Any]]) -> None:
+        """Export the experiment results just published (schemas/experiment_result.schema.json)."""
+        for record in records:
+            experiment = record["experiment"]
+            self.experiment_results_published.inc()
+            self.experiment_srm_p_value.labels(experiment).set(record["srm_p_value"])
+            for variant, users in record["users"].items():
+                self.experiment_users.labels(experiment, variant).set(users)
+            for row in record["results"]:
+                labels = (experiment, row["variant"], row["metric"])
+                self.experiment_p_value.labels(*labels).set(row["p_value"])
+                lower, upper = row["interval"]
+                if row["mean"] is not None and row["control_mean"] is not None:
+                    estimate = row["mean"] - row["control_mean"]
+                    self.experiment_difference.labels(*labels, "estimate").set(estimate)
+                for bound, value in (("lower", lower), ("upper", upper)):
+                    if value is not None:
+                        self.experiment_difference.labels(*labels, bound).set(value)
 
     def add(self, tally: Tally) -> None:
         """Add a batch's tally to the counters (the tally is left as it was)."""

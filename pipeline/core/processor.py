@@ -63,6 +63,8 @@ from pipeline.core.state import PendingChurn, UserState
 from pipeline.core.tally import Tally
 from pipeline.core.timers import EventTimeTimers
 from pipeline.experiments.live import LiveExperiments
+from pipeline.experiments.live_results import PartitionOutcomes, experiment_meta
+from pipeline.experiments.outcomes import UserOutcome
 from pipeline.kpis.windows import HOUR_MS, PartitionKpis, UserKpis
 from pipeline.models.partition import PartitionModels
 from pipeline.models.quality import LabelledPrediction, Prequential
@@ -151,6 +153,7 @@ class Processor:
         #: the user states.
         self.kpis: dict[int, PartitionKpis] = {}
         self._kpi_lateness_ms = int(settings.kpi_lateness_s * 1000)
+        self._experiment_window_ms = int(settings.experiment_window_s * 1000)
         self._kpi_next: dict[int, int] = {}  # per partition, the hour after its last KPI record
         self._kpi_marked: dict[int, int] = {}  # per partition, its closed point last stored
 
@@ -536,8 +539,14 @@ class Processor:
                 session_gap_ms=self._gap_ms,
                 trackers=self._kpi_tracker,
                 changed=self._dirty.add,
+                outcomes=PartitionOutcomes(
+                    window_ms=self._experiment_window_ms, lookup=self._user_outcomes
+                ),
             )
         return kpis
+
+    def _user_outcomes(self, user_id: str) -> dict[str, UserOutcome]:
+        return self._kpi_tracker(user_id).outcomes
 
     def _kpi_tracker(self, user_id: str) -> UserKpis:
         state = self.users[user_id]
@@ -558,8 +567,19 @@ class Processor:
         if not kpis.has_closed and due is not None and released < due:
             return  # the hot path: nothing closed, still in the hour of the last record
         self._kpi_next[partition] = (released // HOUR_MS + 1) * HOUR_MS
+        outcomes = kpis.outcomes.take(released) if kpis.outcomes is not None else []
+        registry = self.experiments.registry
         value = kpi_partial_record(
-            partition, released_ms=released, follow_ms=kpis.follow_ms, closed=kpis.take_closed()
+            partition,
+            released_ms=released,
+            follow_ms=kpis.follow_ms,
+            closed=kpis.take_closed(),
+            outcomes=outcomes,
+            experiments={
+                experiment_id: experiment_meta(registry[experiment_id])
+                for experiment_id in sorted({e for _, at in outcomes for e in at})
+                if experiment_id in registry
+            },
         )
         event_ts_ms, ingest_ts_ms = self._cause
         self._outbox.append(

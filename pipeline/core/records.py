@@ -281,7 +281,13 @@ def personalization_record(
 
 
 def kpi_partial_record(
-    partition: int, *, released_ms: int, follow_ms: int, closed: Sequence[Any]
+    partition: int,
+    *,
+    released_ms: int,
+    follow_ms: int,
+    closed: Sequence[Any],
+    outcomes: Sequence[tuple[int, Any]] = (),
+    experiments: Mapping[str, Any] | None = None,
 ) -> bytes:
     """A partition's KPI windows closed since its last record, and how far it has closed.
 
@@ -290,7 +296,10 @@ def kpi_partial_record(
     which the partition applied its events: every window whose end plus ``follow_ms`` is at
     or before it is closed, and every 7-day return whose week ended by it
     (``schemas/kpi_partial.schema.json``; :class:`pipeline.kpis.combine.KpiCombiner` adds
-    the partitions up).
+    the partitions up). ``outcomes`` are the partition's experiment outcome changes per hour
+    boundary up to ``released_ms``, ``experiments`` the definitions they need
+    (:class:`pipeline.experiments.live_results.ResultsCombiner` adds them up); both are
+    left out when empty.
     """
     windows, returns = [], []
     for part in closed:
@@ -328,6 +337,7 @@ def kpi_partial_record(
             "follow_ms": follow_ms,
             "windows": windows,
             "returns": returns,
+            **({"outcomes": outcomes, "experiments": experiments or {}} if outcomes else {}),
             "schema_version": 1,
         }
     )

@@ -32,11 +32,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.core.events import Event
 from pipeline.core.playback import Playhead
 
-__all__ = ["METRICS", "Outcomes", "UserOutcome"]
+__all__ = ["METRICS", "Outcomes", "UserOutcome", "step_outcome"]
+
+#: A user is judged on their first 7 days of event time in the experiment.
+WINDOW_MS = 7 * 86_400_000
+SESSION_GAP_MS = 1_800_000
+CONVERSION_MS = 600_000
 
 
 @dataclass(slots=True)
@@ -56,6 +62,61 @@ class UserOutcome:
     _pending_clicks: dict[str, int] = field(default_factory=dict)
     _open_searches: int = 0
     _playhead: Playhead = field(default_factory=Playhead)
+    #: The variant the user is in (kept with the outcome where the user's state holds it).
+    variant: str = ""
+
+    def values(self, metrics: tuple[str, ...]) -> list[float | None]:
+        """The user's value of each of ``metrics`` (names of :data:`METRICS`)."""
+        return [METRICS[name](self) for name in metrics]
+
+    # --- the stored form (format 1, read by every later release) ---------------------
+
+    def to_json(self) -> list[Any]:
+        """The stored form: plain JSON values.
+
+        >>> user = UserOutcome(5, 9, clicks=2, watch_s=1.5, variant="b")
+        >>> user._pending_clicks["m1"] = 7
+        >>> UserOutcome.from_json(user.to_json()) == user
+        True
+        """
+        head = self._playhead
+        return [
+            1,
+            self.variant,
+            self.first_ms,
+            self.last_ms,
+            [self.sessions, self.clicks, self.clicks_played, self.searches,
+             self.searches_played, self.plays, self.completed],
+            self.watch_s,
+            [[item, ts] for item, ts in self._pending_clicks.items()],
+            self._open_searches,
+            [head.playing, head.position_s, head.since_ms, head.duration_s, head.completed],
+        ]  # fmt: skip
+
+    @classmethod
+    def from_json(cls, obj: Any) -> UserOutcome:
+        """Read :meth:`to_json`'s form; ``ValueError``, ``TypeError`` if it is not one."""
+        if type(obj) is not list or not obj or obj[0] != 1:
+            raise ValueError(f"not a stored experiment outcome of format 1: {str(obj)[:80]}")
+        _, variant, first_ms, last_ms, counts, watch_s, pending, open_searches, head = obj
+        sessions, clicks, clicks_played, searches, searches_played, plays, completed = counts
+        playing, position_s, since_ms, duration_s, done = head
+        return cls(
+            int(first_ms),
+            int(last_ms),
+            int(sessions),
+            int(clicks),
+            int(clicks_played),
+            int(searches),
+            int(searches_played),
+            int(plays),
+            int(completed),
+            float(watch_s),
+            {str(item): int(ts) for item, ts in pending},
+            int(open_searches),
+            Playhead(playing, float(position_s), int(since_ms), duration_s, bool(done)),
+            str(variant),
+        )
 
 
 def _ratio(hits: int, trials: int) -> float | None:
@@ -94,25 +155,41 @@ class Outcomes:
         user = self.users.get(event.user_id)
         if user is None:
             user = self.users[event.user_id] = UserOutcome(ts, ts)
-        elif ts >= user.first_ms + self.window_ms:  # after the user's window: not counted
-            return
-        elif ts - user.last_ms > self._gap_ms:
-            user.sessions += 1
-            user._open_searches = 0
-        user.last_ms = max(user.last_ms, ts)
-        watched, completed, started = user._playhead.step(event)
-        user.watch_s += watched
-        user.completed += completed
-        user.plays += started
-        if event.type == "search":
-            user.searches += 1
-            user._open_searches += 1
-        elif event.type == "click" and event.item_id is not None:
-            user.clicks += 1
-            user._pending_clicks[event.item_id] = ts
-        elif event.type == "play" and event.item_id is not None:
-            clicked = user._pending_clicks.pop(event.item_id, None)
-            if clicked is not None and ts - clicked <= self._window_ms:
-                user.clicks_played += 1
-            user.searches_played += user._open_searches
-            user._open_searches = 0
+        step_outcome(user, event, self.window_ms, self._gap_ms, self._window_ms)
+
+
+def step_outcome(
+    user: UserOutcome,
+    event: Event,
+    window_ms: int = WINDOW_MS,
+    session_gap_ms: int = SESSION_GAP_MS,
+    conversion_ms: int = CONVERSION_MS,
+) -> None:
+    """Count ``event`` in ``user``'s outcome (the user's events come in event-time order).
+
+    A user's first event makes the outcome (``UserOutcome(ts, ts)``) and is stepped too;
+    events at or after ``first_ms + window_ms`` are not counted.
+    """
+    ts = event.ts_ms
+    if ts >= user.first_ms + window_ms:  # after the user's window: not counted
+        return
+    if ts - user.last_ms > session_gap_ms:
+        user.sessions += 1
+        user._open_searches = 0
+    user.last_ms = max(user.last_ms, ts)
+    watched, completed, started = user._playhead.step(event)
+    user.watch_s += watched
+    user.completed += completed
+    user.plays += started
+    if event.type == "search":
+        user.searches += 1
+        user._open_searches += 1
+    elif event.type == "click" and event.item_id is not None:
+        user.clicks += 1
+        user._pending_clicks[event.item_id] = ts
+    elif event.type == "play" and event.item_id is not None:
+        clicked = user._pending_clicks.pop(event.item_id, None)
+        if clicked is not None and ts - clicked <= conversion_ms:
+            user.clicks_played += 1
+        user.searches_played += user._open_searches
+        user._open_searches = 0

@@ -57,6 +57,8 @@ from typing import Any
 
 from pipeline.core.events import Event
 from pipeline.core.playback import Playhead
+from pipeline.experiments.live_results import PartitionOutcomes
+from pipeline.experiments.outcomes import UserOutcome
 
 __all__ = ["COUNTS", "WINDOWS", "PartitionKpis", "ReturnCounts", "UserKpis", "WindowCounts"]
 
@@ -138,6 +140,8 @@ class UserKpis:
     days: dict[int, tuple[list[Scope], list[bool]]] = field(default_factory=dict)
     #: Windows closed for good at or before this were forgotten (memory only).
     pruned_ms: int = -1
+    #: The user's outcome in each experiment they joined (:mod:`pipeline.experiments.outcomes`).
+    outcomes: dict[str, UserOutcome] = field(default_factory=dict)
 
     # --- the stored form: named, versioned (read by every later release) ---------------
 
@@ -171,6 +175,11 @@ class UserKpis:
                 [day, [_arm(s) for s in scopes], back[0]]
                 for day, (scopes, back) in self.days.items()
             ],  # fmt: skip
+            **(
+                {"outcomes": {k: v.to_json() for k, v in self.outcomes.items()}}
+                if self.outcomes
+                else {}
+            ),
         }
 
     @classmethod
@@ -200,6 +209,8 @@ class UserKpis:
         user.day_ms = obj["day_ms"]
         for day, arms, returned in obj["days"]:
             user.days[int(day)] = ([_scope(a) for a in arms], [bool(returned)])
+        for experiment, outcome in obj.get("outcomes", {}).items():  # absent before outcomes
+            user.outcomes[str(experiment)] = UserOutcome.from_json(outcome)
         return user
 
     def __eq__(self, other: object) -> bool:
@@ -234,7 +245,10 @@ class PartitionKpis:
 
     ``trackers`` gives the :class:`UserKpis` of a user (created on first use); the worker
     keeps them in the user states, an offline run here (the default). ``changed`` is told
-    of every user whose part changed (to be written back).
+    of every user whose part changed (to be written back). ``outcomes``, when given, steps
+    the experiment outcomes of the users in experiments
+    (:class:`~pipeline.experiments.live_results.PartitionOutcomes`) with the same ordered
+    events.
     """
 
     def __init__(
@@ -245,6 +259,7 @@ class PartitionKpis:
         conversion_ms: int = 10 * 60_000,
         trackers: Callable[[str], UserKpis] | None = None,
         changed: Callable[[str], None] | None = None,
+        outcomes: PartitionOutcomes | None = None,
     ) -> None:
         self.lateness_ms = lateness_ms
         self.session_gap_ms = session_gap_ms
@@ -262,6 +277,7 @@ class PartitionKpis:
         self._own: dict[str, UserKpis] = {}
         self._tracker = trackers or self._own_tracker
         self._changed = changed
+        self.outcomes = outcomes
         self._heap: list[tuple[int, str]] = []  # (event time, user) of every held event
         self._open: dict[WindowKey, list[int]] = {}
         self._returns: dict[tuple[int, Scope], list[int]] = {}
@@ -324,10 +340,14 @@ class PartitionKpis:
                 returns[1] += back[0]
         for ts, _, _ in user.held:
             heapq.heappush(self._heap, (ts, user_id))
+        if user.outcomes and self.outcomes is not None:
+            self.outcomes.adopt(user_id, user.outcomes)
 
     def restore(self, closed_ms: int) -> None:
         """Before adopting users: windows closing at or before ``closed_ms`` were given."""
         self.closed_ms = self.durable_ms = max(self.closed_ms, closed_ms)
+        if self.outcomes is not None:
+            self.outcomes.restore(closed_ms)
 
     def made_durable(self, closed_ms: int) -> None:
         """``closed_ms`` (a value of :attr:`closed_ms`) is stored: forget what closed by it."""
@@ -481,6 +501,8 @@ class PartitionKpis:
                     mine[i] += value
                     total[i] += value
         self._count_day(user, ts, scopes)
+        if len(scopes) > 1 and self.outcomes is not None:
+            self.outcomes.step(user.outcomes, event, scopes)
         if kind == "click" and event.item_id is not None:
             user.clicks.setdefault(event.item_id, []).append((ts, scopes))
         elif kind == "search":

@@ -29,9 +29,12 @@ def report_events(
     *,
     settings: Settings,
     catalog_path: str | Path | None = None,
-    window_s: float = 7 * 86_400.0,
+    window_s: float | None = None,
 ) -> Report:
     """The report of ``experiment_id`` (one of ``definitions``) over an events file.
+
+    Users are judged over ``window_s`` (default: the setting ``experiment_window_s``, as
+    the workers judge them).
 
     Raises
     ------
@@ -58,5 +61,8 @@ def report_events(
         if experiment_id in state.experiments
     }
     return build_report(
-        experiment, assignments, unique_events(events.records, decoder), window_s=window_s
+        experiment,
+        assignments,
+        unique_events(events.records, decoder),
+        window_s=settings.experiment_window_s if window_s is None else window_s,
     )

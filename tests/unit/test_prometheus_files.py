@@ -75,6 +75,8 @@ def populated_metrics() -> Metrics:
             "active_users": 40, "clicks": 10, "click_plays": 6, "click_play_conversion": 0.6,
             "search_play_success": None, "schema_version": 1}  # fmt: skip
     metrics.set_kpis([hour])
+    result_schema = json.loads((ROOT / "schemas" / "experiment_result.schema.json").read_text())
+    metrics.set_experiment_results(result_schema["examples"])
     metrics.set_quality(
         {
             ("churn_auc", "logreg"): 0.81,
@@ -235,6 +237,7 @@ def test_the_dashboard_has_a_row_per_concern() -> None:
         "Dead-letter queue",
         "Snapshots",
         "Business KPIs",
+        "Experiments",
     ]
 
 
