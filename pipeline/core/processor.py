@@ -239,7 +239,7 @@ class Processor:
         late = kpis.late
         kpis.add(
             event,
-            arms=self.experiments.arms(state.experiments, event.ts_ms) if state.experiments else {},
+            scopes=self.experiments.scopes(state.experiments, event.ts_ms),
             user=state.kpis or self._kpi_tracker(user_id),
         )
         if kpis.late != late:

@@ -36,6 +36,7 @@ Examples
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -49,8 +50,12 @@ from pipeline.experiments.definition import (
     parse_definition,
 )
 from pipeline.experiments.registry import ExperimentRegistry
+from pipeline.kpis.windows import ONLY_ALL, Scopes, scopes_of
 
 __all__ = ["OUTSIDE", "LiveExperiments"]
+
+#: Most users whose arms are remembered at once (then all are forgotten and looked up again).
+_MEMO_MAX = 1_000_000
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,10 @@ class LiveExperiments:
         #: Whether a variant sets ``reco_debounce_s`` (else a user's arms matter to a list
         #: only once it is due, and are not looked up at every event).
         self.sets_debounce = False
+        # every start and stop: between two, the same experiments run
+        self._bounds: list[int] = []
+        # per user's assignments (by identity): (them, their count, the span, arms, scopes)
+        self._memo: dict[int, tuple[Mapping[str, str], int, int, dict[str, str], Scopes]] = {}
 
     def __bool__(self) -> bool:
         """Whether any experiment is defined (the processor's fast path skips them all)."""
@@ -94,6 +103,11 @@ class LiveExperiments:
                 self._knobs[experiment.id, variant.name] = variant.knobs
         self._running = tuple(sorted(self.registry, key=lambda experiment: experiment.id))
         self._merged.clear()
+        self._memo.clear()
+        self._bounds = sorted(
+            {e.start_ms for e in self._running}
+            | {e.stop_ms for e in self._running if e.stop_ms is not None}
+        )
         self.sets_debounce = any(
             knobs.reco_debounce_s is not None for knobs in self._knobs.values()
         )
@@ -123,17 +137,40 @@ class LiveExperiments:
             held[experiment.id] = assign(experiment, user_id) if admitted else OUTSIDE
 
     def arms(self, held: Mapping[str, str], ts_ms: int) -> dict[str, str]:
-        """The variants of ``held`` whose experiments run at ``ts_ms`` (the user's arms)."""
+        """The variants of ``held`` whose experiments run at ``ts_ms`` (the user's arms).
+
+        The same dict is given again while neither ``held`` nor the running experiments
+        change: read it, do not change it.
+        """
         if not held:
             return {}
+        return self._arms(held, ts_ms)[3]
+
+    def scopes(self, held: Mapping[str, str], ts_ms: int) -> Scopes:
+        """The KPI scopes of an event of a user with ``held`` at ``ts_ms`` (all, each arm)."""
+        if not held:
+            return ONLY_ALL
+        return self._arms(held, ts_ms)[4]
+
+    def _arms(
+        self, held: Mapping[str, str], ts_ms: int
+    ) -> tuple[Mapping[str, str], int, int, dict[str, str], Scopes]:
+        span = bisect.bisect_right(self._bounds, ts_ms)
+        memo = self._memo.get(id(held))
+        if memo is not None and memo[0] is held and memo[1] == len(held) and memo[2] == span:
+            return memo
         registry = self.registry
-        return {
+        arms = {
             experiment_id: variant
             for experiment_id, variant in held.items()
             if variant != OUTSIDE
             and experiment_id in registry
             and registry[experiment_id].active_at(ts_ms)
         }
+        if len(self._memo) >= _MEMO_MAX:
+            self._memo.clear()
+        memo = self._memo[id(held)] = (held, len(held), span, arms, scopes_of(arms))
+        return memo
 
     def knobs(self, arms: Mapping[str, str]) -> Knobs:
         """What ``arms`` change, merged; where two set one knob, the first experiment by id wins."""

@@ -7,9 +7,10 @@ outcome (:class:`~pipeline.experiments.outcomes.UserOutcome`) over their first
 always-valid test per metric and variant against control, and the sample-ratio test of
 the users seen per variant. Only the order of the work differs:
 
-- :class:`PartitionOutcomes` (one per partition, inside the KPI windows, so it sees each
-  user's events in event-time order after the allowed lateness) steps the outcome of every
-  user in an experiment; the outcome is stored with the user's state. At each hour
+- :class:`PartitionOutcomes` (one per partition, inside the KPI windows, so it counts each
+  user's events in event-time order after the allowed lateness, with what the windows
+  computed of them) keeps the outcome of every user in an experiment; the outcome is
+  stored with the user's state. At each hour
   boundary ``T`` the partition's contribution changes by the users first seen before ``T``
   (the sample-ratio counts) and the users whose window ended by ``T`` (their values are
   final: later events do not count). :meth:`PartitionOutcomes.take` gives those changes,
@@ -25,12 +26,12 @@ the users seen per variant. Only the order of the work differs:
   looking every hour: a look at unchanged totals changes neither a running minimum nor an
   intersection.
 
->>> from pipeline.core.events import Event
 >>> partition = PartitionOutcomes(window_ms=3_600_000)  # users judged on their first hour
 >>> held = {}  # the user's outcomes, as their state keeps them
 >>> scopes = (("all",), ("experiment", "x", "b"))
->>> partition.step(held, Event("e1", "click", "u1", 60_000, item_id="m"), scopes)
->>> partition.step(held, Event("e2", "play", "u1", 120_000, item_id="m"), scopes)
+>>> partition.count(held, "u1", 60_000, scopes, (1, 0, 0, 0, 1, 0))  # a click, a new session
+>>> partition.count(held, "u1", 120_000, scopes, (0, 1, 0, 0, 0, 0))  # a play of its item
+>>> partition.convert(held, 120_000, scopes, click=True)  # ... within 10 minutes of the click
 >>> changes = partition.take(7_200_000)  # every event up to 02:00 applied
 >>> [boundary for boundary, _ in changes], held["x"].clicks_played
 ([3600000, 7200000], 1)
@@ -47,17 +48,21 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from fractions import Fraction
 from typing import Any
 
 import orjson
 
-from pipeline.core.events import Event, format_ts
-from pipeline.experiments.outcomes import METRICS, WINDOW_MS, UserOutcome, step_outcome
+from pipeline.core.events import format_ts
+from pipeline.experiments.outcomes import METRICS, WINDOW_MS, UserOutcome
 from pipeline.experiments.stats import Moments, SampleRatioTest, SequentialTest
 
-__all__ = ["HOUR_MS", "PartitionOutcomes", "ResultsCombiner", "experiment_meta"]
+__all__ = ["HOUR_MS", "STEPS", "PartitionOutcomes", "ResultsCombiner", "experiment_meta"]
+
+#: What one event adds to a user's outcome, in the order :meth:`PartitionOutcomes.count`
+#: takes it.
+STEPS = ("new_session", "play_starts", "completions", "watch_ms", "clicks", "searches")
 
 HOUR_MS = 3_600_000
 #: The metrics every final user contributes to, in this order (the combiner keeps those of
@@ -84,9 +89,12 @@ def experiment_meta(experiment: Any) -> dict[str, Any]:
 class PartitionOutcomes:
     """The experiment outcomes of one partition's users (see the module docstring).
 
-    ``outcomes`` of :meth:`step` and :meth:`adopt` is the user's own map, experiment id →
-    :class:`UserOutcome`, which the worker stores with the user; ``lookup`` gives it back by
-    user id when a boundary needs the values of a user whose window ended.
+    The KPI windows (:class:`~pipeline.kpis.windows.PartitionKpis`) call :meth:`count` with
+    what each event of a user in an experiment adds (they computed it for the windows) and
+    :meth:`convert` when a play converts a click or search made in experiments.
+    ``outcomes`` is the user's own map, experiment id → :class:`UserOutcome`, which the
+    worker stores with the user; ``lookup`` gives it back by user id when a boundary needs
+    the values of a user whose window ended.
     """
 
     def __init__(
@@ -103,25 +111,67 @@ class PartitionOutcomes:
         self._seen: dict[int, dict[tuple[str, str], int]] = defaultdict(dict)
         self._final: dict[int, list[tuple[str, str]]] = defaultdict(list)
 
-    def step(
+    def count(
         self,
         outcomes: MutableMapping[str, UserOutcome],
-        event: Event,
+        user_id: str,
+        ts: int,
         scopes: tuple[tuple[str, ...], ...],
+        steps: Sequence[int],
     ) -> None:
-        """Count one event (applied in event-time order) in each experiment of ``scopes``."""
+        """Count one event of ``user_id`` at ``ts`` in each experiment of ``scopes``.
+
+        ``steps``: what the event adds, in the order of :data:`STEPS` (a new session,
+        play starts, completions, watch milliseconds, clicks, searches).
+        """
+        window = self.window_ms
+        new_session, started, completed, watch_ms, clicks, searches = steps
         for scope in scopes:
             if scope[0] != "experiment":
                 continue
-            experiment, variant = scope[1], scope[2]
-            outcome = outcomes.get(experiment)
+            outcome = outcomes.get(scope[1])
             if outcome is None:
-                ts = event.ts_ms
-                outcome = outcomes[experiment] = UserOutcome(ts, ts, variant=variant)
+                outcome = outcomes[scope[1]] = UserOutcome(ts, scope[2])
                 if self._lookup is None:
-                    self._own[event.user_id] = outcomes
-                self._note(event.user_id, experiment, outcome)
-            step_outcome(outcome, event, self.window_ms)
+                    self._own[user_id] = outcomes
+                self._note(user_id, scope[1], outcome)
+            elif ts >= outcome.first_ms + window:
+                continue  # after the user's window: not counted
+            elif new_session:
+                outcome.sessions += 1
+            if started:
+                outcome.plays += started
+            if completed:
+                outcome.completed += completed
+            if watch_ms:
+                outcome.watch_ms += watch_ms
+            if clicks:
+                outcome.clicks += clicks
+            elif searches:
+                outcome.searches += searches
+
+    def convert(
+        self,
+        outcomes: Mapping[str, UserOutcome],
+        ts: int,
+        scopes: tuple[tuple[str, ...], ...],
+        *,
+        click: bool,
+    ) -> None:
+        """A play at ``ts`` converts a click (else a search) made in ``scopes``."""
+        for scope in scopes:
+            if scope[0] != "experiment":
+                continue
+            outcome = outcomes.get(scope[1])
+            if outcome is not None and ts < outcome.first_ms + self.window_ms:
+                if click:
+                    outcome.clicks_played += 1
+                else:
+                    outcome.searches_played += 1
+
+    def users(self) -> list[tuple[str, Mapping[str, UserOutcome]]]:
+        """Offline (no ``lookup``): each user with outcomes, and their outcomes."""
+        return list(self._own.items())
 
     def adopt(self, user_id: str, outcomes: Mapping[str, UserOutcome]) -> None:
         """Count a restored user's outcomes at the boundaries not given yet."""
@@ -191,8 +241,9 @@ class PartitionOutcomes:
 class _Experiment:
     """The combiner's totals and tests of one experiment."""
 
-    def __init__(self, meta: Mapping[str, Any]) -> None:
+    def __init__(self, meta: Mapping[str, Any], *, alpha: float, horizon: int) -> None:
         self.meta = dict(meta)
+        self.alpha = alpha
         self.variants = [str(v[0]) for v in meta["variants"]]
         self.control = next(str(v[0]) for v in meta["variants"] if v[2])
         self.metrics = [str(m) for m in meta["metrics"]]
@@ -200,7 +251,7 @@ class _Experiment:
         self.sums: dict[tuple[str, str], list[Any]] = {}
         self.srm = SampleRatioTest([float(v[1]) for v in meta["variants"]])
         self.tests = {
-            (metric, name): SequentialTest()
+            (metric, name): SequentialTest(alpha=alpha, horizon=horizon)
             for metric in self.metrics
             for name in self.variants
             if name != self.control
@@ -247,7 +298,7 @@ class _Experiment:
             "as_of": format_ts(boundary),
             "as_of_ms": boundary,
             "control": self.control,
-            "alpha": 0.05,
+            "alpha": self.alpha,
             "users": dict(self.seen),
             "srm_p_value": self.srm.p_value,
             "results": rows,
@@ -266,8 +317,8 @@ class _Experiment:
         }
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> _Experiment:
-        experiment = cls(obj["meta"])
+    def from_json(cls, obj: Mapping[str, Any], *, alpha: float, horizon: int) -> _Experiment:
+        experiment = cls(obj["meta"], alpha=alpha, horizon=horizon)
         experiment.seen.update({str(k): int(v) for k, v in obj["seen"].items()})
         for variant, metric, n, total, squares in obj["sums"]:
             experiment.sums[variant, metric] = [int(n), Fraction(total), Fraction(squares)]
@@ -293,12 +344,16 @@ class ResultsCombiner:
     :meth:`feed` takes one partition's record: how far it has applied its events and its
     changes per boundary (:meth:`PartitionOutcomes.take`), with the definitions' ``meta``
     (:func:`experiment_meta`). The state (:meth:`to_bytes`) is what the agent stores.
+    ``alpha`` is the level of the confidence sequences, ``horizon`` the users per arm where
+    the tests are most powerful (:class:`~pipeline.experiments.stats.SequentialTest`).
     """
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, *, alpha: float = 0.05, horizon: int = 10_000) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be at least 1, not {partitions}")
         self.partitions = partitions
+        self.alpha = alpha
+        self.horizon = horizon
         self.released: dict[int, int] = {}
         #: Every boundary at or before this was looked at.
         self.looked_ms = -1
@@ -346,7 +401,9 @@ class ResultsCombiner:
             meta = self._meta.get(experiment_id)
             if meta is None:
                 return None  # no definition seen: nothing to judge against
-            experiment = self._experiments[experiment_id] = _Experiment(meta)
+            experiment = self._experiments[experiment_id] = _Experiment(
+                meta, alpha=self.alpha, horizon=self.horizon
+            )
         return experiment
 
     # --- stored form ------------------------------------------------------------------
@@ -357,6 +414,8 @@ class ResultsCombiner:
             {
                 "format": 1,
                 "partitions": self.partitions,
+                "alpha": self.alpha,
+                "horizon": self.horizon,
                 "released": [[p, ms] for p, ms in sorted(self.released.items())],
                 "looked_ms": self.looked_ms,
                 "pending": [
@@ -374,11 +433,14 @@ class ResultsCombiner:
         obj = orjson.loads(data)
         if obj.get("format") != 1:
             raise ValueError(f"experiment results state of format {obj.get('format')!r}")
-        combiner = cls(max(partitions, 1))
+        combiner = cls(max(partitions, 1), alpha=obj["alpha"], horizon=obj["horizon"])
         combiner.released = {int(p): int(ms) for p, ms in obj["released"] if int(p) < partitions}
         combiner.looked_ms = int(obj["looked_ms"])
         for boundary, parts in obj["pending"]:
             combiner._pending[int(boundary)] = {int(p): at for p, at in parts}
         combiner._meta = dict(obj["meta"])
-        combiner._experiments = {k: _Experiment.from_json(e) for k, e in obj["experiments"].items()}
+        combiner._experiments = {
+            k: _Experiment.from_json(e, alpha=combiner.alpha, horizon=combiner.horizon)
+            for k, e in obj["experiments"].items()
+        }
         return combiner

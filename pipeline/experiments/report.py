@@ -1,17 +1,22 @@
 """An experiment's report: each metric per variant against control, looked at over event time.
 
-:func:`build_report` follows the events of the experiment's users from its start to its
-stop, and at every look (each ``look_every_s`` of event time) updates, for each metric and
-each variant, an always-valid :class:`~pipeline.experiments.stats.SequentialTest` on the
+:func:`build_report` runs the events of the experiment's users (in event-time order) exactly
+as a worker's partition runs them (:class:`~pipeline.kpis.windows.PartitionKpis` counting
+the users' outcomes, :class:`~pipeline.experiments.live_results.PartitionOutcomes`), and
+judges them as the workers' combining agent does
+(:class:`~pipeline.experiments.live_results.ResultsCombiner`): at each hour boundary of
+event time that changed the experiment's users or values, an always-valid
+:class:`~pipeline.experiments.stats.SequentialTest` per metric and variant on the
 user-level values (:data:`~pipeline.experiments.outcomes.METRICS`), and a
 :class:`~pipeline.experiments.stats.SampleRatioTest` on the users seen per variant. A user
 enters the tests once their window (``window_s`` of event time from their first event in
-the experiment, :class:`~pipeline.experiments.outcomes.Outcomes`) has passed, with values
-that no longer change: each look adds users whose outcomes are final, as the tests assume.
+the experiment) has passed, with values that no longer change, as the tests assume.
 Looking as often as one likes keeps the error rates: the p-values are the running minima,
 the intervals the running intersections. The assignments come from the workers (the user
 states, or the ``experiments`` tags of the published records); a user counts from their
-first event while the experiment runs.
+first event while the experiment runs, until their window ends (events after a stop do
+not count).
+The last look is at the first hour boundary at or after the last event.
 
 >>> from pipeline.core.events import Event
 >>> from pipeline.experiments.definition import Experiment, Variant
@@ -30,12 +35,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.core.events import Event, format_ts
 from pipeline.experiments.definition import Experiment
 from pipeline.experiments.live import OUTSIDE
-from pipeline.experiments.outcomes import METRICS, Outcomes, UserOutcome
-from pipeline.experiments.stats import Moments, SampleRatioTest, SequentialTest
+from pipeline.experiments.live_results import (
+    HOUR_MS,
+    PartitionOutcomes,
+    ResultsCombiner,
+    experiment_meta,
+)
+from pipeline.kpis.windows import PartitionKpis
 
 __all__ = ["Look", "Report", "Row", "build_report", "format_report"]
 
@@ -82,109 +93,67 @@ class Report:
     looks: list[Look] = field(default_factory=list)
 
 
-def _moments(values: Iterable[float | None]) -> Moments:
-    present = [v for v in values if v is not None]
-    return Moments(len(present), math.fsum(present), math.fsum(v * v for v in present))
-
-
 def build_report(
     experiment: Experiment,
     assignments: Mapping[str, str],
     events: Iterable[Event],
     *,
     alpha: float = 0.05,
-    look_every_s: float = 86_400.0,
     window_s: float = 7 * 86_400.0,
     horizon: int = 10_000,
 ) -> Report:
     """Judge ``experiment`` on ``events`` (in event-time order) of its assigned users.
 
-    A user counts in the tests once ``window_s`` of event time has passed since their first
-    event in the experiment; the last look is at the last event (or the stop).
+    ``assignments``: user id → variant (or :data:`~pipeline.experiments.live.OUTSIDE`).
+    Events out of event-time order by a user are dropped, as late ones are by a worker.
     """
+    outcomes = PartitionOutcomes(window_ms=int(window_s * 1000))
+    kpis = PartitionKpis(lateness_ms=0, outcomes=outcomes)
+    combiner = ResultsCombiner(1, alpha=alpha, horizon=horizon)
+    meta = {experiment.id: experiment_meta(experiment)}
+    records: list[dict[str, Any]] = []
+    due = None  # the next hour boundary to take the outcome changes at
+    last = None
+    for event in events:
+        variant = assignments.get(event.user_id, OUTSIDE)
+        if variant == OUTSIDE:
+            continue
+        ts = event.ts_ms
+        kpis.add(event, arms={experiment.id: variant} if experiment.active_at(ts) else {})
+        last = ts if last is None else max(last, ts)
+        if due is None or last >= due:
+            records += combiner.feed(0, last, outcomes.take(last), meta)
+            due = last - last % HOUR_MS + HOUR_MS
+    if last is not None:
+        end = -(-last // HOUR_MS) * HOUR_MS
+        kpis.advance(end)
+        records += combiner.feed(0, end, outcomes.take(end), meta)
     variants = [v.name for v in experiment.variants]
-    control = experiment.control.name
-    treatments = [name for name in variants if name != control]
-    metrics = list(experiment.metrics) or list(METRICS)
-    metrics = [m for m in metrics if m in METRICS]
-    tests = {
-        (metric, name): SequentialTest(alpha=alpha, horizon=horizon)
-        for metric in metrics
-        for name in treatments
-    }
-    srm = SampleRatioTest([v.weight for v in experiment.variants])
-    outcomes = Outcomes(window_s=window_s)
-    window_ms = outcomes.window_ms
     report = Report(experiment.id, alpha, dict.fromkeys(variants, 0), 1.0)
-    look_ms = int(look_every_s * 1000)
-    next_look = experiment.start_ms + look_ms
-
-    def complete(ts_ms: int) -> dict[str, list[UserOutcome]]:
-        """The outcomes, by variant, of the users whose window has passed at ``ts_ms``."""
-        by_variant: dict[str, list[UserOutcome]] = {name: [] for name in variants}
-        for user_id, outcome in outcomes.users.items():
-            if outcome.first_ms + window_ms <= ts_ms:
-                by_variant[assignments[user_id]].append(outcome)
-        return by_variant
-
-    def look(ts_ms: int) -> None:
-        seen = dict.fromkeys(variants, 0)
-        for user_id in outcomes.users:
-            seen[assignments[user_id]] += 1
-        srm.update([seen[name] for name in variants])
-        by_variant = complete(ts_ms)
-        for (metric, name), test in tests.items():
-            value = METRICS[metric]
-            test.update(
-                _moments(value(u) for u in by_variant[control]),
-                _moments(value(u) for u in by_variant[name]),
-            )
+    for record in records:
         report.looks.append(
             Look(
-                ts_ms,
-                {key: test.p_value for key, test in tests.items()},
-                {key: test.interval for key, test in tests.items()},
-                srm.p_value,
+                record["as_of_ms"],
+                {(r["metric"], r["variant"]): r["p_value"] for r in record["results"]},
+                {(r["metric"], r["variant"]): _interval(r["interval"]) for r in record["results"]},
+                record["srm_p_value"],
             )
         )
-
-    end = experiment.start_ms  # event time up to which events were read
-    for event in events:
-        if event.ts_ms < experiment.start_ms:
-            continue
-        if not experiment.active_at(event.ts_ms):  # stopped: the events after it do not count
-            end = max(end, (experiment.stop_ms or event.ts_ms) - 1)
-            break
-        end = event.ts_ms
-        variant = assignments.get(event.user_id, OUTSIDE)
-        if variant == OUTSIDE or variant not in report.users:
-            continue
-        while event.ts_ms >= next_look:
-            look(next_look)
-            next_look += look_ms
-        outcomes.add(event)
-    last = end
-    look(last + 1)
-    for user_id in outcomes.users:
-        report.users[assignments[user_id]] += 1
-    report.srm_p_value = srm.p_value
-    final = complete(last + 1)
-    for (metric, name), test in tests.items():
-        value = METRICS[metric]
-        base, arm = (_moments(value(u) for u in final[v]) for v in (control, name))
-        report.rows.append(
-            Row(
-                metric,
-                name,
-                base.count,
-                arm.count,
-                base.mean if base.count else None,
-                arm.mean if arm.count else None,
-                test.p_value,
-                test.interval,
-            )
-        )
+    if records:
+        final = records[-1]
+        report.users.update(final["users"])
+        report.srm_p_value = final["srm_p_value"]
+        report.rows = [
+            Row(r["metric"], r["variant"], r["control_users"], r["users"], r["control_mean"],
+                r["mean"], r["p_value"], _interval(r["interval"]))
+            for r in final["results"]
+        ]  # fmt: skip
     return report
+
+
+def _interval(bounds: list[float | None]) -> tuple[float, float]:
+    lower, upper = bounds
+    return (-math.inf if lower is None else lower, math.inf if upper is None else upper)
 
 
 def format_report(report: Report) -> str:

@@ -140,7 +140,8 @@ class UserKpis:
     days: dict[int, tuple[list[Scope], list[bool]]] = field(default_factory=dict)
     #: Windows closed for good at or before this were forgotten (memory only).
     pruned_ms: int = -1
-    #: The user's outcome in each experiment they joined (:mod:`pipeline.experiments.outcomes`).
+    #: The user's outcome in each experiment they joined (:mod:`pipeline.experiments.outcomes`),
+    #: counted from the same events as the windows.
     outcomes: dict[str, UserOutcome] = field(default_factory=dict)
 
     # --- the stored form: named, versioned (read by every later release) ---------------
@@ -245,10 +246,10 @@ class PartitionKpis:
 
     ``trackers`` gives the :class:`UserKpis` of a user (created on first use); the worker
     keeps them in the user states, an offline run here (the default). ``changed`` is told
-    of every user whose part changed (to be written back). ``outcomes``, when given, steps
+    of every user whose part changed (to be written back). ``outcomes``, when given, counts
     the experiment outcomes of the users in experiments
-    (:class:`~pipeline.experiments.live_results.PartitionOutcomes`) with the same ordered
-    events.
+    (:class:`~pipeline.experiments.live_results.PartitionOutcomes`) with what each applied
+    event adds to the windows.
     """
 
     def __init__(
@@ -292,9 +293,17 @@ class PartitionKpis:
 
     # --- input ------------------------------------------------------------------------
 
-    def add(self, event: Event, *, arms: Mapping[str, str], user: UserKpis | None = None) -> None:
+    def add(
+        self,
+        event: Event,
+        *,
+        arms: Mapping[str, str] | None = None,
+        user: UserKpis | None = None,
+        scopes: Scopes | None = None,
+    ) -> None:
         """Take one event of this partition; ``arms`` are its user's experiment variants.
 
+        Or ``scopes``, the scopes they give (:func:`scopes_of`), when the caller has them.
         ``user`` is the user's :class:`UserKpis` when the caller holds it (and marks the
         user changed itself).
         """
@@ -309,7 +318,7 @@ class PartitionKpis:
             if self._changed is not None:
                 self._changed(user_id)
         held = user.held
-        entry = (ts, event, scopes_of(arms))
+        entry = (ts, event, scopes if scopes is not None else scopes_of(arms or {}))
         if not held or held[-1][0] <= ts:  # in order: the usual case
             held.append(entry)
         else:
@@ -501,19 +510,28 @@ class PartitionKpis:
                     mine[i] += value
                     total[i] += value
         self._count_day(user, ts, scopes)
-        if len(scopes) > 1 and self.outcomes is not None:
-            self.outcomes.step(user.outcomes, event, scopes)
+        outcomes = self.outcomes if len(scopes) > 1 else None
+        if outcomes is not None:
+            outcomes.count(user.outcomes, event.user_id, ts, scopes, (
+                new_session, started, completed, round(watched * 1000) if watched else 0,
+                kind == "click", kind == "search",
+            ))  # fmt: skip
         if kind == "click" and event.item_id is not None:
             user.clicks.setdefault(event.item_id, []).append((ts, scopes))
         elif kind == "search":
             user.searches.append((ts, scopes))
         elif kind == "play" and event.item_id is not None:
+            outcomes = self.outcomes
             for clicked_ms, clicked_scopes in user.clicks.pop(event.item_id, []):
                 if ts - clicked_ms <= self.conversion_ms:
                     self._credit(user, clicked_ms, clicked_scopes, CLICK_PLAYS)
+                    if outcomes is not None and len(clicked_scopes) > 1:
+                        outcomes.convert(user.outcomes, ts, clicked_scopes, click=True)
             for searched_ms, searched_scopes in user.searches:
                 if ts - searched_ms <= self.session_gap_ms:
                     self._credit(user, searched_ms, searched_scopes, SEARCH_PLAYS)
+                    if outcomes is not None and len(searched_scopes) > 1:
+                        outcomes.convert(user.outcomes, ts, searched_scopes, click=False)
             user.searches = []
 
     def _count_day(self, user: UserKpis, ts: int, scopes: Scopes) -> None:

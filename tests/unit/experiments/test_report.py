@@ -53,9 +53,9 @@ def test_a_search_succeeds_when_a_play_follows_in_the_same_session() -> None:
 def test_watch_time_follows_the_playhead_and_a_completion_counts_once() -> None:
     user = outcome_of(play(0), pause(50_000, 50.0), play(60 * MINUTE, position=50.0),
                       pause(60 * MINUTE + 45_000, 95.0))  # fmt: skip
-    assert (user.plays, user.watch_s, user.completed) == (1, 95.0, 1)
+    assert (user.plays, user.watch_ms, user.completed) == (1, 95_000, 1)
     skipped = outcome_of(play(0), pause(10_000, 80.0))  # the playhead ran ahead of the clock
-    assert skipped.watch_s == 10.0
+    assert skipped.watch_ms == 10_000
 
 
 def experiment(weights: tuple[float, float] = (0.5, 0.5)) -> Experiment:
@@ -106,10 +106,28 @@ def test_the_sample_ratio_test_fires_on_a_skewed_split_only() -> None:
     print(f"\nSRM p: skewed 45/55 {skewed.srm_p_value:.2g}, correct {correct.srm_p_value:.2g}")
 
 
-def test_looks_are_daily_and_p_values_only_fall() -> None:
+def test_looks_are_at_hour_boundaries_and_p_values_only_fall_and_intervals_only_shrink() -> None:
     assignments, events = synthetic(random.Random(9), 2000, {"control": 0.3, "b": 0.34})
     report = build_report(experiment(), assignments, events)
-    assert len(report.looks) == 10
+    times = [look.ts_ms for look in report.looks]
+    assert times == sorted(set(times)) and all(t % 3_600_000 == 0 for t in times)
+    assert len(times) >= 24  # users arrive through the first day, and end 7 days later
     key = ("click_play_conversion", "b")
     p_values = [look.p_values[key] for look in report.looks]
     assert p_values == sorted(p_values, reverse=True)
+    lowers = [look.intervals[key][0] for look in report.looks]
+    uppers = [look.intervals[key][1] for look in report.looks]
+    assert lowers == sorted(lowers) and uppers == sorted(uppers, reverse=True)
+
+
+def test_the_report_counts_a_users_playback_begun_before_they_joined() -> None:
+    """As the workers do: the playhead follows the user from before the experiment."""
+    variants = (Variant("control", 0.5, True), Variant("b", 0.5))
+    joined = Experiment(
+        "x", "x", variants, start_ms=30_000, stop_ms=None, metrics=("watch_seconds_per_user",)
+    )
+    events = [play(0), pause(60_000, 60.0)]  # playing since 0; the pause is their first event in it
+    report = build_report(joined, {"u": "b"}, events, window_s=60.0)
+    assert report.users == {"control": 0, "b": 1}
+    assert [row.users for row in report.rows] == [1]  # final at the last look
+    assert report.rows[0].mean == 60.0
