@@ -80,6 +80,8 @@ class LiveExperiments:
         self._bounds: list[int] = []
         # per user's assignments (by identity): (them, their count, the span, arms, scopes)
         self._memo: dict[int, tuple[Mapping[str, str], int, int, dict[str, str], Scopes]] = {}
+        # per user's assignments (by identity): (them, their count, the span they were made in)
+        self._assigned: dict[int, tuple[Mapping[str, str], int, int]] = {}
 
     def __bool__(self) -> bool:
         """Whether any experiment is defined (the processor's fast path skips them all)."""
@@ -104,6 +106,7 @@ class LiveExperiments:
         self._running = tuple(sorted(self.registry, key=lambda experiment: experiment.id))
         self._merged.clear()
         self._memo.clear()
+        self._assigned.clear()
         self._bounds = sorted(
             {e.start_ms for e in self._running}
             | {e.stop_ms for e in self._running if e.stop_ms is not None}
@@ -128,6 +131,10 @@ class LiveExperiments:
         :data:`OUTSIDE`). A user is new to an experiment when first seen at or after its
         start.
         """
+        span = bisect.bisect_right(self._bounds, ts_ms)
+        done = self._assigned.get(id(held))
+        if done is not None and done[0] is held and done[1] == len(held) and done[2] == span:
+            return  # assigned in this span already: every experiment running has its place
         for experiment in self._running:
             if experiment.id in held or not experiment.active_at(ts_ms):
                 continue
@@ -135,6 +142,9 @@ class LiveExperiments:
                 segment=segment, device=device, new_user=first_seen_ms >= experiment.start_ms
             )
             held[experiment.id] = assign(experiment, user_id) if admitted else OUTSIDE
+        if len(self._assigned) >= _MEMO_MAX:
+            self._assigned.clear()
+        self._assigned[id(held)] = (held, len(held), span)
 
     def arms(self, held: Mapping[str, str], ts_ms: int) -> dict[str, str]:
         """The variants of ``held`` whose experiments run at ``ts_ms`` (the user's arms).

@@ -8,7 +8,7 @@ An event older than that is **late**: counted (:attr:`PartitionKpis.late`), not 
 A window closes once every fact it can hold is final (its end, plus the ``follow_ms`` in
 which a click or search can still convert, plus the lateness), and
 :meth:`PartitionKpis.take_closed` gives its :class:`WindowCounts` once: one per window
-size, window and scope ("all", and each experiment variant of the users' events).
+size, window and scope ("all", and each experiment variant of the users in it).
 
 The counts of one window, each from this partition's users only (a user lives on one
 partition, so the partitions' counts add up exactly, active users included):
@@ -28,12 +28,21 @@ Day windows also give the **7-day return**: the share of their active users with
 in the 7 days after the window, closed 7 days later (a separate, delayed
 :class:`ReturnCounts`).
 
+**Scopes.** A user's part of a window (and of a day's return) counts in the scopes of the
+user's first event in it: "all", and each experiment variant the user was in then. Only
+the hour and the day in which a user joins or leaves an experiment (its start, the user's
+first event in it, its stop) can hold events of the user from before or after; the user is
+then counted wholly in, or wholly out of, the variant for that window. So each event
+updates one part per window size, whatever the number of experiments, and a scope's counts
+are added up from the users' parts when the window closes.
+
 **Where the state lives.** Everything about one user (the events held, their playhead,
 pending clicks and searches, their own counts in each window not yet closed for good) is
 a :class:`UserKpis`, which the worker stores inside the user's state: written when the
 user's state is, restored with it, so a crash never leaves a user's part of a window
-half-counted. The partition's window totals are only the sum of its users' parts, and
-are rebuilt from them (:meth:`PartitionKpis.adopt`). Windows closed at or before
+half-counted. The partition's window counts are only the sum of its users' parts,
+added when the window closes; a restored user's parts join them
+(:meth:`PartitionKpis.adopt`). Windows closed at or before
 :attr:`PartitionKpis.closed_ms` are never counted again: the worker stores that point too,
 and a user forgets their part of a window once the point is durable
 (:meth:`PartitionKpis.made_durable`).
@@ -78,7 +87,9 @@ ACTIVE, SESSIONS, PLAY_STARTS, CLICKS, CLICK_PLAYS, SEARCHES, SEARCH_PLAYS, COMP
 
 Scope = tuple[str, ...]
 Scopes = tuple[Scope, ...]
-WindowKey = tuple[str, int, Scope]
+WindowKey = tuple[str, int]
+#: A user's part of a window: the scopes it counts in, and its counts (:data:`COUNTS`).
+Part = tuple[Scopes, list[int]]
 
 
 ONLY_ALL: Scopes = (ALL,)
@@ -124,8 +135,9 @@ class UserKpis:
     """One user's part of the KPI windows (stored with the user's state).
 
     ``held``: events not applied yet, in event-time order, with their scopes; ``counts``:
-    the user's counts (:data:`COUNTS`, watch time in milliseconds) in each window not yet
-    closed for good; ``days``: of each day the
+    the user's part of each window not yet closed for good: the scopes of the user's first
+    event in the window, and the user's counts (:data:`COUNTS`, watch time in milliseconds);
+    ``days``: of each day the
     user was active on (not yet closed for good), its scopes and whether the user came
     back within 7 days.
     """
@@ -135,7 +147,7 @@ class UserKpis:
     playhead: Playhead = field(default_factory=Playhead)
     clicks: dict[str, list[tuple[int, Scopes]]] = field(default_factory=dict)
     searches: list[tuple[int, Scopes]] = field(default_factory=list)
-    counts: dict[WindowKey, list[int]] = field(default_factory=dict)
+    counts: dict[WindowKey, Part] = field(default_factory=dict)
     day_ms: int | None = None
     days: dict[int, tuple[list[Scope], list[bool]]] = field(default_factory=dict)
     #: Windows closed for good at or before this were forgotten (memory only).
@@ -147,7 +159,7 @@ class UserKpis:
     # --- the stored form: named, versioned (read by every later release) ---------------
 
     def to_json(self) -> dict[str, Any]:
-        """The stored form (format 1): plain JSON values.
+        """The stored form (format 2): plain JSON values.
 
         >>> user = UserKpis(last_ms=5)
         >>> UserKpis.from_json(user.to_json()) == user
@@ -155,7 +167,7 @@ class UserKpis:
         """
         head = self.playhead
         return {
-            "format": 1,
+            "format": 2,
             "held": [[ts, *_event_fields(e), _arms(s)] for ts, e, s in self.held],
             "last_ms": self.last_ms,
             "playhead": [
@@ -168,8 +180,8 @@ class UserKpis:
             "clicks": [[item, ts, _arms(s)] for item, at in self.clicks.items() for ts, s in at],
             "searches": [[ts, _arms(s)] for ts, s in self.searches],
             "counts": [
-                [size, start, _arm(scope), values]
-                for (size, start, scope), values in self.counts.items()
+                [size, start, _arms(scopes), values]
+                for (size, start), (scopes, values) in self.counts.items()
             ],  # fmt: skip
             "day_ms": self.day_ms,
             "days": [
@@ -189,8 +201,8 @@ class UserKpis:
 
         Raises ``ValueError``, ``TypeError`` or ``KeyError`` if it is not one.
         """
-        if type(obj) is not dict or obj.get("format") != 1:
-            raise ValueError(f"not a stored KPI tracker of format 1: {str(obj)[:80]}")
+        if type(obj) is not dict or obj.get("format") not in (1, 2):
+            raise ValueError(f"not a stored KPI tracker of format 1 or 2: {str(obj)[:80]}")
         user = cls()
         for ts, kind, item, position, duration, arms in obj["held"]:
             event = Event("", kind, user_id, int(ts), item_id=item, position_s=position,
@@ -203,10 +215,20 @@ class UserKpis:
         for item, ts, arms in obj["clicks"]:
             user.clicks.setdefault(str(item), []).append((int(ts), _scopes(arms)))
         user.searches = [(int(ts), _scopes(arms)) for ts, arms in obj["searches"]]
-        for size, start, arm, values in obj["counts"]:
+        arms_of: dict[WindowKey, list[list[str]]] = {}
+        for size, start, arms, values in obj["counts"]:
             if size not in WINDOWS or len(values) != len(COUNTS):
                 raise ValueError(f"window {size!r} with {len(values)} counts")
-            user.counts[size, int(start), _scope(arm)] = [int(value) for value in values]
+            key = (str(size), int(start))
+            if obj["format"] == 1:  # a part per scope: the user's is scope "all"'s
+                if arms:
+                    arms_of.setdefault(key, []).append([str(a) for a in arms])
+                    continue
+                arms = []
+            user.counts[key] = (_scopes(arms), [int(value) for value in values])
+        for key, arms in arms_of.items():  # format 1: the variants the user's part counted in
+            if key in user.counts:
+                user.counts[key] = (_scopes(arms), user.counts[key][1])
         user.day_ms = obj["day_ms"]
         for day, arms, returned in obj["days"]:
             user.days[int(day)] = ([_scope(a) for a in arms], [bool(returned)])
@@ -280,7 +302,7 @@ class PartitionKpis:
         self._changed = changed
         self.outcomes = outcomes
         self._heap: list[tuple[int, str]] = []  # (event time, user) of every held event
-        self._open: dict[WindowKey, list[int]] = {}
+        self._open: dict[WindowKey, list[Part]] = {}  # each open window's users' parts
         self._returns: dict[tuple[int, Scope], list[int]] = {}
         self._next_close: int | None = None  # the earliest close point of what is open
         self._closed: list[WindowCounts | ReturnCounts] = []
@@ -338,10 +360,8 @@ class PartitionKpis:
     def adopt(self, user_id: str, user: UserKpis) -> None:
         """Count a restored user's parts of the windows still open, and hold their events."""
         self._prune(user, self.closed_ms)
-        for (size, start, scope), values in user.counts.items():
-            total = self._window_total((size, start, scope))
-            for i, value in enumerate(values):
-                total[i] += value
+        for key, part in user.counts.items():
+            self._window_parts(key).append(part)
         for day, (scopes, back) in user.days.items():
             for scope in scopes:
                 returns = self._return_total(day, scope)
@@ -418,19 +438,31 @@ class PartitionKpis:
             self.closed_ms = max(self.closed_ms, until_ms)
 
     def _close_windows(self, until_ms: int | None) -> None:
-        """Give every window (and its scopes) whose close point is at or before ``until_ms``."""
+        """Give every window (each of its scopes) whose close point is at or before ``until_ms``.
+
+        A scope's counts are the sum of the parts of the users whose part counts in it.
+        """
         follow = self.follow_ms
         due = sorted(
             (key for key in self._open
              if until_ms is None or key[1] + WINDOWS[key[0]] + follow <= until_ms),
-            key=lambda key: (key[1], key[0], key[2]),
+            key=lambda key: (key[1], key[0]),
         )  # fmt: skip
         for key in due:
-            values = self._open.pop(key)
-            counts: dict[str, Any] = dict(
-                zip(COUNTS, [*values[:-1], values[-1] / 1000], strict=True)
-            )
-            self._closed.append(WindowCounts(key[0], key[1], key[2], **counts))
+            by_scope: dict[Scope, list[list[int]]] = {}
+            for scopes, part in self._open.pop(key):
+                for scope in scopes:
+                    parts = by_scope.get(scope)
+                    if parts is None:
+                        by_scope[scope] = [part]
+                    else:
+                        parts.append(part)
+            for scope in sorted(by_scope):
+                values = [sum(column) for column in zip(*by_scope[scope], strict=True)]
+                counts: dict[str, Any] = dict(
+                    zip(COUNTS, [*values[:-1], values[-1] / 1000], strict=True)
+                )
+                self._closed.append(WindowCounts(key[0], key[1], scope, **counts))
         self._set_next_close()
 
     def _close_returns(self, until_ms: int) -> None:
@@ -440,18 +472,18 @@ class PartitionKpis:
         self._set_next_close()
 
     def _set_next_close(self) -> None:
-        points = [start + WINDOWS[size] + self.follow_ms for size, start, _ in self._open]
+        points = [start + WINDOWS[size] + self.follow_ms for size, start in self._open]
         points += [day + DAY_MS + RETURN_MS for day, _ in self._returns]
         self._next_close = min(points) if points else None
 
-    def _window_total(self, key: WindowKey) -> list[int]:
-        total = self._open.get(key)
-        if total is None:
-            total = self._open[key] = [0] * len(COUNTS)
+    def _window_parts(self, key: WindowKey) -> list[Part]:
+        parts = self._open.get(key)
+        if parts is None:
+            parts = self._open[key] = []
             point = key[1] + WINDOWS[key[0]] + self.follow_ms
             if self._next_close is None or point < self._next_close:
                 self._next_close = point
-        return total
+        return parts
 
     def _return_total(self, day: int, scope: Scope) -> list[int]:
         total = self._returns.get((day, scope))
@@ -492,23 +524,23 @@ class PartitionKpis:
             steps.append((CLICKS, 1))
         elif kind == "search":
             steps.append((SEARCHES, 1))
-        counts, totals = user.counts, self._open
+        counts = user.counts
         closed, follow = self.closed_ms, self.follow_ms
-        for scope in scopes:
-            for size, length in _SIZES:
-                start = ts - ts % length
-                if start + length + follow <= closed:
-                    continue  # given already (an event replayed after a restore): never again
-                key = (size, start, scope)
-                mine = counts.get(key)
-                total = totals.get(key) or self._window_total(key)
-                if mine is None:
-                    mine = counts[key] = [0] * len(COUNTS)
-                    mine[ACTIVE] = 1
-                    total[ACTIVE] += 1
-                for i, value in steps:
-                    mine[i] += value
-                    total[i] += value
+        for size, length in _SIZES:
+            start = ts - ts % length
+            if start + length + follow <= closed:
+                continue  # given already (an event replayed after a restore): never again
+            key = (size, start)
+            part = counts.get(key)
+            if part is None:  # the user's first event in the window: its scopes are the part's
+                mine = [0] * len(COUNTS)
+                mine[ACTIVE] = 1
+                part = counts[key] = (scopes, mine)
+                self._window_parts(key).append(part)
+            else:
+                mine = part[1]
+            for i, value in steps:
+                mine[i] += value
         self._count_day(user, ts, scopes)
         outcomes = self.outcomes if len(scopes) > 1 else None
         if outcomes is not None:
@@ -524,12 +556,12 @@ class PartitionKpis:
             outcomes = self.outcomes
             for clicked_ms, clicked_scopes in user.clicks.pop(event.item_id, []):
                 if ts - clicked_ms <= self.conversion_ms:
-                    self._credit(user, clicked_ms, clicked_scopes, CLICK_PLAYS)
+                    self._credit(user, clicked_ms, CLICK_PLAYS)
                     if outcomes is not None and len(clicked_scopes) > 1:
                         outcomes.convert(user.outcomes, ts, clicked_scopes, click=True)
             for searched_ms, searched_scopes in user.searches:
                 if ts - searched_ms <= self.session_gap_ms:
-                    self._credit(user, searched_ms, searched_scopes, SEARCH_PLAYS)
+                    self._credit(user, searched_ms, SEARCH_PLAYS)
                     if outcomes is not None and len(searched_scopes) > 1:
                         outcomes.convert(user.outcomes, ts, searched_scopes, click=False)
             user.searches = []
@@ -541,8 +573,8 @@ class PartitionKpis:
         return.
         """
         day = ts - ts % DAY_MS
-        if day == user.day_ms and scopes is ONLY_ALL:
-            return  # counted on this day already (its first event added the scope "all")
+        if day == user.day_ms:
+            return  # counted on this day already, in the scopes of its first event
         if day != user.day_ms:
             last = user.day_ms
             if (
@@ -561,24 +593,18 @@ class PartitionKpis:
             user.day_ms = day
         if day + DAY_MS + RETURN_MS <= self.closed_ms:
             return  # given already (an event replayed after a restore): never again
-        entry = user.days.get(day)
-        if entry is None:
-            entry = user.days[day] = ([], [False])
-        for scope in scopes:
-            if scope not in entry[0]:
-                entry[0].append(scope)
+        if day not in user.days:
+            user.days[day] = (list(scopes), [False])
+            for scope in scopes:
                 self._return_total(day, scope)[0] += 1
 
-    def _credit(self, user: UserKpis, at_ms: int, scopes: Scopes, index: int) -> None:
-        """Add one conversion to the windows of the click or search it converts."""
-        for scope in scopes:
-            for size, length in WINDOWS.items():
-                key = (size, at_ms - at_ms % length, scope)
-                mine = user.counts.get(key)
-                total = self._open.get(key)
-                if mine is not None and total is not None:
-                    mine[index] += 1
-                    total[index] += 1
+    def _credit(self, user: UserKpis, at_ms: int, index: int) -> None:
+        """Add one conversion to the user's part of the windows of the click or search."""
+        for size, length in _SIZES:
+            key = (size, at_ms - at_ms % length)
+            part = user.counts.get(key)
+            if part is not None and key in self._open:
+                part[1][index] += 1
 
 
 def _ts(entry: tuple[int, Event, Scopes]) -> int:

@@ -14,6 +14,7 @@ from pipeline.core.personalize import RECO_MODEL_VERSION, TRENDING_VERSION
 from pipeline.core.processor import Output, Processor
 from pipeline.core.state_codec import decode, encode
 from pipeline.experiments.assignment import assign
+from pipeline.experiments.live import LiveExperiments
 from pipeline.offline.runner import drive
 from pipeline.serde.schemas import validator
 from pipeline.sim.simulate import SimulationConfig, Simulator
@@ -177,3 +178,25 @@ def test_without_experiments_nothing_changes() -> None:
     _, with_none = run()
     _, with_one_not_started = run(definition(start=format_ts(4_000_000_000_000)))
     assert [o.value for o in with_none] == [o.value for o in with_one_not_started]
+
+
+def test_a_look_at_the_arms_at_a_later_time_does_not_skip_an_assignment() -> None:
+    """Assignments and arms are remembered per span between starts and stops, apart.
+
+    A session-end timer looks a user's arms up at a later event time than their last event;
+    the user's next event, after an experiment started, must still assign them to it.
+    """
+    start = parse_ts(definition()["start"])
+    live = LiveExperiments()
+    live.load([definition("early"), definition("late", start=format_ts(start + 60_000))])
+    held: dict[str, str] = {}
+    place = {"first_seen_ms": start, "segment": None, "device": None}
+    live.assign(held, "u-1", ts_ms=start + 1_000, **place)
+    assert set(held) == {"early"}
+    assert set(live.arms(held, start + 120_000)) == {"early"}  # "late" runs, not held yet
+    live.assign(held, "u-1", ts_ms=start + 130_000, **place)
+    assert set(held) == {"early", "late"}
+    assert set(live.arms(held, start + 130_000)) == {"early", "late"}
+    assert live.scopes(held, start + 130_000)[1:] == tuple(
+        ("experiment", e, v) for e, v in sorted(held.items())
+    )
