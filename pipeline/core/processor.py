@@ -65,7 +65,7 @@ from pipeline.core.timers import EventTimeTimers
 from pipeline.experiments.live import LiveExperiments
 from pipeline.experiments.live_results import PartitionOutcomes, experiment_meta
 from pipeline.experiments.outcomes import UserOutcome
-from pipeline.kpis.windows import HOUR_MS, PartitionKpis, UserKpis
+from pipeline.kpis.windows import HOUR_MS, ONLY_ALL, PartitionKpis, UserKpis
 from pipeline.models.partition import PartitionModels
 from pipeline.models.quality import LabelledPrediction, Prequential
 
@@ -225,8 +225,9 @@ class Processor:
             self._label(state, models, churned=False, at_ms=event.ts_ms)
         previous = state.current_item
         step = state.update(event, self._genres)
+        scopes = ONLY_ALL
         if self.experiments:
-            self.experiments.assign(
+            scopes = self.experiments.assign(
                 state.experiments,
                 user_id,
                 ts_ms=event.ts_ms,
@@ -239,7 +240,7 @@ class Processor:
         late = kpis.late
         kpis.add(
             event,
-            scopes=self.experiments.scopes(state.experiments, event.ts_ms),
+            scopes=scopes,
             user=state.kpis or self._kpi_tracker(user_id),
         )
         if kpis.late != late:

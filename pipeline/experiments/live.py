@@ -24,10 +24,11 @@ Examples
 >>> held = {}
 >>> for user in ("u-1", "u-6"):
 ...     held[user] = {}
-...     live.assign(held[user], user, ts_ms=1_796_100_000_000, first_seen_ms=0, segment=None,
-...                 device=None)
->>> held, live.arms(held["u-6"], 1_796_100_000_000)
-({'u-1': {'rail': 'control'}, 'u-6': {'rail': 'trending'}}, {'rail': 'trending'})
+...     scopes = live.assign(held[user], user, ts_ms=1_796_100_000_000, first_seen_ms=0,
+...                          segment=None, device=None)
+>>> held, live.arms(held["u-6"], 1_796_100_000_000), scopes[1]
+({'u-1': {'rail': 'control'}, 'u-6': {'rail': 'trending'}}, {'rail': 'trending'}, \
+('experiment', 'rail', 'trending'))
 >>> live.knobs({"rail": "trending"}).list_source, live.knobs({}).list_size
 ('trending', None)
 >>> live.arms(held["u-6"], 1_796_700_000_000)  # stopped: shapes nothing
@@ -80,8 +81,11 @@ class LiveExperiments:
         self._bounds: list[int] = []
         # per user's assignments (by identity): (them, their count, the span, arms, scopes)
         self._memo: dict[int, tuple[Mapping[str, str], int, int, dict[str, str], Scopes]] = {}
-        # per user's assignments (by identity): (them, their count, the span they were made in)
-        self._assigned: dict[int, tuple[Mapping[str, str], int, int]] = {}
+        # per user's assignments (by identity): (them, their count, the span they were made
+        # in, the scopes then)
+        self._assigned: dict[int, tuple[Mapping[str, str], int, int, Scopes]] = {}
+        # per remembered arms (by identity): (them, their knobs)
+        self._knobs_of: dict[int, tuple[Mapping[str, str], Knobs]] = {}
 
     def __bool__(self) -> bool:
         """Whether any experiment is defined (the processor's fast path skips them all)."""
@@ -107,6 +111,7 @@ class LiveExperiments:
         self._merged.clear()
         self._memo.clear()
         self._assigned.clear()
+        self._knobs_of.clear()
         self._bounds = sorted(
             {e.start_ms for e in self._running}
             | {e.stop_ms for e in self._running if e.stop_ms is not None}
@@ -124,17 +129,17 @@ class LiveExperiments:
         first_seen_ms: int,
         segment: int | None,
         device: str | None,
-    ) -> None:
+    ) -> Scopes:
         """Assign ``user_id`` to each experiment running at ``ts_ms`` it has no place in yet.
 
         ``held`` is the user's stored assignments (experiment id → variant, or
         :data:`OUTSIDE`). A user is new to an experiment when first seen at or after its
-        start.
+        start. Returns the KPI scopes of the user's event at ``ts_ms`` (:meth:`scopes`).
         """
         span = bisect.bisect_right(self._bounds, ts_ms)
         done = self._assigned.get(id(held))
         if done is not None and done[0] is held and done[1] == len(held) and done[2] == span:
-            return  # assigned in this span already: every experiment running has its place
+            return done[3]  # assigned in this span already: every running experiment is held
         for experiment in self._running:
             if experiment.id in held or not experiment.active_at(ts_ms):
                 continue
@@ -142,9 +147,11 @@ class LiveExperiments:
                 segment=segment, device=device, new_user=first_seen_ms >= experiment.start_ms
             )
             held[experiment.id] = assign(experiment, user_id) if admitted else OUTSIDE
+        scopes = self._arms(held, ts_ms)[4] if held else ONLY_ALL
         if len(self._assigned) >= _MEMO_MAX:
             self._assigned.clear()
-        self._assigned[id(held)] = (held, len(held), span)
+        self._assigned[id(held)] = (held, len(held), span, scopes)
+        return scopes
 
     def arms(self, held: Mapping[str, str], ts_ms: int) -> dict[str, str]:
         """The variants of ``held`` whose experiments run at ``ts_ms`` (the user's arms).
@@ -180,10 +187,16 @@ class LiveExperiments:
         if len(self._memo) >= _MEMO_MAX:
             self._memo.clear()
         memo = self._memo[id(held)] = (held, len(held), span, arms, scopes_of(arms))
+        if len(self._knobs_of) >= _MEMO_MAX:
+            self._knobs_of.clear()
+        self._knobs_of[id(arms)] = (arms, self.knobs(arms))
         return memo
 
     def knobs(self, arms: Mapping[str, str]) -> Knobs:
         """What ``arms`` change, merged; where two set one knob, the first experiment by id wins."""
+        known = self._knobs_of.get(id(arms))
+        if known is not None and known[0] is arms:  # remembered arms (:meth:`arms`)
+            return known[1]
         key = tuple(sorted(arms.items()))
         merged = self._merged.get(key)
         if merged is None:
