@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import random
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,37 @@ def test_experiment_arms_get_windows_of_their_own() -> None:
     scopes = {r.scope: r for r in closed if r.size == "hour"}
     assert set(scopes) == {("all",), ("experiment", "rail", "b")}
     assert scopes["experiment", "rail", "b"].click_plays == 1
+
+
+def test_trackers_stored_by_the_release_with_a_part_per_scope_are_read_and_close() -> None:
+    """``tests/fixtures/kpi-trackers-format-1.jsonl``: written by the release before parts.
+
+    Each window's part is the one of scope "all", counted in every variant the release
+    kept a part of; closing gives each variant the user's counts, and the read tracker is
+    stored again in the current format, equal once read back.
+    """
+    import orjson
+
+    from pipeline.kpis.windows import ALL, UserKpis
+
+    path = Path(__file__).resolve().parents[2] / "fixtures" / "kpi-trackers-format-1.jsonl"
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    trackers = {
+        line["user_id"]: UserKpis.from_json(line["stored"], line["user_id"]) for line in lines
+    }
+    u1 = trackers["u1"].counts["hour", 0]
+    assert u1 == ((ALL, ("experiment", "rail", "trending")), [1, 1, 1, 1, 1, 1, 1, 0, 400_000])
+    assert trackers["u2"].counts["day", 0][0] == (
+        ALL, ("experiment", "rail", "control"), ("experiment", "size", "small"),
+    )  # fmt: skip
+    assert [e.type for _, e, _ in trackers["u3"].held] == ["search"]
+    kpis = PartitionKpis(lateness_ms=LATENESS_MS)
+    for user_id, tracker in trackers.items():
+        again = UserKpis.from_json(orjson.loads(orjson.dumps(tracker.to_json())), user_id)
+        assert again == tracker and tracker.to_json()["format"] == 2
+        kpis.adopt(user_id, tracker)
+    hours = {r.scope: r for r in kpis.close(final=True)
+             if isinstance(r, WindowCounts) and (r.size, r.start_ms) == ("hour", 0)}  # fmt: skip
+    assert hours["all",].active_users == 2 and hours["all",].watch_s == 400.0
+    assert hours["experiment", "rail", "trending"].click_plays == 1
+    assert hours["experiment", "size", "small"].searches == 1
