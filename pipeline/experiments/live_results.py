@@ -360,6 +360,8 @@ class ResultsCombiner:
         self._pending: dict[int, dict[int, Changes]] = {}  # boundary → partition → changes
         self._experiments: dict[str, _Experiment] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        # changes of experiments whose definition no record has brought yet
+        self._waiting: dict[str, list[dict[str, Any]]] = {}
 
     def feed(
         self,
@@ -388,9 +390,11 @@ class ResultsCombiner:
             for _, at in sorted(self._pending.pop(boundary).items()):
                 for experiment_id, change in at.items():
                     experiment = self._experiment(experiment_id)
-                    if experiment is not None:
-                        experiment.add(change)
-                        touched.add(experiment_id)
+                    if experiment is None:  # no definition seen yet: added once one comes
+                        self._waiting.setdefault(experiment_id, []).append(change)
+                        continue
+                    experiment.add(change)
+                    touched.add(experiment_id)
             records += [self._experiments[e].look(e, boundary) for e in sorted(touched)]
         self.looked_ms = max(self.looked_ms, final)
         return records
@@ -404,6 +408,8 @@ class ResultsCombiner:
             experiment = self._experiments[experiment_id] = _Experiment(
                 meta, alpha=self.alpha, horizon=self.horizon
             )
+            for change in self._waiting.pop(experiment_id, []):
+                experiment.add(change)
         return experiment
 
     # --- stored form ------------------------------------------------------------------
@@ -423,6 +429,7 @@ class ResultsCombiner:
                     for boundary, parts in self._pending.items()
                 ],
                 "meta": self._meta,
+                "waiting": self._waiting,
                 "experiments": {k: e.to_json() for k, e in self._experiments.items()},
             }
         )
@@ -439,6 +446,7 @@ class ResultsCombiner:
         for boundary, parts in obj["pending"]:
             combiner._pending[int(boundary)] = {int(p): at for p, at in parts}
         combiner._meta = dict(obj["meta"])
+        combiner._waiting = dict(obj.get("waiting", {}))  # absent before it was kept
         combiner._experiments = {
             k: _Experiment.from_json(e, alpha=combiner.alpha, horizon=combiner.horizon)
             for k, e in obj["experiments"].items()

@@ -187,3 +187,27 @@ def test_the_combiner_state_survives_a_restart_between_any_two_records() -> None
         for result in combiner.feed(record["partition"], record["released_ms"], outcomes, meta):
             given[result["experiment"], result["as_of_ms"]] = result
     assert given == whole
+
+
+def test_changes_before_any_definition_are_kept_until_one_comes() -> None:
+    """A partition whose worker lacked the definition sends changes without it: none lost."""
+    from pipeline.experiments.live_results import PartitionOutcomes
+
+    partition = PartitionOutcomes(window_ms=60_000)
+    scopes = (("all",), ("experiment", "x", "b"))
+    for n, variant in enumerate(["b", "control", "b", "control"]):
+        held: dict = {}
+        partition.count(held, f"u{n}", 1_000 * n, (("all",), ("experiment", "x", variant)),
+                        (1, 1, 0, 5_000 * (n + 1), 0, 0))  # fmt: skip
+    meta = {"x": {"variants": [["control", 0.5, True], ["b", 0.5, False]],
+                  "metrics": ["watch_seconds_per_user"]}}  # fmt: skip
+    blind = ResultsCombiner(1)
+    assert blind.feed(0, 3_600_000, partition.take(3_600_000), {}) == []  # no definition
+    blind = ResultsCombiner.from_bytes(blind.to_bytes(), partitions=1)
+    late = PartitionOutcomes(window_ms=60_000)
+    late.count({}, "u9", 3_700_000, scopes, (1, 1, 0, 9_000, 0, 0))
+    (record,) = blind.feed(0, 7_200_000, late.take(7_200_000), meta)
+    row = record["results"][0]
+    assert record["users"] == {"control": 2, "b": 3}
+    assert (row["control_users"], row["users"]) == (2, 3)
+    assert (row["control_mean"], row["mean"]) == (15.0, 29 / 3)  # (10 + 20) / 2, (5 + 15 + 9) / 3
