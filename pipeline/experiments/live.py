@@ -134,7 +134,7 @@ class LiveExperiments:
 
         ``held`` is the user's stored assignments (experiment id → variant, or
         :data:`OUTSIDE`). A user is new to an experiment when first seen at or after its
-        start. Returns the KPI scopes of the user's event at ``ts_ms`` (:meth:`scopes`).
+        start. Returns the KPI scopes of the user's event at ``ts_ms``: all, and each arm.
         """
         span = bisect.bisect_right(self._bounds, ts_ms)
         done = self._assigned.get(id(held))
@@ -162,12 +162,6 @@ class LiveExperiments:
         if not held:
             return {}
         return self._arms(held, ts_ms)[3]
-
-    def scopes(self, held: Mapping[str, str], ts_ms: int) -> Scopes:
-        """The KPI scopes of an event of a user with ``held`` at ``ts_ms`` (all, each arm)."""
-        if not held:
-            return ONLY_ALL
-        return self._arms(held, ts_ms)[4]
 
     def _arms(
         self, held: Mapping[str, str], ts_ms: int

@@ -58,7 +58,14 @@ from pipeline.core.events import format_ts
 from pipeline.experiments.outcomes import METRICS, WINDOW_MS, UserOutcome
 from pipeline.experiments.stats import Moments, SampleRatioTest, SequentialTest
 
-__all__ = ["HOUR_MS", "STEPS", "PartitionOutcomes", "ResultsCombiner", "experiment_meta"]
+__all__ = [
+    "HOUR_MS",
+    "STEPS",
+    "PartitionOutcomes",
+    "ResultsCombiner",
+    "ceil_hour",
+    "experiment_meta",
+]
 
 #: What one event adds to a user's outcome, in the order :meth:`PartitionOutcomes.count`
 #: takes it.
@@ -74,7 +81,8 @@ ALL_METRICS = tuple(METRICS)
 Changes = dict[str, dict[str, Any]]
 
 
-def _ceil_hour(ms: int) -> int:
+def ceil_hour(ms: int) -> int:
+    """The first hour boundary at or after ``ms``."""
     return -(-ms // HOUR_MS) * HOUR_MS
 
 
@@ -190,7 +198,7 @@ class PartitionOutcomes:
             counts = self._seen[seen_at]
             key = (experiment, outcome.variant)
             counts[key] = counts.get(key, 0) + 1
-        final_at = _ceil_hour(outcome.first_ms + self.window_ms)  # first + window <= final_at
+        final_at = ceil_hour(outcome.first_ms + self.window_ms)  # first + window <= final_at
         if final_at > self.given_ms:
             self._final[final_at].append((user_id, experiment))
 

@@ -44,6 +44,7 @@ from pipeline.experiments.live_results import (
     HOUR_MS,
     PartitionOutcomes,
     ResultsCombiner,
+    ceil_hour,
     experiment_meta,
 )
 from pipeline.kpis.windows import PartitionKpis
@@ -125,7 +126,7 @@ def build_report(
             records += combiner.feed(0, last, outcomes.take(last), meta)
             due = last - last % HOUR_MS + HOUR_MS
     if last is not None:
-        end = -(-last // HOUR_MS) * HOUR_MS
+        end = ceil_hour(last)
         kpis.advance(end)
         records += combiner.feed(0, end, outcomes.take(end), meta)
     variants = [v.name for v in experiment.variants]

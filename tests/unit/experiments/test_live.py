@@ -194,9 +194,7 @@ def test_a_look_at_the_arms_at_a_later_time_does_not_skip_an_assignment() -> Non
     live.assign(held, "u-1", ts_ms=start + 1_000, **place)
     assert set(held) == {"early"}
     assert set(live.arms(held, start + 120_000)) == {"early"}  # "late" runs, not held yet
-    live.assign(held, "u-1", ts_ms=start + 130_000, **place)
+    scopes = live.assign(held, "u-1", ts_ms=start + 130_000, **place)
     assert set(held) == {"early", "late"}
     assert set(live.arms(held, start + 130_000)) == {"early", "late"}
-    assert live.scopes(held, start + 130_000)[1:] == tuple(
-        ("experiment", e, v) for e, v in sorted(held.items())
-    )
+    assert scopes[1:] == tuple(("experiment", e, v) for e, v in sorted(held.items()))

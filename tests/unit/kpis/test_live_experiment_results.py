@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from jsonschema import Draft202012Validator
-from worker_harness import PARTITIONS, Worker, input_records, shuffled, simulated, with_closers
+from worker_harness import (
+    PARTITIONS,
+    Worker,
+    crashed_twice,
+    input_records,
+    shuffled,
+    simulated,
+    with_closers,
+)
 
 from pipeline.config import Settings
 from pipeline.core.events import Event, EventDecoder, format_ts
@@ -157,17 +164,9 @@ def test_events_shuffled_within_the_lateness_give_the_same_results() -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_crash_mid_write_back_and_a_restart_give_the_same_results(seed: int) -> None:
     values = with_closers(shuffled(simulated(), 0.05, seed=seed))
-    records = input_records(values)
-    rng = random.Random(seed)
-    store: dict[bytes, bytes] = {}
-    committed: dict[int, int] = {}
-    partials: list[bytes] = []
-    for crash_at in (rng.randrange(3_000, 20_000), rng.randrange(3_000, 20_000), None):
-        worker = Worker(store, committed, settings=SETTINGS, experiments=DEFINITIONS)
-        worker.run(records, commit_every=700, crash_at=crash_at, rng=rng)
-        partials += worker.partials
-    clean = Worker({}, {}, settings=SETTINGS, experiments=DEFINITIONS)
-    clean.run(records, commit_every=700)
+    partials, clean = crashed_twice(
+        input_records(values), seed, settings=SETTINGS, experiments=DEFINITIONS
+    )
     assert results(partials) == results(clean.partials)
     assert_live_equals_offline(results(partials), clean, values)
 

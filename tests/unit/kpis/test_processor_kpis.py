@@ -6,7 +6,6 @@ point publishes nothing different.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from worker_harness import (
     PARTITIONS,
     SETTINGS,
     Worker,
+    crashed_twice,
     input_records,
     shuffled,
     simulated,
@@ -92,17 +92,7 @@ def test_a_crash_mid_write_back_and_a_restart_publish_the_same_windows(
     Some users are stored ahead of the others, and the offsets are not committed.
     """
     values = with_closers(shuffled(simulated(), 0.05, seed=seed))
-    records = input_records(values)
-    rng = random.Random(seed)
-    store: dict[bytes, bytes] = {}
-    committed: dict[int, int] = {}
-    partials: list[bytes] = []
-    for crash_at in (rng.randrange(3_000, 20_000), rng.randrange(3_000, 20_000), None):
-        worker = Worker(store, committed)
-        worker.run(records, commit_every=700, crash_at=crash_at, rng=rng)
-        partials += worker.partials
-    clean = Worker({}, {})
-    clean.run(records, commit_every=700)
+    partials, clean = crashed_twice(input_records(values), seed)
     assert combined(partials) == combined(clean.partials)
     assert_live_equals_batch(combined(partials), batch(values, tmp_path))
 

@@ -126,3 +126,28 @@ class Worker:
             rng.shuffle(users)
         for user_id, _, data in processor.states_of(users[: int(len(users) * share)]):
             self.store[user_id.encode()] = data
+
+
+def crashed_twice(
+    records: list[tuple[bytes | None, bytes, int, int]],
+    seed: int,
+    *,
+    settings: Settings = SETTINGS,
+    experiments: Iterable[object] = (),
+) -> tuple[list[bytes], Worker]:
+    """The partials of a run killed twice mid write-back and restarted; and a clean run.
+
+    The kills come at random records (of ``seed``); each restart replays from the committed
+    offsets with the states stored, some users stored ahead of the others.
+    """
+    rng = random.Random(seed)
+    store: dict[bytes, bytes] = {}
+    committed: dict[int, int] = {}
+    partials: list[bytes] = []
+    for crash_at in (rng.randrange(3_000, 20_000), rng.randrange(3_000, 20_000), None):
+        run = Worker(store, committed, settings=settings, experiments=experiments)
+        run.run(records, commit_every=700, crash_at=crash_at, rng=rng)
+        partials += run.partials
+    clean = Worker({}, {}, settings=settings, experiments=experiments)
+    clean.run(records, commit_every=700)
+    return partials, clean
