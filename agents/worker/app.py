@@ -31,8 +31,7 @@ from agents.worker.kafka import faust_broker_settings, output_topics
 from agents.worker.metrics import Metrics
 from agents.worker.snapshots import SnapshotWriter
 from pipeline.config import Settings
-from pipeline.experiments.live_results import ResultsCombiner
-from pipeline.kpis.combine import KpiCombiner
+from pipeline.kpis.combine import PartialsCombiner
 from pipeline.serde.snapshots import MAX_SNAPSHOT_BYTES
 
 __all__ = ["build_app", "logging_config"]
@@ -137,21 +136,16 @@ def build_app(settings: Settings | None = None) -> faust.App:
             raise RuntimeError(f"record {message.tp}@{message.offset} bypassed the Consumer")
 
     # the combiners in use, read from the table first
-    kpi_combiner: dict[str, tuple[KpiCombiner, ResultsCombiner]] = {}
+    kpi_combiner: dict[str, PartialsCombiner] = {}
 
-    def combiners() -> tuple[KpiCombiner, ResultsCombiner]:
+    def combiners() -> PartialsCombiner:
         in_use = kpi_combiner.get("in use")
         if in_use is None:  # the events topic's partitions, as the group sees them
             count = app.consumer.topic_partitions(settings.topic_events) or 0
-            partitions = max(count, settings.topic_partitions)
-            stored, results = combined.get(COMBINER_KEY), combined.get(RESULTS_KEY)
-            in_use = kpi_combiner["in use"] = (
-                KpiCombiner.from_bytes(stored, partitions=partitions)
-                if stored
-                else KpiCombiner(partitions),
-                ResultsCombiner.from_bytes(results, partitions=partitions)
-                if results
-                else ResultsCombiner(partitions),
+            in_use = kpi_combiner["in use"] = PartialsCombiner.from_stored(
+                combined.get(COMBINER_KEY),
+                combined.get(RESULTS_KEY),
+                partitions=max(count, settings.topic_partitions),
             )
         return in_use
 
@@ -167,17 +161,10 @@ def build_app(settings: Settings | None = None) -> faust.App:
         """
         producer = app.producer
         async for value in stream:
-            combiner, results_combiner = combiners()
+            combiner = combiners()
             try:
-                partial = orjson.loads(value)
-                records = combiner.feed(partial)
-                results = results_combiner.feed(
-                    int(partial["partition"]),
-                    int(partial["released_ms"]),
-                    partial.get("outcomes", []),
-                    partial.get("experiments", {}),
-                )
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                records, results = combiner.feed(value)
+            except ValueError as exc:  # the combiners are as before it
                 log.error("KPI partial record skipped (%s): %.200r", exc, value)
                 continue
             sends = [(settings.topic_kpis, records), (settings.topic_experiment_results, results)]
@@ -193,8 +180,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 await acknowledged  # a failure fails the next commit's flush: the worker stops
             metrics.set_kpis(records)
             metrics.set_experiment_results(results)
-            combined[COMBINER_KEY] = combiner.to_bytes()
-            combined[RESULTS_KEY] = results_combiner.to_bytes()
+            combined[COMBINER_KEY], combined[RESULTS_KEY] = combiner.to_bytes()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:

@@ -23,9 +23,10 @@ from typing import Any
 import orjson
 
 from pipeline.core.events import format_ts
+from pipeline.experiments.live_results import ResultsCombiner
 from pipeline.kpis.windows import COUNTS, DAY_MS, RETURN_MS, WINDOWS, ReturnCounts, WindowCounts
 
-__all__ = ["COUNTS", "KpiCombiner", "kpi_records", "return_records"]
+__all__ = ["COUNTS", "KpiCombiner", "PartialsCombiner", "kpi_records", "return_records"]
 
 
 def _ratio(hits: float, trials: float) -> float | None:
@@ -205,3 +206,74 @@ class KpiCombiner:
         for day, scope, parts in obj["returns"]:
             combiner._returns[int(day), tuple(scope)] = {int(p): v for p, v in parts}
         return combiner
+
+
+class PartialsCombiner:
+    """The combining agent's state: the KPI and the experiment-results combiners, fed as one.
+
+    A partial record carries both the partition's closed windows and its experiment
+    outcome changes. :meth:`feed` takes it whole or not at all: a record the results
+    combiner refuses after the KPI combiner took its windows would otherwise leave those
+    windows counted in memory, never published, and stored with the next good record.
+    On a refusal both combiners go back to their state after the last record taken.
+
+    >>> combiners = PartialsCombiner.from_stored(None, None, partitions=1)
+    >>> combiners.feed(b'{"partition": 0, "released_ms": 0, "follow_ms": 0,'
+    ...                b' "windows": [], "returns": [], "outcomes": [7]}')
+    Traceback (most recent call last):
+    ...
+    ValueError: partial record refused (TypeError: cannot unpack non-iterable int object)
+    >>> combiners.feed(b'{"partition": 0, "released_ms": 0, "follow_ms": 0,'
+    ...                b' "windows": [], "returns": []}')
+    ([], [])
+    """
+
+    def __init__(self, kpis: KpiCombiner, results: ResultsCombiner) -> None:
+        self.kpis = kpis
+        self.results = results
+        self._keep()
+
+    @classmethod
+    def from_stored(
+        cls, kpis: bytes | None, results: bytes | None, *, partitions: int
+    ) -> PartialsCombiner:
+        """The combiners stored by :meth:`to_bytes` (fresh ones where ``None``)."""
+        return cls(
+            KpiCombiner.from_bytes(kpis, partitions=partitions)
+            if kpis
+            else KpiCombiner(partitions),
+            ResultsCombiner.from_bytes(results, partitions=partitions)
+            if results
+            else ResultsCombiner(partitions),
+        )
+
+    def feed(self, value: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The KPI records and the experiment results a partial record completes.
+
+        Raises :class:`ValueError` (naming the defect) for a record that is not a partial
+        one; the combiners are then as they were before it.
+        """
+        try:
+            partial = orjson.loads(value)
+            records = self.kpis.feed(partial)
+            results = self.results.feed(
+                int(partial["partition"]),
+                int(partial["released_ms"]),
+                partial.get("outcomes", []),
+                partial.get("experiments", {}),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            kpis, results_state = self._stored
+            self.kpis = KpiCombiner.from_bytes(kpis, partitions=self._partitions)
+            self.results = ResultsCombiner.from_bytes(results_state, partitions=self._partitions)
+            raise ValueError(f"partial record refused ({type(exc).__name__}: {exc})") from exc
+        self._keep()
+        return records, results
+
+    def _keep(self) -> None:
+        self._partitions = max(self.kpis.partitions, self.results.partitions)
+        self._stored = self.kpis.to_bytes(), self.results.to_bytes()
+
+    def to_bytes(self) -> tuple[bytes, bytes]:
+        """The two combiners' stored forms (KPI, results), as they are after the last feed."""
+        return self._stored

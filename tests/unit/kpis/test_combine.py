@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
-from pipeline.kpis.combine import KpiCombiner
+from pipeline.kpis.combine import KpiCombiner, PartialsCombiner
 from pipeline.kpis.windows import COUNTS, HOUR_MS
 
 FOLLOW = 1_800_000
@@ -61,3 +62,17 @@ def test_a_partition_beyond_the_count_is_waited_for_from_then_on() -> None:
     assert combiner.partitions == 2 and record["active_users"] == 3
     with pytest.raises(ValueError, match="partition -1"):
         combiner.feed(partial(-1, CLOSED))
+
+
+def test_a_partial_refused_by_the_results_leaves_its_windows_uncounted() -> None:
+    combiners = PartialsCombiner.from_stored(None, None, partitions=2)
+    combiners.feed(orjson.dumps(partial(0, CLOSED, window(0, active_users=2))))
+    broken = partial(1, CLOSED, window(0, active_users=50)) | {"outcomes": [[HOUR_MS]]}
+    with pytest.raises(ValueError, match="partial record refused"):
+        combiners.feed(orjson.dumps(broken))  # its windows were taken before it broke
+    with pytest.raises(ValueError, match="JSONDecodeError"):
+        combiners.feed(b"{not json")
+    [record], [] = combiners.feed(orjson.dumps(partial(1, CLOSED, window(0, active_users=5))))
+    assert record["active_users"] == 7  # not 57: the refused record counts nowhere
+    stored = PartialsCombiner.from_stored(*combiners.to_bytes(), partitions=2)
+    assert stored.to_bytes() == combiners.to_bytes()
