@@ -235,7 +235,17 @@ class Settings(BaseSettings):
         "logreg", description="Churn champion: the model whose scores are published."
     )
     churn_challenger: Literal["none", "logreg", "tree", "poisson"] = Field(
-        "poisson", description="Churn challenger run in shadow (metrics only); none to disable."
+        "poisson",
+        description="Churn challenger run in shadow, promoted to champion if it proves "
+        "better; none to disable.",
+    )
+    churn_promotion_alpha: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Level of the always-valid test that promotes the churn challenger to "
+        "champion when its prequential AUC is higher (the chance a challenger no better is "
+        "ever promoted); 0 never promotes.",
     )
     reco_mode: Literal["implicit", "explicit"] = Field(
         "implicit",

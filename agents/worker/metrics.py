@@ -147,6 +147,12 @@ class Metrics:
             "Event-time timers (session ends, churn labels) skipped because they raised.",
             registry=registry,
         )
+        self.churn_promotions = PromCounter(
+            "ottscore_churn_promotions_total",
+            "Churn challengers that became the champion of their partition (AUC higher by "
+            "an always-valid test).",
+            registry=registry,
+        )
         self.event_to_publish_latency = Histogram(
             "ottscore_event_to_publish_latency_seconds",
             "Wall-clock publish time minus the event time of the record's triggering event.",
@@ -328,7 +334,8 @@ class Metrics:
             "ottscore_model_quality",
             "Prequential quality over each model's last 10,000 outcomes: metric is churn_auc "
             "(exact), churn_logloss, hit_rate_at_10, mae or rmse; model the variant "
-            "(churn: logreg, tree, poisson; lists: personalized, or the trending baseline).",
+            "(churn: logreg, tree, poisson, or published: the scores of the champion of the "
+            "moment; lists: personalized, or the trending baseline).",
             ["metric", "model"],
             registry=registry,
         )
@@ -394,6 +401,8 @@ class Metrics:
             self.sessions_closed.inc(tally.sessions_closed)
         if tally.timer_errors:
             self.timer_errors.inc(tally.timer_errors)
+        if tally.churn_promotions:
+            self.churn_promotions.inc(tally.churn_promotions)
         if tally.kpi_late:
             self.kpi_late_events.inc(tally.kpi_late)
         for reason, n in tally.catalog_rejected.items():

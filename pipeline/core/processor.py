@@ -67,7 +67,7 @@ from pipeline.experiments.live_results import PartitionOutcomes, experiment_meta
 from pipeline.experiments.outcomes import UserOutcome
 from pipeline.kpis.windows import HOUR_MS, ONLY_ALL, PartitionKpis, UserKpis
 from pipeline.models.partition import PartitionModels
-from pipeline.models.quality import LabelledPrediction, Prequential
+from pipeline.models.quality import PUBLISHED, LabelledPrediction, Prequential
 
 __all__ = ["Output", "Processor"]
 
@@ -340,6 +340,7 @@ class Processor:
         for record in self.catalog.values():
             if record["item_id"] not in models.items:
                 models.items.add_catalog_item(record)
+        models.configure(self.settings)
         self._models[partition] = models
 
     def _new_user(self, user_id: str, partition: int) -> UserState:
@@ -507,6 +508,9 @@ class Processor:
         state.pending = None
         x = dict(zip(CHURN_FEATURES, pending.features, strict=True))
         label = int(churned)
+        scores = pending.probabilities
+        if scores:  # the first is the champion's when the prediction was made: the published
+            self.quality.churn(PUBLISHED, next(iter(scores.values())), label, ts_ms=at_ms)
         for name, model in models.churn.items():
             probability = pending.probabilities.get(name)
             if probability is not None:
@@ -524,6 +528,16 @@ class Processor:
                         )
                     )
             model.learn_one(x, churned)
+        promoted = models.learn_label(scores, churned)
+        if promoted is not None:
+            self.tally.churn_promotions += 1
+            promotion = models.promotion
+            assert promotion is not None
+            _, former, _, positives = promotion.history[-1]
+            log.info(
+                "partition %d: churn model %s promoted over %s at %s, after %d positives",
+                state.partition, promoted, former, format_ts(at_ms), positives,
+            )  # fmt: skip
 
     def _emit(self, kind: str, key: bytes, value: bytes) -> None:
         event_ts_ms, ingest_ts_ms = self._cause

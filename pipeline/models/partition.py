@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.models.churn import ChurnModel, make_churn_model
+from pipeline.models.promotion import ChurnPromotion
 from pipeline.models.reco.items import ItemIndex
 from pipeline.models.reco.recommender import RatingModel, Recommender
 from pipeline.models.segments import Segmenter
@@ -35,7 +36,8 @@ class PartitionModels:
     """The models of one partition.
 
     Churn champion (first) and challenger, recommender, segments and, in explicit mode,
-    the rating model.
+    the rating model; the test that promotes the challenger (``None`` when there is none
+    or promotion is off).
     """
 
     items: ItemIndex
@@ -43,6 +45,7 @@ class PartitionModels:
     recommender: Recommender
     segmenter: Segmenter
     ratings: RatingModel | None
+    promotion: ChurnPromotion | None = None
 
     @classmethod
     def create(
@@ -56,7 +59,7 @@ class PartitionModels:
         challenger = settings.churn_challenger
         if challenger != "none" and challenger != settings.churn_model:
             names.append(challenger)
-        return cls(
+        models = cls(
             items=items,
             churn={
                 name: make_churn_model(name, horizon_days=settings.churn_horizon_days)
@@ -66,6 +69,38 @@ class PartitionModels:
             segmenter=Segmenter(n_segments=settings.segments, seed=partition),
             ratings=RatingModel() if settings.reco_mode == "explicit" else None,
         )
+        models.configure(settings)
+        return models
+
+    def configure(self, settings: Settings) -> None:
+        """Follow ``settings`` where restored models may predate them: the promotion test.
+
+        Models restored from a snapshot keep their test, unless promotion is now off; models
+        of a release before promotion start one.
+        """
+        if settings.churn_promotion_alpha == 0 or len(self.churn) != 2:
+            self.promotion = None
+        elif self.promotion is None:
+            self.promotion = ChurnPromotion(alpha=settings.churn_promotion_alpha)
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Restore a snapshot; one written before promotion existed has no test yet."""
+        _, slots = state
+        for name, value in slots.items():
+            object.__setattr__(self, name, value)
+        if "promotion" not in slots:
+            self.promotion = None
+
+    def learn_label(self, scores: Mapping[str, float], churned: bool) -> str | None:
+        """Look at a labelled prediction; the new champion's name if it promoted one."""
+        promotion = self.promotion
+        if promotion is None or len(self.churn) != 2:
+            return None
+        champion, challenger = self.churn
+        if not promotion.observe(scores, churned, champion=champion, challenger=challenger):
+            return None
+        self.churn = {challenger: self.churn[challenger], champion: self.churn[champion]}
+        return challenger
 
     @property
     def champion(self) -> tuple[str, ChurnModel]:

@@ -35,10 +35,13 @@ import orjson
 
 from pipeline.core.events import format_ts
 
-__all__ = ["TRENDING", "LabelledPrediction", "Prequential", "exact_auc", "log_loss"]
+__all__ = ["PUBLISHED", "TRENDING", "LabelledPrediction", "Prequential", "exact_auc", "log_loss"]
 
 TRENDING = "trending"
 """The reco baseline variant: the trending items every user would be shown."""
+
+PUBLISHED = "published"
+"""The churn variant of the scores published: each partition's champion when it scored."""
 
 _EPS = 1e-15
 

@@ -134,7 +134,8 @@ def evaluate(
     -------
     dict
         :meth:`Prequential.report <pipeline.models.quality.Prequential.report>` plus ``events``
-        (records read), ``events_per_s`` (processing only) and ``dlq`` (rejected records).
+        (records read), ``events_per_s`` (processing only), ``dlq`` (rejected records) and
+        ``churn.promotions`` (challengers promoted to champion, over all partitions).
 
     """
     if partitions < 1:
@@ -157,6 +158,7 @@ def evaluate(
         "events_per_s": len(events.records) / elapsed_s if elapsed_s > 0 else math.nan,
         "dlq": sum(processor.tally.rejected.values()),
         "partitions": partitions,
+        "churn.promotions": processor.tally.churn_promotions,
     }
     if report_path is not None:
         Path(report_path).write_bytes(

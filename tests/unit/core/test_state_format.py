@@ -18,7 +18,7 @@ from pipeline.core.processor import Processor
 from pipeline.core.state import UserState
 from pipeline.core.state_codec import FORMAT, StateUnreadable, decode, encode
 from pipeline.models.partition import PartitionModels
-from pipeline.serde.snapshots import unseal
+from pipeline.serde.snapshots import seal, unseal
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -140,3 +140,13 @@ def test_the_snapshot_of_the_previous_release_restores() -> None:
     header, models = unseal(blob, key=b"fixture-key", app_id="ottscore", partition=0)
     assert isinstance(models, PartitionModels) and header.partition == 0
     assert len(models.items) > 0
+    assert models.promotion is None  # written before promotion: restored without a test
+    processor = Processor(Settings(churn_challenger="poisson"), clock=lambda: 4_102_444_800.0)
+    processor.install_models(0, models)
+    assert models.promotion is not None and list(models.churn) == ["logreg", "poisson"]
+    resealed = seal(models, key=b"k", app_id="ottscore", partition=0, created_ms=0)
+    _, again = unseal(resealed, key=b"k", app_id="ottscore", partition=0)
+    assert again.promotion is not None and again.promotion.window == models.promotion.window
+    off = Processor(Settings(churn_promotion_alpha=0), clock=lambda: 4_102_444_800.0)
+    off.install_models(0, again)
+    assert again.promotion is None
