@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from river import optim, reco
@@ -105,3 +107,57 @@ def test_predicting_and_scoring_never_add_users_or_items() -> None:
     taste.learn_one("u", 2, 1.0)
     assert taste.knows("u") and taste.learned.data.nonzero()[0].tolist() == [2]
     assert taste.scores("u", 4)[[0, 1, 3]].tolist() == [0.0, 0.0, 0.0]  # unlearned items
+
+
+def test_minibatches_step_as_river_does_sample_by_sample_duplicates_included() -> None:
+    """Each batched step equals River's ``learn_one`` on each sample from the same parameters.
+
+    Every sample of a batch is learnt by its own copy of River's BiasedMF taken at the
+    batch's start (its global mean already holding the batch's other targets, as ours
+    learns them all first), and the copies' changes are added up; an item drawn twice
+    is two samples. After each batch every parameter equals River's.
+    """
+    ours, river = twins(users=3, items=6)
+    rng = np.random.default_rng(17)
+    duplicated = 0
+    for _ in range(200):
+        user = f"u{rng.integers(3)}"
+        rows = rng.integers(6, size=int(rng.integers(1, 9)))  # with replacement, as negatives
+        targets = np.where(np.arange(len(rows)) == 0, 1.0, 0.0)
+        duplicated += len(set(rows.tolist())) < len(rows)
+        start = copy.deepcopy(river)
+        steps: dict[tuple[str, object], np.ndarray | float] = {}
+        for n, (row, target) in enumerate(zip(rows.tolist(), targets.tolist(), strict=True)):
+            alone = copy.deepcopy(start)
+            for other, y in enumerate(targets.tolist()):
+                if other != n:
+                    alone.global_mean.update(y)
+            alone.learn_one(user, row, target)
+            for key, new, old in (
+                (("u", user), alone.u_latents[user], start.u_latents[user]),
+                (("ub", user), alone.u_biases[user], start.u_biases[user]),
+                (("i", row), alone.i_latents[row], start.i_latents[row]),
+                (("ib", row), alone.i_biases[row], start.i_biases[row]),
+            ):
+                steps[key] = steps.get(key, 0.0) + (new - old)
+        for (kind, key), step in steps.items():
+            table = {"u": river.u_latents, "ub": river.u_biases,
+                     "i": river.i_latents, "ib": river.i_biases}[kind]  # fmt: skip
+            table[key] = start_value(start, kind, key) + step
+        for y in targets.tolist():
+            river.global_mean.update(y)
+        ours.learn(user, rows, targets)
+        assert ours.mean == pytest.approx(river.global_mean.get(), rel=1e-12)
+        np.testing.assert_allclose(ours.users[user][:K], river.u_latents[user], rtol=1e-9)
+        assert ours.user_biases[user] == pytest.approx(river.u_biases[user], rel=1e-9)
+        for i in set(rows.tolist()):
+            np.testing.assert_allclose(ours.items.data[i, :K], river.i_latents[i], rtol=1e-9)
+            assert ours.items.data[i, K] == pytest.approx(river.i_biases[i], rel=1e-9)
+    assert duplicated > 50  # batches with an item drawn twice: the case under test
+
+
+def start_value(model: reco.BiasedMF, kind: str, key: object) -> np.ndarray | float:
+    table = {"u": model.u_latents, "ub": model.u_biases,
+             "i": model.i_latents, "ib": model.i_biases}[kind]  # fmt: skip
+    value = table[key]
+    return value.copy() if isinstance(value, np.ndarray) else value
