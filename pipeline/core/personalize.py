@@ -61,9 +61,11 @@ class Personalizer:
         items = models.items
         ts = event.ts_ms
         if models.ratings is not None and event.rating is not None and event.item_id:
-            predicted = models.ratings.predict_one(state.user_id, event.item_id)
+            found = items.find(event.item_id)
+            genres = items.genres(found) if found is not None else ()
+            predicted = models.ratings.predict_one(state.user_id, event.item_id, genres=genres)
             self.quality.rating(PERSONALIZED, predicted, event.rating, ts_ms=ts)
-            models.ratings.learn_one(state.user_id, event.item_id, event.rating)
+            models.ratings.learn_one(state.user_id, event.item_id, event.rating, genres=genres)
         recommender = models.recommender
         if step.choice is not None:
             if state.reco_at_ms:

@@ -491,19 +491,106 @@ class Recommender:
 
 @stored_as("RatingModel")
 class RatingModel:
-    """Explicit feedback: River ``BiasedMF`` with River's published MovieLens set-up."""
+    """Explicit feedback: River's ``BiasedMF`` whose items also learn through their genres.
+
+    The prediction of user ``u``'s rating of item ``i`` with genres ``G(i)`` is::
+
+        μ + b_u + b_i + mean_{g ∈ G(i)} c_g + p_u · (q_i + mean_{g ∈ G(i)} z_g)
+
+    River's biased matrix factorisation (global mean ``μ``, biases ``b``, factors ``p``,
+    ``q``; River's published MovieLens set-up, :func:`explicit_mf_params`) plus a bias
+    ``c_g`` and factors ``z_g`` per genre, shared by all the genre's items, learnt by the
+    same squared-loss SGD step (each genre's share of the item's gradient). An item rated
+    for the first time, as most are in a catalogue of thousands, is predicted from what
+    its genres have learnt rather than from zero (feature-augmented factorisation, as in
+    SVDFeature or LightFM). An item without genres takes exactly River's ``BiasedMF``
+    step, with River's own object.
+
+    On ``ml-latest-small`` (100,836 ratings in time order, predict then learn) the MAE is
+    0.6477 against plain River ``BiasedMF``'s 0.6625 (``python docs/movielens_parity.py``).
+
+    >>> model = RatingModel()
+    >>> for _ in range(200):
+    ...     model.learn_one("u1", "m1", 5.0, genres=("drama",))
+    ...     model.learn_one("u1", "m2", 1.0, genres=("horror",))
+    >>> model.predict_one("u2", "m3", genres=("drama",)) > model.predict_one("u2", "m4",
+    ...                                                                   genres=("horror",))
+    True
+    """
+
+    #: Step sizes of the genre biases and factors (per unit of the item's gradient).
+    genre_bias_lr = 0.01
+    genre_latent_lr = 0.05
 
     def __init__(self) -> None:
         self.mf = reco.BiasedMF(**explicit_mf_params())
+        self.genre_biases: dict[str, float] = {}
+        self.genre_latents: dict[str, np.ndarray] = {}
 
-    def predict_one(self, user_id: str, item_id: str) -> float:
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a snapshot; one written before the genre terms starts them at zero."""
+        state.setdefault("genre_biases", {})
+        state.setdefault("genre_latents", {})
+        self.__dict__.update(state)
+
+    def predict_one(self, user_id: str, item_id: str, *, genres: Sequence[str] = ()) -> float:
         """Predicted rating, clipped to :data:`RATING_RANGE` (as River's evaluation clips)."""
         low, high = RATING_RANGE
-        return min(max(self.mf.predict_one(user_id, item_id), low), high)
+        return min(max(self._raw(user_id, item_id, genres), low), high)
 
-    def learn_one(self, user_id: str, item_id: str, rating: float) -> None:
-        """Learn one observed rating."""
-        self.mf.learn_one(user_id, item_id, rating)
+    def _raw(self, user_id: str, item_id: str, genres: Sequence[str]) -> float:
+        mf = self.mf
+        if not genres:
+            return float(mf.predict_one(user_id, item_id))
+        bias, factors = self._genre_terms(genres)
+        user = mf.u_latents[user_id]
+        item = mf.i_latents[item_id]
+        return float(
+            mf.global_mean.get()
+            + mf.u_biases[user_id]
+            + mf.i_biases[item_id]
+            + bias
+            + np.dot(user, item + factors)
+        )
+
+    def _genre_terms(self, genres: Sequence[str]) -> tuple[float, np.ndarray]:
+        k = self.mf.n_factors
+        share = 1.0 / len(genres)
+        bias = sum(self.genre_biases.get(g, 0.0) for g in genres) * share
+        factors = np.zeros(k)
+        for genre in genres:
+            latent = self.genre_latents.get(genre)
+            if latent is not None:
+                factors += latent
+        return bias, factors * share
+
+    def learn_one(
+        self, user_id: str, item_id: str, rating: float, *, genres: Sequence[str] = ()
+    ) -> None:
+        """Learn one observed rating of an item with ``genres``."""
+        mf = self.mf
+        if not genres:
+            mf.learn_one(user_id, item_id, rating)
+            return
+        mf.global_mean.update(rating)
+        _, factors = self._genre_terms(genres)
+        gradient = 2.0 * (self._raw(user_id, item_id, genres) - rating)
+        user = mf.u_latents[user_id]
+        item = mf.i_latents[item_id]
+        bias_lr = mf.u_bias_optimizer.learning_rate
+        latent_lr = mf.u_latent_optimizer.learning_rate
+        mf.u_biases[user_id] -= bias_lr * gradient
+        mf.i_biases[item_id] -= mf.i_bias_optimizer.learning_rate * gradient
+        mf.u_latents[user_id] = user - latent_lr * gradient * (item + factors)
+        mf.i_latents[item_id] = item - mf.i_latent_optimizer.learning_rate * gradient * user
+        share = gradient / len(genres)
+        for genre in genres:
+            self.genre_biases[genre] = self.genre_biases.get(genre, 0.0) - (
+                self.genre_bias_lr * share
+            )
+            latent = self.genre_latents.get(genre)
+            step = (self.genre_latent_lr * share) * user
+            self.genre_latents[genre] = -step if latent is None else latent - step
 
 
 def _top_k(scores: np.ndarray, k: int) -> list[int]:
