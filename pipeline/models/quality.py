@@ -35,7 +35,16 @@ import orjson
 
 from pipeline.core.events import format_ts
 
-__all__ = ["PUBLISHED", "TRENDING", "LabelledPrediction", "Prequential", "exact_auc", "log_loss"]
+__all__ = [
+    "PUBLISHED",
+    "TRENDING",
+    "expected_calibration_error",
+    "reliability",
+    "LabelledPrediction",
+    "Prequential",
+    "exact_auc",
+    "log_loss",
+]
 
 TRENDING = "trending"
 """The reco baseline variant: the trending items every user would be shown."""
@@ -102,6 +111,62 @@ def log_loss(labels: npt.ArrayLike, probabilities: npt.ArrayLike) -> float:
     if p.size == 0:
         return math.nan
     return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
+
+
+def reliability(
+    labels: npt.ArrayLike, probabilities: npt.ArrayLike, *, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reliability curve over ``bins`` bins of equal count, in order of probability.
+
+    Returns each bin's mean predicted probability, its observed rate of positives and its
+    count. Bins hold equal numbers of predictions (as far as ties allow, a tie never split)
+    rather than equal widths: churn probabilities crowd near 0, where equal widths would
+    put nearly every prediction in the first bin and hide its miscalibration.
+
+    Examples
+    --------
+    >>> mean, rate, count = reliability([0, 0, 1, 1], [0.1, 0.2, 0.6, 0.9], bins=2)
+    >>> mean.round(2).tolist(), rate.tolist(), count.tolist()
+    ([0.15, 0.75], [0.0, 1.0], [2, 2])
+
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.size == 0:
+        empty = np.zeros(0)
+        return empty, empty, np.zeros(0, dtype=np.int64)
+    order = np.argsort(p, kind="stable")
+    p, y = p[order], y[order]
+    edges = np.searchsorted(p, p[(np.arange(1, bins) * p.size) // bins], side="left")
+    edges = np.unique(np.concatenate(([0], edges, [p.size])))
+    counts = np.diff(edges)
+    keep = counts > 0
+    starts, counts = edges[:-1][keep], counts[keep]
+    mean = np.add.reduceat(p, starts) / counts
+    rate = np.add.reduceat(y, starts) / counts
+    return mean, rate, counts
+
+
+def expected_calibration_error(
+    labels: npt.ArrayLike, probabilities: npt.ArrayLike, *, bins: int = 10
+) -> float:
+    """Expected calibration error over equal-count bins (:func:`reliability`); ``nan`` if empty.
+
+    ``Σ_b (n_b / n) · |mean probability_b − observed rate_b|``: how far, on average over the
+    predictions, the probability stated is from the rate that came true.
+
+    Examples
+    --------
+    >>> expected_calibration_error([0, 0, 1, 1], [0.1, 0.2, 0.6, 0.9], bins=2)
+    0.2
+    >>> expected_calibration_error([0, 1] * 50, [0.5] * 100)
+    0.0
+
+    """
+    mean, rate, counts = reliability(labels, probabilities, bins=bins)
+    if not counts.size:
+        return math.nan
+    return float(round(np.sum(counts * np.abs(mean - rate)) / counts.sum(), 12))
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +242,9 @@ class _Churn:
 
     def logloss(self, last: int | None = None) -> float:
         return log_loss(self.labels.view(last), self.probabilities.view(last))
+
+    def ece(self, last: int | None = None) -> float:
+        return expected_calibration_error(self.labels.view(last), self.probabilities.view(last))
 
 
 class _Mean:
@@ -319,6 +387,7 @@ class Prequential:
             "churn.positives": int(np.count_nonzero(champion.labels.view())),
             "churn.auc": champion.auc(),
             "churn.logloss": champion.logloss(),
+            "churn.ece": champion.ece(),
         }
         hits = self._hits.get(reco_model) or _Mean(1)
         trending = self._hits.get(TRENDING) or _Mean(1)
@@ -329,6 +398,7 @@ class Prequential:
             if model != churn_model:
                 report[f"churn.{model}.auc"] = track.auc()
                 report[f"churn.{model}.logloss"] = track.logloss()
+                report[f"churn.{model}.ece"] = track.ece()
         for model, mean in self._hits.items():
             if model not in (reco_model, TRENDING):
                 report[f"reco.{model}.hit_rate_at_10"] = mean.get()
@@ -337,6 +407,13 @@ class Prequential:
             report[f"{prefix}.mae"] = errors.absolute.get()
             report[f"{prefix}.rmse"] = math.sqrt(errors.squared.get())
         return report
+
+    def reliability(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Whole-run reliability curve of each churn model (:func:`reliability`)."""
+        return {
+            model: reliability(track.labels.view(), track.probabilities.view())
+            for model, track in self._churn.items()
+        }
 
     def rolling(self) -> dict[tuple[str, str], float]:
         """Quality over the last ``window`` outcomes of each model, keyed by (metric, model).

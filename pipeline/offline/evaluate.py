@@ -165,7 +165,7 @@ def evaluate(
             orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
         )
     if plot_path is not None:
-        plot_series(quality.series(), plot_path)
+        plot_series(quality.series(), plot_path, reliability=quality.reliability())
     return report
 
 
@@ -192,15 +192,27 @@ def _run(processor: Processor, events: EventFile, *, partitions: int, progress: 
 
 
 def plot_series(
-    series: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]], path: str | Path
+    series: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    path: str | Path,
+    *,
+    reliability: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> None:
-    """Draw rolling churn AUC and hit rate@10 per model over event time to a PNG."""
+    """Draw rolling churn AUC and hit rate@10 per model over event time to a PNG.
+
+    With ``reliability`` (:meth:`Prequential.reliability
+    <pipeline.models.quality.Prequential.reliability>`), a third panel draws each churn
+    model's reliability diagram: observed churn rate against mean predicted probability
+    per bin of equal count, on log axes, beside the diagonal of perfect calibration.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 6.5), layout="constrained")
+    rows = 3 if reliability else 2
+    figure = Figure(figsize=(10, 3.25 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    churn_axes, reco_axes = figure.subplots(2, 1, sharex=True)
+    axes_list = figure.subplots(rows, 1)
+    churn_axes, reco_axes = axes_list[0], axes_list[1]
+    reco_axes.sharex(churn_axes)
     panels = {"churn_auc": churn_axes, "hit_rate_at_10": reco_axes}
     for (metric, model), (times_ms, values) in sorted(series.items()):
         if metric in panels and len(times_ms):
@@ -214,6 +226,25 @@ def plot_series(
         axes.grid(alpha=0.3)
         if axes.has_data():
             axes.legend(loc="best")
+    if reliability:
+        calibration_axes = axes_list[2]
+        low = 1.0
+        for model, (mean, rate, counts) in sorted(reliability.items()):
+            if counts.size:
+                # a bin where nobody churned is drawn at 1e-4, the foot of the log axis
+                calibration_axes.plot(mean, np.maximum(rate, 1e-4), "o-", label=model)
+                low = min(low, float(mean.min()))
+        low = max(low / 2, 1e-4)
+        calibration_axes.plot([low, 1.0], [low, 1.0], "k:", label="perfectly calibrated")
+        calibration_axes.set(
+            title="Churn: reliability (bins of equal count, whole run)",
+            xlabel="mean predicted probability",
+            ylabel="observed churn rate",
+            xscale="log",
+            yscale="log",
+        )
+        calibration_axes.grid(alpha=0.3)
+        calibration_axes.legend(loc="best")
     figure.savefig(path, dpi=110)
 
 

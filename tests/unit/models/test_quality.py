@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from river import metrics
 
 from pipeline.core.events import parse_ts
-from pipeline.models.quality import LabelledPrediction, Prequential, exact_auc, log_loss
+from pipeline.models.quality import (
+    LabelledPrediction,
+    Prequential,
+    exact_auc,
+    expected_calibration_error,
+    log_loss,
+    reliability,
+)
 
 
 def brute_force_auc(labels: list[int], scores: list[float]) -> float:
@@ -96,7 +103,9 @@ def test_report_names_champions_unqualified_and_other_variants_by_name() -> None
         "churn.positives": 2,
         "churn.auc": 1.0,
         "churn.logloss": pytest.approx(log_loss([1, 0, 1, 0], [0.9, 0.2, 0.4, 0.1])),
+        "churn.ece": 0.25,  # four bins of one: the mean of |p - y|
         "churn.poisson.auc": 0.0,
+        "churn.poisson.ece": 0.75,
         "churn.poisson.logloss": pytest.approx(log_loss([1, 0, 1, 0], [0.1, 0.8, 0.6, 0.9])),
         "reco.hit_rate_at_10": 0.75,
         "reco.trending_hit_rate_at_10": 0.25,
@@ -175,3 +184,20 @@ def test_labelled_prediction_json_carries_rfc3339_event_times() -> None:
         "last_seen": "1970-01-01T00:00:00.500Z",
     }
     assert parse_ts(record["labelled_at"]) - parse_ts(record["predicted_at"]) == 60_000
+
+
+def test_calibration_error_is_small_for_honest_probabilities_and_large_for_inflated_ones() -> None:
+    rng = np.random.default_rng(8)
+    probabilities = rng.beta(0.5, 20.0, 50_000)  # churn-like: most near 0
+    labels = rng.random(50_000) < probabilities
+    honest = expected_calibration_error(labels, probabilities)
+    inflated = expected_calibration_error(labels, np.minimum(3 * probabilities, 1.0))
+    assert honest < 0.003 and inflated > 0.04
+    mean, rate, counts = reliability(labels, probabilities)
+    assert counts.sum() == 50_000 and np.all(np.diff(mean) > 0)
+    np.testing.assert_allclose(rate, mean, atol=0.01)
+
+
+def test_tied_probabilities_stay_in_one_bin() -> None:
+    mean, rate, counts = reliability([0, 1, 0, 0, 1, 1], [0.2, 0.2, 0.2, 0.2, 0.9, 0.9], bins=3)
+    assert counts.tolist() == [4, 2] and rate.tolist() == [0.25, 1.0]
