@@ -15,11 +15,12 @@ SecretStr('**********')
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -53,7 +54,9 @@ class Settings(BaseSettings):
     # --- topics -----------------------------------------------------------------------
     topic_events: str = Field("ott.events", description="Input events, key = user_id.")
     topic_dlq: str = Field("ott.events.dlq", description="Rejected input with a reason.")
-    topic_scores_churn: str = Field("ott.scores.churn", description="Churn risk per session end.")
+    topic_scores_churn: str = Field(
+        "ott.scores.churn", description="Churn risk per session end and after set days of silence."
+    )
     topic_scores_personalization: str = Field(
         "ott.scores.personalization", description="Top-K items per user."
     )
@@ -239,6 +242,12 @@ class Settings(BaseSettings):
         description="Churn challenger run in shadow, promoted to champion if it proves "
         "better; none to disable.",
     )
+    churn_rescore_days: tuple[int, ...] = Field(
+        (3, 7, 10),
+        description="Days of a user's silence (event time, after their last session) at "
+        "which their churn risk is scored again, by the inactivity model; a JSON list, "
+        "each below the churn horizon; [] for none.",
+    )
     churn_promotion_alpha: float = Field(
         0.05,
         ge=0,
@@ -276,6 +285,18 @@ class Settings(BaseSettings):
     broker_port: int = Field(9092, description="Local broker client port on 127.0.0.1.")
     broker_controller_port: int = Field(9093, description="Local broker KRaft controller port.")
 
+    @model_validator(mode="after")
+    def _rescores_within_the_horizon(self) -> Settings:
+        days = self.churn_rescore_days
+        if any(d <= 0 for d in days) or list(days) != sorted(set(days)):
+            raise ValueError(f"churn_rescore_days must increase and be positive, not {days}")
+        if days and days[-1] >= self.churn_horizon_days:
+            raise ValueError(
+                f"churn_rescore_days {days} must stay below the churn horizon "
+                f"({self.churn_horizon_days} days): a user silent that long has churned"
+            )
+        return self
+
     def to_env(self) -> dict[str, str]:
         """These settings as environment variables, for a process started with them.
 
@@ -289,6 +310,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
+            if isinstance(value, tuple):  # read back as JSON
+                value = json.dumps(list(value))
             env[f"OTTSCORE_{name.upper()}"] = str(value)
         return env
 

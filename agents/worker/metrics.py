@@ -153,6 +153,12 @@ class Metrics:
             "an always-valid test).",
             registry=registry,
         )
+        self.churn_rescores = PromCounter(
+            "ottscore_churn_rescores_total",
+            "Churn scores of users silent for one of OTTSCORE_CHURN_RESCORE_DAYS since their "
+            "last session (published with trigger inactive_<days>d).",
+            registry=registry,
+        )
         self.event_to_publish_latency = Histogram(
             "ottscore_event_to_publish_latency_seconds",
             "Wall-clock publish time minus the event time of the record's triggering event.",
@@ -403,6 +409,8 @@ class Metrics:
             self.timer_errors.inc(tally.timer_errors)
         if tally.churn_promotions:
             self.churn_promotions.inc(tally.churn_promotions)
+        if tally.churn_rescores:
+            self.churn_rescores.inc(tally.churn_rescores)
         if tally.kpi_late:
             self.kpi_late_events.inc(tally.kpi_late)
         for reason, n in tally.catalog_rejected.items():

@@ -66,6 +66,7 @@ from pipeline.experiments.live import LiveExperiments
 from pipeline.experiments.live_results import PartitionOutcomes, experiment_meta
 from pipeline.experiments.outcomes import UserOutcome
 from pipeline.kpis.windows import HOUR_MS, ONLY_ALL, PartitionKpis, UserKpis
+from pipeline.models.churn import ChurnModel, inactive_features
 from pipeline.models.partition import PartitionModels
 from pipeline.models.quality import PUBLISHED, LabelledPrediction, Prequential
 
@@ -78,6 +79,9 @@ MAX_DETAIL_CHARS = 500
 
 SESSION = "session"
 CHURN = "churn"
+SILENCE = "silence"
+SESSION_END = "session_end"
+"""The trigger of a churn score made at the end of a session."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -144,6 +148,7 @@ class Processor:
         self._outbox: list[Output] = []
         self._gap_ms = int(settings.session_gap_s * 1000)
         self._horizon_ms = int(settings.churn_horizon_s * 1000)
+        self._rescore_ms = [days * 86_400_000 for days in settings.churn_rescore_days]
         self._dedupe_window_ms = int(settings.dedupe_window_s * 1000)
         self._dedupe_max_ids = settings.dedupe_max_ids
         self._cause: tuple[int, int] = (0, 0)
@@ -377,6 +382,14 @@ class Processor:
             self.timers.schedule(
                 state.partition, state.user_id, CHURN, state.last_seen_ms + self._horizon_ms
             )
+            done = len(state.pending.rescores)
+            if done < len(self._rescore_ms):
+                self.timers.schedule(
+                    state.partition,
+                    state.user_id,
+                    SILENCE,
+                    state.last_seen_ms + self._rescore_ms[done],
+                )
 
     def _dead_letter(
         self,
@@ -418,6 +431,8 @@ class Processor:
                 elif kind == CHURN and state.pending is not None:
                     models = self.models(state.partition)
                     self._label(state, models, churned=True, at_ms=deadline_ms)
+                elif kind == SILENCE:
+                    self._rescore(state, deadline_ms)
             except Exception as exc:  # noqa: BLE001 - no single user may stop a worker
                 self.tally.timer_errors += 1
                 log.warning(
@@ -450,8 +465,67 @@ class Processor:
         self.timers.schedule(
             state.partition, state.user_id, CHURN, state.last_seen_ms + self._horizon_ms
         )
+        if self._rescore_ms:
+            self.timers.schedule(
+                state.partition, state.user_id, SILENCE, state.last_seen_ms + self._rescore_ms[0]
+            )
         name, champion = models.champion
-        probability = probabilities[name]
+        self._publish_risk(
+            state,
+            at_ms,
+            probabilities[name],
+            model=champion,
+            x=x,
+            trigger=SESSION_END,
+            session={
+                "start": format_ts(session.start_ms),
+                "end": format_ts(session.end_ms),
+                "events": session.events,
+                "watch_s": session.watch_s,
+            },
+        )
+
+    def _rescore(self, state: UserState, at_ms: int) -> None:
+        """Score again the churn risk of a user silent since their last session's end.
+
+        The timer is stale when the user came back since (their next session end set a
+        new one): nothing to do then.
+        """
+        pending = state.pending
+        silence_ms = at_ms - state.last_seen_ms
+        if pending is None or pending.last_seen_ms != state.last_seen_ms:
+            return
+        stages = self._rescore_ms
+        if silence_ms not in stages:
+            return
+        stage = stages.index(silence_ms)
+        days = self.settings.churn_rescore_days[stage]
+        models = self.models(state.partition)
+        model = models.inactive
+        if model is None:
+            return
+        x = inactive_features(pending.features, days)
+        probability = model.predict_proba_one(x)
+        pending.rescores[str(days)] = probability
+        self.tally.churn_rescores += 1
+        if stage + 1 < len(stages):
+            self.timers.schedule(
+                state.partition, state.user_id, SILENCE, state.last_seen_ms + stages[stage + 1]
+            )
+        self._publish_risk(state, at_ms, probability, model=model, x=x, trigger=f"inactive_{days}d")
+
+    def _publish_risk(
+        self,
+        state: UserState,
+        at_ms: int,
+        probability: float,
+        *,
+        model: ChurnModel,
+        x: dict[str, float],
+        trigger: str,
+        session: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish a churn score, and a signal when it moves the user in or out of high risk."""
         settings = self.settings
         medium, high = settings.risk_medium, settings.risk_high
         arms = self.experiments.arms(state.experiments, at_ms) if state.experiments else {}
@@ -469,16 +543,12 @@ class Processor:
                 at_ms,
                 probability=probability,
                 band=band,
-                model_version=champion.model_version,
-                top_features=champion.contributions(x, top=3),
-                session={
-                    "start": format_ts(session.start_ms),
-                    "end": format_ts(session.end_ms),
-                    "events": session.events,
-                    "watch_s": session.watch_s,
-                },
+                model_version=model.model_version,
+                top_features=model.contributions(x, top=3),
+                session=session,
                 segment=state.segment,
                 experiments=arms,
+                trigger=trigger,
             ),
         )
         previous = state.risk_band
@@ -494,8 +564,9 @@ class Processor:
                     probability=probability,
                     band=band,
                     previous_band=previous,
-                    model_version=champion.model_version,
+                    model_version=model.model_version,
                     experiments=arms,
+                    trigger=trigger,
                 ),
             )
 
@@ -528,6 +599,8 @@ class Processor:
                         )
                     )
             model.learn_one(x, churned)
+        if pending.rescores:
+            self._label_rescores(pending, models, label, at_ms)
         promoted = models.learn_label(scores, churned)
         if promoted is not None:
             self.tally.churn_promotions += 1
@@ -538,6 +611,23 @@ class Processor:
                 "partition %d: churn model %s promoted over %s at %s, after %d positives",
                 state.partition, promoted, former, format_ts(at_ms), positives,
             )  # fmt: skip
+
+    def _label_rescores(
+        self, pending: PendingChurn, models: PartitionModels, label: int, at_ms: int
+    ) -> None:
+        """Score and learn the re-scores made during the silence before the label.
+
+        Beside each stage's quality (``inactive_<d>d``), the same users' session-end score
+        (``session_end_<d>d``): what the re-score adds, on the same users and labels.
+        """
+        published = next(iter(pending.probabilities.values()), None)
+        model = models.inactive
+        for days, probability in pending.rescores.items():
+            self.quality.churn(f"inactive_{days}d", probability, label, ts_ms=at_ms)
+            if published is not None:
+                self.quality.churn(f"session_end_{days}d", published, label, ts_ms=at_ms)
+            if model is not None:
+                model.learn_one(inactive_features(pending.features, float(days)), bool(label))
 
     def _emit(self, kind: str, key: bytes, value: bytes) -> None:
         event_ts_ms, ingest_ts_ms = self._cause

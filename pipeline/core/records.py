@@ -198,10 +198,12 @@ def churn_record(
     session: dict[str, Any] | None = None,
     segment: int | None = None,
     experiments: Mapping[str, str] | None = None,
+    trigger: str | None = None,
 ) -> bytes:
     """A churn risk record for ``user_id`` at event time ``ts_ms``.
 
-    ``experiments`` (experiment id → variant) names the variants that shaped it.
+    ``experiments`` (experiment id → variant) names the variants that shaped it;
+    ``trigger`` what made the score (``session_end``, or ``inactive_<days>d``).
     """
     record: dict[str, Any] = {
         "user_id": user_id,
@@ -221,6 +223,8 @@ def churn_record(
         record["segment"] = segment
     if experiments:
         record["experiments"] = experiments
+    if trigger is not None:
+        record["trigger"] = trigger
     return orjson.dumps(record)
 
 
@@ -234,8 +238,12 @@ def signal_record(
     previous_band: str,
     model_version: str,
     experiments: Mapping[str, str] | None = None,
+    trigger: str | None = None,
 ) -> bytes:
-    """A risk transition (``became_at_risk`` or ``recovered``) of ``user_id``."""
+    """A risk transition (``became_at_risk`` or ``recovered``) of ``user_id``.
+
+    ``trigger`` names the score that moved it, as in :func:`churn_record`.
+    """
     record: dict[str, Any] = {
         "user_id": user_id,
         "ts": format_ts(ts_ms),
@@ -248,6 +256,8 @@ def signal_record(
     }
     if experiments:
         record["experiments"] = experiments
+    if trigger is not None:
+        record["trigger"] = trigger
     return orjson.dumps(record)
 
 

@@ -85,6 +85,8 @@ class PendingChurn:
     last_seen_ms: int
     features: list[float]
     probabilities: dict[str, float]
+    #: Re-scores during the user's silence since: days of silence (as text) → probability.
+    rescores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)

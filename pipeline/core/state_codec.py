@@ -214,6 +214,7 @@ def encode(state: UserState) -> bytes:
             "last_seen_ms": pending.last_seen_ms,
             "features": {"layout": CHURN_FEATURE_LAYOUT, "f64": _pack(pending.features)},
             "probabilities": pending.probabilities,
+            **({"rescores": pending.rescores} if pending.rescores else {}),
         },
     }
     if state.kpis is not None:  # since 2026-12; absent from a state without KPI windows
@@ -321,6 +322,7 @@ def _pending(cls: type[PendingChurn], obj: object) -> PendingChurn | None:
         _int("pending.last_seen_ms", fields.get("last_seen_ms")),
         _unpacked("pending.features", fields["features"], len(names)),
         _dict_of(_float)("pending.probabilities", fields.get("probabilities")),
+        _dict_of(_float)("pending.rescores", fields.get("rescores", {})),  # absent before
     )
 
 

@@ -28,6 +28,8 @@ class Tally:
     timer_errors: int = 0
     #: Churn challengers promoted to champion (:mod:`pipeline.models.promotion`).
     churn_promotions: int = 0
+    #: Churn scores of silent users (``OTTSCORE_CHURN_RESCORE_DAYS``).
+    churn_rescores: int = 0
     #: Events older than their partition's KPI watermark by more than the lateness.
     kpi_late: int = 0
     catalog_rejected: Counter[str] = field(default_factory=Counter)
@@ -36,7 +38,7 @@ class Tally:
     def clear(self) -> None:
         """Zero every count."""
         self.received = self.deduplicated = self.already_applied = self.sessions_closed = 0
-        self.timer_errors = self.churn_promotions = 0
+        self.timer_errors = self.churn_promotions = self.churn_rescores = 0
         self.kpi_late = 0
         self.catalog_rejected.clear()
         self.experiments_refused.clear()

@@ -35,7 +35,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
 from river import linear_model, optim, preprocessing, tree
@@ -43,7 +43,14 @@ from river import linear_model, optim, preprocessing, tree
 from pipeline.core.features import CHURN_FEATURES
 from pipeline.serde.snapshots import stored_as
 
-__all__ = ["ChurnModel", "make_churn_model", "CHURN_FEATURES"]
+__all__ = [
+    "CHURN_FEATURES",
+    "INACTIVE_FEATURES",
+    "ChurnModel",
+    "InactiveChurn",
+    "inactive_features",
+    "make_churn_model",
+]
 
 Contribution = tuple[str, float, float]
 
@@ -136,6 +143,40 @@ class PoissonChurn:
     def contributions(self, x: Mapping[str, float], *, top: int) -> list[Contribution]:
         rate = x["sessions_7d"] / 7.0
         return [("sessions_7d", x["sessions_7d"], -rate * self.horizon_days)][:top]
+
+
+INACTIVE_FEATURES: tuple[str, ...] = (*CHURN_FEATURES, "silence_days", "silence_ratio")
+"""What the inactivity model sees: the churn features of the user's last session end, the
+days of silence since, and that silence over the user's own mean gap between sessions."""
+
+
+def inactive_features(session_end: Sequence[float], silence_days: float) -> dict[str, float]:
+    """The inactivity model's features after ``silence_days`` of silence.
+
+    ``session_end`` is the churn feature vector of the user's last session end (in the
+    order of :data:`CHURN_FEATURES`). A silence is long or short for the user's own rhythm:
+    ``silence_ratio`` is the silence over ``gap_mean_days + 0.5``, as ``gap_ratio`` is.
+
+    >>> x = inactive_features([0.0] * len(CHURN_FEATURES), 7)
+    >>> x["silence_days"], x["silence_ratio"]
+    (7.0, 14.0)
+    """
+    x = dict(zip(CHURN_FEATURES, session_end, strict=True))
+    x["silence_days"] = float(silence_days)
+    x["silence_ratio"] = silence_days / (x["gap_mean_days"] + 0.5)
+    return x
+
+
+@stored_as("InactiveChurn")
+class InactiveChurn(LogisticChurn):
+    """The churn probability of a user silent for some days.
+
+    :class:`LogisticChurn` on :data:`INACTIVE_FEATURES`, learnt from the re-scores whose
+    label came: a user silent a week is judged against users silent a week, not against
+    users at a session end.
+    """
+
+    model_version = "churn-inactive-1"
 
 
 def make_churn_model(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.models.churn import ChurnModel, make_churn_model
+from pipeline.models.churn import ChurnModel, InactiveChurn, make_churn_model
 from pipeline.models.promotion import ChurnPromotion
 from pipeline.models.reco.items import ItemIndex
 from pipeline.models.reco.recommender import RatingModel, Recommender
@@ -37,7 +37,8 @@ class PartitionModels:
 
     Churn champion (first) and challenger, recommender, segments and, in explicit mode,
     the rating model; the test that promotes the challenger (``None`` when there is none
-    or promotion is off).
+    or promotion is off); the model that re-scores silent users (``None`` when no
+    re-scores are set).
     """
 
     items: ItemIndex
@@ -46,6 +47,7 @@ class PartitionModels:
     segmenter: Segmenter
     ratings: RatingModel | None
     promotion: ChurnPromotion | None = None
+    inactive: InactiveChurn | None = None
 
     @classmethod
     def create(
@@ -75,21 +77,26 @@ class PartitionModels:
     def configure(self, settings: Settings) -> None:
         """Follow ``settings`` where restored models may predate them: the promotion test.
 
-        Models restored from a snapshot keep their test, unless promotion is now off; models
-        of a release before promotion start one.
+        Models restored from a snapshot keep their test and inactivity model, unless these
+        are now off; models of a release before them start them.
         """
         if settings.churn_promotion_alpha == 0 or len(self.churn) != 2:
             self.promotion = None
         elif self.promotion is None:
             self.promotion = ChurnPromotion(alpha=settings.churn_promotion_alpha)
+        if not settings.churn_rescore_days:
+            self.inactive = None
+        elif self.inactive is None:
+            self.inactive = InactiveChurn()
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
-        """Restore a snapshot; one written before promotion existed has no test yet."""
+        """Restore a snapshot; one of a release before a field has ``None`` in it."""
         _, slots = state
         for name, value in slots.items():
             object.__setattr__(self, name, value)
-        if "promotion" not in slots:
-            self.promotion = None
+        for name in ("promotion", "inactive"):
+            if name not in slots:
+                object.__setattr__(self, name, None)
 
     def learn_label(self, scores: Mapping[str, float], churned: bool) -> str | None:
         """Look at a labelled prediction; the new champion's name if it promoted one."""

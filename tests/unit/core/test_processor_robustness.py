@@ -152,4 +152,7 @@ def test_a_timer_that_raises_is_skipped_and_counted_and_the_record_behind_it_is_
     tally = processor.tally
     assert tally.timer_errors == 1 and not tally.rejected
     assert sum(tally.consumed.values()) == 3 and tally.sessions_closed == 1
-    assert [o.kind for o in processor.take_outbox()].count("churn") == 1  # u2's, after u1's
+    churn = [orjson.loads(o.value) for o in processor.take_outbox() if o.kind == "churn"]
+    ends = [(score["user_id"], score["trigger"]) for score in churn]
+    assert ends.count(("u2", "session_end")) == 1 and "u1" not in {u for u, _ in ends}
+    # u2's session end, after u1's raised (then u2's silence, 11 days long, re-scored)

@@ -53,6 +53,8 @@ def test_states_written_by_format_2_restore_exactly() -> None:
     for line in fixture_states():
         state = decode(line["user_id"], base64.b64decode(line["bytes"]), **BOUNDS)
         expected = {**line["fields"], **ADDED_SINCE_THE_FIXTURES, "extra": {}}
+        if expected["pending"] is not None:  # re-scores during a silence came after them
+            expected["pending"] = {**expected["pending"], "rescores": {}}
         assert fields(state) == expected, line["user_id"]
 
 

@@ -26,8 +26,9 @@ def run(churn_model: str) -> tuple[Processor, list[str]]:
     versions: list[str] = []
 
     def keep(outputs: list[Output]) -> None:
+        scores = (orjson.loads(out.value) for out in outputs if out.kind == "churn")
         versions.extend(
-            orjson.loads(out.value)["model_version"] for out in outputs if out.kind == "churn"
+            score["model_version"] for score in scores if score["trigger"] == "session_end"
         )
 
     records = (

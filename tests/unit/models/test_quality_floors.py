@@ -51,6 +51,12 @@ def test_the_personalised_lists_beat_trending_by_far() -> None:
     assert report["reco.hit_rate_at_10"] >= 2.5 * report["reco.trending_hit_rate_at_10"]
 
 
+def test_a_week_of_silence_is_judged_better_by_the_rescore_than_by_the_last_session() -> None:
+    report, _ = run()  # the same users silent 7 days, the same labels
+    assert report["churn.inactive_7d.auc"] >= report["churn.session_end_7d.auc"] + 0.03
+    # 0.702 against 0.648 measured
+
+
 def test_risk_transitions_are_signalled() -> None:
     _, kinds = run()
     assert kinds["signal"] >= 5 and kinds["churn"] >= 5000  # 11 and 6,175 measured
