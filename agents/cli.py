@@ -160,6 +160,31 @@ def _kpis(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _audience(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from pipeline.core.events import format_ts
+    from pipeline.offline.audiences import audience_report, title_genres
+    from pipeline.serde.jsonl import read_jsonl
+
+    catalog = list(read_jsonl(args.catalog))
+    try:
+        genres = [args.genre] if args.genre else title_genres(catalog, args.title)
+    except KeyError as exc:
+        raise ValueError(f"{exc.args[0]} (read from {args.catalog})") from None
+    report = audience_report(args.file, catalog, genres=genres, settings=settings)
+    print(f"audiences of {', '.join(genres) or 'no genre'} at {format_ts(report['at_ms'])}")
+    for name, size in report["sizes"].items():
+        print(f"{name:<8}{size:>10,}")
+    if args.export:
+        with open(args.export, "wb") as out:
+            for name, ids in report["members"].items():
+                for user_id in ids:
+                    out.write(orjson.dumps({"user_id": user_id, "audience": name}) + b"\n")
+        print(f"wrote the members to {args.export}", file=sys.stderr)
+    return 0
+
+
 def _import(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.offline.movielens import import_movielens
 
@@ -322,6 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--predictions", type=Path, help="write one JSON line per labelled churn prediction"
     )
     ev.set_defaults(func=_evaluate)
+
+    aud = sub.add_parser(
+        "audience", help="fans, clients and lapsed members of a genre or a title over a file"
+    )
+    aud.add_argument("file", type=Path, help="JSONL events")
+    aud.add_argument("--catalog", type=Path, required=True, help="JSONL catalog")
+    which = aud.add_mutually_exclusive_group(required=True)
+    which.add_argument("--genre", help="a genre, as the catalog names it (e.g. scifi)")
+    which.add_argument("--title", help="a catalog item id: the audiences of its genres")
+    aud.add_argument(
+        "--export", type=Path, help="write one JSON line {user_id, audience} per member"
+    )
+    aud.set_defaults(func=_audience)
 
     kpis = sub.add_parser("kpis", help="KPI windows (hour, day) of a file of events")
     kpis.add_argument("file", type=Path, help="JSONL events")

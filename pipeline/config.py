@@ -256,6 +256,22 @@ class Settings(BaseSettings):
         "champion when its prequential AUC is higher (the chance a challenger no better is "
         "ever promoted); 0 never promotes.",
     )
+    audience_active_days: float = Field(
+        7.0,
+        gt=0,
+        description="Audiences: a user with an event within this many days (event time) "
+        "is active (a fan or a client), others lapsed.",
+    )
+    audience_fan_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Audiences: the least share of a user's recent watch time in a genre "
+        "that makes them a fan (or, lapsed, a prospect) of it.",
+    )
+    audience_refresh_s: float = Field(
+        60.0, gt=0, description="Wall-clock seconds between two counts of the audience gauges."
+    )
     reco_mode: Literal["implicit", "explicit"] = Field(
         "implicit",
         description="implicit: learn from plays/clicks; explicit: learn ratings (MovieLens).",

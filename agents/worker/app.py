@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import Any
 
 import faust
@@ -31,6 +32,7 @@ from agents.worker.kafka import faust_broker_settings, output_topics
 from agents.worker.metrics import Metrics
 from agents.worker.snapshots import SnapshotWriter
 from pipeline.config import Settings
+from pipeline.core.audiences import AudienceRules, sizes_by_genre
 from pipeline.kpis.combine import PartialsCombiner
 from pipeline.serde.snapshots import MAX_SNAPSHOT_BYTES
 
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: The one key of the KPI combining agent's table.
 COMBINER_KEY = b"combiner"
+#: Users counted between two yields of the event loop by the audience gauges.
+AUDIENCE_CHUNK = 5_000
 #: Key of the experiment results' combiner in the same table.
 RESULTS_KEY = b"experiment-results"
 
@@ -207,6 +211,29 @@ def build_app(settings: Settings | None = None) -> faust.App:
         if items is not None:
             worker.load_catalog(items)
         worker.export_quality()
+
+    @app.timer(settings.audience_refresh_s)
+    async def count_audiences() -> None:
+        """Count the audiences of every catalog genre over this worker's users.
+
+        A few thousand users at a time, yielding between them, so the count never holds the
+        event loop for long; each user is read whole (no await inside one).
+        """
+        processor = worker.processor
+        at_ms = processor.timers.latest()
+        genres = sorted(
+            {g for item in processor.catalog.values() for g in item.get("genres") or ()}
+        )
+        if at_ms is None or not genres:
+            return
+        rules = AudienceRules(settings.audience_active_days, settings.audience_fan_share)
+        states = list(processor.users.values())
+        sizes: Counter[tuple[str, str]] = Counter()
+        for start in range(0, len(states), AUDIENCE_CHUNK):
+            chunk = states[start : start + AUDIENCE_CHUNK]
+            sizes.update(sizes_by_genre(chunk, genres, at_ms=at_ms, rules=rules))
+            await asyncio.sleep(0)
+        metrics.set_audiences(dict(sizes))
 
     @app.timer(settings.experiments_refresh_s)
     async def refresh_experiments() -> None:

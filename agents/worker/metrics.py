@@ -159,6 +159,14 @@ class Metrics:
             "last session (published with trigger inactive_<days>d).",
             registry=registry,
         )
+        self.audience_users = Gauge(
+            "ottscore_audience_users",
+            "Users of this worker in each audience of each catalog genre (fans: active, "
+            "high affinity; clients: active, lower affinity; lapsed: silent, high affinity); "
+            "sum over the workers. Counts only, no user id.",
+            ["genre", "audience"],
+            registry=registry,
+        )
         self.event_to_publish_latency = Histogram(
             "ottscore_event_to_publish_latency_seconds",
             "Wall-clock publish time minus the event time of the record's triggering event.",
@@ -350,6 +358,11 @@ class Metrics:
             self.scores_published.labels(kind)
             self.event_to_publish_latency.labels(kind)
             self.ingest_to_publish_latency.labels(kind)
+
+    def set_audiences(self, sizes: dict[tuple[str, str], int]) -> None:
+        """Export :func:`pipeline.core.audiences.sizes_by_genre` of this worker's users."""
+        for (genre, audience), size in sizes.items():
+            self.audience_users.labels(genre, audience).set(size)
 
     def set_quality(self, rolling: dict[tuple[str, str], float]) -> None:
         """Export :meth:`pipeline.models.quality.Prequential.rolling` (NaN values are skipped)."""

@@ -49,6 +49,10 @@ class EventTimeTimers:
         """The largest event time seen on ``partition``, or None before the first event."""
         return self._watermarks.get(partition)
 
+    def latest(self) -> int | None:
+        """The largest watermark of all partitions, or None before any event."""
+        return max(self._watermarks.values(), default=None)
+
     def advance(self, partition: int, ts_ms: int) -> None:
         """Move the watermark of ``partition`` forward to ``ts_ms`` (never backwards)."""
         if ts_ms > self._watermarks.get(partition, -1):

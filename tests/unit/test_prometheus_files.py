@@ -60,6 +60,7 @@ def populated_metrics() -> Metrics:
     metrics.batch_duration.observe(0.004)
     metrics.state_writes.inc(5)
     metrics.users_cached.set(5)
+    metrics.set_audiences({("drama", "fans"): 3, ("drama", "lapsed"): 1})
     metrics.timers_pending.set(7)
     metrics.snapshots_published.inc()
     metrics.snapshots_refused.labels("bad_signature").inc()
