@@ -72,6 +72,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
             seed=args.seed,
             bad_rate=args.bad_rate,
             duplicate_rate=args.duplicate_rate,
+            scenario=args.scenario,
         )
     )
     if args.catalog_out:
@@ -90,6 +91,8 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _simulate_closed_loop(args: argparse.Namespace, settings: Settings) -> int:
     """Users who see the lists the core publishes to them, in process; the events to a file."""
+    if args.scenario != "baseline":
+        raise ValueError("--scenario applies to the open-loop simulator; drop --closed-loop")
     from pipeline.core.processor import Processor
     from pipeline.sim.closed_loop import ClosedLoop, ClosedLoopConfig
     from pipeline.sim.list_policies import ProcessorLists
@@ -290,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--users", type=int, default=1000)
     sim.add_argument("--days", type=float, default=30.0)
     sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument(
+        "--scenario",
+        default="baseline",
+        choices=["baseline", "breaks", "sudden", "returners", "all"],
+        help="the audience's behaviours (pipeline/sim/scenarios.py; default baseline)",
+    )
     target = sim.add_argument_group("output (at least one)")
     target.add_argument("--to-kafka", action="store_true", help="produce to the events topic")
     target.add_argument("--out", type=Path, help="write records to a JSONL file")

@@ -20,6 +20,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TypedDict
@@ -28,7 +29,7 @@ import numpy as np
 
 from pipeline.sim.synthetic_catalog import GENRE_SHARE, GENRES
 
-__all__ = ["DAY_MS", "DEVICES", "HOUR_MS", "UserProfile", "draw_profiles"]
+__all__ = ["DAY_MS", "DEVICES", "HOUR_MS", "Behaviours", "UserProfile", "draw_profiles"]
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -40,6 +41,32 @@ _COUNTRIES = ("US", "BR", "MX", "CA", "GB", "DE", "FR", "ES", "IN", "JP", "AU")
 _COUNTRY_SHARE = (0.30, 0.10, 0.06, 0.05, 0.10, 0.09, 0.08, 0.06, 0.08, 0.05, 0.03)
 _UTC_OFFSET_H = (-5.0, -3.0, -6.0, -5.0, 0.0, 1.0, 1.0, 1.0, 5.5, 9.0, 10.0)
 _FAVOURITE_SHARE = np.sqrt(GENRE_SHARE) / np.sqrt(GENRE_SHARE).sum()  # niche tastes exist too
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviours:
+    """How the audience departs from the default one; scenarios combine them.
+
+    The defaults draw exactly the default audience (the same bytes as before these
+    existed); the draws of the others come from a stream of their own.
+
+    Attributes
+    ----------
+    break_every_days, break_days
+        Breaks (no session at all) come about once per ``break_every_days`` and last
+        ``break_days`` (low, high) days: by default short vacations, rarer than a quarter.
+    sudden_share
+        Share of the churners who leave without declining first (one hour of decline):
+        nothing in their behaviour foretells it.
+    return_share
+        Share of the churners who come back, 15 to 45 days after leaving, in their old
+        habits (when the period lasts that long).
+    """
+
+    break_every_days: float = 75.0
+    break_days: tuple[float, float] = (2.0, 6.0)
+    sudden_share: float = 0.0
+    return_share: float = 0.0
 
 
 class _Course(TypedDict):
@@ -91,11 +118,14 @@ class UserProfile:
     decline_ms: int
     slump: tuple[int, int, float] | None
     vacations: tuple[tuple[int, int], ...]
+    #: For a churner who comes back: when (in their old habits from then on).
+    return_ms: int | None = None
 
     def engagement(self, ts_ms: int) -> float:
         """How engaged the viewer is at ``ts_ms``, from 0 (gone) to 1 (in their habits)."""
         level = 1.0
-        if self.leave_ms is not None and ts_ms > self.leave_ms - self.decline_ms:
+        back = self.return_ms is not None and ts_ms >= self.return_ms
+        if self.leave_ms is not None and ts_ms > self.leave_ms - self.decline_ms and not back:
             level = max(0.0, (self.leave_ms - ts_ms) / self.decline_ms)
         if self.slump is not None and self.slump[0] <= ts_ms < self.slump[1]:
             level *= self.slump[2]
@@ -121,6 +151,7 @@ def draw_profiles(
     end_ms: int,
     churn_fraction: float,
     new_user_fraction: float,
+    behaviours: Behaviours = Behaviours(),
 ) -> list[UserProfile]:
     """``count`` viewers of the period ``[start_ms, end_ms)``.
 
@@ -128,6 +159,7 @@ def draw_profiles(
     ``round(count * new_user_fraction)`` sign up during its first 60 %.
     """
     rng = np.random.default_rng([seed, 0x5E55])
+    extra = np.random.default_rng([seed, 0xB4E5])  # the draws of non-default behaviours
     span = end_ms - start_ms
     churners = rng.permutation(count) < round(count * churn_fraction)
     newcomers = rng.permutation(count) < round(count * new_user_fraction)
@@ -139,7 +171,7 @@ def draw_profiles(
     rates = np.clip(rng.lognormal(math.log(4.0), 0.5, count), 1.5, 14.0)
     countries = rng.choice(len(_COUNTRIES), size=count, p=_COUNTRY_SHARE)
     devices = rng.choice(len(DEVICES), size=count, p=_DEVICE_SHARE)
-    return [
+    profiles = [
         UserProfile(
             user_id=f"user-{index:06d}",
             taste=_draw_taste(rng),
@@ -151,10 +183,29 @@ def draw_profiles(
             weekend_boost=float(rng.uniform(0.8, 1.8)),
             binge=float(rng.uniform(0.2, 1.5)),
             joined_ms=int(joined[index]),
-            **_draw_course(rng, int(joined[index]), start_ms, end_ms, churn=churners[index]),
+            **_draw_course(
+                rng, int(joined[index]), start_ms, end_ms, churn=churners[index], every=behaviours
+            ),
         )
         for index in range(count)
     ]
+    if behaviours.sudden_share or behaviours.return_share:
+        profiles = [_departure_behaviours(p, extra, behaviours, end_ms) for p in profiles]
+    return profiles
+
+
+def _departure_behaviours(
+    profile: UserProfile, rng: np.random.Generator, behaviours: Behaviours, end_ms: int
+) -> UserProfile:
+    """A churner made sudden, or returning, at the shares of ``behaviours``."""
+    sudden, returns, days = rng.random(), rng.random(), rng.uniform(15.0, 45.0)
+    if profile.leave_ms is None:
+        return profile
+    decline_ms = HOUR_MS if sudden < behaviours.sudden_share else profile.decline_ms
+    back_ms: int | None = profile.leave_ms + int(days * DAY_MS)
+    if returns >= behaviours.return_share or back_ms is None or back_ms >= end_ms:
+        back_ms = None
+    return dataclasses.replace(profile, decline_ms=decline_ms, return_ms=back_ms)
 
 
 def _draw_taste(rng: np.random.Generator) -> tuple[float, ...]:
@@ -173,14 +224,22 @@ def _draw_hours(rng: np.random.Generator) -> tuple[float, float]:
 
 
 def _draw_course(
-    rng: np.random.Generator, joined_ms: int, start_ms: int, end_ms: int, *, churn: bool
+    rng: np.random.Generator,
+    joined_ms: int,
+    start_ms: int,
+    end_ms: int,
+    *,
+    churn: bool,
+    every: Behaviours,
 ) -> _Course:
     """Draw how engagement evolves: vacations, and either a departure or a slump."""
     first_ms = max(joined_ms, start_ms)
-    vacation_count = rng.poisson((end_ms - first_ms) / (75 * DAY_MS))
+    vacation_count = rng.poisson((end_ms - first_ms) / (every.break_every_days * DAY_MS))
     vacation_starts = rng.uniform(first_ms, end_ms, vacation_count)
+    low, high = every.break_days
     vacations = tuple(
-        (int(begin), int(begin + rng.uniform(2, 6) * DAY_MS)) for begin in np.sort(vacation_starts)
+        (int(begin), int(begin + rng.uniform(low, high) * DAY_MS))
+        for begin in np.sort(vacation_starts)
     )
     if churn:
         leave_ms, decline_ms = _draw_departure(rng, joined_ms, start_ms, end_ms)

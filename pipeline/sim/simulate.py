@@ -49,6 +49,7 @@ import orjson
 
 from pipeline.core.events import Event, encode_event, format_ts
 from pipeline.sim.audience import DAY_MS, UserProfile, draw_profiles
+from pipeline.sim.scenarios import SCENARIOS
 from pipeline.sim.synthetic_catalog import Catalog
 from pipeline.sim.viewing import Viewer
 
@@ -88,6 +89,9 @@ class SimulationConfig:
         Malformed records added per valid record, on average.
     duplicate_rate
         Client retries added per valid record, on average.
+    scenario
+        The behaviours of the audience, by name (:data:`~pipeline.sim.scenarios.SCENARIOS`):
+        ``baseline`` (the default audience), ``breaks``, ``sudden``, ``returners``, ``all``.
     """
 
     users: int
@@ -99,8 +103,11 @@ class SimulationConfig:
     new_user_fraction: float = 0.1
     bad_rate: float = 0.0
     duplicate_rate: float = 0.0
+    scenario: str = "baseline"
 
     def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario {self.scenario!r}: one of {', '.join(SCENARIOS)}")
         if self.users < 1 or self.days <= 0:
             raise ValueError("users must be at least 1 and days positive")
         for name in ("churn_fraction", "new_user_fraction", "bad_rate", "duplicate_rate"):
@@ -158,6 +165,7 @@ class Simulator:
             end_ms=config.end_ms,
             churn_fraction=config.churn_fraction,
             new_user_fraction=config.new_user_fraction,
+            behaviours=SCENARIOS[config.scenario],
         )
         self.truth = GroundTruth(
             leave_ms={p.user_id: p.leave_ms for p in self.profiles if p.leave_ms is not None},

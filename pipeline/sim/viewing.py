@@ -102,6 +102,7 @@ class Viewer:
         self.catalog = catalog
         self.rng = random.Random(f"{seed}/{profile.user_id}")
         self.start_ms = start_ms
+        self.end_ms = end_ms
         self.stop_ms = end_ms if profile.leave_ms is None else min(end_ms, profile.leave_ms)
         self.taste_cumulative = list(accumulate(profile.taste))
         self.taste_peak = max(profile.taste)
@@ -127,12 +128,23 @@ class Viewer:
             session = self.session(start)
             if session.now_ms >= self.stop_ms:  # cut short: the period ends or the viewer leaves
                 yield from (event for event in session.events if event.ts_ms < self.stop_ms)
-                return
+                start = self._comeback()
+                continue
             yield from session.events
             start = self.next_session_start(session.now_ms)
             if start is None and farewell:
                 farewell = False
                 start = self._farewell_start(session.now_ms)
+            if start is None:
+                start = self._comeback()
+
+    def _comeback(self) -> int | None:
+        """A churner who returns: their first session after their return; None otherwise."""
+        back_ms = self.profile.return_ms
+        if back_ms is None or self.stop_ms >= self.end_ms:
+            return None
+        self.stop_ms = self.end_ms
+        return self.next_session_start(back_ms)
 
     def next_session_start(self, after_ms: int) -> int | None:
         """Return when the next session starts after ``after_ms``; None if not before the end."""
