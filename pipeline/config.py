@@ -277,6 +277,11 @@ class Settings(BaseSettings):
         description="implicit: learn from plays/clicks; explicit: learn ratings (MovieLens).",
     )
     reco_k: int = Field(10, ge=1, le=100, description="Items per personalisation list.")
+    reco_ablate: tuple[Literal["popularity", "genre", "sequel", "taste"], ...] = Field(
+        (),
+        description="Ranking signals left out of the lists, for an ablation study "
+        "(docs/ranker_ablation.py); a JSON list, empty in production.",
+    )
     reco_debounce_s: float = Field(
         300.0,
         ge=0,

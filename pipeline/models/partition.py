@@ -23,7 +23,7 @@ from pipeline.config import Settings
 from pipeline.models.churn import ChurnModel, InactiveChurn, make_churn_model
 from pipeline.models.promotion import ChurnPromotion
 from pipeline.models.reco.items import ItemIndex
-from pipeline.models.reco.recommender import RatingModel, Recommender
+from pipeline.models.reco.recommender import SIGNALS, RatingModel, Recommender
 from pipeline.models.segments import Segmenter
 from pipeline.serde.snapshots import stored_as
 
@@ -61,13 +61,15 @@ class PartitionModels:
         challenger = settings.churn_challenger
         if challenger != "none" and challenger != settings.churn_model:
             names.append(challenger)
+        recommender = Recommender(items, seed=partition)
+        recommender.left_out = [SIGNALS.index(name) for name in settings.reco_ablate]
         models = cls(
             items=items,
             churn={
                 name: make_churn_model(name, horizon_days=settings.churn_horizon_days)
                 for name in names
             },
-            recommender=Recommender(items, seed=partition),
+            recommender=recommender,
             segmenter=Segmenter(n_segments=settings.segments, seed=partition),
             ratings=RatingModel() if settings.reco_mode == "explicit" else None,
         )

@@ -256,6 +256,9 @@ class Recommender:
         self._genre_counts: dict[str, float] = {}  # the partition's choices, shared by genre
         self._genre_total = 0.0  # choices of an item with genres
         self._lift_cache: tuple[float, int, np.ndarray] | None = None
+        #: Columns of :data:`SIGNALS` the ranker never sees vary (an ablation study): its
+        #: scaler maps a constant to 0, so their coefficients stay 0 in the lists too.
+        self.left_out: list[int] = []
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore a snapshot; one written before the last choices or the genre counts were kept.
@@ -267,6 +270,7 @@ class Recommender:
         state.setdefault("_genre_counts", {})
         state.setdefault("_genre_total", 0.0)
         state.setdefault("_lift_cache", None)
+        state.setdefault("left_out", [])
         self.__dict__.update(state)
 
     # --- signals ---------------------------------------------------------------------
@@ -395,6 +399,8 @@ class Recommender:
             ranked = sampled if len(self.taste.users) >= RANKER_RECENT_USERS else uniform
             ranked = np.concatenate((rows, ranked[ranked != idx]))
             signals = self._signals(user_id, ranked, previous=previous, genres=genres)
+            if self.left_out:
+                signals[:, self.left_out] = 0.0
             self.ranker.learn(signals, ranked == idx)
             rows = np.concatenate((rows, sampled[sampled != idx]))
         if shown:

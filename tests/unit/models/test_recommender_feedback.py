@@ -100,3 +100,25 @@ def test_taste_alone_tells_two_audiences_of_one_genre_and_one_popularity_apart()
         own_share.append(sum(items.index(r.item_id) in own for r in ranked) / 10)
     print(f"\nown half in the top 10: {np.mean(own_share):.2f}")
     assert np.mean(own_share) >= 0.9
+
+
+def test_a_signal_left_out_gets_no_weight_and_the_lists_do_without_it() -> None:
+    """The ablation switch: taste left out, the two audiences are no longer told apart."""
+    items = ItemIndex()
+    for i in range(40):
+        items.add_catalog_item({"item_id": f"m{i}", "title": f"t{i}", "genres": ["drama"]})
+    reco = Recommender(items, seed=5)
+    reco.left_out = [3]  # taste
+    rng = np.random.default_rng(5)
+    for n in range(3_000):
+        user = int(rng.integers(40))
+        reco.choose(f"u{user}", 20 * (user % 2) + int(rng.integers(20)), previous=None,
+                    genres={"drama": 1.0}, ts_ms=n * 60_000)  # fmt: skip
+    coefficients, _ = reco.ranker.linear()
+    assert coefficients[3] == 0.0 and coefficients[0] != 0.0
+    own = [
+        sum(items.index(r.item_id) in (range(20) if u % 2 == 0 else range(20, 40))
+            for r in reco.recommend(f"u{u}", k=10, previous=None, genres={"drama": 1.0})) / 10
+        for u in range(40)
+    ]  # fmt: skip
+    assert 0.35 <= np.mean(own) <= 0.65  # chance: taste alone told them apart (0.98)
