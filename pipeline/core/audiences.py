@@ -38,11 +38,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from pipeline.core.features import DAY_MS
 from pipeline.core.state import UserState
 
 __all__ = ["AUDIENCES", "Audience", "AudienceRules", "audience_of", "audiences", "sizes_by_genre"]
-
-DAY_MS = 86_400_000
 
 Audience = Literal["fans", "clients", "lapsed"]
 AUDIENCES: tuple[Audience, ...] = ("fans", "clients", "lapsed")
@@ -54,6 +53,13 @@ class AudienceRules:
 
     active_days: float = 7.0
     fan_share: float = 0.25
+
+    def audience(self, state: UserState, share: float, *, at_ms: int) -> Audience | None:
+        """The audience of a user with ``share`` of their watch time in the genres."""
+        fan = share >= self.fan_share
+        if at_ms - state.last_seen_ms < self.active_days * DAY_MS:
+            return "fans" if fan else "clients"
+        return "lapsed" if fan else None
 
 
 def affinity_share(state: UserState, genres: Sequence[str]) -> float:
@@ -69,10 +75,7 @@ def audience_of(
     state: UserState, genres: Sequence[str], *, at_ms: int, rules: AudienceRules
 ) -> Audience | None:
     """The audience of ``genres`` the user is in at event time ``at_ms``, if any."""
-    fan = affinity_share(state, genres) >= rules.fan_share
-    if at_ms - state.last_seen_ms < rules.active_days * DAY_MS:
-        return "fans" if fan else "clients"
-    return "lapsed" if fan else None
+    return rules.audience(state, affinity_share(state, genres), at_ms=at_ms)
 
 
 def audiences(
@@ -95,15 +98,12 @@ def sizes_by_genre(
     """How many users each audience of each genre holds: counts only, no user id."""
     names = list(genres)
     sizes: dict[tuple[str, Audience], int] = {(g, a): 0 for g in names for a in AUDIENCES}
-    window_ms = rules.active_days * DAY_MS
     for state in states:
         affinity: Mapping[str, float] = state.features.genre_affinity
-        total = sum(affinity.values())
-        active = at_ms - state.last_seen_ms < window_ms
+        total = sum(affinity.values())  # once per user, not per genre
         for genre in names:
-            fan = total > 0.0 and affinity.get(genre, 0.0) / total >= rules.fan_share
-            if active:
-                sizes[genre, "fans" if fan else "clients"] += 1
-            elif fan:
-                sizes[genre, "lapsed"] += 1
+            share = affinity.get(genre, 0.0) / total if total > 0.0 else 0.0
+            audience = rules.audience(state, share, at_ms=at_ms)
+            if audience is not None:
+                sizes[genre, audience] += 1
     return sizes

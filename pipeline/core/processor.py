@@ -49,7 +49,7 @@ from typing import Any
 from pipeline.config import Settings
 from pipeline.core.catalog_items import CatalogItemRejected, catalog_item
 from pipeline.core.events import Event, EventDecoder, Rejection, format_ts
-from pipeline.core.features import CHURN_FEATURES
+from pipeline.core.features import CHURN_FEATURES, DAY_MS
 from pipeline.core.personalize import Personalizer
 from pipeline.core.records import (
     DLQ_RECORD_OVERHEAD,
@@ -148,7 +148,7 @@ class Processor:
         self._outbox: list[Output] = []
         self._gap_ms = int(settings.session_gap_s * 1000)
         self._horizon_ms = int(settings.churn_horizon_s * 1000)
-        self._rescore_ms = [days * 86_400_000 for days in settings.churn_rescore_days]
+        self._rescore_ms = [days * DAY_MS for days in settings.churn_rescore_days]
         self._dedupe_window_ms = int(settings.dedupe_window_s * 1000)
         self._dedupe_max_ids = settings.dedupe_max_ids
         self._cause: tuple[int, int] = (0, 0)
@@ -580,10 +580,12 @@ class Processor:
         x = dict(zip(CHURN_FEATURES, pending.features, strict=True))
         label = int(churned)
         scores = pending.probabilities
-        if scores:  # the first is the champion's when the prediction was made: the published
-            self.quality.churn(PUBLISHED, next(iter(scores.values())), label, ts_ms=at_ms)
+        # the first is the champion's when the prediction was made: the published one
+        published = next(iter(scores.values()), None)
+        if published is not None:
+            self.quality.churn(PUBLISHED, published, label, ts_ms=at_ms)
         for name, model in models.churn.items():
-            probability = pending.probabilities.get(name)
+            probability = scores.get(name)
             if probability is not None:
                 self.quality.churn(name, probability, label, ts_ms=at_ms)
                 if self._prediction_sink is not None:
@@ -600,7 +602,7 @@ class Processor:
                     )
             model.learn_one(x, churned)
         if pending.rescores:
-            self._label_rescores(pending, models, label, at_ms)
+            self._label_rescores(pending, models, published, label, at_ms)
         promoted = models.learn_label(scores, churned)
         if promoted is not None:
             self.tally.churn_promotions += 1
@@ -613,14 +615,18 @@ class Processor:
             )  # fmt: skip
 
     def _label_rescores(
-        self, pending: PendingChurn, models: PartitionModels, label: int, at_ms: int
+        self,
+        pending: PendingChurn,
+        models: PartitionModels,
+        published: float | None,
+        label: int,
+        at_ms: int,
     ) -> None:
         """Score and learn the re-scores made during the silence before the label.
 
         Beside each stage's quality (``inactive_<d>d``), the same users' session-end score
         (``session_end_<d>d``): what the re-score adds, on the same users and labels.
         """
-        published = next(iter(pending.probabilities.values()), None)
         model = models.inactive
         for days, probability in pending.rescores.items():
             self.quality.churn(f"inactive_{days}d", probability, label, ts_ms=at_ms)

@@ -103,7 +103,7 @@ class PartitionModels:
     def learn_label(self, scores: Mapping[str, float], churned: bool) -> str | None:
         """Look at a labelled prediction; the new champion's name if it promoted one."""
         promotion = self.promotion
-        if promotion is None or len(self.churn) != 2:
+        if promotion is None:  # none unless there are two models (configure)
             return None
         champion, challenger = self.churn
         if not promotion.observe(scores, churned, champion=champion, challenger=challenger):
