@@ -288,6 +288,40 @@ class Settings(BaseSettings):
         description="Event-time seconds between two personalisation lists of one user.",
     )
     segments: int = Field(6, ge=2, le=32, description="Number of behavioural segments.")
+    artwork_policy: Literal["bandit", "popular", "random"] = Field(
+        "bandit",
+        description="How each listed item's artwork is picked, for items the catalog gives "
+        "artworks: bandit (per device, then device and favourite genre), popular (the "
+        "most-taken artwork), random; an experiment's artwork_policy knob overrides it.",
+    )
+    artwork_explore: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="Floor of the artwork bandit's exploration: each artwork keeps at least "
+        "this share over its item's artwork count of being shown.",
+    )
+    artwork_sticky_s: float = Field(
+        604_800.0,
+        ge=0,
+        description="Event-time seconds a user keeps the artwork shown for an item (left only "
+        "when exploring).",
+    )
+    artwork_show_window_s: float = Field(
+        259_200.0,
+        gt=0,
+        description="Event-time seconds a list's artworks may be clicked before the shows "
+        "count as misses (a newer list ends them sooner).",
+    )
+    artwork_take_window_s: float = Field(
+        3_600.0,
+        gt=0,
+        description="Event-time seconds after a click on a shown artwork within which the play "
+        "must reach artwork_take_play_s for a take.",
+    )
+    artwork_take_play_s: float = Field(
+        60.0, ge=0, description="Seconds of playback after the click that make it a take."
+    )
 
     # --- model snapshots --------------------------------------------------------------
     snapshot_key: SecretStr = Field(

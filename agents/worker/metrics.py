@@ -36,6 +36,7 @@ from pipeline.core.events import EVENT_TYPES, REJECT_REASONS
 from pipeline.core.outputs import SCORED_KINDS
 from pipeline.core.tally import Tally
 from pipeline.experiments.definition import REFUSAL_REASONS as DEFINITION_REFUSALS
+from pipeline.models.artwork import ARTWORK_POLICIES
 from pipeline.serde.snapshots import REFUSAL_REASONS
 
 #: Fields of a KPI record that are not values (schemas/kpi.schema.json).
@@ -158,6 +159,22 @@ class Metrics:
             "Churn scores of users silent for one of OTTSCORE_CHURN_RESCORE_DAYS since their "
             "last session (published with trigger inactive_<days>d).",
             registry=registry,
+        )
+        self.artwork_shows = _counter_of_each(
+            "ottscore_artwork_shows_total",
+            "Listed items shown with an artwork whose outcome is known (taken, or not within "
+            "the windows), by the policy that picked the artwork.",
+            "policy",
+            ARTWORK_POLICIES,
+            registry,
+        )
+        self.artwork_takes = _counter_of_each(
+            "ottscore_artwork_takes_total",
+            "Artwork shows taken: the item clicked with that artwork, then played for "
+            "OTTSCORE_ARTWORK_TAKE_PLAY_S; the take rate is takes over shows, per policy.",
+            "policy",
+            ARTWORK_POLICIES,
+            registry,
         )
         self.audience_users = Gauge(
             "ottscore_audience_users",
@@ -426,6 +443,10 @@ class Metrics:
             self.churn_rescores.inc(tally.churn_rescores)
         if tally.kpi_late:
             self.kpi_late_events.inc(tally.kpi_late)
+        for policy, n in tally.artwork_shows.items():
+            self.artwork_shows.labels(policy).inc(n)
+        for policy, n in tally.artwork_takes.items():
+            self.artwork_takes.labels(policy).inc(n)
         for reason, n in tally.catalog_rejected.items():
             self.catalog_rejected.labels(reason).inc(n)
         for reason, n in tally.experiments_refused.items():

@@ -40,6 +40,10 @@ CATALOG_REJECT_REASONS: Final = (
 
 MAX_GENRES: Final = 32
 """Most genres an item may list."""
+MAX_ARTWORKS: Final = 32
+"""Most artworks an item may list."""
+MAX_TAGS: Final = 16
+"""Most tags an artwork may carry."""
 
 _ITEM_ID = _text(1, 128)
 _TITLE = _text(0, 512)
@@ -68,7 +72,8 @@ def catalog_item(obj: object) -> dict[str, Any]:
     -------
     dict
         ``{item_id, title, genres, duration_s}`` with genres lower-cased and absent
-        fields ``None`` (or no genres); other fields of the item are kept.
+        fields ``None`` (or no genres); ``artworks`` (``[{artwork_id, tags}]``, tags
+        lower-cased) when the item lists any; other fields of the item are kept.
 
     Raises
     ------
@@ -82,6 +87,7 @@ def catalog_item(obj: object) -> dict[str, Any]:
     if "item_id" not in obj:
         raise CatalogItemRejected("missing_field", "item_id: required")
     name = "item_id"
+    extra: dict[str, Any] = {}
     try:
         item_id = _ITEM_ID(obj["item_id"])
         name = "title"
@@ -99,6 +105,58 @@ def catalog_item(obj: object) -> dict[str, Any]:
         duration = obj.get("duration_s")
         if duration is not None:
             duration = _DURATION(duration)
+        name = "artworks"
+        if "artworks" in obj:
+            extra["artworks"] = _artworks(obj["artworks"])
     except _Invalid as exc:
-        raise CatalogItemRejected(exc.reason, f"{name}: {exc.detail}") from None
-    return {**obj, "item_id": item_id, "title": title, "genres": genres, "duration_s": duration}
+        where = "" if exc.detail.startswith("[") else ": "  # artworks[2].tags: ...
+        raise CatalogItemRejected(exc.reason, f"{name}{where}{exc.detail}") from None
+    return {
+        **obj,
+        "item_id": item_id,
+        "title": title,
+        "genres": genres,
+        "duration_s": duration,
+        **extra,
+    }
+
+
+def _artworks(value: object) -> list[dict[str, Any]]:
+    """The artworks of an item: ``[{artwork_id, tags}]``, ids distinct, tags lower-cased.
+
+    >>> _artworks([{"artwork_id": "a1", "tags": ["Close-Up"]}, {"artwork_id": "a2"}])
+    [{'artwork_id': 'a1', 'tags': ['close-up']}, {'artwork_id': 'a2', 'tags': []}]
+    >>> _artworks([{"artwork_id": "a1"}, {"artwork_id": "a1"}])
+    Traceback (most recent call last):
+    ...
+    pipeline.core.events._Invalid: ('invalid_value', "[1].artwork_id: 'a1' listed twice")
+    """
+    if type(value) is not list:
+        raise _Invalid("wrong_type", f"expected array, got {_json_type(value)}")
+    if len(value) > MAX_ARTWORKS:
+        raise _Invalid("invalid_value", f"{len(value)} artworks, at most {MAX_ARTWORKS}")
+    artworks, seen = [], set()
+    for index, artwork in enumerate(value):
+        where = f"[{index}]"
+        if type(artwork) is not dict:
+            raise _Invalid("wrong_type", f"{where}: expected object, got {_json_type(artwork)}")
+        if "artwork_id" not in artwork:
+            raise _Invalid("missing_field", f"{where}.artwork_id: required")
+        try:
+            artwork_id = _ITEM_ID(artwork["artwork_id"])
+        except _Invalid as exc:
+            raise _Invalid(exc.reason, f"{where}.artwork_id: {exc.detail}") from None
+        if artwork_id in seen:
+            raise _Invalid("invalid_value", f"{where}.artwork_id: {artwork_id!r} listed twice")
+        seen.add(artwork_id)
+        tags = artwork.get("tags", [])
+        if type(tags) is not list:
+            raise _Invalid("wrong_type", f"{where}.tags: expected array, got {_json_type(tags)}")
+        if len(tags) > MAX_TAGS:
+            raise _Invalid("invalid_value", f"{where}.tags: {len(tags)} tags, at most {MAX_TAGS}")
+        try:
+            tags = [_GENRE(tag).lower() for tag in tags]
+        except _Invalid as exc:
+            raise _Invalid(exc.reason, f"{where}.tags: {exc.detail}") from None
+        artworks.append({"artwork_id": artwork_id, "tags": tags})
+    return artworks

@@ -101,13 +101,14 @@ REJECT_REASONS: Final = frozenset(
         "bad_timestamp",
         "future_timestamp",
         "processing_error",
+        "unknown_artwork",
     }
 )
 """Every :attr:`Rejection.reason`: the DLQ ``reason`` and the label of the rejection metric.
 
-All but ``processing_error`` come from the decoder; that one is the processor's, for a
-valid event whose processing raised (a defect, dead-lettered so that it cannot stop the
-worker)."""
+All but ``processing_error`` and ``unknown_artwork`` come from the decoder; those are the
+processor's: a valid event whose processing raised (a defect, dead-lettered so that it cannot
+stop the worker), and a click naming an artwork its catalog item does not list."""
 
 SCHEMA_VERSION: Final = 1
 """The only supported ``schema_version`` of input events."""
@@ -141,8 +142,8 @@ class Event:
         ``play`` and ``pause`` (``item_id`` also ``click``; ``rating`` only ``play``).
     query, results_count
         ``search``.
-    surface, rank
-        ``click``.
+    surface, rank, artwork_id
+        ``click`` (``artwork_id``: the artwork the clicked item was shown with, when known).
     session_id, device, country
         Optional on every type.
 
@@ -163,6 +164,7 @@ class Event:
     session_id: str | None = None
     device: str | None = None
     country: str | None = None
+    artwork_id: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -422,6 +424,7 @@ _FIELDS: dict[str, tuple[_Field, ...]] = {
         _required("item_id", _ID),
         _required("surface", _text(1, 64)),
         _optional("rank", _integer(minimum=0, maximum=MAX_COUNT)),
+        _optional("artwork_id", _ID),
     ),
 }
 _MISSING: Any = object()

@@ -17,6 +17,7 @@ click on an item is not credited for the play that follows it.
 from __future__ import annotations
 
 from pipeline.config import Settings
+from pipeline.core.artwork import Artworks
 from pipeline.core.events import Event
 from pipeline.core.records import personalization_record
 from pipeline.core.state import Step, UserState
@@ -43,8 +44,11 @@ class Personalizer:
         *,
         quality: Prequential,
         experiments: LiveExperiments | None = None,
+        artworks: Artworks | None = None,
     ) -> None:
         self.k = settings.reco_k
+        #: Picks the artwork of each listed item that has any (None: lists carry none).
+        self.artworks = artworks
         self.quality = quality
         self.experiments = experiments if experiments is not None else LiveExperiments()
         self._debounce_ms = int(settings.reco_debounce_s * 1000)
@@ -95,7 +99,7 @@ class Personalizer:
             if arms is None:
                 arms = experiments.arms(state.experiments, ts) if state.experiments else {}
             knobs = experiments.knobs(arms) if arms else _NO_KNOBS
-            return self._list(state, models, ts, arms, knobs)
+            return self._list(state, models, ts, arms, knobs, event.device)
         return None
 
     def _published(self, state: UserState, models: PartitionModels, ts_ms: int) -> list[int]:
@@ -122,6 +126,7 @@ class Personalizer:
         ts_ms: int,
         arms: dict[str, str],
         knobs: Knobs,
+        device: str | None = None,
     ) -> bytes:
         """Rank, keep the model's and trending's top-K for the hit-rate, publish the list.
 
@@ -150,12 +155,25 @@ class Personalizer:
         version = RECO_MODEL_VERSION
         if knobs.list_source == "trending":
             ranked, version = recommender.as_trending(trending), TRENDING_VERSION
+        shown = ranked[:shown_k]
+        artworks = self.artworks
+        picked: list[tuple[str, float] | None] = []
+        if artworks is not None and models.artwork is not None:
+            picked = artworks.pick(
+                state,
+                models.artwork,
+                [r.item_id for r in shown],
+                ts_ms,
+                knobs.artwork_policy,
+                device,
+            )
         return personalization_record(
             state.user_id,
             ts_ms,
-            items=[(r.item_id, r.score, r.reason) for r in ranked[:shown_k]],
+            items=[(r.item_id, r.score, r.reason) for r in shown],
             model_version=version,
             segment=state.segment,
             cold_start=not recommender.taste.knows(state.user_id),
             experiments=arms,
+            artworks=picked,
         )

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.core.artwork import Artworks, ArtworkTrial
 from pipeline.core.catalog_items import CatalogItemRejected, catalog_item
 from pipeline.core.events import Event, EventDecoder, Rejection, format_ts
 from pipeline.core.features import CHURN_FEATURES, DAY_MS
@@ -80,6 +81,7 @@ MAX_DETAIL_CHARS = 500
 SESSION = "session"
 CHURN = "churn"
 SILENCE = "silence"
+ARTWORK = "artwork"
 SESSION_END = "session_end"
 """The trigger of a churn score made at the end of a session."""
 
@@ -113,6 +115,9 @@ class Processor:
     prediction_sink
         Called with every churn prediction whose label became known (offline evaluation
         writes them to a file).
+    artwork_sink
+        Called with every artwork show that ended, taken or not (offline evaluation
+        estimates other artwork policies from them).
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class Processor:
         *,
         clock: Callable[[], float] = time.time,
         prediction_sink: Callable[[LabelledPrediction], None] | None = None,
+        artwork_sink: Callable[[ArtworkTrial], None] | None = None,
     ) -> None:
         self.settings = settings
         self.decoder = EventDecoder(
@@ -137,10 +143,21 @@ class Processor:
         self.quality = Prequential()
         #: The experiments read from ``ott.experiments`` (:meth:`load_experiments`).
         self.experiments = LiveExperiments()
-        self.personalizer = Personalizer(
-            settings, quality=self.quality, experiments=self.experiments
-        )
         self.catalog: dict[str, dict[str, Any]] = {}
+        self.artworks = Artworks(
+            self.catalog,
+            policy=settings.artwork_policy,
+            sticky_ms=int(settings.artwork_sticky_s * 1000),
+            show_window_ms=int(settings.artwork_show_window_s * 1000),
+            take_window_ms=int(settings.artwork_take_window_s * 1000),
+            take_play_s=settings.artwork_take_play_s,
+            schedule=self._schedule_artwork,
+            tally=self.tally,
+            sink=artwork_sink,
+        )
+        self.personalizer = Personalizer(
+            settings, quality=self.quality, experiments=self.experiments, artworks=self.artworks
+        )
         self._models: dict[int, PartitionModels] = {}
         self._prediction_sink = prediction_sink
         self._clock = clock
@@ -186,6 +203,11 @@ class Processor:
         if isinstance(decoded, Rejection):
             self._dead_letter(decoded, raw, key, topic, partition, offset)
             return
+        if decoded.artwork_id is not None:
+            refused = self.artworks.refuse(decoded)
+            if refused is not None:
+                self._dead_letter(refused, raw, key, topic, partition, offset)
+                return
         try:
             self._apply(decoded, partition, offset, timestamp_ms)
         except Exception as exc:  # noqa: BLE001 - no single record may stop a worker
@@ -229,7 +251,10 @@ class Processor:
             timers.cancel(user_id, CHURN)
             self._label(state, models, churned=False, at_ms=event.ts_ms)
         previous = state.current_item
+        playing, watch_s = state.playing_item, state.watch_s
         step = state.update(event, self._genres)
+        if state.artwork is not None and models.artwork is not None:
+            self.artworks.on_event(state, models.artwork, event, playing, state.watch_s - watch_s)
         scopes = ONLY_ALL
         if self.experiments:
             scopes = self.experiments.assign(
@@ -390,6 +415,14 @@ class Processor:
                     SILENCE,
                     state.last_seen_ms + self._rescore_ms[done],
                 )
+        self.artworks.rearm(state)
+
+    def _schedule_artwork(self, state: UserState, deadline_ms: int | None) -> None:
+        """Set (None: cancel) the ``artwork`` timer of a user with open artwork shows."""
+        if deadline_ms is None:
+            self.timers.cancel(state.user_id, ARTWORK)
+        else:
+            self.timers.schedule(state.partition, state.user_id, ARTWORK, deadline_ms)
 
     def _dead_letter(
         self,
@@ -433,6 +466,10 @@ class Processor:
                     self._label(state, models, churned=True, at_ms=deadline_ms)
                 elif kind == SILENCE:
                     self._rescore(state, deadline_ms)
+                elif kind == ARTWORK:
+                    bandit = self.models(state.partition).artwork
+                    if bandit is not None:
+                        self.artworks.expire(state, bandit, deadline_ms)
             except Exception as exc:  # noqa: BLE001 - no single user may stop a worker
                 self.tally.timer_errors += 1
                 log.warning(

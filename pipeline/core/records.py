@@ -270,15 +270,23 @@ def personalization_record(
     segment: int | None,
     cold_start: bool,
     experiments: Mapping[str, str] | None = None,
+    artworks: Sequence[tuple[str, float] | None] = (),
 ) -> bytes:
-    """A top-K list ``[(item_id, score, reason), ...]`` for ``user_id`` at event time ``ts_ms``."""
+    """A top-K list ``[(item_id, score, reason), ...]`` for ``user_id`` at event time ``ts_ms``.
+
+    ``artworks`` gives each item, in order, the ``(artwork_id, propensity)`` it is shown with
+    (None, or none at all: the item has no artwork).
+    """
+    listed = [
+        {"item_id": item_id, "score": score, "reason": reason} for item_id, score, reason in items
+    ]
+    for entry, artwork in zip(listed, artworks, strict=False):
+        if artwork is not None:
+            entry["artwork_id"], entry["propensity"] = artwork
     record: dict[str, Any] = {
         "user_id": user_id,
         "ts": format_ts(ts_ms),
-        "items": [
-            {"item_id": item_id, "score": score, "reason": reason}
-            for item_id, score, reason in items
-        ],
+        "items": listed,
         "model_version": model_version,
         "schema_version": SCHEMA_VERSION,
         "cold_start": cold_start,

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from pipeline.core import state_codec
+from pipeline.core.artwork import UserArtwork
 from pipeline.core.dedupe import RecentIds
 from pipeline.core.events import EVENT_TYPES, Event
 from pipeline.core.features import UserFeatures
@@ -40,7 +41,9 @@ __all__ = ["ClosedSession", "PendingChurn", "Step", "UserState", "TYPE_INDEX"]
 
 TYPE_INDEX = {name: i for i, name in enumerate(EVENT_TYPES)}
 #: Stored fields that models decide (a replay after a restart may differ in them).
-MODEL_OUTPUTS = frozenset({"pending", "risk_band", "segment", "reco_items", "trending_items"})
+MODEL_OUTPUTS = frozenset(
+    {"pending", "risk_band", "segment", "reco_items", "trending_items", "artwork"}
+)
 #: Stored fields of a user's KPI part whose pruning follows the worker's commits.
 KPI_PARTS = frozenset({"counts", "days"})
 FINISHED_FRACTION = 0.9
@@ -129,6 +132,8 @@ class UserState:
     experiments: dict[str, str] = field(default_factory=dict)
     #: The user's part of the partition's KPI windows (:mod:`pipeline.kpis.windows`).
     kpis: UserKpis | None = None
+    #: The artworks shown to the user and their outcomes (:mod:`pipeline.core.artwork`).
+    artwork: UserArtwork | None = None
     #: Fields of a newer release, kept as read and written back unchanged.
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -50,6 +50,7 @@ from pipeline.core.dedupe import RecentIds
 from pipeline.core.features import CHURN_FEATURES, UserFeatures, unpack_floats
 
 if TYPE_CHECKING:
+    from pipeline.core.artwork import UserArtwork
     from pipeline.core.state import PendingChurn, UserState
     from pipeline.kpis.windows import UserKpis
 
@@ -165,7 +166,7 @@ COUNTER_LAYOUT: Final = 1
 #: The churn features of a pending prediction, by layout number, in the order packed.
 CHURN_FEATURE_LAYOUTS: dict[int, tuple[str, ...]] = {1: CHURN_FEATURES}
 CHURN_FEATURE_LAYOUT: Final = 1
-_NESTED = ("partition", "features", "recent_ids", "pending", "format", "kpis")
+_NESTED = ("partition", "features", "recent_ids", "pending", "format", "kpis", "artwork")
 _get_scalars = operator.attrgetter(*_SCALARS)
 _KNOWN = frozenset(_SCALARS) | frozenset(_NESTED)
 
@@ -219,6 +220,8 @@ def encode(state: UserState) -> bytes:
     }
     if state.kpis is not None:  # since 2026-12; absent from a state without KPI windows
         record["kpis"] = state.kpis.to_json()
+    if state.artwork is not None:  # since 2026-12; absent from a state never shown artwork
+        record["artwork"] = state.artwork.to_json()
     return orjson.dumps(record)
 
 
@@ -271,6 +274,7 @@ def decode(user_id: str, data: bytes, *, window_ms: int, max_ids: int) -> UserSt
         features=_features(_check("features", obj.get("features", {}), dict)),
         pending=_pending(PendingChurn, obj.get("pending")),
         kpis=_kpis(user_id, obj.get("kpis")),
+        artwork=_artwork(obj.get("artwork")),
         extra={name: value for name, value in obj.items() if name not in _KNOWN},
         **values,
     )
@@ -335,6 +339,17 @@ def _kpis(user_id: str, obj: object) -> UserKpis | None:
         return UserKpis.from_json(obj, user_id)
     except (ValueError, TypeError, KeyError) as exc:
         raise StateUnreadable("wrong_type", f"kpis: {type(exc).__name__}: {exc}") from None
+
+
+def _artwork(obj: object) -> UserArtwork | None:
+    from pipeline.core.artwork import UserArtwork
+
+    if obj is None:
+        return None
+    try:
+        return UserArtwork.from_json(_check("artwork", obj, dict))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StateUnreadable("wrong_type", f"artwork: {type(exc).__name__}: {exc}") from None
 
 
 # --- migrations -------------------------------------------------------------------------

@@ -32,6 +32,9 @@ class Tally:
     churn_rescores: int = 0
     #: Events older than their partition's KPI watermark by more than the lateness.
     kpi_late: int = 0
+    #: Artwork shows ended, and those taken, per policy (:mod:`pipeline.core.artwork`).
+    artwork_shows: Counter[str] = field(default_factory=Counter)
+    artwork_takes: Counter[str] = field(default_factory=Counter)
     catalog_rejected: Counter[str] = field(default_factory=Counter)
     experiments_refused: Counter[str] = field(default_factory=Counter)
 
@@ -42,6 +45,8 @@ class Tally:
         self.kpi_late = 0
         self.catalog_rejected.clear()
         self.experiments_refused.clear()
+        self.artwork_shows.clear()
+        self.artwork_takes.clear()
         self.consumed.clear()
         self.rejected.clear()
         self.published.clear()

@@ -32,7 +32,8 @@ Examples
 ...     b'              {"name": "short", "weight": 0.5, "knobs": {"list_size": 5.0}}]}'
 ... )
 >>> experiment.control.name, experiment.variants[1].knobs  # doctest: +NORMALIZE_WHITESPACE
-('control', Knobs(list_source=None, list_size=5, reco_debounce_s=None, churn_thresholds=None))
+('control', Knobs(list_source=None, list_size=5, reco_debounce_s=None, churn_thresholds=None,
+       artwork_policy=None))
 >>> try:
 ...     parse_definition(b'{"id": "rail-size"')
 ... except DefinitionRefused as refused:
@@ -95,7 +96,9 @@ and ``salt_reused`` from :meth:`~pipeline.experiments.registry.ExperimentRegistr
 SCHEMA_VERSION: Final = 1
 """The only supported ``schema_version`` of definitions."""
 
-KNOBS: Final = ("list_source", "list_size", "reco_debounce_s", "churn_thresholds")
+KNOBS: Final = (
+    "list_source", "list_size", "reco_debounce_s", "churn_thresholds", "artwork_policy"
+)  # fmt: skip
 """The settings a variant can override."""
 
 LIST_SOURCES: Final = ("personalised", "trending")
@@ -151,6 +154,7 @@ class Knobs:
     list_size: int | None = None
     reco_debounce_s: float | None = None
     churn_thresholds: ChurnThresholds | None = None
+    artwork_policy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +398,7 @@ def _variant(obj: dict[str, Any]) -> Variant:
             churn_thresholds=None
             if thresholds is None
             else ChurnThresholds(float(thresholds["medium"]), float(thresholds["high"])),
+            artwork_policy=knobs.get("artwork_policy"),
         ),
     )
 

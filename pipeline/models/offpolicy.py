@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Estimate", "ips", "snips"]
+__all__ = ["Estimate", "ips", "policy_report", "snips"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +97,29 @@ def snips(rewards: npt.ArrayLike, propensities: npt.ArrayLike, target: npt.Array
     value = float((w * r).sum() / total)
     se = float(math.sqrt(float(np.sum(w * w * (r - value) ** 2))) / total)
     return Estimate(value, se, int(r.size))
+
+
+def policy_report(
+    prefix: str,
+    rewards: npt.ArrayLike,
+    propensities: npt.ArrayLike,
+    targets: dict[str, npt.ArrayLike],
+) -> dict[str, float]:
+    """The logged policy's mean reward and each target policy's IPS and SNIPS estimates.
+
+    Keys ``<prefix>.logged`` and, per target, ``<prefix>.<name>.ips``, ``.ips_se``,
+    ``.snips``, ``.snips_se`` (``nan`` without a log).
+
+    >>> report = policy_report("take", [1, 0, 0, 1], [0.5, 0.5, 0.5, 0.5],
+    ...                        {"same": [0.5] * 4, "first": [1, 1, 0, 0]})
+    >>> report["take.logged"], report["take.same.ips"], report["take.first.snips"]
+    (0.5, 0.5, 0.5)
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    report = {f"{prefix}.logged": float(r.mean()) if r.size else math.nan}
+    for name, target in targets.items():
+        for kind, estimate in (("ips", ips), ("snips", snips)):
+            found = estimate(r, propensities, target)
+            report[f"{prefix}.{name}.{kind}"] = found.value
+            report[f"{prefix}.{name}.{kind}_se"] = found.se
+    return report

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.models.artwork import ArtworkBandit
 from pipeline.models.churn import ChurnModel, InactiveChurn, make_churn_model
 from pipeline.models.promotion import ChurnPromotion
 from pipeline.models.reco.items import ItemIndex
@@ -38,7 +39,7 @@ class PartitionModels:
     Churn champion (first) and challenger, recommender, segments and, in explicit mode,
     the rating model; the test that promotes the challenger (``None`` when there is none
     or promotion is off); the model that re-scores silent users (``None`` when no
-    re-scores are set).
+    re-scores are set); the artwork bandit.
     """
 
     items: ItemIndex
@@ -48,6 +49,7 @@ class PartitionModels:
     ratings: RatingModel | None
     promotion: ChurnPromotion | None = None
     inactive: InactiveChurn | None = None
+    artwork: ArtworkBandit | None = None
 
     @classmethod
     def create(
@@ -79,8 +81,8 @@ class PartitionModels:
     def configure(self, settings: Settings) -> None:
         """Follow ``settings`` where restored models may predate them: the promotion test.
 
-        Models restored from a snapshot keep their test and inactivity model, unless these
-        are now off; models of a release before them start them.
+        Models restored from a snapshot keep their test, inactivity model and artwork
+        bandit, unless these are now off; models of a release before them start them.
         """
         if settings.churn_promotion_alpha == 0 or len(self.churn) != 2:
             self.promotion = None
@@ -90,13 +92,17 @@ class PartitionModels:
             self.inactive = None
         elif self.inactive is None:
             self.inactive = InactiveChurn()
+        if self.artwork is None:
+            self.artwork = ArtworkBandit(explore=settings.artwork_explore)
+        else:
+            self.artwork.explore = settings.artwork_explore
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
         """Restore a snapshot; one of a release before a field has ``None`` in it."""
         _, slots = state
         for name, value in slots.items():
             object.__setattr__(self, name, value)
-        for name in ("promotion", "inactive"):
+        for name in ("promotion", "inactive", "artwork"):
             if name not in slots:
                 object.__setattr__(self, name, None)
 

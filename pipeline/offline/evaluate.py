@@ -27,10 +27,12 @@ import orjson
 from tqdm import tqdm
 
 from pipeline.config import Settings
+from pipeline.core.artwork import ArtworkTrial
 from pipeline.core.events import Event, EventDecoder, parse_ts
 from pipeline.core.partitioning import partitioned
 from pipeline.core.personalize import PERSONALIZED
 from pipeline.core.processor import Processor
+from pipeline.models.offpolicy import policy_report
 from pipeline.models.quality import TRENDING, LabelledPrediction
 from pipeline.offline.runner import drive
 from pipeline.serde.jsonl import jsonl_lines, read_jsonl
@@ -135,7 +137,11 @@ def evaluate(
     dict
         :meth:`Prequential.report <pipeline.models.quality.Prequential.report>` plus ``events``
         (records read), ``events_per_s`` (processing only), ``dlq`` (rejected records) and
-        ``churn.promotions`` (challengers promoted to champion, over all partitions).
+        ``churn.promotions`` (challengers promoted to champion, over all partitions);
+        with a catalog that gives items artworks, ``artwork.shows``, the take rate of the
+        artworks shown (``artwork.take_rate.logged``) and the IPS and self-normalised IPS
+        estimates, with standard errors, of the ``random``, ``popular`` and ``bandit``
+        artwork policies on the same shows (``artwork.take_rate.<policy>.ips`` …).
 
     """
     if partitions < 1:
@@ -147,7 +153,8 @@ def evaluate(
         sink = None
         if predictions_path is not None:
             sink = _line_writer(files.enter_context(open(predictions_path, "wb")))
-        processor = Processor(settings, prediction_sink=sink)
+        trials: list[ArtworkTrial] = []
+        processor = Processor(settings, prediction_sink=sink, artwork_sink=trials.append)
         if catalog_path is not None:
             processor.load_catalog(read_jsonl(catalog_path))
         elapsed_s = _run(processor, events, partitions=partitions, progress=progress)
@@ -159,6 +166,7 @@ def evaluate(
         "dlq": sum(processor.tally.rejected.values()),
         "partitions": partitions,
         "churn.promotions": processor.tally.churn_promotions,
+        **_artwork_report(trials),
     }
     if report_path is not None:
         Path(report_path).write_bytes(
@@ -167,6 +175,30 @@ def evaluate(
     if plot_path is not None:
         plot_series(quality.series(), plot_path, reliability=quality.reliability())
     return report
+
+
+def _artwork_report(trials: list[ArtworkTrial]) -> dict[str, float | int]:
+    """Take rate of the artworks shown, and IPS/SNIPS estimates of each artwork policy.
+
+    From the ended shows and their logged propensities: what ``random``, ``popular`` and
+    ``bandit`` would have taken on the same lists (nothing when no item had artworks).
+    """
+    if not trials:
+        return {}
+    shown = [trial.shown for trial in trials]
+    return {
+        "artwork.shows": len(trials),
+        **policy_report(
+            "artwork.take_rate",
+            [trial.reward for trial in trials],
+            [each.propensity for each in shown],
+            {
+                "random": [1.0 / each.choices for each in shown],
+                "popular": [each.p_popular for each in shown],
+                "bandit": [each.p_bandit for each in shown],
+            },
+        ),
+    }
 
 
 def _line_writer(out: IO[bytes]) -> Callable[[LabelledPrediction], None]:

@@ -34,6 +34,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import random
@@ -45,6 +46,7 @@ import numpy as np
 import orjson
 
 from pipeline.core.events import Event, encode_event
+from pipeline.sim.artworks import ArtworkWorld
 from pipeline.sim.audience import DAY_MS, UserProfile, draw_profiles
 from pipeline.sim.home_screen import (
     HomeScreen,
@@ -90,6 +92,9 @@ class ClosedLoopConfig:
     weekly_churn
         Weekly churn hazard of a user at satisfaction 0 and at satisfaction 1. The default
         is steep, so that lists move 4-week retention visibly in a few hundred users.
+    artworks
+        The range of artworks per title, e.g. ``(4, 10)``, with the viewers' hidden taste in
+        them (:mod:`pipeline.sim.artworks`); None: titles have no artwork.
     """
 
     users: int
@@ -103,6 +108,7 @@ class ClosedLoopConfig:
     generic_row: Literal["popular", "none"] = "popular"
     weekly_churn: tuple[float, float] = (0.5, 0.005)
     bad_rate: float = 0.0
+    artworks: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.users < 1 or self.days <= 0 or self.slice_s <= 0 or self.row_size < 1:
@@ -192,10 +198,13 @@ def published_list(value: bytes) -> PublishedList:
     PublishedList(user_id='u1', item_ids=('film-00007',), experiments={'rail': 'short'})
     """
     record = orjson.loads(value)
+    items = record["items"]
+    artworks = tuple(item.get("artwork_id") for item in items)
     return PublishedList(
         record["user_id"],
-        tuple(item["item_id"] for item in record["items"]),
+        tuple(item["item_id"] for item in items),
         dict(record.get("experiments") or {}),
+        artworks if any(artworks) else (),
     )
 
 
@@ -229,6 +238,18 @@ class ClosedLoop:
         )
         self.liking = hidden_liking(self.profiles, self.catalog)
         self.fit = hidden_fit(self.profiles, self.catalog, liking=self.liking)
+        #: The titles' artworks and the viewers' hidden taste in them (None: no artworks).
+        self.artworks = (
+            None
+            if config.artworks is None
+            else ArtworkWorld(self.catalog, self.profiles, counts=config.artworks, seed=config.seed)
+        )
+
+    def catalog_records(self) -> list[dict[str, object]]:
+        """The catalog as ``ott.catalog`` records, with the titles' artworks when there are."""
+        if self.artworks is None:
+            return self.catalog.records()
+        return self.artworks.records(self.catalog)
 
     def run(self, policy: ListPolicy) -> ClosedLoopRun:
         """Run the whole period with ``policy``; keep everything (see :class:`ClosedLoopRun`)."""
@@ -253,6 +274,7 @@ class ClosedLoop:
         """
         config = self.config
         home = HomeScreen(self.catalog, size=config.row_size, generic_row=config.generic_row)
+        world = self.artworks
         viewers = [
             HomeViewer(
                 profile,
@@ -265,6 +287,7 @@ class ClosedLoop:
                 seed=config.seed,
                 start_ms=config.start_ms,
                 end_ms=config.end_ms,
+                appeal=None if world is None else functools.partial(world.appeal, index),
             )
             for index, profile in enumerate(self.profiles)
         ]

@@ -56,7 +56,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -142,23 +142,29 @@ def hidden_fit(
 class PublishedList:
     """A list published to a user: what their home screen shows from then on.
 
-    ``experiments`` (experiment id → variant) is the record's, when it names any.
+    ``experiments`` (experiment id → variant) is the record's, when it names any;
+    ``artwork_ids`` the artwork of each item (None: none), when any has one.
     """
 
     user_id: str
     item_ids: tuple[str, ...]
     experiments: Mapping[str, str] = field(default_factory=dict)
+    artwork_ids: tuple[str | None, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Impression:
-    """A home screen a user saw at ``ts_ms``: their list, or the generic row (``surface``)."""
+    """A home screen a user saw at ``ts_ms``: their list, or the generic row (``surface``).
+
+    ``artwork_ids``: the artwork each slot was shown with (None: none), when any had one.
+    """
 
     user_id: str
     ts_ms: int
     surface: str
     item_ids: tuple[str, ...]
     experiments: Mapping[str, str]
+    artwork_ids: tuple[str | None, ...] = ()
 
 
 class HomeScreen:
@@ -196,17 +202,24 @@ class HomeScreen:
     def show(self, user_id: str, ts_ms: int) -> tuple[str, list[int | None]]:
         """The row ``user_id`` sees at ``ts_ms``: its surface and items (None: unknown id)."""
         published = self.lists.get(user_id)
+        artworks: tuple[str | None, ...] = ()
         if published is not None:
             ids = published.item_ids[: self.size]
             surface, experiments = FOR_YOU, published.experiments
             items = [self.item_index.get(item_id) for item_id in ids]
+            artworks = published.artwork_ids[: self.size]
         else:
             surface, experiments = (POPULAR if self.generic_row == "popular" else NO_ROW), {}
             popular = list(self._popular(ts_ms)) if surface == POPULAR else []
             ids = tuple(self.catalog.items[item].item_id for item in popular)
             items = list[int | None](popular)
-        self.impressions.append(Impression(user_id, ts_ms, surface, ids, experiments))
+        self.impressions.append(Impression(user_id, ts_ms, surface, ids, experiments, artworks))
         return surface, items
+
+    def artworks(self, user_id: str) -> tuple[str | None, ...]:
+        """The artwork of each slot of the row :meth:`show` last showed ``user_id``."""
+        published = self.lists.get(user_id)
+        return () if published is None else published.artwork_ids[: self.size]
 
     def _popular(self, ts_ms: int) -> Iterator[int]:
         """The first item of each of the ``size`` most popular titles released by ``ts_ms``."""
@@ -239,6 +252,9 @@ class HomeViewer(Viewer):
         The generator of the closed loop's own draws for this viewer.
     weekly_churn
         Weekly churn hazard at satisfaction 0 and at satisfaction 1.
+    appeal
+        The viewer's hidden appeal of an artwork (:mod:`pipeline.sim.artworks`):
+        it multiplies the chance to click a slot shown with it. None: artworks change nothing.
     """
 
     def __init__(
@@ -254,8 +270,11 @@ class HomeViewer(Viewer):
         seed: int,
         start_ms: int,
         end_ms: int,
+        appeal: Callable[[str | None], float] | None = None,
     ) -> None:
         super().__init__(profile, catalog, seed=seed, start_ms=start_ms, end_ms=end_ms)
+        self.appeal = appeal
+        self._artworks: tuple[str | None, ...] = ()
         self.home = home
         self.fit = fit
         self.liking = liking
@@ -289,6 +308,7 @@ class HomeViewer(Viewer):
                 return
             yield start
             self._surface, self._row = self.home.show(profile.user_id, start)
+            self._artworks = self.home.artworks(profile.user_id) if self._surface == FOR_YOU else ()
             self._best = 0.0
             relevance = float(bias[: len(self._row)] @ self._worth(start)) / bias.sum()
             session = self.session(start)
@@ -335,7 +355,15 @@ class HomeViewer(Viewer):
         if clicked is not None:
             rank, item = clicked
             liking = self.liking[self.catalog.items[item].title_index]
-            return self._click(session, item, self._surface, rank, play_chance=0.35 + 0.6 * liking)
+            artwork = self._artworks[rank] if rank < len(self._artworks) else None
+            return self._click(
+                session,
+                item,
+                self._surface,
+                rank,
+                play_chance=0.35 + 0.6 * liking,
+                artwork_id=artwork,
+            )
         elsewhere = draw.random()
         if elsewhere < _SEARCH_SHARE:
             return self._search(session, engagement)
@@ -353,6 +381,11 @@ class HomeViewer(Viewer):
         worth = self._worth(now_ms)
         chances = self.home.bias[: len(worth)] * _CLICK_MAX * worth**_CLICK_CURVE
         chances *= 0.4 + 0.6 * engagement
+        if self._artworks and self.appeal is not None:
+            appeal = self.appeal
+            chances *= [appeal(artwork) for artwork in self._artworks[: len(worth)]] + [1.0] * (
+                len(worth) - len(self._artworks)
+            )
         hits = np.flatnonzero(self.draw.random(len(worth)) < chances)
         if not hits.size:
             return None

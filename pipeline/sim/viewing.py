@@ -73,13 +73,14 @@ class SessionRecorder:
         results_count: int | None = None,
         surface: str | None = None,
         rank: int | None = None,
+        artwork_id: str | None = None,
     ) -> None:
         """Record one event of type ``kind`` at the current time."""
         self.events.append(
             Event(
                 _random_uuid(self._rng), kind, self._user_id, self.now_ms, item_id, position_s,
                 duration_s, query, results_count, surface, rank, None, self._session_id,
-                self.device, self._country,
+                self.device, self._country, artwork_id,
             )
         )  # fmt: skip
 
@@ -231,12 +232,19 @@ class Viewer:
         return self._click(session, self._item_of(title), "search", rank, play_chance=0.95)
 
     def _click(
-        self, session: SessionRecorder, item: int, surface: str, rank: int, *, play_chance: float
+        self,
+        session: SessionRecorder,
+        item: int,
+        surface: str,
+        rank: int,
+        *,
+        play_chance: float,
+        artwork_id: str | None = None,
     ) -> tuple[int, float] | None:
         """Click ``item`` at ``rank`` on ``surface``; then play it, or only read its page."""
         rng = self.rng
         item_id = self.catalog.items[item].item_id
-        session.record("click", item_id=item_id, surface=surface, rank=rank)
+        session.record("click", item_id=item_id, surface=surface, rank=rank, artwork_id=artwork_id)
         session.wait(rng.uniform(1.0, 20.0))
         if rng.random() >= play_chance:
             return None

@@ -25,6 +25,17 @@ FIELD_VALUES = {
     | st.floats(-1, 90_000, allow_nan=False)
     | st.sampled_from([0, 86_400, 86_401, 5e-324])
     | JSON_VALUES,
+    # distinct ids: the one rule of artworks beyond the schema (test_artwork_takes.py)
+    "artworks": st.lists(
+        st.fixed_dictionaries(
+            {"artwork_id": st.text(max_size=130) | JSON_VALUES},
+            optional={"tags": st.lists(st.text(max_size=66), max_size=17) | JSON_VALUES},
+        )
+        | JSON_VALUES,
+        max_size=33,
+        unique_by=lambda art: repr(art.get("artwork_id") if type(art) is dict else art),
+    )
+    | JSON_VALUES,
 }
 ITEMS = (
     st.fixed_dictionaries({}, optional=FIELD_VALUES).flatmap(

@@ -85,7 +85,7 @@ def type_fields(*, json: bool) -> dict[str, tuple[dict[str, Any], dict[str, Any]
         "search": ({"query": text(1, 512)}, common | {"results_count": integer(json=json)}),
         "click": (
             {"item_id": ident, "surface": text(1, 64)},
-            common | {"rank": integer(json=json)},
+            common | {"rank": integer(json=json), "artwork_id": ident},
         ),
     }
 

@@ -55,7 +55,7 @@ def test_reject_reasons_are_exactly_the_contract() -> None:
     assert REJECT_REASONS == {
         *("empty", "oversized", "not_utf8", "not_json", "not_object", "missing_field"),
         *("wrong_type", "invalid_value", "unknown_type", "unsupported_schema_version"),
-        *("bad_timestamp", "future_timestamp", "processing_error"),
+        *("bad_timestamp", "future_timestamp", "processing_error", "unknown_artwork"),
     }
     assert EVENT_TYPES == ("play", "pause", "search", "click")
 

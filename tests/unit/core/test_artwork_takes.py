@@ -1,0 +1,170 @@
+"""Artwork per user in the core: lists carry an artwork and its propensity; takes end shows.
+
+A catalog of ten films, each with three artworks. A user's first play publishes a list whose
+items carry ``artwork_id`` and ``propensity``; a click on a listed item with its artwork,
+then a minute of playback, is a take; a click without enough playback, or a list replaced
+without a click, ends as misses. A click naming an artwork its item does not list is
+dead-lettered; a catalog record with malformed artworks is refused.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from pipeline.config import Settings
+from pipeline.core.artwork import ArtworkTrial
+from pipeline.core.events import Event, encode_event
+from pipeline.core.processor import Processor
+from pipeline.serde.schemas import validator
+
+START_MS = 1_767_225_600_000
+FILMS = [
+    {
+        "item_id": f"f{n}",
+        "title": f"Film {n}",
+        "genres": ["drama"],
+        "duration_s": 3_600.0,
+        "artworks": [{"artwork_id": f"f{n}-a{j}", "tags": [f"t{j}"]} for j in range(3)],
+    }
+    for n in range(10)
+]
+
+
+def processor(trials: list[ArtworkTrial] | None = None, **settings: object) -> Processor:
+    p = Processor(
+        Settings(reco_debounce_s=0, **settings),  # type: ignore[arg-type]
+        clock=lambda: 4.1e9,
+        artwork_sink=None if trials is None else trials.append,
+    )
+    p.load_catalog(FILMS)
+    return p
+
+
+class Feed:
+    def __init__(self, p: Processor) -> None:
+        self.p, self.offset, self.outputs = p, 0, []
+
+    def send(self, kind: str, ts_s: float, **fields: object) -> list[dict]:
+        event = Event(f"e{self.offset}", kind, "u1", START_MS + int(ts_s * 1000), device="tv",
+                      **fields)  # type: ignore[arg-type]  # fmt: skip
+        self.p.process(encode_event(event), key=b"u1", partition=0, offset=self.offset)
+        self.offset += 1
+        outputs = self.p.take_outbox()
+        self.outputs += outputs
+        return [orjson.loads(o.value) for o in outputs if o.kind in ("personalization", "dlq")]
+
+
+def first_list(feed: Feed) -> dict:
+    [listed] = feed.send("play", 0, item_id="f0", position_s=0.0, duration_s=3600.0)
+    return listed
+
+
+def test_each_listed_item_carries_its_artwork_and_propensity_valid_against_the_schema() -> None:
+    listed = first_list(Feed(processor()))
+    assert validator("personalization").is_valid(listed)
+    for item in listed["items"]:
+        assert item["artwork_id"].startswith(item["item_id"] + "-a")
+        assert 0 < item["propensity"] <= 1
+
+
+def test_a_click_with_the_shown_artwork_then_a_minute_of_play_is_a_take() -> None:
+    trials: list[ArtworkTrial] = []
+    feed = Feed(processor(trials))
+    listed = first_list(feed)
+    target = listed["items"][2]
+    feed.send("click", 100, item_id=target["item_id"], surface="home", rank=2,
+              artwork_id=target["artwork_id"])  # fmt: skip
+    feed.send("play", 110, item_id=target["item_id"], position_s=0.0, duration_s=3600.0)
+    assert feed.p.tally.artwork_takes["bandit"] == 0  # not yet a minute
+    feed.send("pause", 200, item_id=target["item_id"], position_s=90.0)
+    tally = feed.p.tally
+    assert tally.artwork_takes == {"bandit": 1}
+    # the rest of the first list ended as misses when the click published the next one
+    assert tally.artwork_shows["bandit"] == len(listed["items"])
+    [take] = [t for t in trials if t.reward == 1.0]
+    assert (take.shown.item_id, take.shown.artwork_id) == (target["item_id"], target["artwork_id"])
+    assert take.shown.propensity == target["propensity"]
+    assert take.shown.context == ("tv", "tv/none")  # nothing watched yet at the first list
+
+
+def test_a_click_without_enough_playback_in_time_is_a_miss() -> None:
+    feed = Feed(processor())
+    target = first_list(feed)["items"][0]
+    feed.send("click", 100, item_id=target["item_id"], surface="home",
+              artwork_id=target["artwork_id"])  # fmt: skip
+    feed.send("play", 110, item_id=target["item_id"], position_s=0.0, duration_s=3600.0)
+    feed.send("pause", 130, item_id=target["item_id"], position_s=20.0)  # 20 s
+    feed.send("play", 5_000, item_id=target["item_id"], position_s=20.0, duration_s=3600.0)
+    feed.send("pause", 5_200, item_id=target["item_id"], position_s=220.0)  # after the hour
+    assert feed.p.tally.artwork_takes["bandit"] == 0
+
+
+def test_shows_of_a_user_who_never_comes_back_end_as_misses_when_the_window_passes() -> None:
+    p = processor(artwork_show_window_s=3_600.0)
+    feed = Feed(p)
+    listed = first_list(feed)
+    assert p.tally.artwork_shows["bandit"] == 0
+    other = Event("x", "search", "u2", START_MS + 7_200_000, query="q")  # moves the watermark
+    p.process(encode_event(other), key=b"u2", partition=0, offset=99)
+    assert p.tally.artwork_shows["bandit"] == len(listed["items"])
+    assert p.users["u1"].artwork is not None and not p.users["u1"].artwork.shown
+
+
+def test_a_click_naming_an_artwork_its_item_does_not_list_is_dead_lettered() -> None:
+    feed = Feed(processor())
+    first_list(feed)
+    [letter] = feed.send("click", 100, item_id="f1", surface="home", artwork_id="f2-a0")
+    assert letter["reason"] == "unknown_artwork" and "'f2-a0'" in letter["detail"]
+    assert feed.p.tally.rejected == {"unknown_artwork": 1}
+    # an item the catalog does not know is not judged: its click is applied
+    assert all(
+        "reason" not in out
+        for out in feed.send("click", 200, item_id="new", surface="home", artwork_id="x")
+    )
+
+
+@pytest.mark.parametrize(
+    ("artworks", "reason"),
+    [
+        ("poster.jpg", "wrong_type"),
+        ([{"tags": ["dark"]}], "missing_field"),
+        ([{"artwork_id": "a", "tags": "dark"}], "wrong_type"),
+        ([{"artwork_id": "a"}, {"artwork_id": "a"}], "invalid_value"),
+        ([{"artwork_id": ""}], "invalid_value"),
+    ],
+)
+def test_catalog_records_with_malformed_artworks_are_refused(artworks: object, reason: str) -> None:
+    p = processor()
+    p.load_catalog([{"item_id": "bad", "artworks": artworks}, {"item_id": "good"}])
+    assert p.tally.catalog_rejected == {reason: 1}
+    assert "bad" not in p.catalog and "good" in p.catalog
+
+
+def test_the_state_stores_the_open_shows_and_a_restored_state_goes_on_alike() -> None:
+    straight, restarted = Feed(processor()), Feed(processor())
+    listed = first_list(straight)
+    first_list(restarted)
+    data = restarted.p.users["u1"].to_bytes()
+    assert "artwork" in orjson.loads(data)
+    fresh = processor()
+    fresh.install_models(0, restarted.p.models(0))
+    fresh.adopt(fresh.decode_state("u1", data))
+    restarted.p = fresh
+    for feed in (straight, restarted):
+        target = listed["items"][1]
+        feed.send("click", 100, item_id=target["item_id"], surface="home",
+                  artwork_id=target["artwork_id"])  # fmt: skip
+        feed.send("play", 110, item_id=target["item_id"], position_s=0.0, duration_s=3600.0)
+        feed.send("pause", 300, item_id=target["item_id"], position_s=180.0)
+    assert fresh.tally.artwork_takes == straight.p.tally.artwork_takes == {"bandit": 1}
+    assert fresh.users["u1"].to_bytes() == straight.p.users["u1"].to_bytes()
+
+
+def test_without_artworks_in_the_catalog_nothing_changes_in_lists_or_states() -> None:
+    p = Processor(Settings(reco_debounce_s=0), clock=lambda: 4.1e9)
+    p.load_catalog([{k: v for k, v in film.items() if k != "artworks"} for film in FILMS])
+    feed = Feed(p)
+    listed = first_list(feed)
+    assert all("artwork_id" not in item for item in listed["items"])
+    assert "artwork" not in orjson.loads(p.users["u1"].to_bytes())
