@@ -8,8 +8,8 @@ It prints, from the home screens the viewers saw and their events:
 - the take rate of each policy (takes per artwork shown on a home screen);
 - the bandit's relative lift over popular and over random, with a 95 % bootstrap interval
   (users resampled, the same users in both runs);
-- the bandit's regret growth: cumulative regret after all shows over that after the first
-  half (below 2: it learns; 1.41 for regret growing as the square root);
+- the bandit's regret per show and its growth: cumulative regret after all shows over that
+  after the first half (below 2: it learns; 1.41 for regret growing as the square root);
 - from the bandit run's own log (ended shows and their propensities, as ``ottscore
   evaluate`` reports them), the IPS and self-normalised IPS estimates of ``random`` and
   ``popular``, beside the take rate ottscore measured in their own runs.
@@ -92,7 +92,8 @@ def main() -> None:
         results = dict(zip(jobs, pool.map(run, *zip(*jobs, strict=True)), strict=True))
     print(
         "| users | seed | take rate bandit / popular / random | bandit vs popular [95 % CI] "
-        "| bandit vs random [95 % CI] | regret growth | IPS random (measured) "
+        "| bandit vs random [95 % CI] | regret/show, growth "
+        "| IPS random (measured) "
         "| IPS popular (measured) |"
     )
     print("|---|---|---|---|---|---|---|---|")
@@ -117,7 +118,8 @@ def main() -> None:
                 f"| {users} | {seed} | {' / '.join(f'{r:.4f}' for r in rates)} "
                 f"| {vs_popular[0]:+.1%} [{vs_popular[1]:+.1%}, {vs_popular[2]:+.1%}] "
                 f"| {vs_random[0]:+.1%} [{vs_random[1]:+.1%}, {vs_random[2]:+.1%}] "
-                f"| {bandit['growth']:.2f} | {estimates[0]} | {estimates[1]} |"
+                f"| {bandit['regret_per_show']:.3f}, {bandit['growth']:.2f} "
+                f"| {estimates[0]} | {estimates[1]} |"
             )
 
 

@@ -302,16 +302,16 @@ class Settings(BaseSettings):
         "this share over its item's artwork count of being shown.",
     )
     artwork_sticky_s: float = Field(
-        604_800.0,
+        3_600.0,
         ge=0,
-        description="Event-time seconds a user keeps the artwork shown for an item (left only "
-        "when exploring).",
+        description="Event-time seconds a user keeps the artwork the policy chose as its best "
+        "for an item (a list that explores shows another without replacing it).",
     )
     artwork_show_window_s: float = Field(
-        259_200.0,
+        86_400.0,
         gt=0,
-        description="Event-time seconds a list's artworks may be clicked before the shows "
-        "count as misses (a newer list ends them sooner).",
+        description="Event-time seconds a show (an item of the latest list, with its artwork, "
+        "at the start of a session) stays open for a click; then it is a miss.",
     )
     artwork_take_window_s: float = Field(
         3_600.0,

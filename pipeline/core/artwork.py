@@ -3,16 +3,25 @@
 When a personalisation list is published, :class:`Artworks` picks an artwork for each listed
 item that the catalog gives artworks (the partition's
 :class:`~pipeline.models.artwork.ArtworkBandit`, under the user's ``artwork_policy``) and
-remembers the shows in the user's state (:class:`UserArtwork`). Each show ends, in event time,
-as one of:
+remembers the list in the user's state (:class:`UserArtwork`, ``latest``).
 
-- a **take** (reward 1): a ``click`` on the item carrying that ``artwork_id``, while the list
-  is the user's latest and younger than ``artwork_show_window_s``, followed by at least
-  ``artwork_take_play_s`` of playback of the item within ``artwork_take_window_s`` of the click;
-- a **miss** (reward 0): the list is replaced by the next one, or its window passes, without
-  a click on it; or the click is not followed by enough playback in time.
+**A show is what a home screen shows.** There are no impression events: the list a user
+sees is the latest one published before their session starts (a client loads the home
+screen as it opens). So at the first event of each session, each item of the latest list
+becomes a *show*: one item with one artwork for one user, open for ``artwork_show_window_s``
+(a show still open for the same item and artwork is the same show). Lists published and
+replaced within a session were never seen: they are no shows, and a show is never counted
+against an artwork nobody saw. Each show ends, in event time, as one of:
 
-Each ended show teaches the bandit, is counted per policy (``ottscore_artwork_shows_total``,
+- a **take** (reward 1): a ``click`` on the item carrying that ``artwork_id`` while the show
+  is open, followed by at least ``artwork_take_play_s`` of playback of the item within
+  ``artwork_take_window_s`` of the click;
+- a **miss** (reward 0): the window passes without such a click; or the click is not
+  followed by enough playback in time.
+
+Each show teaches the bandit as it opens (a show waiting for its outcome already counts, so
+takes, which come sooner than misses, do not inflate the estimates), and its take when it
+comes; each ended show is counted per policy (``ottscore_artwork_shows_total``,
 ``ottscore_artwork_takes_total``) and, offline, goes to a sink as an :class:`ArtworkTrial`
 with the propensities that off-policy estimates need. An ``artwork`` timer at the earliest
 window end closes the shows of users who do not come back.
@@ -20,8 +29,8 @@ window end closes the shows of users who do not come back.
 Examples
 --------
 >>> state = UserArtwork()
->>> state.shown = [Shown("film-1", "a1", ("tv", "tv/drama"), "bandit", 0.9, 3, 0.5, 0.9)]
->>> state.shown_ms = 1_000
+>>> state.shown = [Shown("film-1", "a1", ("tv", "tv/drama"), "bandit", 0.9, 3, 0.5, 0.9, 1_000)]
+>>> state.latest = list(state.shown)
 >>> UserArtwork.from_json(state.to_json()) == state
 True
 >>> state.deadline_ms(show_window_ms=60_000, take_window_ms=10_000)
@@ -30,6 +39,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +52,8 @@ __all__ = ["ArtworkTrial", "Artworks", "Shown", "UserArtwork", "context_of"]
 
 #: Items whose artwork a user's state remembers for stickiness (the oldest forgotten first).
 MAX_STICKY = 64
+#: Open shows a user's state holds; beyond, the oldest ends as a miss.
+MAX_OPEN = 64
 NO_GENRE = "none"
 NO_DEVICE = "unknown"
 
@@ -74,21 +86,24 @@ class Shown:
     choices: int
     p_popular: float
     p_bandit: float
+    #: When a list first showed the item with this artwork (the window runs from it).
+    shown_ms: int = 0
 
     def to_json(self) -> list[Any]:
         """The stored form: a list, in the order of the fields."""
         return [
             self.item_id, self.artwork_id, list(self.context), self.policy,
-            self.propensity, self.choices, self.p_popular, self.p_bandit,
+            self.propensity, self.choices, self.p_popular, self.p_bandit, self.shown_ms,
         ]  # fmt: skip
 
     @classmethod
-    def from_json(cls, value: Sequence[Any]) -> Shown:
-        """Read what :meth:`to_json` stored."""
-        item_id, artwork_id, context, policy, propensity, choices, p_popular, p_bandit = value
+    def from_json(cls, value: Sequence[Any], shown_ms: int = 0) -> Shown:
+        """Read what :meth:`to_json` stored (``shown_ms`` for a show stored without one)."""
+        item_id, artwork_id, context, policy, propensity, choices, p_popular, p_bandit = value[:8]
         return cls(
             str(item_id), str(artwork_id), tuple(map(str, context)), str(policy),
             float(propensity), int(choices), float(p_popular), float(p_bandit),
+            int(value[8]) if len(value) > 8 else shown_ms,
         )  # fmt: skip
 
 
@@ -96,15 +111,15 @@ class Shown:
 class UserArtwork:
     """A user's part of artwork personalisation, stored in their state under ``artwork``.
 
-    ``sticky``: item → ``[artwork_id, since_ms]``, the artwork last shown for it and since
-    when; ``shown``: the shows of the user's latest list (published at ``shown_ms``), the
-    clicked one moved to ``clicked`` (clicked at ``clicked_ms``, ``clicked_watch_s`` of it
-    played since).
+    ``sticky``: item → ``[artwork_id, since_ms]``, the artwork the policy chose as its best
+    and since when; ``latest``: the picks of the latest list (shown at the next session's
+    start); ``shown``: the open shows, oldest first; the clicked one moved to ``clicked``
+    (clicked at ``clicked_ms``, ``clicked_watch_s`` of it played since).
     """
 
     sticky: dict[str, list[Any]] = field(default_factory=dict)
-    shown_ms: int = 0
     shown: list[Shown] = field(default_factory=list)
+    latest: list[Shown] = field(default_factory=list)
     clicked: Shown | None = None
     clicked_ms: int = 0
     clicked_watch_s: float = 0.0
@@ -113,7 +128,7 @@ class UserArtwork:
         """When the earliest open show ends without a take, or None when none is open."""
         deadlines = []
         if self.shown:
-            deadlines.append(self.shown_ms + show_window_ms)
+            deadlines.append(min(shown.shown_ms for shown in self.shown) + show_window_ms)
         if self.clicked is not None:
             deadlines.append(self.clicked_ms + take_window_ms)
         return min(deadlines, default=None)
@@ -122,8 +137,8 @@ class UserArtwork:
         """The stored form: named fields (``artwork`` of the user's stored state)."""
         return {
             "sticky": self.sticky,
-            "shown_ms": self.shown_ms,
             "shown": [shown.to_json() for shown in self.shown],
+            "latest": [shown.to_json() for shown in self.latest],
             "clicked": None if self.clicked is None else self.clicked.to_json(),
             "clicked_ms": self.clicked_ms,
             "clicked_watch_s": self.clicked_watch_s,
@@ -135,8 +150,8 @@ class UserArtwork:
         clicked = obj.get("clicked")
         return cls(
             sticky={str(item): [str(a), int(ms)] for item, (a, ms) in obj["sticky"].items()},
-            shown_ms=int(obj["shown_ms"]),
-            shown=[Shown.from_json(shown) for shown in obj["shown"]],
+            shown=[Shown.from_json(shown, int(obj.get("shown_ms", 0))) for shown in obj["shown"]],
+            latest=[Shown.from_json(shown) for shown in obj.get("latest", ())],
             clicked=None if clicked is None else Shown.from_json(clicked),
             clicked_ms=int(obj["clicked_ms"]),
             clicked_watch_s=float(obj["clicked_watch_s"]),
@@ -194,13 +209,22 @@ class Artworks:
         self.schedule = schedule
         self.tally = tally
         self.sink = sink
+        self._artworks: dict[str, tuple[Any, list[tuple[str, tuple[str, ...]]]]] = {}
 
-    def artworks_of(self, item_id: str) -> list[tuple[str, Sequence[str]]]:
-        """The ``(artwork_id, tags)`` of an item (none when the catalog lists none)."""
+    def artworks_of(self, item_id: str) -> list[tuple[str, tuple[str, ...]]]:
+        """The ``(artwork_id, tags)`` of an item (none when the catalog lists none).
+
+        Kept per catalog record: read again only when the item's record is replaced.
+        """
         record = self.catalog.get(item_id)
         if not record:
             return []
-        return [(art["artwork_id"], art["tags"]) for art in record.get("artworks") or ()]
+        cached = self._artworks.get(item_id)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        artworks = [(a["artwork_id"], tuple(a["tags"])) for a in record.get("artworks") or ()]
+        self._artworks[item_id] = (record, artworks)
+        return artworks
 
     def refuse(self, event: Event) -> Rejection | None:
         """Why a click's ``artwork_id`` is refused: its item is known and does not list it.
@@ -233,16 +257,15 @@ class Artworks:
     ) -> list[tuple[str, float] | None]:
         """The ``(artwork_id, propensity)`` of each listed item (None: it has no artwork).
 
-        ``device`` is the one of the event the list follows. The shows of the user's
-        previous list end first (a miss unless clicked).
+        ``device`` is the one of the event the list follows. The picks become the user's
+        latest list: its items are shown at the next session's start (:meth:`on_event`).
         """
-        memory = state.artwork
-        if memory is not None and memory.shown:
-            self._end_shown(state, bandit, ts_ms)
+        memory: UserArtwork | None = state.artwork
         policy = policy or self.policy
         picked: list[tuple[str, float] | None] = []
-        shown: list[Shown] = []
+        latest: list[Shown] = []
         context = context_of(device, state.features.genre_affinity)
+        memo: dict[Any, float] = {}
         for item_id in item_ids:
             artworks = self.artworks_of(item_id)
             if not artworks:
@@ -258,29 +281,39 @@ class Artworks:
                 artworks,
                 draw=draws(state.user_id, item_id, ts_ms),
                 sticky=kept,
+                memo=memo,
             )
-            if choice.artwork_id != kept:
+            if kept is None and not choice.explored:  # what sticks is the policy's best
                 memory.sticky.pop(item_id, None)
                 memory.sticky[item_id] = [choice.artwork_id, ts_ms]
                 if len(memory.sticky) > MAX_STICKY:
                     del memory.sticky[next(iter(memory.sticky))]
-            shown.append(
-                Shown(
-                    item_id,
-                    choice.artwork_id,
-                    context,
-                    policy,
-                    choice.propensity,
-                    choice.choices,
-                    choice.p_popular,
-                    choice.p_bandit,
-                )  # fmt: skip
-            )
+            latest.append(Shown(
+                item_id, choice.artwork_id, context, policy, choice.propensity,
+                choice.choices, choice.p_popular, choice.p_bandit, ts_ms,
+            ))  # fmt: skip
             picked.append((choice.artwork_id, choice.propensity))
-        if memory is not None and shown:
-            memory.shown, memory.shown_ms = shown, ts_ms
-            self._rearm(state)
+        if memory is not None:
+            memory.latest = latest
         return picked
+
+    def _open(
+        self, state: Any, bandit: ArtworkBandit, memory: UserArtwork, ts_ms: int, new: Shown
+    ) -> None:
+        """Open a show at ``ts_ms``, unless one is open for the same item and artwork.
+
+        A show's window runs from its opening: showing it again does not lengthen it (an
+        artwork that sticks would get longer windows, more chances, than an explored one).
+        """
+        shown = memory.shown
+        for old in shown:
+            if old.item_id == new.item_id and old.artwork_id == new.artwork_id:
+                return
+        new = dataclasses.replace(new, shown_ms=ts_ms)
+        shown.append(new)
+        bandit.show(new.context, new.item_id, new.artwork_id, self._tags(new))
+        if len(shown) > MAX_OPEN:
+            self._end(state, bandit, shown.pop(0), 0.0, ts_ms)
 
     # --- events -----------------------------------------------------------------------
 
@@ -291,14 +324,21 @@ class Artworks:
         event: Event,
         watched_item: str | None,
         watched_s: float,
+        *,
+        session_start: bool = False,
     ) -> None:
-        """Follow a user with open shows: a click on a shown artwork, playback after it.
+        """Follow a user shown artworks: a session start, a click on a show, playback after it.
 
-        ``watched_s`` seconds of ``watched_item`` were played up to this event.
+        ``watched_s`` seconds of ``watched_item`` were played up to this event;
+        ``session_start``: the event starts a session (the latest list is shown now).
         """
         memory: UserArtwork = state.artwork
         ts_ms = event.ts_ms
         changed = False
+        if session_start and memory.latest:
+            for shown in memory.latest:
+                self._open(state, bandit, memory, ts_ms, shown)
+            changed = True
         if memory.clicked is not None and watched_item == memory.clicked.item_id:
             memory.clicked_watch_s += watched_s
             if memory.clicked_watch_s >= self.take_play_s:
@@ -309,18 +349,15 @@ class Artworks:
                 memory.clicked = None
                 changed = True
         if event.artwork_id is not None and memory.shown:
-            if ts_ms - memory.shown_ms > self.show_window_ms:
-                self._end_shown(state, bandit, ts_ms)
-                changed = True
-            else:
-                for index, shown in enumerate(memory.shown):
-                    if shown.item_id == event.item_id and shown.artwork_id == event.artwork_id:
-                        if memory.clicked is not None:
-                            self._end(state, bandit, memory.clicked, 0.0, ts_ms)
-                        memory.clicked = memory.shown.pop(index)
-                        memory.clicked_ms, memory.clicked_watch_s = ts_ms, 0.0
-                        changed = True
-                        break
+            changed |= self._end_expired(state, bandit, ts_ms)
+            for index, shown in enumerate(memory.shown):
+                if shown.item_id == event.item_id and shown.artwork_id == event.artwork_id:
+                    if memory.clicked is not None:
+                        self._end(state, bandit, memory.clicked, 0.0, ts_ms)
+                    memory.clicked = memory.shown.pop(index)
+                    memory.clicked_ms, memory.clicked_watch_s = ts_ms, 0.0
+                    changed = True
+                    break
         if changed:
             self._rearm(state)
 
@@ -329,8 +366,7 @@ class Artworks:
         memory: UserArtwork | None = state.artwork
         if memory is None:
             return
-        if memory.shown and at_ms >= memory.shown_ms + self.show_window_ms:
-            self._end_shown(state, bandit, at_ms)
+        self._end_expired(state, bandit, at_ms)
         if memory.clicked is not None and at_ms >= memory.clicked_ms + self.take_window_ms:
             self._end(state, bandit, memory.clicked, 0.0, at_ms)
             memory.clicked = None
@@ -349,17 +385,24 @@ class Artworks:
             ),
         )
 
-    def _end_shown(self, state: Any, bandit: ArtworkBandit, at_ms: int) -> None:
+    def _tags(self, shown: Shown) -> tuple[str, ...]:
+        return dict(self.artworks_of(shown.item_id)).get(shown.artwork_id, ())
+
+    def _end_expired(self, state: Any, bandit: ArtworkBandit, at_ms: int) -> bool:
+        """End as misses the shows whose window passed by ``at_ms``; whether any did."""
         memory: UserArtwork = state.artwork
-        for shown in memory.shown:
+        expired = [s for s in memory.shown if at_ms >= s.shown_ms + self.show_window_ms]
+        for shown in expired:
             self._end(state, bandit, shown, 0.0, at_ms)
-        memory.shown = []
+        if expired:
+            memory.shown = [s for s in memory.shown if at_ms < s.shown_ms + self.show_window_ms]
+        return bool(expired)
 
     def _end(
         self, state: Any, bandit: ArtworkBandit, shown: Shown, reward: float, at_ms: int
     ) -> None:
-        tags = dict(self.artworks_of(shown.item_id)).get(shown.artwork_id, ())
-        bandit.learn(shown.context, shown.artwork_id, tags, reward)
+        if reward:  # the show itself was counted when it opened
+            bandit.take(shown.context, shown.item_id, shown.artwork_id, self._tags(shown))
         tally = self.tally
         tally.artwork_shows[shown.policy] += 1
         if reward:

@@ -252,9 +252,17 @@ class Processor:
             self._label(state, models, churned=False, at_ms=event.ts_ms)
         previous = state.current_item
         playing, watch_s = state.playing_item, state.watch_s
+        session_start = state.session_start_ms is None
         step = state.update(event, self._genres)
         if state.artwork is not None and models.artwork is not None:
-            self.artworks.on_event(state, models.artwork, event, playing, state.watch_s - watch_s)
+            self.artworks.on_event(
+                state,
+                models.artwork,
+                event,
+                playing,
+                state.watch_s - watch_s,
+                session_start=session_start,
+            )
         scopes = ONLY_ALL
         if self.experiments:
             scopes = self.experiments.assign(

@@ -12,14 +12,16 @@ each artwork in each **context**: the user's device, then their device and favou
   alike — the non-personalised baseline;
 - ``random``: uniform.
 
-**Estimates pool what they can.** An artwork's take rate in a context is the rate of its
-*tags* there times the artwork's own *lift* over its tags among all users. Down the
-context's levels (all users, the device, the device and genre), a tag's rate over every item
-is shrunk (a Beta prior of weight :attr:`ArtworkBandit.prior`, in takes) toward the level
-above: a user who takes to close-ups of faces does so across titles, a new title's artworks
-start from what their tags earned, and a small bucket from its device's rates. The lift (the
-artwork's takes over those its tags' overall rate predicts, shrunk toward 1) is learnt from
-every user: how good a picture is, whoever looks.
+**Estimates compare like with like, and pool what they can.** How often a show is taken
+depends first on its item (a title the user wants is clicked whatever its picture); the
+artwork multiplies that. So each show's *expected* takes are its item's take rate (over every
+user and artwork), and an artwork is scored by the factor by which it multiplies them: the
+factor of its *tags* in the context (takes over expected takes) times its own factor for
+the device (its takes over what its tags' factors predicted). Down the context's levels
+(all users, the device, the device and genre), a tag's factor is shrunk (a prior of weight
+:attr:`ArtworkBandit.prior`, in takes)
+toward the level above: a user who takes to close-ups of faces does so across titles, a new
+title's artworks start from what their tags earned, and a small bucket from its device's.
 
 **Exploration is ε-greedy, because its propensities are exact.** ε falls as the bucket's
 shows grow, ``min(1, explore_scale / sqrt(1 + shows))``, down to a floor (``explore``) that
@@ -30,8 +32,9 @@ propensity is an integral with no closed form (River's ``ThompsonSampling`` give
 estimate by resampling biases the IPS estimate), and LinUCB is deterministic (propensity 1:
 no other policy can be evaluated from its logs). ``docs/artwork_policies.py`` compares them.
 
-**Stickiness.** A user keeps the artwork they were shown for an item for ``sticky_ms`` of
-event time: it is then the greedy choice, left only when exploring.
+**Stickiness.** A user keeps the artwork the policy chose as its best for an item for
+``sticky_ms`` of event time: it is then the greedy choice. Exploring shows another artwork
+in that one list and leaves what sticks as it is.
 
 **Deterministic.** The draws are a hash of the user, the item and the moment of the list,
 not a generator's state: a replay, or a worker that takes a partition over, draws the same.
@@ -40,13 +43,15 @@ Examples
 --------
 >>> bandit = ArtworkBandit(explore=0.1)
 >>> arts = [("a0", ("dark",)), ("a1", ("close_up",))]
->>> for _ in range(200):   # drama fans take a1, nobody takes a0
-...     bandit.learn("drama", "a1", ("close_up",), 1.0)
-...     bandit.learn("drama", "a0", ("dark",), 0.0)
->>> choice = bandit.choose("bandit", "drama", arts, draw=(0.5, 0.5))
->>> choice.artwork_id, round(choice.propensity, 3)
-('a1', 0.925)
->>> bandit.choose("random", "drama", arts, draw=(0.5, 0.9)).propensity
+>>> for n in range(200):   # on TVs, a third of a1's shows are taken, none of a0's
+...     bandit.show(("tv",), "film", "a1", ("close_up",))
+...     bandit.show(("tv",), "film", "a0", ("dark",))
+...     if n % 3 == 0:
+...         bandit.take(("tv",), "film", "a1", ("close_up",))
+>>> choice = bandit.choose("bandit", ("tv",), arts, draw=(0.5, 0.5))
+>>> choice.artwork_id, round(choice.propensity, 3), choice.explored
+('a1', 0.925, False)
+>>> bandit.choose("random", ("tv",), arts, draw=(0.5, 0.9)).propensity
 0.5
 """
 
@@ -69,7 +74,10 @@ ALL_USERS: Final = "*"
 
 #: An artwork as the catalog lists it: its id and tags.
 Artwork = tuple[str, Sequence[str]]
-_FORMAT = 1
+_FORMAT = 2
+#: How many times :attr:`ArtworkBandit.prior` an artwork's own factor is shrunk by: it sees
+#: one artwork's shows, a tag's factor those of every artwork of the tag.
+OWN_PRIOR = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,8 @@ class ArtworkChoice:
     choices: int
     p_popular: float
     p_bandit: float
+    #: Picked by exploring (uniformly), not as the policy's best (``random``: always).
+    explored: bool = True
 
 
 def draws(user_id: str, item_id: str, ts_ms: int) -> tuple[float, float]:
@@ -103,7 +113,7 @@ def draws(user_id: str, item_id: str, ts_ms: int) -> tuple[float, float]:
 
 @stored_as("ArtworkBandit")
 class ArtworkBandit:
-    """Take counts per context bucket, artwork and tag; picks under a policy (see the module).
+    """Take counts per context, tag, artwork and item; picks under a policy (see the module).
 
     Parameters
     ----------
@@ -112,44 +122,95 @@ class ArtworkBandit:
     explore_scale
         ε is ``min(1, explore_scale / sqrt(1 + shows of the bucket))`` above the floor.
     prior
-        Weight of the prior an estimate is shrunk toward, in takes: worth ``prior / rate``
-        shows at the overall take rate (takes are rare: a weight in shows would let a
-        dozen shows without a take bury an artwork).
+        Weight of the prior an estimate is shrunk toward, in takes (takes are rare: a weight
+        in shows would let a dozen shows without a take bury an artwork).
+    optimism
+        Standard errors added to an estimate to pick the best (:meth:`greedy`).
     """
 
     def __init__(
-        self, *, explore: float = 0.02, explore_scale: float = 3.0, prior: float = 5.0
+        self,
+        *,
+        explore: float = 0.02,
+        explore_scale: float = 3.0,
+        prior: float = 5.0,
+        optimism: float = 1.0,
     ) -> None:
         if not 0.0 < explore <= 1.0:
             raise ValueError(f"explore must be in (0, 1], got {explore}")
         self.explore = explore
+        self.optimism = optimism
         self.explore_scale = explore_scale
         self.prior = prior
-        #: :data:`ALL_USERS` → artwork id → [shows, takes]
+        #: item id → [sum of the factors of the artworks it was shown with, takes]
+        self.items: dict[str, list[float]] = {}
+        #: all users, and the context's first level → artwork id → [takes its tags' factors
+        #: predicted, takes]
         self.arms: dict[str, dict[str, list[float]]] = {}
-        #: bucket → tag → [shows, takes]
+        #: bucket → tag → [expected takes, takes]
         self.tags: dict[str, dict[str, list[float]]] = {}
         #: bucket → [shows, takes]
         self.buckets: dict[str, list[float]] = {}
 
     # --- learning ---------------------------------------------------------------------
 
-    def learn(
-        self, context: Sequence[str], artwork_id: str, tags: Sequence[str], reward: float
-    ) -> None:
-        """A show of ``artwork_id`` in ``context`` ended with ``reward`` (1: a take).
+    def item_rate(self, item_id: str) -> float:
+        """The take rate of ``item_id`` with an artwork of factor 1 (shrunk to the mean).
 
-        ``context`` is the user's buckets, most general first (e.g. ``("tv", "tv/drama")``);
-        every show also counts for :data:`ALL_USERS`.
+        Its takes over the sum of the factors of the artworks it was shown with: an item
+        shown with its best artwork is not credited with what the artwork did.
         """
-        _add(self.arms.setdefault(ALL_USERS, {}), artwork_id, reward)
+        overall = self.buckets.get(ALL_USERS, (0.0, 0.0))
+        base = (overall[1] + 1.0) / (overall[0] + 2.0)
+        factors, takes = self.items.get(item_id, (0.0, 0.0))
+        return (takes + self.prior) / (factors + self.prior / base)
+
+    def show(
+        self, context: Sequence[str], item_id: str, artwork_id: str, tags: Sequence[str]
+    ) -> None:
+        """A show of ``item_id`` with ``artwork_id`` opened in ``context``.
+
+        It counts at once, before its outcome (takes come sooner than misses, which wait
+        for the window: counting shows at their end would inflate every estimate). Its
+        expected takes are its item's take rate now (:meth:`item_rate`): the tags and the
+        artwork are credited with the takes beyond what their items would have had anyway
+        (an artwork shown on popular items is not better for it), and the artwork with the
+        takes beyond what its tags' factor in that context predicted (an artwork shown to
+        the users its tag suits is not better for it); the item is credited with its shows
+        weighed by the factor of the artwork they had. ``context`` is the user's
+        buckets, most general first (e.g. ``("tv", "tv/drama")``); every show also counts
+        for :data:`ALL_USERS`.
+        """
+        expected = self.item_rate(item_id)
+        own_levels = (ALL_USERS, context[0]) if context else (ALL_USERS,)
+        factor = 1.0
+        for level, where in enumerate(own_levels):
+            by_tags = self.tag_factor(context[:level], tags)
+            arms = self.arms.setdefault(where, {})
+            if level == len(own_levels) - 1:
+                arm_expected, arm_takes = arms.get(artwork_id, (0.0, 0.0))
+                shrink = OWN_PRIOR * self.prior
+                factor = by_tags * (arm_takes + shrink) / (arm_expected + shrink)
+            _add(arms, artwork_id, expected * by_tags, 0.0)
+        _add(self.items, item_id, factor, 0.0)
         for where in (ALL_USERS, *context):
             tag_counts = self.tags.setdefault(where, {})
             for tag in tags:
-                _add(tag_counts, tag, reward)
-            counts = self.buckets.setdefault(where, [0.0, 0.0])
-            counts[0] += 1.0
-            counts[1] += reward
+                _add(tag_counts, tag, expected, 0.0)
+            self.buckets.setdefault(where, [0.0, 0.0])[0] += 1.0
+
+    def take(
+        self, context: Sequence[str], item_id: str, artwork_id: str, tags: Sequence[str]
+    ) -> None:
+        """A show :meth:`show` counted was taken."""
+        _add(self.items, item_id, 0.0, 1.0)
+        for where in (ALL_USERS, context[0]) if context else (ALL_USERS,):
+            _add(self.arms.setdefault(where, {}), artwork_id, 0.0, 1.0)
+        for where in (ALL_USERS, *context):
+            tag_counts = self.tags.setdefault(where, {})
+            for tag in tags:
+                _add(tag_counts, tag, 0.0, 1.0)
+            self.buckets.setdefault(where, [0.0, 0.0])[1] += 1.0
 
     # --- choosing ---------------------------------------------------------------------
 
@@ -158,38 +219,88 @@ class ArtworkBandit:
         shows = self.buckets.get(bucket, (0.0, 0.0))[0]
         return max(self.explore, min(1.0, self.explore_scale / math.sqrt(1.0 + shows)))
 
-    def estimates(self, context: Sequence[str], artworks: Sequence[Artwork]) -> list[float]:
-        """The estimated take rate of each artwork in ``context`` (see the module docstring).
+    def tag_factor(
+        self, context: Sequence[str], tags: Sequence[str], memo: dict[Any, float] | None = None
+    ) -> float:
+        """How much an artwork with ``tags`` multiplies its item's take rate in ``context``.
 
-        Its tags' rate in the context (down the levels, all users first, each level's rate
-        shrunk toward the level above) times the artwork's own lift over its tags among all
-        users (takes over the takes its tags' rate predicted, shrunk toward 1).
+        Takes over expected takes of each tag, down the levels (all users first, each
+        level's factor shrunk toward the level above, the first toward 1); the mean over
+        the tags. ``memo`` keeps each tag's factor for the next calls while the counts do
+        not change (the items of one list).
         """
-        overall = self.buckets.get(ALL_USERS, (0.0, 0.0))
-        base = (overall[1] + 1.0) / (overall[0] + 2.0)
-        prior = self.prior / base  # in shows: ``prior`` takes at the overall rate
-        levels = [self.tags.get(where, {}) for where in (ALL_USERS, *context)]
-        arms = self.arms.get(ALL_USERS, {})
-        rates = []
-        for artwork_id, tags in artworks:
-            rate_all = rate_here = 0.0
-            for tag in tags or ("",):
-                rate = base
-                for level, counts in enumerate(levels):
-                    shows, takes = counts.get(tag, (0.0, 0.0))
-                    rate = (takes + prior * rate) / (shows + prior)
-                    if level == 0:
-                        rate_all += rate
-                rate_here += rate
-            shows, takes = arms.get(artwork_id, (0.0, 0.0))
-            lift = (takes + self.prior) / (shows * rate_all / max(len(tags), 1) + self.prior)
-            rates.append(rate_here / max(len(tags), 1) * lift)
-        return rates
+        prior = self.prior
+        total = 0.0
+        key = tuple(context)
+        for tag in tags or ("",):
+            found = memo.get((key, tag)) if memo is not None else None
+            if found is None:
+                factor = 1.0
+                for where in (ALL_USERS, *context):
+                    expected, takes = self.tags.get(where, {}).get(tag, (0.0, 0.0))
+                    factor = (takes + prior * factor) / (expected + prior)
+                if memo is not None:
+                    memo[(key, tag)] = factor
+                found = factor
+            total += found
+        return total / max(len(tags), 1)
 
-    def greedy(self, context: Sequence[str], artworks: Sequence[Artwork]) -> int:
-        """The index of the best-estimated artwork in ``context`` (the first of ties)."""
-        rates = self.estimates(context, artworks)
-        return rates.index(max(rates))
+    def estimates(
+        self,
+        context: Sequence[str],
+        artworks: Sequence[Artwork],
+        memo: dict[Any, float] | None = None,
+    ) -> list[float]:
+        """How much each artwork multiplies its item's take rate in ``context``.
+
+        Its tags' factor there (:meth:`tag_factor`) times its own at the context's first
+        level (the device): its takes over what its tags' factors predicted (shrunk toward 1).
+        The own factor tells apart artworks of the same tags, or of none.
+        """
+        prior = self.prior
+        arms = self.arms.get(context[0] if context else ALL_USERS, {})
+        factors = []
+        for artwork_id, tags in artworks:
+            expected, takes = arms.get(artwork_id, (0.0, 0.0))
+            own = (takes + OWN_PRIOR * prior) / (expected + OWN_PRIOR * prior)
+            factors.append(self.tag_factor(context, tags, memo) * own)
+        return factors
+
+    def greedy(
+        self,
+        context: Sequence[str],
+        artworks: Sequence[Artwork],
+        memo: dict[Any, Any] | None = None,
+    ) -> int:
+        """The index of the artwork of highest upper confidence bound in ``context``.
+
+        Its tags' factor plus ``optimism`` standard errors of it at the context's first
+        level (a Poisson error: ``sqrt(factor / expected takes)``), times its own factor: a
+        tag that was unlucky early is tried again until its shows tell, instead of staying
+        buried under the floor of ε (the first of ties). ``memo`` as for :meth:`tag_factor`.
+        """
+        memo = {} if memo is None else memo
+        bounds = memo.get(context)
+        if bounds is None:
+            bounds = memo[context] = {}
+        first = self.tags.get(context[0] if context else ALL_USERS, {})
+        arms = self.arms.get(context[0] if context else ALL_USERS, {})
+        shrink = OWN_PRIOR * self.prior
+        best, best_score = 0, -math.inf
+        for index, (artwork_id, tags) in enumerate(artworks):
+            bound = bounds.get(tags)
+            if bound is None:
+                factor = self.tag_factor(context, tags, memo)
+                if self.optimism:
+                    expected = sum(first.get(tag, (0.0, 0.0))[0] for tag in tags or ("",))
+                    expected /= max(len(tags), 1)
+                    factor += self.optimism * math.sqrt(factor / (expected + self.prior))
+                bound = bounds[tags] = factor
+            found = arms.get(artwork_id)
+            score = bound if found is None else bound * (found[1] + shrink) / (found[0] + shrink)
+            if score > best_score:
+                best, best_score = index, score
+        return best
 
     def choose(
         self,
@@ -199,21 +310,25 @@ class ArtworkBandit:
         *,
         draw: tuple[float, float],
         sticky: str | None = None,
+        memo: dict[Any, float] | None = None,
     ) -> ArtworkChoice:
         """Pick an artwork of a shown item under ``policy``; ``draw`` from :func:`draws`.
 
         ``context``: the user's buckets, most general first (the ``bandit`` policy's; its ε
         is that of the first). ``sticky`` is the artwork the user was last shown for the
         item, while it sticks: the greedy choice of ``bandit`` and ``popular`` then
-        (``random`` ignores it).
+        (``random`` ignores it). ``memo``: shared by the picks of one list (see
+        :meth:`tag_factor`).
         """
         n = len(artworks)
         explore_draw, pick_draw = draw
         ids = [artwork_id for artwork_id, _ in artworks]
+        context = tuple(context)
         popular_eps = self.epsilon(ALL_USERS)
         bandit_eps = self.epsilon(context[0]) if context else popular_eps
-        popular_best = self.greedy((), artworks)
-        bandit_best = self.greedy(context, artworks) if context else popular_best
+        popular_best = self.greedy((), artworks, memo)
+        bandit_best = self.greedy(context, artworks, memo) if context else popular_best
+        explored = True
         if policy == "random":
             index, propensity = min(int(pick_draw * n), n - 1), 1.0 / n
         else:
@@ -222,7 +337,8 @@ class ArtworkBandit:
             )  # fmt: skip
             if sticky is not None and sticky in ids:
                 best = ids.index(sticky)
-            index = best if explore_draw >= eps else min(int(pick_draw * n), n - 1)
+            explored = explore_draw < eps
+            index = min(int(pick_draw * n), n - 1) if explored else best
             propensity = (1.0 - eps) * (index == best) + eps / n
         return ArtworkChoice(
             ids[index],
@@ -230,6 +346,7 @@ class ArtworkBandit:
             n,
             (1.0 - popular_eps) * (index == popular_best) + popular_eps / n,
             (1.0 - bandit_eps) * (index == bandit_best) + bandit_eps / n,
+            explored,
         )
 
     # --- stored form ------------------------------------------------------------------
@@ -241,24 +358,30 @@ class ArtworkBandit:
             "explore": self.explore,
             "explore_scale": self.explore_scale,
             "prior": self.prior,
+            "optimism": self.optimism,
+            "items": self.items,
             "arms": self.arms,
             "tags": self.tags,
             "buckets": self.buckets,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a snapshot; one of format 1 (shows, not expected takes) starts afresh."""
         self.explore = state["explore"]
         self.explore_scale = state["explore_scale"]
         self.prior = state["prior"]
-        self.arms = state["arms"]
-        self.tags = state["tags"]
-        self.buckets = state["buckets"]
+        self.optimism = state.get("optimism", 0.0)
+        fresh = state["format"] < 2
+        self.items = {} if fresh else state["items"]
+        self.arms = {} if fresh else state["arms"]
+        self.tags = {} if fresh else state["tags"]
+        self.buckets = {} if fresh else state["buckets"]
 
 
-def _add(counts: dict[str, list[float]], key: str, reward: float) -> None:
+def _add(counts: dict[str, list[float]], key: str, first: float, second: float) -> None:
     entry = counts.get(key)
     if entry is None:
-        counts[key] = [1.0, reward]
+        counts[key] = [first, second]
     else:
-        entry[0] += 1.0
-        entry[1] += reward
+        entry[0] += first
+        entry[1] += second

@@ -6,17 +6,16 @@ picture shows: a close-up, the ensemble, an action scene ...). The viewers' reac
 artwork is hidden from ottscore:
 
 - each device has a **preferred tag** (a different one each: what reads well on a phone is
-  not what does on a TV), and so has each genre, drawn from the seed; a viewer's are their
-  preferred device's and their favourite genre's (the genre of their largest taste weight);
-- an artwork showing the viewer's device tag has an **appeal** of 1, one showing their genre
-  tag 0.8; any other has its own appeal, drawn once from U(0.3, 0.6): the most-popular
-  artwork of a title is the one most of its viewers prefer, or the best-drawn one;
+  not what does on a TV), drawn from the seed; a viewer's is their preferred device's;
+- an artwork showing the viewer's tag has an **appeal** of 1; any other has its own appeal,
+  drawn once from U(0.3, 0.6): the most-popular artwork of a title is the one most of its
+  viewers prefer, or the best-drawn one;
 - the home screen's chance that a viewer clicks a slot is multiplied by the appeal of the
   artwork it is shown with (an item shown without artwork keeps its chance).
 
 So the best artwork depends on who looks: a policy that learns each kind of viewer's taste
-in pictures (the device of their events, and the genres they watch, are what ottscore sees
-of it) beats the most-popular artwork, which beats a random one.
+in pictures (the device of their events is what ottscore sees of it; a viewer uses another
+device in 15 % of their sessions) beats the most-popular artwork, which beats a random one.
 
 :func:`take_outcomes` measures what a run's artworks achieved, from the home screens seen and
 the events: shows, takes (a click carrying the shown artwork, then a play of at least
@@ -44,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.sim.audience import DEVICES, UserProfile
-from pipeline.sim.synthetic_catalog import GENRES, Catalog
+from pipeline.sim.synthetic_catalog import Catalog
 
 __all__ = ["TAGS", "ArtworkWorld", "TakeOutcomes", "take_outcomes"]
 
@@ -54,7 +53,6 @@ TAGS: tuple[str, ...] = (
 """What an artwork shows."""
 
 _OTHER_APPEAL = (0.3, 0.6)
-_GENRE_APPEAL = 0.8
 
 
 class ArtworkWorld:
@@ -82,15 +80,11 @@ class ArtworkWorld:
         if not 1 <= low <= high:
             raise ValueError(f"artwork counts must be 1 <= low <= high, got {counts}")
         rng = np.random.default_rng([seed, 0xA7_7A0E])
-        #: Each device's and each genre's preferred tag (index in :data:`TAGS`).
+        #: Each device's preferred tag (index in :data:`TAGS`).
         self.by_device = dict(zip(DEVICES, rng.permutation(len(TAGS)).tolist(), strict=False))
-        self.preferred = rng.integers(len(TAGS), size=len(GENRES))
-        #: Each viewer's favourite genre, and their device's and genre's tags, in profile order.
-        self.cluster = np.array([int(np.argmax(profile.taste)) for profile in profiles])
-        self._tags = [
-            (self.by_device[profile.device], int(self.preferred[self.cluster[index]]))
-            for index, profile in enumerate(profiles)
-        ]
+        #: Each viewer's preferred device, and its tag, in profile order.
+        self.device_of = [profile.device for profile in profiles]
+        self._tag_of = [self.by_device[device] for device in self.device_of]
         #: Each title's artworks: ``(artwork_id, tag index, appeal to viewers not preferring it)``.
         self.of_title: list[list[tuple[str, int, float]]] = []
         self._art: dict[str, tuple[int, float, int]] = {}  # id → (tag, appeal, title)
@@ -126,10 +120,7 @@ class ArtworkWorld:
         if found is None:
             return 1.0
         tag, value, _ = found
-        device_tag, genre_tag = self._tags[viewer]
-        if tag == device_tag:
-            return 1.0
-        return _GENRE_APPEAL if tag == genre_tag else value
+        return 1.0 if tag == self._tag_of[viewer] else value
 
     def best_appeal(self, viewer: int, item_id: str) -> float:
         """The appeal of the best artwork of ``item_id``'s title to viewer ``viewer``."""
@@ -144,8 +135,8 @@ class TakeOutcomes:
     """What the artworks of a run achieved, per user and over time.
 
     ``shows[u]`` and ``takes[u]``: slots of the home screens user ``u`` saw with an artwork,
-    and the takes among them; ``regret``: the cumulative regret after each show, in time order
-    (the best artwork's appeal to the viewer minus the shown one's).
+    and the takes among them; ``regret``: the cumulative regret after each show, in time order,
+    against the best artwork for the viewer (the appeal lost).
     """
 
     shows: np.ndarray
@@ -159,10 +150,11 @@ class TakeOutcomes:
 
     def regret_growth(self) -> float:
         """Cumulative regret after all shows over that after the first half of them."""
-        total = len(self.regret)
+        regret = self.regret
+        total = len(regret)
         if total < 2:
             return float("nan")
-        return float(self.regret[-1] / max(self.regret[total // 2 - 1], 1e-12))
+        return float(regret[-1] / max(regret[total // 2 - 1], 1e-12))
 
 
 def take_outcomes(
@@ -227,5 +219,4 @@ def take_outcomes(
             else:
                 clicked[user] = (item_id, click_ms, played)
     steps.sort(key=lambda step: step[0])
-    regret = np.cumsum([lost for _, lost in steps]) if steps else np.zeros(0)
-    return TakeOutcomes(shows, takes, regret)
+    return TakeOutcomes(shows, takes, np.cumsum([lost for _, lost in steps]))

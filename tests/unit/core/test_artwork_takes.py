@@ -1,10 +1,11 @@
 """Artwork per user in the core: lists carry an artwork and its propensity; takes end shows.
 
 A catalog of ten films, each with three artworks. A user's first play publishes a list whose
-items carry ``artwork_id`` and ``propensity``; a click on a listed item with its artwork,
-then a minute of playback, is a take; a click without enough playback, or a list replaced
-without a click, ends as misses. A click naming an artwork its item does not list is
-dead-lettered; a catalog record with malformed artworks is refused.
+items carry ``artwork_id`` and ``propensity``; it is shown when the user's next session
+starts (an hour later: the session gap is 30 minutes). A click on a shown item with its
+artwork, then a minute of playback, is a take; a click without enough playback, or a show
+whose window passes without a click, ends as a miss. A click naming an artwork its item
+does not list is dead-lettered; a catalog record with malformed artworks is refused.
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ class Feed:
         return [orjson.loads(o.value) for o in outputs if o.kind in ("personalization", "dlq")]
 
 
+LATER = 7_200  # seconds: the next session (the first play's session ended at its end + 30 min)
+
+
 def first_list(feed: Feed) -> dict:
-    [listed] = feed.send("play", 0, item_id="f0", position_s=0.0, duration_s=3600.0)
+    [listed] = feed.send("play", 0, item_id="f0", position_s=0.0, duration_s=60.0)
+    feed.send("pause", 60, item_id="f0", position_s=60.0)
     return listed
 
 
@@ -73,15 +78,18 @@ def test_a_click_with_the_shown_artwork_then_a_minute_of_play_is_a_take() -> Non
     feed = Feed(processor(trials))
     listed = first_list(feed)
     target = listed["items"][2]
-    feed.send("click", 100, item_id=target["item_id"], surface="home", rank=2,
+    feed.send("click", LATER, item_id=target["item_id"], surface="home", rank=2,
               artwork_id=target["artwork_id"])  # fmt: skip
-    feed.send("play", 110, item_id=target["item_id"], position_s=0.0, duration_s=3600.0)
+    feed.send("play", LATER + 10, item_id=target["item_id"], position_s=0.0, duration_s=3600.0)
     assert feed.p.tally.artwork_takes["bandit"] == 0  # not yet a minute
-    feed.send("pause", 200, item_id=target["item_id"], position_s=90.0)
+    feed.send("pause", LATER + 100, item_id=target["item_id"], position_s=90.0)
     tally = feed.p.tally
     assert tally.artwork_takes == {"bandit": 1}
-    # the rest of the first list ended as misses when the click published the next one
-    assert tally.artwork_shows["bandit"] == len(listed["items"])
+    # once the window passes, every other show ends as a miss: the shows are the items of
+    # the list shown at the session start, the first list; the click's list was not shown
+    other = Event("x", "search", "u2", START_MS + 2 * 86_400_000, query="q")
+    feed.p.process(encode_event(other), key=b"u2", partition=0, offset=99)
+    assert tally.artwork_shows["bandit"] == len(listed["items"]) == len(trials)
     [take] = [t for t in trials if t.reward == 1.0]
     assert (take.shown.item_id, take.shown.artwork_id) == (target["item_id"], target["artwork_id"])
     assert take.shown.propensity == target["propensity"]
@@ -91,30 +99,44 @@ def test_a_click_with_the_shown_artwork_then_a_minute_of_play_is_a_take() -> Non
 def test_a_click_without_enough_playback_in_time_is_a_miss() -> None:
     feed = Feed(processor())
     target = first_list(feed)["items"][0]
-    feed.send("click", 100, item_id=target["item_id"], surface="home",
+    feed.send("click", LATER, item_id=target["item_id"], surface="home",
               artwork_id=target["artwork_id"])  # fmt: skip
-    feed.send("play", 110, item_id=target["item_id"], position_s=0.0, duration_s=3600.0)
-    feed.send("pause", 130, item_id=target["item_id"], position_s=20.0)  # 20 s
-    feed.send("play", 5_000, item_id=target["item_id"], position_s=20.0, duration_s=3600.0)
-    feed.send("pause", 5_200, item_id=target["item_id"], position_s=220.0)  # after the hour
+    feed.send("play", LATER + 10, item_id=target["item_id"], position_s=0.0, duration_s=3600.0)
+    feed.send("pause", LATER + 30, item_id=target["item_id"], position_s=20.0)  # 20 s
+    feed.send("play", LATER + 5_000, item_id=target["item_id"], position_s=20.0,
+              duration_s=3600.0)  # fmt: skip
+    feed.send("pause", LATER + 5_200, item_id=target["item_id"], position_s=220.0)  # too late
     assert feed.p.tally.artwork_takes["bandit"] == 0
 
 
-def test_shows_of_a_user_who_never_comes_back_end_as_misses_when_the_window_passes() -> None:
+def test_a_list_is_shown_at_the_next_session_and_its_shows_end_as_misses_in_time() -> None:
     p = processor(artwork_show_window_s=3_600.0)
     feed = Feed(p)
     listed = first_list(feed)
-    assert p.tally.artwork_shows["bandit"] == 0
-    other = Event("x", "search", "u2", START_MS + 7_200_000, query="q")  # moves the watermark
-    p.process(encode_event(other), key=b"u2", partition=0, offset=99)
-    assert p.tally.artwork_shows["bandit"] == len(listed["items"])
     assert p.users["u1"].artwork is not None and not p.users["u1"].artwork.shown
+    feed.send("search", LATER, query="q")  # the next session: the list is shown now
+    assert len(p.users["u1"].artwork.shown) == len(listed["items"])
+    assert p.tally.artwork_shows["bandit"] == 0  # open: no outcome yet
+    other = Event("x", "search", "u2", START_MS + (LATER + 3_600) * 1000, query="q")
+    p.process(encode_event(other), key=b"u2", partition=0, offset=99)  # moves the watermark
+    assert p.tally.artwork_shows["bandit"] == len(listed["items"])
+    assert not p.users["u1"].artwork.shown
+
+
+def test_a_list_replaced_within_the_session_was_never_shown() -> None:
+    feed = Feed(processor())
+    first = first_list(feed)
+    [second] = feed.send("play", 120, item_id="f9", position_s=0.0, duration_s=600.0)
+    feed.send("search", 600 + LATER, query="q")  # next session: the second list is shown
+    shown = {(s.item_id, s.artwork_id) for s in feed.p.users["u1"].artwork.shown}
+    assert shown == {(i["item_id"], i["artwork_id"]) for i in second["items"]}
+    assert first != second
 
 
 def test_a_click_naming_an_artwork_its_item_does_not_list_is_dead_lettered() -> None:
     feed = Feed(processor())
     first_list(feed)
-    [letter] = feed.send("click", 100, item_id="f1", surface="home", artwork_id="f2-a0")
+    [letter] = feed.send("click", LATER, item_id="f1", surface="home", artwork_id="f2-a0")
     assert letter["reason"] == "unknown_artwork" and "'f2-a0'" in letter["detail"]
     assert feed.p.tally.rejected == {"unknown_artwork": 1}
     # an item the catalog does not know is not judged: its click is applied
@@ -153,10 +175,11 @@ def test_the_state_stores_the_open_shows_and_a_restored_state_goes_on_alike() ->
     restarted.p = fresh
     for feed in (straight, restarted):
         target = listed["items"][1]
-        feed.send("click", 100, item_id=target["item_id"], surface="home",
+        feed.send("click", LATER, item_id=target["item_id"], surface="home",
                   artwork_id=target["artwork_id"])  # fmt: skip
-        feed.send("play", 110, item_id=target["item_id"], position_s=0.0, duration_s=3600.0)
-        feed.send("pause", 300, item_id=target["item_id"], position_s=180.0)
+        feed.send("play", LATER + 10, item_id=target["item_id"], position_s=0.0,
+                  duration_s=3600.0)  # fmt: skip
+        feed.send("pause", LATER + 200, item_id=target["item_id"], position_s=180.0)
     assert fresh.tally.artwork_takes == straight.p.tally.artwork_takes == {"bandit": 1}
     assert fresh.users["u1"].to_bytes() == straight.p.users["u1"].to_bytes()
 
@@ -168,3 +191,25 @@ def test_without_artworks_in_the_catalog_nothing_changes_in_lists_or_states() ->
     listed = first_list(feed)
     assert all("artwork_id" not in item for item in listed["items"])
     assert "artwork" not in orjson.loads(p.users["u1"].to_bytes())
+
+
+def test_an_artwork_sticks_for_its_time_and_exploring_does_not_replace_it() -> None:
+    p = processor(artwork_sticky_s=86_400.0, artwork_explore=0.5)
+    feed = Feed(p)
+    first_list(feed)
+    kept, explored = 0, 0
+    for n in range(1, 36):  # a session and a list every 40 minutes, within the sticky day
+        before = dict(p.users["u1"].artwork.sticky)
+        [listed] = feed.send("play", n * 2_400, item_id=f"f{n % 10}", position_s=0.0,
+                             duration_s=60.0)  # fmt: skip
+        after = p.users["u1"].artwork.sticky
+        for entry in listed["items"]:
+            item = entry["item_id"]
+            if item in before:
+                assert after[item] == before[item]  # exploring never replaces what sticks
+                if entry["artwork_id"] == before[item][0]:
+                    kept += 1
+                else:  # shown otherwise only when exploring: ε / n with ε ≥ 0.5, n = 3
+                    explored += 1
+                    assert entry["propensity"] <= 1 / 3
+    assert kept > explored > 0

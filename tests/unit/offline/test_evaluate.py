@@ -238,3 +238,32 @@ def test_partitions_place_records_as_kafka_does_and_one_partition_is_the_default
     assert quality(four) != quality(one)
     with pytest.raises(ValueError, match="at least 1"):
         evaluate(events, settings=Settings(), partitions=0, progress=False)
+
+
+def test_with_artworks_the_report_has_the_take_rate_and_each_policy_s_ips_estimate(
+    tmp_path: Path,
+) -> None:
+    """A closed-loop run whose titles have artworks, replayed: the artwork keys appear."""
+    from pipeline.core.processor import Processor
+    from pipeline.sim.closed_loop import ClosedLoop, ClosedLoopConfig
+    from pipeline.sim.list_policies import ProcessorLists
+
+    loop = ClosedLoop(ClosedLoopConfig(users=120, days=14, seed=3, artworks=(4, 10)))
+    run = loop.run(ProcessorLists(Processor(Settings(), clock=lambda: 4.1e9),
+                                  catalog=loop.catalog_records()))  # fmt: skip
+    write_jsonl(run.records, tmp_path / "events.jsonl")
+    (tmp_path / "catalog.jsonl").write_bytes(
+        b"".join(orjson.dumps(record) + b"\n" for record in loop.catalog_records())
+    )
+    report = evaluate(tmp_path / "events.jsonl", settings=Settings(),
+                      catalog_path=tmp_path / "catalog.jsonl", progress=False)  # fmt: skip
+    assert report["artwork.shows"] > 1_000
+    assert 0 < report["artwork.take_rate.logged"] < 0.2
+    for policy in ("random", "popular", "bandit"):
+        for kind in ("ips", "snips"):
+            value, se = report[f"artwork.take_rate.{policy}.{kind}"], report[
+                f"artwork.take_rate.{policy}.{kind}_se"]  # fmt: skip
+            assert 0 <= value < 0.5 and 0 < se < value, (policy, kind)
+    # without artworks in the catalog, no artwork key
+    plain = evaluate(tmp_path / "events.jsonl", settings=Settings(), progress=False)
+    assert not any(key.startswith("artwork.") for key in plain)
