@@ -231,10 +231,10 @@ class Artworks:
 
         An item the catalog does not know yet is not judged (the catalog may come later).
         """
-        record = self.catalog.get(event.item_id or "")
-        if record is None:
+        item_id = event.item_id or ""
+        if item_id not in self.catalog:
             return None
-        ids = [art["artwork_id"] for art in record.get("artworks") or ()]
+        ids = [artwork_id for artwork_id, _ in self.artworks_of(item_id)]
         if event.artwork_id in ids:
             return None
         listed = f"lists {len(ids)} artworks" if ids else "lists no artwork"
@@ -342,24 +342,20 @@ class Artworks:
         if memory.clicked is not None and watched_item == memory.clicked.item_id:
             memory.clicked_watch_s += watched_s
             if memory.clicked_watch_s >= self.take_play_s:
-                if ts_ms - memory.clicked_ms <= self.take_window_ms:
-                    self._end(state, bandit, memory.clicked, 1.0, ts_ms)
-                else:
-                    self._end(state, bandit, memory.clicked, 0.0, ts_ms)
-                memory.clicked = None
+                in_time = ts_ms - memory.clicked_ms <= self.take_window_ms
+                self._end_clicked(state, bandit, float(in_time), ts_ms)
                 changed = True
         if event.artwork_id is not None and memory.shown:
             changed |= self._end_expired(state, bandit, ts_ms)
             for index, shown in enumerate(memory.shown):
                 if shown.item_id == event.item_id and shown.artwork_id == event.artwork_id:
-                    if memory.clicked is not None:
-                        self._end(state, bandit, memory.clicked, 0.0, ts_ms)
+                    self._end_clicked(state, bandit, 0.0, ts_ms)
                     memory.clicked = memory.shown.pop(index)
                     memory.clicked_ms, memory.clicked_watch_s = ts_ms, 0.0
                     changed = True
                     break
         if changed:
-            self._rearm(state)
+            self.rearm(state)
 
     def expire(self, state: Any, bandit: ArtworkBandit, at_ms: int) -> None:
         """The ``artwork`` timer: end the shows whose window passed by ``at_ms`` as misses."""
@@ -368,22 +364,19 @@ class Artworks:
             return
         self._end_expired(state, bandit, at_ms)
         if memory.clicked is not None and at_ms >= memory.clicked_ms + self.take_window_ms:
-            self._end(state, bandit, memory.clicked, 0.0, at_ms)
-            memory.clicked = None
-        self._rearm(state)
+            self._end_clicked(state, bandit, 0.0, at_ms)
+        self.rearm(state)
 
     def rearm(self, state: Any) -> None:
-        """Schedule the ``artwork`` timer of an adopted state (after a restart)."""
-        if state.artwork is not None:
-            self._rearm(state)
-
-    def _rearm(self, state: Any) -> None:
-        self.schedule(
-            state,
-            state.artwork.deadline_ms(
-                show_window_ms=self.show_window_ms, take_window_ms=self.take_window_ms
-            ),
-        )
+        """Schedule the ``artwork`` timer at the user's earliest open deadline (or cancel it)."""
+        memory: UserArtwork | None = state.artwork
+        if memory is not None:
+            self.schedule(
+                state,
+                memory.deadline_ms(
+                    show_window_ms=self.show_window_ms, take_window_ms=self.take_window_ms
+                ),
+            )
 
     def _tags(self, shown: Shown) -> tuple[str, ...]:
         return dict(self.artworks_of(shown.item_id)).get(shown.artwork_id, ())
@@ -391,12 +384,22 @@ class Artworks:
     def _end_expired(self, state: Any, bandit: ArtworkBandit, at_ms: int) -> bool:
         """End as misses the shows whose window passed by ``at_ms``; whether any did."""
         memory: UserArtwork = state.artwork
-        expired = [s for s in memory.shown if at_ms >= s.shown_ms + self.show_window_ms]
+        open_: list[Shown] = []
+        expired: list[Shown] = []
+        for shown in memory.shown:
+            (expired if at_ms >= shown.shown_ms + self.show_window_ms else open_).append(shown)
         for shown in expired:
             self._end(state, bandit, shown, 0.0, at_ms)
         if expired:
-            memory.shown = [s for s in memory.shown if at_ms < s.shown_ms + self.show_window_ms]
+            memory.shown = open_
         return bool(expired)
+
+    def _end_clicked(self, state: Any, bandit: ArtworkBandit, reward: float, at_ms: int) -> None:
+        """End the clicked show, if any, with ``reward``; the user has none clicked then."""
+        memory: UserArtwork = state.artwork
+        if memory.clicked is not None:
+            self._end(state, bandit, memory.clicked, reward, at_ms)
+            memory.clicked = None
 
     def _end(
         self, state: Any, bandit: ArtworkBandit, shown: Shown, reward: float, at_ms: int

@@ -188,9 +188,7 @@ class ArtworkBandit:
             by_tags = self.tag_factor(context[:level], tags)
             arms = self.arms.setdefault(where, {})
             if level == len(own_levels) - 1:
-                arm_expected, arm_takes = arms.get(artwork_id, (0.0, 0.0))
-                shrink = OWN_PRIOR * self.prior
-                factor = by_tags * (arm_takes + shrink) / (arm_expected + shrink)
+                factor = by_tags * self._own(arms, artwork_id)
             _add(arms, artwork_id, expected * by_tags, 0.0)
         _add(self.items, item_id, factor, 0.0)
         for where in (ALL_USERS, *context):
@@ -257,14 +255,19 @@ class ArtworkBandit:
         level (the device): its takes over what its tags' factors predicted (shrunk toward 1).
         The own factor tells apart artworks of the same tags, or of none.
         """
-        prior = self.prior
         arms = self.arms.get(context[0] if context else ALL_USERS, {})
-        factors = []
-        for artwork_id, tags in artworks:
-            expected, takes = arms.get(artwork_id, (0.0, 0.0))
-            own = (takes + OWN_PRIOR * prior) / (expected + OWN_PRIOR * prior)
-            factors.append(self.tag_factor(context, tags, memo) * own)
-        return factors
+        return [
+            self.tag_factor(context, tags, memo) * self._own(arms, artwork_id)
+            for artwork_id, tags in artworks
+        ]
+
+    def _own(self, arms: dict[str, list[float]], artwork_id: str) -> float:
+        """The artwork's own factor: its takes over what its tags predicted, shrunk to 1."""
+        found = arms.get(artwork_id)
+        if found is None:
+            return 1.0
+        shrink = OWN_PRIOR * self.prior
+        return (found[1] + shrink) / (found[0] + shrink)
 
     def greedy(
         self,
@@ -285,7 +288,6 @@ class ArtworkBandit:
             bounds = memo[context] = {}
         first = self.tags.get(context[0] if context else ALL_USERS, {})
         arms = self.arms.get(context[0] if context else ALL_USERS, {})
-        shrink = OWN_PRIOR * self.prior
         best, best_score = 0, -math.inf
         for index, (artwork_id, tags) in enumerate(artworks):
             bound = bounds.get(tags)
@@ -296,8 +298,7 @@ class ArtworkBandit:
                     expected /= max(len(tags), 1)
                     factor += self.optimism * math.sqrt(factor / (expected + self.prior))
                 bound = bounds[tags] = factor
-            found = arms.get(artwork_id)
-            score = bound if found is None else bound * (found[1] + shrink) / (found[0] + shrink)
+            score = bound * self._own(arms, artwork_id)
             if score > best_score:
                 best, best_score = index, score
         return best

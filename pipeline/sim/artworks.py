@@ -39,11 +39,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.sim.audience import DEVICES, UserProfile
+from pipeline.sim.home_screen import FOR_YOU
 from pipeline.sim.synthetic_catalog import Catalog
+
+if TYPE_CHECKING:  # the closed loop imports this module
+    from pipeline.sim.closed_loop import ClosedLoopRun
 
 __all__ = ["TAGS", "ArtworkWorld", "TakeOutcomes", "take_outcomes"]
 
@@ -158,7 +163,7 @@ class TakeOutcomes:
 
 
 def take_outcomes(
-    run: object,
+    run: ClosedLoopRun,
     world: ArtworkWorld,
     user_ids: Sequence[str],
     *,
@@ -171,10 +176,6 @@ def take_outcomes(
     ``take_window_s``, by ``take_play_s`` of playback of the item (position gained between a
     ``play`` and the ``pause`` after it).
     """
-    from pipeline.sim.closed_loop import ClosedLoopRun
-    from pipeline.sim.home_screen import FOR_YOU
-
-    assert isinstance(run, ClosedLoopRun)
     row = {user_id: index for index, user_id in enumerate(user_ids)}
     shows = np.zeros(len(user_ids))
     takes = np.zeros(len(user_ids))

@@ -10,6 +10,9 @@ does not list is dead-lettered; a catalog record with malformed artworks is refu
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import orjson
 import pytest
 
@@ -213,3 +216,25 @@ def test_an_artwork_sticks_for_its_time_and_exploring_does_not_replace_it() -> N
                     explored += 1
                     assert entry["propensity"] <= 1 / 3
     assert kept > explored > 0
+
+
+def test_a_state_of_the_first_artwork_format_restores_and_its_click_can_still_be_taken() -> None:
+    """Written by the first artwork commit: one ``shown_ms`` for all shows, no latest list."""
+    fixture = orjson.loads((Path(__file__).parents[2] / "fixtures" / "artwork-state-first.json")
+                           .read_bytes())  # fmt: skip
+    p = processor()
+    state = p.decode_state("u1", base64.b64decode(fixture["bytes"]))
+    memory = state.artwork
+    assert memory is not None and memory.latest == [] and len(memory.shown) == 9
+    assert {shown.shown_ms for shown in memory.shown} == {START_MS + 100_000}  # its last list
+    clicked = fixture["clicked"]
+    assert memory.clicked is not None and memory.clicked.artwork_id == clicked["artwork_id"]
+    p.adopt(state)
+    feed = Feed(p)
+    feed.offset = 2
+    feed.send("play", 110, item_id=clicked["item_id"], position_s=0.0, duration_s=3600.0)
+    feed.send("pause", 200, item_id=clicked["item_id"], position_s=90.0)
+    assert p.tally.artwork_takes == {"bandit": 1}
+    other = Event("x", "search", "u2", START_MS + 2 * 86_400_000, query="q")
+    p.process(encode_event(other), key=b"u2", partition=0, offset=99)
+    assert p.tally.artwork_shows == {"bandit": 10}  # the take and nine misses
