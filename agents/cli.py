@@ -36,6 +36,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     app.ottscore.limit_dead_letters(topic_max_message_bytes(settings, settings.topic_dlq))
     app.ottscore.load_catalog(app.ottscore.catalog.read())  # the refreshes read what changed
     app.ottscore.load_experiments(app.ottscore.experiment_definitions.read())
+    app.ottscore.load_consent(app.ottscore.consent.read())
     sys.argv = ["ottscore", "worker", "--loglevel", args.loglevel]
     app.main()
     return 0  # pragma: no cover - app.main() exits

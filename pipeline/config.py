@@ -61,6 +61,15 @@ class Settings(BaseSettings):
         "ott.scores.personalization", description="Top-K items per user."
     )
     topic_signals: str = Field("ott.signals", description="Risk transitions per user.")
+    topic_actions: str = Field(
+        "ott.actions",
+        description="CRM triggers per user (sent, or withheld by a holdout); "
+        "schemas/action.schema.json.",
+    )
+    topic_consent: str = Field(
+        "ott.consent",
+        description="Opt-outs (compacted), key = user_id; schemas/consent.schema.json.",
+    )
     topic_models: str = Field("ott.models", description="Signed model snapshots (compacted).")
     topic_catalog: str = Field("ott.catalog", description="Item catalog (compacted), optional.")
     topic_experiments: str = Field(
@@ -172,8 +181,8 @@ class Settings(BaseSettings):
     catalog_refresh_s: float = Field(
         60.0,
         gt=0,
-        description="Seconds between a worker's reads of the catalog topic (each reads only "
-        "the records published since the last).",
+        description="Seconds between a worker's reads of the catalog and consent topics (each "
+        "reads only the records published since the last).",
     )
 
     # --- metrics ----------------------------------------------------------------------
@@ -321,6 +330,39 @@ class Settings(BaseSettings):
     )
     artwork_take_play_s: float = Field(
         60.0, ge=0, description="Seconds of playback after the click that make it a take."
+    )
+
+    # --- CRM triggers -----------------------------------------------------------------
+    crm_triggers: tuple[Literal["win_back", "at_risk", "continue_series", "new_for_fans"], ...] = (
+        Field(
+            ("win_back", "at_risk", "continue_series", "new_for_fans"),
+            description="The CRM triggers published to the actions topic; a JSON list, [] for "
+            "none.",
+        )
+    )
+    crm_daily_cap: int = Field(
+        2, ge=0, description="Most CRM triggers per user per event-time (UTC) day."
+    )
+    crm_type_gap_s: float = Field(
+        259_200.0,
+        ge=0,
+        description="Event-time seconds before a user may get a trigger of the same type again.",
+    )
+    crm_risk_exit: float = Field(
+        0.45,
+        gt=0,
+        lt=1,
+        description="Churn probability below which a user at risk leaves it (they enter at "
+        "risk_high): the hysteresis of at_risk and win_back.",
+    )
+    crm_expiry_s: float = Field(
+        259_200.0, gt=0, description="Event-time seconds from a trigger to its expires_at."
+    )
+    crm_trending_top: int = Field(
+        20,
+        ge=1,
+        description="The most played titles of a partition that new_for_fans offers to fans "
+        "of their genres.",
     )
 
     # --- model snapshots --------------------------------------------------------------

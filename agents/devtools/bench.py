@@ -26,6 +26,7 @@ at the end, so a bench can run against a shared cluster.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -56,6 +57,7 @@ from agents.devtools.throughput import (
     raw_aiokafka_events_per_s,
     run_workers,
     state_bytes_per_user,
+    with_artworks,
     worker_settings,
 )
 from agents.devtools.worker_process import WorkerProcess
@@ -76,6 +78,7 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("state_bytes_per_user", "<=", 2048.0),
     ("two_workers_speedup", ">=", 1.7),
     ("experiments_core_ratio", ">=", 0.9),
+    ("acting_core_ratio", ">=", 0.85),
 )
 
 
@@ -259,6 +262,22 @@ def run_bench(
                             ),
                         )
                     )
+                    # acting on the scores (artworks in the catalog, CRM triggers) and not,
+                    # back to back
+                    plain = base.model_copy(update={"crm_triggers": ()})
+                    results.setdefault("core_plain", []).append(
+                        _timed(
+                            "core in-process, no artworks, no triggers",
+                            functools.partial(core_events_per_s, plain, workload),
+                        )
+                    )
+                    acting = Workload(workload.records, with_artworks(workload.catalog))
+                    results.setdefault("core_acting", []).append(
+                        _timed(
+                            "core in-process, artworks and triggers",
+                            functools.partial(core_events_per_s, base, acting),
+                        )
+                    )
                 for count in (1, 2) if "two_workers" in wanted else (1,):
                     if count == 1 and not {"worker", "two_workers"} & set(wanted):
                         continue
@@ -297,6 +316,16 @@ def run_bench(
                 )
             ]
         ),
+        "core_acting_events_per_s": _median(results.get("core_acting", [])),
+        # per run, artworks and triggers / neither: the pair ran back to back
+        "acting_core_ratio": _median(
+            [
+                _ratio(with_, without)
+                for with_, without in zip(
+                    results.get("core_acting", []), results.get("core_plain", []), strict=True
+                )
+            ]
+        ),
         "latency_p50_s": latency.p50_s if latency else None,
         "latency_p99_s": latency.p99_s if latency else None,
         "latency_outputs": latency.outputs if latency else None,
@@ -315,6 +344,8 @@ def run_bench(
             "baseline_kafka_python": results.get("baseline", []),
             "core": results.get("core", []),
             "core_experiments": results.get("core_experiments", []),
+            "core_plain": results.get("core_plain", []),
+            "core_acting": results.get("core_acting", []),
             "worker": [r.events_per_s for r in single],
             "two_workers": [r.events_per_s for r in pairs],
         },
@@ -380,6 +411,8 @@ def format_report(report: dict[str, Any]) -> str:
         "core_events_per_s",
         "core_experiments_events_per_s",
         "experiments_core_ratio",
+        "core_acting_events_per_s",
+        "acting_core_ratio",
         "worker_vs_raw_aiokafka",
         "worker_vs_kafka_python",
         "latency_p50_s",

@@ -12,6 +12,7 @@ import asyncio
 import math
 import statistics
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -37,6 +38,7 @@ from pipeline.config import Settings
 from pipeline.core.partitioning import partitioned
 from pipeline.core.processor import Output, Processor
 from pipeline.offline.runner import drive
+from pipeline.sim.artworks import TAGS
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
 __all__ = [
@@ -213,6 +215,26 @@ def baseline_kafka_python_events_per_s(
     finally:
         consumer.close()
         producer.close()
+
+
+def with_artworks(
+    catalog: Sequence[dict[str, Any]], counts: tuple[int, int] = (4, 10)
+) -> list[dict[str, Any]]:
+    """The catalog with ``counts[0]`` to ``counts[1]`` artworks per item, as the simulator's.
+
+    >>> [len(item["artworks"]) for item in with_artworks([{"item_id": "a"}, {"item_id": "b"}])]
+    [8, 8]
+    """
+    low, high = counts
+    items = []
+    for item in catalog:
+        n = low + zlib.crc32(str(item["item_id"]).encode()) % (high - low + 1)
+        artworks = [
+            {"artwork_id": f"{item['item_id']}-a{k}", "tags": [TAGS[k % len(TAGS)]]}
+            for k in range(n)
+        ]
+        items.append({**item, "artworks": artworks})
+    return items
 
 
 def bench_experiments(workload: Workload) -> list[dict[str, Any]]:

@@ -204,12 +204,16 @@ def build_app(settings: Settings | None = None) -> faust.App:
         worker.snapshot_now(set(worker._restored))  # Faust flushes the producer right after
         await asyncio.to_thread(worker.catalog.close)
         await asyncio.to_thread(worker.experiment_definitions.close)
+        await asyncio.to_thread(worker.consent.close)
 
     @app.timer(settings.catalog_refresh_s)
     async def refresh() -> None:
         items = await asyncio.to_thread(worker.catalog.refresh)
         if items is not None:
             worker.load_catalog(items)
+        consent = await asyncio.to_thread(worker.consent.refresh)
+        if consent is not None:
+            worker.load_consent(consent)
         worker.export_quality()
 
     @app.timer(settings.audience_refresh_s)

@@ -58,6 +58,7 @@ class IngestWorker:
         self.health = health
         self.catalog = CompactedReader(settings, settings.topic_catalog)  # start, refreshes
         self.experiment_definitions = CompactedReader(settings, settings.topic_experiments)
+        self.consent = CompactedReader(settings, settings.topic_consent)
         self.table = table
         self.topics = topics
         self.metrics = metrics
@@ -251,6 +252,11 @@ class IngestWorker:
     def load_experiments(self, definitions: list[object]) -> None:
         """Adopt experiment definitions read from their topic (refused ones counted, skipped)."""
         self.processor.load_experiments(definitions)
+        self._export_tally()
+
+    def load_consent(self, records: list[object]) -> None:
+        """Adopt opt-outs read from the consent topic (refused ones counted, skipped)."""
+        self.processor.load_consent(records)
         self._export_tally()
 
     def load_catalog(self, items: list[object]) -> None:

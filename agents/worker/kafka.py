@@ -102,6 +102,7 @@ def all_topics(settings: Settings) -> tuple[list[str], list[str]]:
         settings.topic_models,
         settings.topic_catalog,
         settings.topic_experiments,
+        settings.topic_consent,
         settings.topic_kpis,
         settings.topic_experiment_results,
     ]

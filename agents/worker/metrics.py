@@ -35,6 +35,8 @@ from pipeline.core.catalog_items import CATALOG_REJECT_REASONS
 from pipeline.core.events import EVENT_TYPES, REJECT_REASONS
 from pipeline.core.outputs import SCORED_KINDS
 from pipeline.core.tally import Tally
+from pipeline.crm.consent import CONSENT_REFUSE_REASONS
+from pipeline.crm.triggers import STATUSES, SUPPRESS_REASONS, TRIGGER_TYPES
 from pipeline.experiments.definition import REFUSAL_REASONS as DEFINITION_REFUSALS
 from pipeline.models.artwork import ARTWORK_POLICIES
 from pipeline.serde.snapshots import REFUSAL_REASONS
@@ -174,6 +176,33 @@ class Metrics:
             "OTTSCORE_ARTWORK_TAKE_PLAY_S; the take rate is takes over shows, per policy.",
             "policy",
             ARTWORK_POLICIES,
+            registry,
+        )
+        self.actions = PromCounter(
+            "ottscore_actions_total",
+            "CRM triggers published to the actions topic, by type and status (sent, or "
+            "withheld by an experiment's holdout).",
+            ["type", "status"],
+            registry=registry,
+        )
+        self.actions_suppressed = PromCounter(
+            "ottscore_actions_suppressed_total",
+            "CRM triggers whose criteria were met but not published, by type and reason "
+            "(daily_cap, type_gap, opted_out).",
+            ["type", "reason"],
+            registry=registry,
+        )
+        for kind in TRIGGER_TYPES:
+            for status in STATUSES:
+                self.actions.labels(kind, status)
+            for reason in SUPPRESS_REASONS:
+                self.actions_suppressed.labels(kind, reason)
+        self.consent_refused = _counter_of_each(
+            "ottscore_consent_records_refused_total",
+            "Consent records skipped because they do not validate against "
+            "consent.schema.json, by reason.",
+            "reason",
+            CONSENT_REFUSE_REASONS,
             registry,
         )
         self.audience_users = Gauge(
@@ -449,5 +478,11 @@ class Metrics:
             self.artwork_takes.labels(policy).inc(n)
         for reason, n in tally.catalog_rejected.items():
             self.catalog_rejected.labels(reason).inc(n)
+        for (kind, status), n in tally.actions.items():
+            self.actions.labels(kind, status).inc(n)
+        for (kind, reason), n in tally.actions_suppressed.items():
+            self.actions_suppressed.labels(kind, reason).inc(n)
+        for reason, n in tally.consent_refused.items():
+            self.consent_refused.labels(reason).inc(n)
         for reason, n in tally.experiments_refused.items():
             self.experiments_refused.labels(reason).inc(n)

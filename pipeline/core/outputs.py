@@ -5,7 +5,7 @@ its records follow (``schemas/<schema>.schema.json``). The worker's topics, its 
 and the bench read this registry; the record builders live in :mod:`pipeline.core.records`.
 
 >>> [kind.name for kind in OUTPUTS.values() if kind.scored]
-['churn', 'personalization', 'signal']
+['churn', 'personalization', 'signal', 'action']
 >>> from pipeline.config import Settings
 >>> OUTPUTS["dlq"].topic(Settings())
 'ott.events.dlq'
@@ -46,6 +46,7 @@ OUTPUTS = {
         Output("churn", "topic_scores_churn", "churn"),
         Output("personalization", "topic_scores_personalization", "personalization"),
         Output("signal", "topic_signals", "signal"),
+        Output("action", "topic_actions", "action"),
         Output("kpi_partial", "topic_kpi_partials", "kpi_partial", scored=False),
     )
 }

@@ -63,6 +63,8 @@ from pipeline.core.records import (
 from pipeline.core.state import PendingChurn, UserState
 from pipeline.core.tally import Tally
 from pipeline.core.timers import EventTimeTimers
+from pipeline.crm.consent import Consent
+from pipeline.crm.triggers import CrmRules, Triggers
 from pipeline.experiments.live import LiveExperiments
 from pipeline.experiments.live_results import PartitionOutcomes, experiment_meta
 from pipeline.experiments.outcomes import UserOutcome
@@ -155,6 +157,9 @@ class Processor:
             tally=self.tally,
             sink=artwork_sink,
         )
+        #: Opt-outs read from ``ott.consent`` (:meth:`load_consent`).
+        self.consent = Consent()
+        self.triggers = Triggers(CrmRules.of(settings), self.consent, self.tally)
         self.personalizer = Personalizer(
             settings, quality=self.quality, experiments=self.experiments, artworks=self.artworks
         )
@@ -254,6 +259,9 @@ class Processor:
         playing, watch_s = state.playing_item, state.watch_s
         session_start = state.session_start_ms is None
         step = state.update(event, self._genres)
+        if step.playback_end is not None and self.triggers:
+            item_id, share = step.playback_end
+            self.triggers.on_playback_end(state, item_id, share, event.ts_ms)
         if state.artwork is not None and models.artwork is not None:
             self.artworks.on_event(
                 state,
@@ -360,6 +368,15 @@ class Processor:
         """
         self.experiments.load(definitions)
         self.tally.experiments_refused.update(self.experiments.take_refused())
+
+    def load_consent(self, records: Iterable[object]) -> None:
+        """Adopt opt-outs (from ``ott.consent`` or a file), the latest record of a user last.
+
+        A record that does not validate is skipped, logged with its reason and counted in the
+        tally (``consent_refused``); the ones after it are still read.
+        """
+        self.consent.load(records)
+        self.tally.consent_refused.update(self.consent.take_refused())
 
     # --- models -----------------------------------------------------------------------
 
@@ -529,6 +546,18 @@ class Processor:
                 "watch_s": session.watch_s,
             },
         )
+        if self.triggers:
+            trending = models.recommender.trending.top(self.triggers.rules.trending_top)
+            items = models.items
+            arms, holdout = self._crm_arms(state, at_ms)
+            for value in self.triggers.on_session_end(
+                state,
+                at_ms,
+                [(items.ids[i], items.genres(i)) for i in trending],
+                experiments=arms,
+                holdout=holdout,
+            ):
+                self._emit("action", state.user_id.encode(), value)
 
     def _rescore(self, state: UserState, at_ms: int) -> None:
         """Score again the churn risk of a user silent since their last session's end.
@@ -557,7 +586,21 @@ class Processor:
             self.timers.schedule(
                 state.partition, state.user_id, SILENCE, state.last_seen_ms + stages[stage + 1]
             )
-        self._publish_risk(state, at_ms, probability, model=model, x=x, trigger=f"inactive_{days}d")
+        self._publish_risk(
+            state,
+            at_ms,
+            probability,
+            model=model,
+            x=x,
+            trigger=f"inactive_{days}d",
+            silence_days=days,
+        )
+        if stage == 0 and self.triggers:  # after win_back: the order of TRIGGER_TYPES
+            arms, holdout = self._crm_arms(state, at_ms)
+            for value in self.triggers.on_silence(
+                state, at_ms, silence_days=days, experiments=arms, holdout=holdout
+            ):
+                self._emit("action", state.user_id.encode(), value)
 
     def _publish_risk(
         self,
@@ -569,15 +612,23 @@ class Processor:
         x: dict[str, float],
         trigger: str,
         session: dict[str, Any] | None = None,
+        silence_days: int | None = None,
     ) -> None:
-        """Publish a churn score, and a signal when it moves the user in or out of high risk."""
+        """Publish a churn score, and a signal when it moves the user in or out of high risk.
+
+        And the CRM triggers the score fires (``at_risk`` at a session end, ``win_back`` at
+        a re-score after ``silence_days``).
+        """
         settings = self.settings
         medium, high = settings.risk_medium, settings.risk_high
         arms = self.experiments.arms(state.experiments, at_ms) if state.experiments else {}
+        holdout: frozenset[str] = frozenset()
         if arms:
-            thresholds = self.experiments.knobs(arms).churn_thresholds
+            knobs = self.experiments.knobs(arms)
+            thresholds = knobs.churn_thresholds
             if thresholds is not None:
                 medium, high = thresholds.medium, thresholds.high
+            holdout = knobs.crm_holdout or holdout
         band = risk_band(probability, medium=medium, high=high)
         key = state.user_id.encode()
         self._emit(
@@ -614,6 +665,25 @@ class Processor:
                     trigger=trigger,
                 ),
             )
+        if self.triggers:
+            for value in self.triggers.on_risk(
+                state,
+                at_ms,
+                probability,
+                high=high,
+                silence_days=silence_days,
+                experiments=arms,
+                holdout=holdout,
+            ):
+                self._emit("action", key, value)
+
+    def _crm_arms(self, state: UserState, at_ms: int) -> tuple[dict[str, str], frozenset[str]]:
+        """The user's experiment arms at ``at_ms``, and the trigger types they hold out."""
+        if not state.experiments:
+            return {}, frozenset()
+        arms = self.experiments.arms(state.experiments, at_ms)
+        holdout = self.experiments.knobs(arms).crm_holdout if arms else None
+        return arms, holdout or frozenset()
 
     def _label(
         self, state: UserState, models: PartitionModels, *, churned: bool, at_ms: int

@@ -298,6 +298,44 @@ def personalization_record(
     return orjson.dumps(record)
 
 
+def action_record(
+    user_id: str,
+    ts_ms: int,
+    *,
+    trigger_id: str,
+    kind: str,
+    status: str,
+    channel: str,
+    score: float,
+    reasons: Sequence[str],
+    expires_ms: int,
+    item_id: str | None = None,
+    experiments: Mapping[str, str] | None = None,
+) -> bytes:
+    """A CRM trigger for ``user_id`` at event time ``ts_ms`` (``schemas/action.schema.json``).
+
+    ``status`` is ``sent``, or ``withheld`` by a holdout; ``trigger_id`` is its idempotency
+    key (:func:`pipeline.crm.triggers.trigger_id`).
+    """
+    record: dict[str, Any] = {
+        "trigger_id": trigger_id,
+        "user_id": user_id,
+        "type": kind,
+        "status": status,
+        "ts": format_ts(ts_ms),
+        "expires_at": format_ts(expires_ms),
+        "channel": channel,
+        "score": score,
+        "reasons": list(reasons),
+        "schema_version": SCHEMA_VERSION,
+    }
+    if item_id is not None:
+        record["item_id"] = item_id
+    if experiments:
+        record["experiments"] = experiments
+    return orjson.dumps(record)
+
+
 def kpi_partial_record(
     partition: int,
     *,

@@ -35,6 +35,7 @@ from pipeline.core.artwork import UserArtwork
 from pipeline.core.dedupe import RecentIds
 from pipeline.core.events import EVENT_TYPES, Event
 from pipeline.core.features import UserFeatures
+from pipeline.crm.triggers import UserCrm
 from pipeline.kpis.windows import UserKpis
 
 __all__ = ["ClosedSession", "PendingChurn", "Step", "UserState", "TYPE_INDEX"]
@@ -42,7 +43,7 @@ __all__ = ["ClosedSession", "PendingChurn", "Step", "UserState", "TYPE_INDEX"]
 TYPE_INDEX = {name: i for i, name in enumerate(EVENT_TYPES)}
 #: Stored fields that models decide (a replay after a restart may differ in them).
 MODEL_OUTPUTS = frozenset(
-    {"pending", "risk_band", "segment", "reco_items", "trending_items", "artwork"}
+    {"pending", "risk_band", "segment", "reco_items", "trending_items", "artwork", "crm"}
 )
 #: Stored fields of a user's KPI part whose pruning follows the worker's commits.
 KPI_PARTS = frozenset({"counts", "days"})
@@ -134,6 +135,8 @@ class UserState:
     kpis: UserKpis | None = None
     #: The artworks shown to the user and their outcomes (:mod:`pipeline.core.artwork`).
     artwork: UserArtwork | None = None
+    #: The user's part of the CRM triggers: risk hysteresis, caps (:mod:`pipeline.crm.triggers`).
+    crm: UserCrm | None = None
     #: Fields of a newer release, kept as read and written back unchanged.
     extra: dict[str, Any] = field(default_factory=dict)
 

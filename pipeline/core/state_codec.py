@@ -52,6 +52,7 @@ from pipeline.core.features import CHURN_FEATURES, UserFeatures, unpack_floats
 if TYPE_CHECKING:
     from pipeline.core.artwork import UserArtwork
     from pipeline.core.state import PendingChurn, UserState
+    from pipeline.crm.triggers import UserCrm
     from pipeline.kpis.windows import UserKpis
 
 __all__ = [
@@ -166,7 +167,9 @@ COUNTER_LAYOUT: Final = 1
 #: The churn features of a pending prediction, by layout number, in the order packed.
 CHURN_FEATURE_LAYOUTS: dict[int, tuple[str, ...]] = {1: CHURN_FEATURES}
 CHURN_FEATURE_LAYOUT: Final = 1
-_NESTED = ("partition", "features", "recent_ids", "pending", "format", "kpis", "artwork")
+_NESTED = (
+    "partition", "features", "recent_ids", "pending", "format", "kpis", "artwork", "crm"
+)  # fmt: skip
 _get_scalars = operator.attrgetter(*_SCALARS)
 _KNOWN = frozenset(_SCALARS) | frozenset(_NESTED)
 
@@ -222,6 +225,8 @@ def encode(state: UserState) -> bytes:
         record["kpis"] = state.kpis.to_json()
     if state.artwork is not None:  # since 2026-12; absent from a state never shown artwork
         record["artwork"] = state.artwork.to_json()
+    if state.crm is not None:  # since 2026-12; absent from a state no trigger rule touched
+        record["crm"] = state.crm.to_json()
     return orjson.dumps(record)
 
 
@@ -275,6 +280,7 @@ def decode(user_id: str, data: bytes, *, window_ms: int, max_ids: int) -> UserSt
         pending=_pending(PendingChurn, obj.get("pending")),
         kpis=_kpis(user_id, obj.get("kpis")),
         artwork=_artwork(obj.get("artwork")),
+        crm=_crm(obj.get("crm")),
         extra={name: value for name, value in obj.items() if name not in _KNOWN},
         **values,
     )
@@ -350,6 +356,17 @@ def _artwork(obj: object) -> UserArtwork | None:
         return UserArtwork.from_json(_check("artwork", obj, dict))
     except (ValueError, TypeError, KeyError) as exc:
         raise StateUnreadable("wrong_type", f"artwork: {type(exc).__name__}: {exc}") from None
+
+
+def _crm(obj: object) -> UserCrm | None:
+    from pipeline.crm.triggers import UserCrm
+
+    if obj is None:
+        return None
+    try:
+        return UserCrm.from_json(_check("crm", obj, dict))
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise StateUnreadable("wrong_type", f"crm: {type(exc).__name__}: {exc}") from None
 
 
 # --- migrations -------------------------------------------------------------------------

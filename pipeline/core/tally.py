@@ -35,7 +35,11 @@ class Tally:
     #: Artwork shows ended, and those taken, per policy (:mod:`pipeline.core.artwork`).
     artwork_shows: Counter[str] = field(default_factory=Counter)
     artwork_takes: Counter[str] = field(default_factory=Counter)
+    #: CRM triggers published by ``(type, status)``, and suppressed by ``(type, reason)``.
+    actions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    actions_suppressed: Counter[tuple[str, str]] = field(default_factory=Counter)
     catalog_rejected: Counter[str] = field(default_factory=Counter)
+    consent_refused: Counter[str] = field(default_factory=Counter)
     experiments_refused: Counter[str] = field(default_factory=Counter)
 
     def clear(self) -> None:
@@ -47,6 +51,9 @@ class Tally:
         self.experiments_refused.clear()
         self.artwork_shows.clear()
         self.artwork_takes.clear()
+        self.actions.clear()
+        self.actions_suppressed.clear()
+        self.consent_refused.clear()
         self.consumed.clear()
         self.rejected.clear()
         self.published.clear()

@@ -33,7 +33,7 @@ Examples
 ... )
 >>> experiment.control.name, experiment.variants[1].knobs  # doctest: +NORMALIZE_WHITESPACE
 ('control', Knobs(list_source=None, list_size=5, reco_debounce_s=None, churn_thresholds=None,
-       artwork_policy=None))
+       artwork_policy=None, crm_holdout=None))
 >>> try:
 ...     parse_definition(b'{"id": "rail-size"')
 ... except DefinitionRefused as refused:
@@ -97,7 +97,8 @@ SCHEMA_VERSION: Final = 1
 """The only supported ``schema_version`` of definitions."""
 
 KNOBS: Final = (
-    "list_source", "list_size", "reco_debounce_s", "churn_thresholds", "artwork_policy"
+    "list_source", "list_size", "reco_debounce_s", "churn_thresholds", "artwork_policy",
+    "crm_holdout",
 )  # fmt: skip
 """The settings a variant can override."""
 
@@ -155,6 +156,8 @@ class Knobs:
     reco_debounce_s: float | None = None
     churn_thresholds: ChurnThresholds | None = None
     artwork_policy: str | None = None
+    #: CRM trigger types withheld (recorded, not sent) for the variant's users.
+    crm_holdout: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +389,7 @@ def _experiment(obj: dict[str, Any]) -> Experiment:
 def _variant(obj: dict[str, Any]) -> Variant:
     knobs = obj.get("knobs", {})
     size, thresholds = knobs.get("list_size"), knobs.get("churn_thresholds")
-    debounce = knobs.get("reco_debounce_s")
+    debounce, holdout = knobs.get("reco_debounce_s"), knobs.get("crm_holdout")
     return Variant(
         name=obj["name"],
         weight=float(obj["weight"]),
@@ -399,6 +402,7 @@ def _variant(obj: dict[str, Any]) -> Variant:
             if thresholds is None
             else ChurnThresholds(float(thresholds["medium"]), float(thresholds["high"])),
             artwork_policy=knobs.get("artwork_policy"),
+            crm_holdout=None if holdout is None else frozenset(holdout),
         ),
     )
 

@@ -64,6 +64,7 @@ __all__ = [
     "ClosedLoopConfig",
     "ClosedLoopRun",
     "ListPolicy",
+    "Message",
     "Slice",
     "Step",
     "published_list",
@@ -95,6 +96,10 @@ class ClosedLoopConfig:
     artworks
         The range of artworks per title, e.g. ``(4, 10)``, with the viewers' hidden taste in
         them (:mod:`pipeline.sim.artworks`); None: titles have no artwork.
+    win_back_response
+        Chance that a ``win_back`` message the policy sends (an ``ott.actions`` record,
+        :class:`Message`) brings a viewer back within a day: one who has not left, or left
+        less than 14 days before.
     """
 
     users: int
@@ -109,11 +114,12 @@ class ClosedLoopConfig:
     weekly_churn: tuple[float, float] = (0.5, 0.005)
     bad_rate: float = 0.0
     artworks: tuple[int, int] | None = None
+    win_back_response: float = 0.3
 
     def __post_init__(self) -> None:
         if self.users < 1 or self.days <= 0 or self.slice_s <= 0 or self.row_size < 1:
             raise ValueError("users and row_size must be at least 1, days and slice_s positive")
-        for name in ("new_user_fraction", "bad_rate"):
+        for name in ("new_user_fraction", "bad_rate", "win_back_response"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if not all(0.0 < hazard for hazard in self.weekly_churn):
@@ -139,21 +145,37 @@ class Slice:
     records: Sequence[tuple[bytes, bytes]]
 
 
-ListPolicy = Callable[[Slice], Iterable[PublishedList]]
-"""What publishes lists: given the next slice, the lists published after it."""
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A CRM message to a user (an ``ott.actions`` record): its type, when, whether sent.
+
+    A withheld one (a holdout) never reaches the user.
+    """
+
+    user_id: str
+    kind: str
+    ts_ms: int
+    sent: bool = True
+
+
+ListPolicy = Callable[[Slice], Iterable[PublishedList | Message]]
+"""What publishes lists: given the next slice, the lists (and messages) published after it."""
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
     """One slice, the home screens seen in it, the lists published after it, and departures.
 
-    ``departures`` maps each user found gone to when they left.
+    ``departures`` maps each user found gone to when they left; ``comebacks`` each user a
+    message brought back to the start of their next session (one found gone before stays).
     """
 
     slice: Slice
     impressions: Sequence[Impression]
     published: Sequence[PublishedList]
     departures: dict[str, int]
+    messages: Sequence[Message] = ()
+    comebacks: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +192,9 @@ class ClosedLoopRun:
         The last list published to each user.
     joined_ms, left_ms
         When each user signed up; when each user who left did.
+    messages
+        The CRM messages published, sent or withheld, in time order; ``comebacks``: the
+        session starts of the users a message brought back.
     """
 
     config: ClosedLoopConfig
@@ -179,6 +204,8 @@ class ClosedLoopRun:
     lists: dict[str, PublishedList] = field(default_factory=dict)
     joined_ms: dict[str, int] = field(default_factory=dict)
     left_ms: dict[str, int] = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)
+    comebacks: list[tuple[str, int]] = field(default_factory=list)
 
     def digest(self) -> str:
         """SHA-256 of the records, keys and values: equal runs have equal digests."""
@@ -265,6 +292,10 @@ class ClosedLoop:
                 run.impressions[impression.user_id].append(impression)
             run.lists.update((published.user_id, published) for published in step.published)
             run.left_ms.update(step.departures)
+            run.messages.extend(step.messages)
+            for user_id, start_ms in step.comebacks.items():
+                run.left_ms.pop(user_id, None)
+                run.comebacks.append((user_id, start_ms))
         return run
 
     def steps(self, policy: ListPolicy) -> Iterator[Step]:
@@ -288,17 +319,22 @@ class ClosedLoop:
                 start_ms=config.start_ms,
                 end_ms=config.end_ms,
                 appeal=None if world is None else functools.partial(world.appeal, index),
+                win_back_response=config.win_back_response,
             )
             for index, profile in enumerate(self.profiles)
         ]
         noise = random.Random(f"{config.seed}/closed-loop-noise")
         departures: dict[str, int] = {}
-        heap: list[tuple[int, int, Event | int, Iterator[Event | int]]] = []
+        # (time, viewer, life, next event or session start, the life's stream): a message
+        # that brings a viewer back starts a new life, and the old one's entries are dropped
+        heap: list[tuple[int, int, int, Event | int, Iterator[Event | int]]] = []
+        lives = [0] * len(viewers)
+        index_of = {viewer.profile.user_id: index for index, viewer in enumerate(viewers)}
 
         def advance(index: int, stream: Iterator[Event | int]) -> None:
             following = next(stream, None)
             if following is not None:
-                heapq.heappush(heap, (_ts_ms(following), index, following, stream))
+                heapq.heappush(heap, (_ts_ms(following), index, lives[index], following, stream))
             elif (left_ms := viewers[index].left_ms) is not None:
                 departures[viewers[index].profile.user_id] = left_ms
 
@@ -309,14 +345,34 @@ class ClosedLoop:
             start_ms = config.start_ms + (heap[0][0] - config.start_ms) // slice_ms * slice_ms
             events: list[Event] = []
             while heap and heap[0][0] < start_ms + slice_ms:
-                _, index, item, stream = heapq.heappop(heap)
+                _, index, life, item, stream = heapq.heappop(heap)
+                if life != lives[index]:
+                    continue  # a life a message replaced
                 if isinstance(item, Event):
                     events.append(item)
                 advance(index, stream)  # at a session's start: the viewer reads the home screen
             piece = Slice(start_ms, start_ms + slice_ms, events, _records(events, config, noise))
-            published = list(policy(piece))
+            published: list[PublishedList] = []
+            messages: list[Message] = []
+            for out in policy(piece):
+                if isinstance(out, Message):
+                    messages.append(out)
+                else:
+                    published.append(out)
             home.publish(published)
-            yield Step(piece, home.take_impressions(), published, departures)
+            comebacks: dict[str, int] = {}
+            for message in messages:
+                index = index_of.get(message.user_id, -1)
+                if not message.sent or index < 0:
+                    continue
+                viewer, read_ms = viewers[index], max(message.ts_ms, piece.end_ms)
+                come_ms = viewer.answer(message.kind, read_ms)
+                if come_ms is not None:
+                    lives[index] += 1
+                    departures.pop(message.user_id, None)
+                    comebacks[message.user_id] = come_ms
+                    advance(index, viewer.visits((read_ms, come_ms)))
+            yield Step(piece, home.take_impressions(), published, departures, messages, comebacks)
             departures = {}
         if departures:  # everyone left before their first session
             yield Step(Slice(config.end_ms, config.end_ms, [], []), [], [], departures)

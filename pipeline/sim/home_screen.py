@@ -26,6 +26,10 @@ half the title's broad appeal), which only the simulation knows:
   session (fit × fraction watched, 0 if nothing was played);
 - **visits**: the viewer keeps each session of their habits with probability
   ``0.4 + satisfaction`` (all of them from 0.6 on);
+- **messages**: a ``win_back`` message brings the viewer back with probability
+  ``win_back_response``, within an hour to a day, for a session and then their habits
+  again, when they have not left or left less than 14 days before (they subscribe again,
+  with a new patience); a viewer about to leave stays (their remaining patience is kept);
 - **churn**: between sessions the viewer's churn hazard is ``h0 ** (1 - s) × h1 ** s`` a
   week at satisfaction ``s`` (``h0``, ``h1``: the hazards at satisfaction 0 and 1); they
   leave once it has added up to their patience, drawn once from an exponential law of
@@ -56,6 +60,7 @@ Examples
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -100,6 +105,8 @@ _ATTENTION_FLOOR = 0.25  # of the engagement, kept watching a title of fit 0
 _RELEVANCE_WEIGHT = 0.5  # of a session's outcome: how relevant the row looked; the rest, the best
 _SATISFACTION_RATE = 0.2
 _VISIT_FLOOR = 0.4  # share of the habitual sessions kept at satisfaction 0 (all from 0.6 on)
+_COMEBACK_MS = (3_600_000, DAY_MS)  # a viewer won back comes within an hour to a day
+_REACH_MS = 14 * DAY_MS  # a message still reaches a viewer who left this recently
 
 
 def position_bias(rank: int) -> float:
@@ -255,6 +262,9 @@ class HomeViewer(Viewer):
     appeal
         The viewer's hidden appeal of an artwork (:mod:`pipeline.sim.artworks`):
         it multiplies the chance to click a slot shown with it. None: artworks change nothing.
+    win_back_response
+        Chance that a win-back message brings the viewer back (when they have not left, or
+        left less than 14 days before).
     """
 
     def __init__(
@@ -271,9 +281,11 @@ class HomeViewer(Viewer):
         start_ms: int,
         end_ms: int,
         appeal: Callable[[str | None], float] | None = None,
+        win_back_response: float = 0.0,
     ) -> None:
         super().__init__(profile, catalog, seed=seed, start_ms=start_ms, end_ms=end_ms)
         self.appeal = appeal
+        self.win_back_response = win_back_response
         self._artworks: tuple[str | None, ...] = ()
         self.home = home
         self.fit = fit
@@ -282,29 +294,42 @@ class HomeViewer(Viewer):
         self.weekly_churn = weekly_churn
         self.satisfaction = 0.5
         self._patience = float(rng.exponential())  # the cumulative hazard borne before leaving
+        self._hazard = 0.0  # per millisecond, at the last wear
+        self._worn_until = 0  # patience is spent up to this event time
+        # the draws of the answers to messages: their own stream, so that a holdout arm
+        # leaves every other draw of the viewer as it is (paired comparisons)
+        self._answers = np.random.default_rng([seed, 0xB0CE, zlib.crc32(profile.user_id.encode())])
         #: When the viewer left for good, once they did.
         self.left_ms: int | None = None
         self._surface = POPULAR
         self._row: list[int | None] = []
         self._best = 0.0  # the best title of the session so far: fit × fraction watched
 
-    def visits(self) -> Iterator[Event | int]:
+    def visits(self, comeback: tuple[int, int] | None = None) -> Iterator[Event | int]:
         """The viewer's life: before each session the time it starts, then its events.
 
         The home screen is read when the generator is resumed after yielding a session's
         start time: the closed loop does so once every list published before it is known.
         The generator ends when the period ends or the viewer leaves (:attr:`left_ms`).
+        ``comeback``: ``(message time, session start)`` of a viewer a message brought back
+        (:meth:`answer`): their life from that session on, replacing the one before.
         """
         profile, bias = self.profile, self.home.bias
         since = max(profile.joined_ms, self.start_ms)
-        if profile.joined_ms >= self.start_ms:
-            start: int | None = profile.joined_ms
+        start: int | None
+        if comeback is not None:
+            since, start = comeback
+        elif profile.joined_ms >= self.start_ms:
+            start = profile.joined_ms
         else:
             start = self._next_visit(
                 self.start_ms - int(self.rng.random() * self.mean_gap_days * DAY_MS)
             )
+        answered = comeback is not None  # they come to that session, whatever their patience
         while start is not None:
-            if self._wear(since, start):
+            if answered:
+                answered = False
+            elif self._wear(since, start):
                 return
             yield start
             self._surface, self._row = self.home.show(profile.user_id, start)
@@ -320,6 +345,35 @@ class HomeViewer(Viewer):
             since = session.now_ms
             start = self._next_visit(since)
         self._wear(since, self.stop_ms)
+
+    def answer(self, kind: str, at_ms: int) -> int | None:
+        """A message of type ``kind`` reaches the viewer at ``at_ms``: when they come back, if.
+
+        Only ``win_back`` brings anyone back, and not a viewer gone for more than 14 days
+        (see the module docstring). A viewer who comes back is present again: the closed
+        loop replaces their life by ``visits((at_ms, start))``; the patience spent beyond
+        ``at_ms`` is given back.
+        """
+        if kind != "win_back" or at_ms >= self.stop_ms:
+            return None
+        gone = self.left_ms is not None and self.left_ms <= at_ms
+        if gone and at_ms - self.left_ms > _REACH_MS:  # type: ignore[operator]
+            return None  # long gone: the message no longer reaches them
+        if self._answers.random() >= self.win_back_response:
+            return None
+        low, high = _COMEBACK_MS
+        start = at_ms + int(self._answers.integers(low, high))
+        if start >= self.stop_ms:
+            return None
+        if gone:  # they subscribe again, with a patience of their own
+            self._patience = float(self._answers.exponential())
+            self.left_ms = None
+        elif self.left_ms is not None:  # about to leave: what patience they had left at at_ms
+            self._patience = self._hazard * (self.left_ms - at_ms)
+            self.left_ms = None
+        elif self._worn_until > at_ms:
+            self._patience += self._hazard * (self._worn_until - at_ms)
+        return start
 
     def _next_visit(self, after_ms: int) -> int | None:
         """The next session of the habits, skipped at a rate the satisfaction tells."""
@@ -337,8 +391,10 @@ class HomeViewer(Viewer):
         unhappy, happy = self.weekly_churn
         hazard = unhappy ** (1.0 - self.satisfaction) * happy**self.satisfaction / _WEEK_MS
         spent = hazard * (until_ms - since_ms)
+        self._hazard = hazard
         if spent < self._patience:
             self._patience -= spent
+            self._worn_until = until_ms
             return False
         self.left_ms = since_ms + int(self._patience / hazard)
         return True

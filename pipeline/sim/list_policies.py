@@ -33,14 +33,16 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
+import orjson
 
-from pipeline.core.events import Event
+from pipeline.core.events import Event, parse_ts
 from pipeline.core.processor import Output, Processor
 from pipeline.offline.runner import drive
 from pipeline.sim.audience import DAY_MS
-from pipeline.sim.closed_loop import ClosedLoop, PublishedList, Slice, published_list
+from pipeline.sim.closed_loop import ClosedLoop, Message, PublishedList, Slice, published_list
 from pipeline.sim.synthetic_catalog import Catalog
 
 __all__ = ["OracleLists", "ProcessorLists", "RandomLists", "TrendingLists", "no_lists"]
@@ -67,17 +69,30 @@ class ProcessorLists:
         self.processor = processor
         self.partition = partition
         self.outputs: Counter[str] = Counter()
+        #: Every ``ott.actions`` record published, as published (parsed).
+        self.actions: list[dict[str, Any]] = []
         self._offset = 0
 
-    def __call__(self, piece: Slice) -> list[PublishedList]:
-        """Process the slice's records; return the lists the processor published."""
-        published: list[PublishedList] = []
+    def __call__(self, piece: Slice) -> list[PublishedList | Message]:
+        """Process the slice's records; return the lists and messages the processor published."""
+        published: list[PublishedList | Message] = []
 
         def take(outputs: Sequence[Output]) -> None:
             for output in outputs:
                 self.outputs[output.kind] += 1
                 if output.kind == "personalization":
                     published.append(published_list(output.value))
+                elif output.kind == "action":
+                    action = orjson.loads(output.value)
+                    self.actions.append(action)
+                    published.append(
+                        Message(
+                            action["user_id"],
+                            action["type"],
+                            parse_ts(action["ts"]),
+                            action["status"] == "sent",
+                        )
+                    )
 
         first, self._offset = self._offset, self._offset + len(piece.records)
         records = [

@@ -22,6 +22,8 @@ FIGURES = (
     "core_events_per_s",
     "core_experiments_events_per_s",
     "experiments_core_ratio",
+    "core_acting_events_per_s",
+    "acting_core_ratio",
     "latency_p50_s",
     "latency_p99_s",
     "state_bytes_per_user",
@@ -68,6 +70,9 @@ def test_bench_reports_every_figure_and_the_worker_takes_every_record(
     assert runs["core"] == [report["core_events_per_s"]]
     assert runs["core_experiments"][0] / runs["core"][0] == pytest.approx(
         report["experiments_core_ratio"]
+    )
+    assert runs["core_acting"][0] / runs["core_plain"][0] == pytest.approx(
+        report["acting_core_ratio"]
     )
     assert runs["two_workers"][0] / runs["worker"][0] == pytest.approx(
         report["two_workers_speedup"]

@@ -26,6 +26,7 @@ import pytest
 from conftest import free_ports
 from worker_process import (
     WorkerProcess,
+    consent_records,
     labelled,
     published_scores,
     read_topic,
@@ -38,8 +39,10 @@ from agents.devtools.produce import produce
 from agents.worker.faults import STEPS
 from agents.worker.kafka import ensure_topics
 from pipeline.config import Settings
-from pipeline.core.events import EVENT_TYPES, EventDecoder, Rejection
+from pipeline.core.events import EVENT_TYPES, EventDecoder, Rejection, parse_ts
+from pipeline.core.features import DAY_MS
 from pipeline.core.processor import Processor
+from pipeline.crm.consent import Consent
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
 #: A killed worker's partitions move after this; the broker's minimum allowed is 6 s.
@@ -96,7 +99,9 @@ def audit(settings: Settings) -> dict[str, int]:
         f"{len(missing)} of {len(expected_scores)} scores missing, e.g. {sorted(missing)[:3]}; "
         f"{len(unexpected)} unexpected, e.g. {sorted(unexpected)[:3]}"
     )
+    actions = audit_actions(settings)
     return {
+        "actions": actions,
         "records": len(inputs),
         "events": len(seen),
         "retries": retries,
@@ -108,6 +113,44 @@ def audit(settings: Settings) -> dict[str, int]:
         "scores": len(expected_scores),
         "scores_published": len(published),
     }
+
+
+def audit_actions(settings: Settings) -> int:
+    """The CRM triggers read back from their topic: caps and opt-outs hold; returns how many.
+
+    De-duplicated by ``trigger_id`` (a replay may publish one twice), as a consumer does.
+    """
+    unique = {}
+    for record in read_topic(settings, settings.topic_actions):
+        action = orjson.loads(record.value)
+        unique[action["trigger_id"]] = action
+    consent = Consent()
+    consent.load(consent_records(settings))
+    per_day: Counter[tuple[str, int]] = Counter()
+    times: dict[tuple[str, str], list[int]] = {}
+    for action in unique.values():
+        at_ms = parse_ts(action["ts"])
+        per_day[action["user_id"], at_ms // DAY_MS] += 1
+        times.setdefault((action["user_id"], action["type"]), []).append(at_ms)
+        assert consent.allows(action["user_id"], action["channel"]), action
+    assert not per_day or max(per_day.values()) <= settings.crm_daily_cap
+    gap_ms = settings.crm_type_gap_s * 1000
+    for made in times.values():
+        made.sort()
+        assert all(b - a >= gap_ms for a, b in zip(made, made[1:], strict=False)), made
+    return len(unique)
+
+
+def publish_consent(settings: Settings, users: int, seed: int) -> None:
+    """Opt-outs for a fifth of the users, and a record that is not JSON."""
+    rng = random.Random(seed)
+    records: list[tuple[bytes | None, bytes]] = [(b"bad", b"{not json")]
+    for n in range(users):
+        if rng.random() < 0.2:
+            user = f"user-{n:06d}"
+            channels = [rng.choice(["email", "push", "in_app", "all"])]
+            records.append((user.encode(), orjson.dumps({"user_id": user, "opted_out": channels})))
+    produce(settings, records, topic=settings.topic_consent)
 
 
 def feed(settings: Settings, records: list, rate: float) -> threading.Thread:
@@ -135,6 +178,8 @@ def test_kill_9_five_times_loses_nothing(settings_factory, tmp_path: Path, store
         snapshot_key="kill-test-key",
         snapshot_interval_s=2.0,
     )
+    ensure_topics(settings)
+    publish_consent(settings, users=300, seed=21)
     records = stream(seed=21)
     feeder = feed(settings, records, rate=2500)
     rng = random.Random(21)
@@ -159,6 +204,7 @@ def test_kill_9_five_times_loses_nothing(settings_factory, tmp_path: Path, store
         feeder.join()
     counts = audit(settings)
     assert resumed > 0, "the restarted worker published no scores"
+    assert counts["actions"] > 0, "no CRM trigger to audit"
     print(f"\nkill -9 ({store}): {len(trials)} trials (records read per life {trials}), {counts}")
 
 

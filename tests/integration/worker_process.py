@@ -187,9 +187,23 @@ SCORED_KINDS = ("churn", "personalization")
 
 
 def score_identity(kind: str, value: bytes) -> tuple[str, str, str]:
-    """``(kind, user_id, ts)`` of a score record: which score it is, not what it says."""
+    """``(kind, user_id, ts)`` of a score record: which score it is, not what it says.
+
+    A CRM trigger is named by its ``trigger_id`` instead of its time (two may share one).
+    """
     record = orjson.loads(value)
-    return kind, record["user_id"], record["ts"]
+    return kind, record["user_id"], record["trigger_id" if kind == "action" else "ts"]
+
+
+def consent_records(settings: Settings) -> list[object]:
+    """The consent topic's records as the worker reads them (JSON, or the bytes that are not)."""
+    records: list[object] = []
+    for record in read_topic(settings, settings.topic_consent):
+        try:
+            records.append(orjson.loads(record.value))
+        except orjson.JSONDecodeError:
+            records.append(bytes(record.value))
+    return records
 
 
 def reference_run(settings: Settings) -> tuple[dict[str, bytes], set[tuple[str, str, str]]]:
@@ -201,8 +215,10 @@ def reference_run(settings: Settings) -> tuple[dict[str, bytes], set[tuple[str, 
         scores.update(score_identity(o.kind, o.value) for o in outputs if o.kind in SCORED_KINDS)
 
     records = read_topic(settings, settings.topic_events)
+    processor = Processor(settings)
+    processor.load_consent(consent_records(settings))
     drive(
-        Processor(settings),
+        processor,
         ((r.key, r.value, r.partition, r.offset, r.timestamp) for r in records),
         outputs=score,
         states=lambda changed: states.update((user, data) for user, _, data in changed),

@@ -55,6 +55,7 @@ def populated_metrics() -> Metrics:
     tally.published.update(churn=2, personalization=3, signal=1)
     tally.artwork_shows.update(bandit=10)
     tally.artwork_takes.update(bandit=1)
+    tally.actions.update({("win_back", "sent"): 1})
     metrics.add(tally)
     for kind in SCORED_KINDS:
         metrics.event_to_publish_latency.labels(kind).observe(0.2)

@@ -376,7 +376,7 @@ def test_encode_event_timestamp_is_utc_even_for_events_read_with_an_offset(
 SCHEMA_NAMES = (
     *("envelope", "play", "pause", "search", "click", "event"),
     *("dlq", "churn", "personalization", "signal", "catalog", "quarantine"),
-    *("experiment", "kpi_partial", "kpi", "experiment_result"),
+    *("experiment", "kpi_partial", "kpi", "experiment_result", "action", "consent"),
 )
 
 

@@ -46,7 +46,7 @@ def test_the_fixture_holds_positional_format_2_states_of_every_kind() -> None:
 
 
 #: Fields added since the fixtures were written, with the value an older state gets.
-ADDED_SINCE_THE_FIXTURES = {"experiments": {}, "kpis": None, "artwork": None}
+ADDED_SINCE_THE_FIXTURES = {"experiments": {}, "kpis": None, "artwork": None, "crm": None}
 
 
 def test_states_written_by_format_2_restore_exactly() -> None:

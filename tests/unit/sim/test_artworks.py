@@ -7,7 +7,7 @@ import dataclasses
 from pipeline.config import Settings
 from pipeline.core.processor import Processor
 from pipeline.sim.artworks import TAGS, take_outcomes
-from pipeline.sim.closed_loop import ClosedLoop, ClosedLoopConfig, Slice
+from pipeline.sim.closed_loop import ClosedLoop, ClosedLoopConfig, Message, Slice
 from pipeline.sim.home_screen import PublishedList
 from pipeline.sim.list_policies import ProcessorLists
 
@@ -52,12 +52,15 @@ def test_an_oracle_of_the_viewers_taste_has_no_regret_and_random_artworks_have_s
         processor = Processor(Settings(artwork_policy="random"), clock=lambda: 4.1e9)
         inner = ProcessorLists(processor, catalog=loop.catalog_records())
 
-        def policy(piece: Slice) -> list[PublishedList]:
+        def policy(piece: Slice) -> list[PublishedList | Message]:
             published = inner(piece)
             if pick == "random":
                 return published
             best = []
             for listed in published:
+                if isinstance(listed, Message):
+                    best.append(listed)
+                    continue
                 viewer = row[listed.user_id]
                 arts = []
                 for item_id in listed.item_ids:
