@@ -265,7 +265,7 @@ class Artworks:
         picked: list[tuple[str, float] | None] = []
         latest: list[Shown] = []
         context = context_of(device, state.features.genre_affinity)
-        memo: dict[Any, float] = {}
+        memo = bandit.memo()
         for item_id in item_ids:
             artworks = self.artworks_of(item_id)
             if not artworks:

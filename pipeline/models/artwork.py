@@ -151,6 +151,20 @@ class ArtworkBandit:
         self.tags: dict[str, dict[str, list[float]]] = {}
         #: bucket → [shows, takes]
         self.buckets: dict[str, list[float]] = {}
+        self._counted = 0  # changes of the counts: shows and takes
+        self._memo: tuple[tuple[int, float, float], dict[Any, Any]] = ((-1, 0.0, 0.0), {})
+
+    def memo(self) -> dict[Any, Any]:
+        """A memo for :meth:`choose`: values of the counts, kept until they change.
+
+        Lists are picked far more often than shows open (a show opens per listed item at a
+        session's start): the tag factors, bounds and best artworks of the items of one list
+        serve the next lists too, until a show or a take changes the counts.
+        """
+        key = (self._counted, self.explore, self.optimism)
+        if self._memo[0] != key:
+            self._memo = (key, {})
+        return self._memo[1]
 
     # --- learning ---------------------------------------------------------------------
 
@@ -181,6 +195,7 @@ class ArtworkBandit:
         buckets, most general first (e.g. ``("tv", "tv/drama")``); every show also counts
         for :data:`ALL_USERS`.
         """
+        self._counted += 1
         expected = self.item_rate(item_id)
         own_levels = (ALL_USERS, context[0]) if context else (ALL_USERS,)
         factor = 1.0
@@ -201,6 +216,7 @@ class ArtworkBandit:
         self, context: Sequence[str], item_id: str, artwork_id: str, tags: Sequence[str]
     ) -> None:
         """A show :meth:`show` counted was taken."""
+        self._counted += 1
         _add(self.items, item_id, 0.0, 1.0)
         for where in (ALL_USERS, context[0]) if context else (ALL_USERS,):
             _add(self.arms.setdefault(where, {}), artwork_id, 0.0, 1.0)
@@ -283,13 +299,18 @@ class ArtworkBandit:
         buried under the floor of ε (the first of ties). ``memo`` as for :meth:`tag_factor`.
         """
         memo = {} if memo is None else memo
+        known = memo.get(("best", context, id(artworks)))
+        if known is not None and known[0] is artworks:
+            return int(known[1])
         bounds = memo.get(context)
         if bounds is None:
             bounds = memo[context] = {}
         first = self.tags.get(context[0] if context else ALL_USERS, {})
-        arms = self.arms.get(context[0] if context else ALL_USERS, {})
+        own = self.arms.get(context[0] if context else ALL_USERS, {}).get
+        shrink = OWN_PRIOR * self.prior
         best, best_score = 0, -math.inf
-        for index, (artwork_id, tags) in enumerate(artworks):
+        index = 0
+        for artwork_id, tags in artworks:  # the hot loop of a list: :meth:`_own` inlined
             bound = bounds.get(tags)
             if bound is None:
                 factor = self.tag_factor(context, tags, memo)
@@ -298,9 +319,12 @@ class ArtworkBandit:
                     expected /= max(len(tags), 1)
                     factor += self.optimism * math.sqrt(factor / (expected + self.prior))
                 bound = bounds[tags] = factor
-            score = bound * self._own(arms, artwork_id)
+            found = own(artwork_id)
+            score = bound if found is None else bound * ((found[1] + shrink) / (found[0] + shrink))
             if score > best_score:
                 best, best_score = index, score
+            index += 1
+        memo["best", context, id(artworks)] = (artworks, best)  # the list: its id stays its
         return best
 
     def choose(
@@ -311,7 +335,7 @@ class ArtworkBandit:
         *,
         draw: tuple[float, float],
         sticky: str | None = None,
-        memo: dict[Any, float] | None = None,
+        memo: dict[Any, Any] | None = None,
     ) -> ArtworkChoice:
         """Pick an artwork of a shown item under ``policy``; ``draw`` from :func:`draws`.
 
@@ -323,32 +347,60 @@ class ArtworkBandit:
         """
         n = len(artworks)
         explore_draw, pick_draw = draw
-        ids = [artwork_id for artwork_id, _ in artworks]
         context = tuple(context)
-        popular_eps = self.epsilon(ALL_USERS)
-        bandit_eps = self.epsilon(context[0]) if context else popular_eps
-        popular_best = self.greedy((), artworks, memo)
-        bandit_best = self.greedy(context, artworks, memo) if context else popular_best
+        memo = {} if memo is None else memo
         explored = True
         if policy == "random":
             index, propensity = min(int(pick_draw * n), n - 1), 1.0 / n
         else:
-            eps, best = (popular_eps, popular_best) if policy == "popular" else (
-                bandit_eps, bandit_best
-            )  # fmt: skip
-            if sticky is not None and sticky in ids:
-                best = ids.index(sticky)
+            popular_eps, bandit_eps = self._epsilons(context, memo)
+            eps, bucket = (popular_eps, ()) if policy == "popular" else (bandit_eps, context)
+            best = -1
+            if sticky is not None:
+                best = next((i for i, (a, _) in enumerate(artworks) if a == sticky), -1)
+            if best < 0:
+                best = self.greedy(bucket, artworks, memo)
             explored = explore_draw < eps
             index = min(int(pick_draw * n), n - 1) if explored else best
             propensity = (1.0 - eps) * (index == best) + eps / n
-        return ArtworkChoice(
-            ids[index],
-            propensity,
-            n,
+        p_popular, p_bandit = self.propensities(context, artworks, index, memo)
+        return ArtworkChoice(artworks[index][0], propensity, n, p_popular, p_bandit, explored)
+
+    def propensities(
+        self,
+        context: Sequence[str],
+        artworks: Sequence[Artwork],
+        index: int,
+        memo: dict[Any, Any] | None = None,
+    ) -> tuple[float, float]:
+        """The probabilities of ``artworks[index]`` under ``popular`` and ``bandit`` now.
+
+        Without stickiness: what each policy would have shown a user in ``context`` who
+        had no artwork sticking (the counterfactual propensities of the off-policy
+        estimates; ``index`` -1: an artwork neither could show, 0).
+        """
+        if index < 0:
+            return 0.0, 0.0
+        n = len(artworks)
+        context = tuple(context)
+        memo = {} if memo is None else memo
+        popular_eps, bandit_eps = self._epsilons(context, memo)
+        popular_best = self.greedy((), artworks, memo)
+        bandit_best = self.greedy(context, artworks, memo) if context else popular_best
+        return (
             (1.0 - popular_eps) * (index == popular_best) + popular_eps / n,
             (1.0 - bandit_eps) * (index == bandit_best) + bandit_eps / n,
-            explored,
         )
+
+    def _epsilons(self, context: tuple[str, ...], memo: dict[Any, Any]) -> tuple[float, float]:
+        """ε of ``popular`` and of ``bandit`` in ``context`` (kept in ``memo``)."""
+        epsilons = memo.get(("ε", context))
+        if epsilons is None:
+            popular_eps = self.epsilon(ALL_USERS)
+            epsilons = memo["ε", context] = (
+                popular_eps, self.epsilon(context[0]) if context else popular_eps
+            )  # fmt: skip
+        return epsilons  # type: ignore[no-any-return]
 
     # --- stored form ------------------------------------------------------------------
 
@@ -377,6 +429,8 @@ class ArtworkBandit:
         self.arms = {} if fresh else state["arms"]
         self.tags = {} if fresh else state["tags"]
         self.buckets = {} if fresh else state["buckets"]
+        self._counted = 0
+        self._memo = ((-1, 0.0, 0.0), {})
 
 
 def _add(counts: dict[str, list[float]], key: str, first: float, second: float) -> None:

@@ -121,3 +121,18 @@ def test_a_snapshot_of_the_first_format_restores_as_a_fresh_bandit() -> None:
     })  # fmt: skip
     assert (bandit.explore, bandit.items, bandit.arms, bandit.tags) == (0.05, {}, {}, {})
     assert bandit.choose("bandit", ("tv",), ARTS, draw=(0.9, 0.1)).choices == 4
+
+
+def test_the_memo_of_the_lists_is_dropped_when_a_show_or_a_take_changes_the_counts() -> None:
+    bandit = ArtworkBandit(explore=0.05, optimism=0.0)
+    memo = bandit.memo()
+    assert bandit.greedy(("tv",), ARTS, memo) == 0  # nothing learnt: the first of ties
+    assert bandit.memo() is memo  # no change: the next list reuses it
+    for _ in range(30):
+        bandit.show(("tv",), "film-1", "a3", ("bright",))
+        bandit.take(("tv",), "film-1", "a3", ("bright",))
+    fresh = bandit.memo()
+    assert fresh is not memo and bandit.greedy(("tv",), ARTS, fresh) == 3
+    assert bandit.greedy(("tv",), ARTS, memo) == 0  # what the stale memo would have said
+    restored = pickle.loads(pickle.dumps(bandit))
+    assert restored.greedy(("tv",), ARTS, restored.memo()) == 3
