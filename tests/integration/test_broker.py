@@ -197,7 +197,7 @@ def test_settings_factory_gives_each_worker_its_own_created_topics(
     assert partitions == {**dict.fromkeys(first_topics, 2), single: 1}
     assert set(second_topics) <= existing
     assert not set(first_topics) & set(second_topics)
-    assert len(topic_fields) == 12
+    assert len(topic_fields) == 14
     assert first.app_id != second.app_id
     assert first.kafka_bootstrap_servers == second.kafka_bootstrap_servers == kafka_bootstrap
     assert (first.store, first.metrics_port) == ("memory://", 0)
