@@ -128,6 +128,9 @@ class ArtworkBandit:
         Standard errors added to an estimate to pick the best (:meth:`greedy`).
     """
 
+    #: Caches of values of the counts, not stored: a restored bandit starts them afresh.
+    TRANSIENT = ("_counted", "_memo")
+
     def __init__(
         self,
         *,
