@@ -65,6 +65,7 @@ from pipeline.core.tally import Tally
 from pipeline.core.timers import EventTimeTimers
 from pipeline.crm.consent import Consent
 from pipeline.crm.triggers import CrmRules, Triggers
+from pipeline.experiments.definition import Knobs
 from pipeline.experiments.live import LiveExperiments
 from pipeline.experiments.live_results import PartitionOutcomes, experiment_meta
 from pipeline.experiments.outcomes import UserOutcome
@@ -621,10 +622,9 @@ class Processor:
         """
         settings = self.settings
         medium, high = settings.risk_medium, settings.risk_high
-        arms = self.experiments.arms(state.experiments, at_ms) if state.experiments else {}
+        arms, knobs = self._arms(state, at_ms)
         holdout: frozenset[str] = frozenset()
-        if arms:
-            knobs = self.experiments.knobs(arms)
+        if knobs is not None:
             thresholds = knobs.churn_thresholds
             if thresholds is not None:
                 medium, high = thresholds.medium, thresholds.high
@@ -677,13 +677,15 @@ class Processor:
             ):
                 self._emit("action", key, value)
 
+    def _arms(self, state: UserState, at_ms: int) -> tuple[dict[str, str], Knobs | None]:
+        """The user's experiment arms at ``at_ms``, and their knobs (None: in no arm)."""
+        arms = self.experiments.arms(state.experiments, at_ms) if state.experiments else {}
+        return arms, self.experiments.knobs(arms) if arms else None
+
     def _crm_arms(self, state: UserState, at_ms: int) -> tuple[dict[str, str], frozenset[str]]:
         """The user's experiment arms at ``at_ms``, and the trigger types they hold out."""
-        if not state.experiments:
-            return {}, frozenset()
-        arms = self.experiments.arms(state.experiments, at_ms)
-        holdout = self.experiments.knobs(arms).crm_holdout if arms else None
-        return arms, holdout or frozenset()
+        arms, knobs = self._arms(state, at_ms)
+        return arms, (knobs.crm_holdout if knobs is not None else None) or frozenset()
 
     def _label(
         self, state: UserState, models: PartitionModels, *, churned: bool, at_ms: int

@@ -362,18 +362,16 @@ class Triggers:
         rules = self.rules
         kind = trigger.type
         crm = state.crm
+        made: list[list[Any]] = []
         if crm is not None and crm.made:
             memory_ms = max(rules.type_gap_ms, DAY_MS)
-            crm.made = [made for made in crm.made if made[1] > at_ms - memory_ms]
-            day = at_ms // DAY_MS
-            if sum(1 for _, made_ms in crm.made if made_ms // DAY_MS == day) >= rules.daily_cap:
-                self._suppress(kind, "daily_cap")
-                return None
-            if any(k == kind and at_ms - made_ms < rules.type_gap_ms for k, made_ms in crm.made):
-                self._suppress(kind, "type_gap")
-                return None
-        elif rules.daily_cap < 1:
+            made = crm.made = [each for each in crm.made if each[1] > at_ms - memory_ms]
+        day = at_ms // DAY_MS
+        if sum(1 for _, made_ms in made if made_ms // DAY_MS == day) >= rules.daily_cap:
             self._suppress(kind, "daily_cap")
+            return None
+        if any(k == kind and at_ms - made_ms < rules.type_gap_ms for k, made_ms in made):
+            self._suppress(kind, "type_gap")
             return None
         user_id = state.user_id
         channel = next(
