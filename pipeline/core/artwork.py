@@ -52,6 +52,9 @@ __all__ = ["ArtworkTrial", "Artworks", "Shown", "UserArtwork", "context_of"]
 
 #: Items whose artwork a user's state remembers for stickiness (the oldest forgotten first).
 MAX_STICKY = 64
+#: The weight a user's earlier sessions keep, per device, at each session start: the device
+#: of their lists' context is the one of most sessions over about the last ten.
+DEVICE_MEMORY = 0.9
 #: Open shows a user's state holds; beyond, the oldest ends as a miss.
 MAX_OPEN = 64
 NO_GENRE = "none"
@@ -61,8 +64,8 @@ NO_DEVICE = "unknown"
 def context_of(device: str | None, genre_affinity: Mapping[str, float]) -> tuple[str, str]:
     """The user's context for the bandit: their device, then device and favourite genre.
 
-    The device is the one of the event that triggered the list; the favourite genre the one
-    of most watch time (``none`` before any).
+    The device is the one the user watches on most (:meth:`UserArtwork.usual_device`); the
+    favourite genre the one of most watch time (``none`` before any).
 
     >>> context_of("tv", {"drama": 3.0, "crime": 5.0}), context_of(None, {})
     (('tv', 'tv/crime'), ('unknown', 'unknown/none'))
@@ -114,7 +117,9 @@ class UserArtwork:
     ``sticky``: item → ``[artwork_id, since_ms]``, the artwork the policy chose as its best
     and since when; ``latest``: the picks of the latest list (shown at the next session's
     start); ``shown``: the open shows, oldest first; the clicked one moved to ``clicked``
-    (clicked at ``clicked_ms``, ``clicked_watch_s`` of it played since).
+    (clicked at ``clicked_ms``, ``clicked_watch_s`` of it played since); ``devices``: the
+    user's sessions per device, each session start weighing the earlier ones by
+    :data:`DEVICE_MEMORY` (absent from states stored before it: it starts afresh).
     """
 
     sticky: dict[str, list[Any]] = field(default_factory=dict)
@@ -123,6 +128,36 @@ class UserArtwork:
     clicked: Shown | None = None
     clicked_ms: int = 0
     clicked_watch_s: float = 0.0
+    devices: dict[str, float] = field(default_factory=dict)
+
+    def count_session(self, device: str | None) -> None:
+        """A session started on ``device``: the earlier sessions weigh :data:`DEVICE_MEMORY`."""
+        devices = self.devices
+        for known in devices:
+            devices[known] *= DEVICE_MEMORY
+        device = device or NO_DEVICE
+        devices[device] = devices.get(device, 0.0) + 1.0
+
+    def usual_device(self, device: str | None) -> str | None:
+        """The device of most (weighed) sessions; ``device`` before any session is counted.
+
+        A list is seen at the user's next session start, on a device not known yet: the one
+        they use most is the best guess of it, better than the device of the event the list
+        follows (a session on another device would otherwise switch the context of every
+        list made in it).
+
+        >>> memory = UserArtwork()
+        >>> memory.usual_device("mobile")
+        'mobile'
+        >>> for device in ("tv", "tv", "mobile"):
+        ...     memory.count_session(device)
+        >>> memory.usual_device("mobile"), {k: round(v, 2) for k, v in memory.devices.items()}
+        ('tv', {'tv': 1.71, 'mobile': 1.0})
+        """
+        devices = self.devices
+        if not devices:
+            return device
+        return max(devices.items(), key=lambda entry: (entry[1], entry[0]))[0]
 
     def deadline_ms(self, *, show_window_ms: int, take_window_ms: int) -> int | None:
         """When the earliest open show ends without a take, or None when none is open."""
@@ -142,6 +177,7 @@ class UserArtwork:
             "clicked": None if self.clicked is None else self.clicked.to_json(),
             "clicked_ms": self.clicked_ms,
             "clicked_watch_s": self.clicked_watch_s,
+            "devices": self.devices,
         }
 
     @classmethod
@@ -155,6 +191,7 @@ class UserArtwork:
             clicked=None if clicked is None else Shown.from_json(clicked),
             clicked_ms=int(obj["clicked_ms"]),
             clicked_watch_s=float(obj["clicked_watch_s"]),
+            devices={str(device): float(n) for device, n in obj.get("devices", {}).items()},
         )
 
 
@@ -264,7 +301,7 @@ class Artworks:
         policy = policy or self.policy
         picked: list[tuple[str, float] | None] = []
         latest: list[Shown] = []
-        context = context_of(device, state.features.genre_affinity)
+        context: tuple[str, ...] = ()
         memo = bandit.memo()
         for item_id in item_ids:
             artworks = self.artworks_of(item_id)
@@ -273,6 +310,9 @@ class Artworks:
                 continue
             if memory is None:
                 memory = state.artwork = UserArtwork()
+            if not context:
+                usual = memory.usual_device(device)
+                context = context_of(usual, state.features.genre_affinity)
             sticky = memory.sticky.get(item_id)
             kept = sticky[0] if sticky and ts_ms - sticky[1] < self.sticky_ms else None
             choice = bandit.choose(
@@ -335,10 +375,11 @@ class Artworks:
         memory: UserArtwork = state.artwork
         ts_ms = event.ts_ms
         changed = False
-        if session_start and memory.latest:
+        if session_start:
+            memory.count_session(event.device)
             for shown in memory.latest:
                 self._open(state, bandit, memory, ts_ms, shown)
-            changed = True
+            changed = bool(memory.latest)
         if memory.clicked is not None and watched_item == memory.clicked.item_id:
             memory.clicked_watch_s += watched_s
             if memory.clicked_watch_s >= self.take_play_s:

@@ -49,8 +49,8 @@ class Feed:
     def __init__(self, p: Processor) -> None:
         self.p, self.offset, self.outputs = p, 0, []
 
-    def send(self, kind: str, ts_s: float, **fields: object) -> list[dict]:
-        event = Event(f"e{self.offset}", kind, "u1", START_MS + int(ts_s * 1000), device="tv",
+    def send(self, kind: str, ts_s: float, device: str = "tv", **fields: object) -> list[dict]:
+        event = Event(f"e{self.offset}", kind, "u1", START_MS + int(ts_s * 1000), device=device,
                       **fields)  # type: ignore[arg-type]  # fmt: skip
         self.p.process(encode_event(event), key=b"u1", partition=0, offset=self.offset)
         self.offset += 1
@@ -134,6 +134,23 @@ def test_a_list_replaced_within_the_session_was_never_shown() -> None:
     shown = {(s.item_id, s.artwork_id) for s in feed.p.users["u1"].artwork.shown}
     assert shown == {(i["item_id"], i["artwork_id"]) for i in second["items"]}
     assert first != second
+
+
+def test_the_context_of_a_list_is_the_device_of_most_sessions_not_that_of_its_event() -> None:
+    feed = Feed(processor())
+    first_list(feed)  # its session started before the user had artwork: not counted
+    memory = feed.p.users["u1"].artwork
+    assert memory.latest[0].context == ("tv", "tv/none")  # nothing counted: the event's
+    for n, device in enumerate(("tv", "tv", "mobile"), start=1):  # three more sessions
+        ts, film = LATER * n, f"f{n}"  # a new film: a new list
+        [_] = feed.send("play", ts, device, item_id=film, position_s=0.0, duration_s=60.0)
+        feed.send("pause", ts + 60, device, item_id=film, position_s=60.0)
+    assert memory.devices == pytest.approx({"tv": 1.71, "mobile": 1.0})
+    assert memory.latest[0].shown_ms == START_MS + 3 * LATER * 1000  # the mobile session's
+    assert memory.latest[0].context == ("tv", "tv/drama")  # listed on mobile, seen as on tv
+    stored = feed.p.users["u1"].to_bytes()
+    restored = feed.p.decode_state("u1", stored).artwork
+    assert restored is not None and restored.devices == memory.devices
 
 
 def test_a_click_naming_an_artwork_its_item_does_not_list_is_dead_lettered() -> None:
