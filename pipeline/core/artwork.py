@@ -73,8 +73,12 @@ def context_of(device: str | None, genre_affinity: Mapping[str, float]) -> tuple
     device = device or NO_DEVICE
     if not genre_affinity:
         return device, f"{device}/{NO_GENRE}"
-    genre = max(genre_affinity.items(), key=lambda entry: (entry[1], entry[0]))[0]
-    return device, f"{device}/{genre}"
+    return device, f"{device}/{_heaviest(genre_affinity)}"
+
+
+def _heaviest(weights: Mapping[str, float]) -> str:
+    """The key of the largest weight; of equal weights, the largest key."""
+    return max(weights.items(), key=lambda entry: (entry[1], entry[0]))[0]
 
 
 @dataclass(slots=True)
@@ -154,10 +158,7 @@ class UserArtwork:
         >>> memory.usual_device("mobile"), {k: round(v, 2) for k, v in memory.devices.items()}
         ('tv', {'tv': 1.71, 'mobile': 1.0})
         """
-        devices = self.devices
-        if not devices:
-            return device
-        return max(devices.items(), key=lambda entry: (entry[1], entry[0]))[0]
+        return _heaviest(self.devices) if self.devices else device
 
     def deadline_ms(self, *, show_window_ms: int, take_window_ms: int) -> int | None:
         """When the earliest open show ends without a take, or None when none is open."""

@@ -548,15 +548,15 @@ class Processor:
             },
         )
         if self.triggers:
-            trending = models.recommender.trending.top(self.triggers.rules.trending_top)
-            items = models.items
+            items, trending = models.items, models.recommender.trending
+
+            def most_played() -> list[tuple[str, tuple[str, ...]]]:
+                top = trending.top(self.triggers.rules.trending_top)
+                return [(items.ids[i], items.genres(i)) for i in top]
+
             arms, holdout = self._crm_arms(state, at_ms)
             for value in self.triggers.on_session_end(
-                state,
-                at_ms,
-                [(items.ids[i], items.genres(i)) for i in trending],
-                experiments=arms,
-                holdout=holdout,
+                state, at_ms, most_played, experiments=arms, holdout=holdout
             ):
                 self._emit("action", state.user_id.encode(), value)
 
@@ -623,12 +623,8 @@ class Processor:
         settings = self.settings
         medium, high = settings.risk_medium, settings.risk_high
         arms, knobs = self._arms(state, at_ms)
-        holdout: frozenset[str] = frozenset()
-        if knobs is not None:
-            thresholds = knobs.churn_thresholds
-            if thresholds is not None:
-                medium, high = thresholds.medium, thresholds.high
-            holdout = knobs.crm_holdout or holdout
+        if knobs is not None and knobs.churn_thresholds is not None:
+            medium, high = knobs.churn_thresholds.medium, knobs.churn_thresholds.high
         band = risk_band(probability, medium=medium, high=high)
         key = state.user_id.encode()
         self._emit(
@@ -673,7 +669,7 @@ class Processor:
                 high=high,
                 silence_days=silence_days,
                 experiments=arms,
-                holdout=holdout,
+                holdout=_holdout(knobs),
             ):
                 self._emit("action", key, value)
 
@@ -685,7 +681,7 @@ class Processor:
     def _crm_arms(self, state: UserState, at_ms: int) -> tuple[dict[str, str], frozenset[str]]:
         """The user's experiment arms at ``at_ms``, and the trigger types they hold out."""
         arms, knobs = self._arms(state, at_ms)
-        return arms, (knobs.crm_holdout if knobs is not None else None) or frozenset()
+        return arms, _holdout(knobs)
 
     def _label(
         self, state: UserState, models: PartitionModels, *, churned: bool, at_ms: int
@@ -903,3 +899,8 @@ class Processor:
         for user_id in [u for u, s in self.users.items() if s.partition == partition]:
             del self.users[user_id]
             self._dirty.discard(user_id)
+
+
+def _holdout(knobs: Knobs | None) -> frozenset[str]:
+    """The trigger types an arm's knobs hold out (None: in no arm, none)."""
+    return (knobs.crm_holdout if knobs is not None else None) or frozenset()

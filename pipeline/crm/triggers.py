@@ -55,7 +55,7 @@ True
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -302,16 +302,17 @@ class Triggers:
         self,
         state: UserState,
         at_ms: int,
-        trending: Sequence[tuple[str, tuple[str, ...]]],
+        trending: Callable[[], Sequence[tuple[str, tuple[str, ...]]]],
         *,
         experiments: Mapping[str, str] | None = None,
         holdout: Iterable[str] = (),
     ) -> list[bytes]:
         """``new_for_fans``: the most played title of ``trending`` in a genre the user is a fan of.
 
-        ``trending`` holds ``(item_id, genres)``, the most played first.
+        ``trending()`` gives ``(item_id, genres)``, the most played first; it is called only
+        for a user who is a fan of some genre (most session ends need no ranking).
         """
-        if "new_for_fans" not in self.rules.types or not trending:
+        if "new_for_fans" not in self.rules.types:
             return []
         affinity = state.features.genre_affinity
         total = sum(affinity.values())
@@ -324,7 +325,7 @@ class Triggers:
         crm = state.crm
         offered = crm.offered if crm is not None else ()
         finished = state.finished
-        for rank, (item_id, genres) in enumerate(trending, 1):
+        for rank, (item_id, genres) in enumerate(trending(), 1):
             shared = fan_of.intersection(genres)
             if not shared or item_id in offered or item_id in finished:
                 continue

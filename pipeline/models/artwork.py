@@ -380,10 +380,8 @@ class ArtworkBandit:
 
         Without stickiness: what each policy would have shown a user in ``context`` who
         had no artwork sticking (the counterfactual propensities of the off-policy
-        estimates; ``index`` -1: an artwork neither could show, 0).
+        estimates).
         """
-        if index < 0:
-            return 0.0, 0.0
         n = len(artworks)
         context = tuple(context)
         memo = {} if memo is None else memo

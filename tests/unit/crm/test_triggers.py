@@ -138,14 +138,18 @@ def test_new_for_fans_offers_the_most_played_unseen_title_of_a_fan_genre_once() 
     state.finished.append("seen-scifi")
     trending = [("doc-1", ("documentary",)), ("seen-scifi", ("scifi",)), ("new-scifi", ("scifi",)),
                 ("new-drama", ("drama",))]  # fmt: skip
-    first = triggers.on_session_end(state, START_MS, trending)
+
+    def most_played() -> list[tuple[str, tuple[str, ...]]]:
+        return trending
+
+    first = triggers.on_session_end(state, START_MS, most_played)
     record = orjson.loads(first[0])
     assert record["item_id"] == "new-scifi"
     assert record["reasons"] == ["fan of scifi", "#3 most played"]
     assert record["score"] == 0.6
     later = START_MS + 4 * DAY_MS
-    assert triggers.on_session_end(state, later, trending) == []  # offered once; drama: no fan
-    assert triggers.on_session_end(state, later, [("new-comedy", ("comedy",))]) != []
+    assert triggers.on_session_end(state, later, most_played) == []  # offered once; drama: no fan
+    assert triggers.on_session_end(state, later, lambda: [("new-comedy", ("comedy",))]) != []
 
 
 def test_the_same_cause_gives_the_same_id_and_another_cause_another() -> None:
