@@ -300,8 +300,9 @@ class Settings(BaseSettings):
     artwork_policy: Literal["bandit", "popular", "random"] = Field(
         "bandit",
         description="How each listed item's artwork is picked, for items the catalog gives "
-        "artworks: bandit (per device, then device and favourite genre), popular (the "
-        "most-taken artwork), random; an experiment's artwork_policy knob overrides it.",
+        "artworks: bandit (per the device the user watches on most, then with their "
+        "favourite genre), popular (the most-taken artwork), random; an experiment's "
+        "artwork_policy knob overrides it.",
     )
     artwork_explore: float = Field(
         0.02,
