@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip",
         action="append",
         default=[],
-        help="raw, baseline, worker, core, latency or two_workers (repeat or comma-separate)",
+        help="raw, baseline, quix, worker, core, latency or two_workers (repeat or comma-separate)",
     )
     bench.add_argument("--report", type=Path, help="write the JSON report here")
     bench.set_defaults(func=_bench)

@@ -8,6 +8,8 @@ workload (see ``docs/performance.md`` for what each one means):
 ``baseline_kafka_python_events_per_s``
     a hand-written kafka-python loop around the same :class:`~pipeline.core.processor.Processor`
     that publishes its outputs and writes the user states, without Faust;
+``quix_events_per_s``
+    a Quix Streams application around the same processor (:mod:`agents.devtools.quix`);
 ``worker_events_per_s``
     the real ``ottscore worker`` process, from its first record received to its last;
 ``core_events_per_s``
@@ -66,7 +68,7 @@ from pipeline.config import Settings
 
 __all__ = ["MEASUREMENTS", "TARGETS", "format_report", "run_bench"]
 
-MEASUREMENTS = ("raw", "baseline", "worker", "core", "latency", "two_workers")
+MEASUREMENTS = ("raw", "baseline", "quix", "worker", "core", "latency", "two_workers")
 """Names accepted by ``--skip``; ``worker`` also gives the state size and peak memory."""
 
 #: ``(report key, comparison, target)`` of the performance goals.
@@ -220,6 +222,14 @@ def run_bench(
     if min(events, users, items, partitions, runs) < 1 or latency_rate <= 0:
         raise ValueError("events, users, items, partitions, runs and the rate must be positive")
     wanted = [m for m in MEASUREMENTS if m not in skip]
+    if "quix" in wanted:
+        try:
+            from agents.devtools.quix import quix_events_per_s
+        except ImportError as missing:
+            raise RuntimeError(
+                f"the Quix Streams peer needs {missing.name}: pip install 'ottscore[bench]', "
+                "or --skip quix"
+            ) from missing
     run_id = uuid.uuid4().hex[:8]
     _log(f"simulating {events:,} events of {users:,} users over {items:,} items …")
     workload = Workload.simulate(events=events, users=users, items=items)
@@ -234,7 +244,7 @@ def run_bench(
         workdir = Path(tmp)
         try:
             base = _stage_settings(cluster, run_id, "throughput", partitions)
-            if "raw" in wanted or "baseline" in wanted:
+            if {"raw", "baseline", "quix"} & set(wanted):
                 _prepare(base, workload)
             for run in range(runs):
                 if "raw" in wanted:
@@ -248,6 +258,13 @@ def run_bench(
                             lambda: baseline_kafka_python_events_per_s(
                                 base, workload.catalog, events
                             ),
+                        )
+                    )
+                if "quix" in wanted:
+                    results.setdefault("quix", []).append(
+                        _timed(
+                            "Quix Streams application",
+                            lambda: quix_events_per_s(base, workload.catalog, events),
                         )
                     )
                 if "core" in wanted:
@@ -301,9 +318,11 @@ def run_bench(
     pair_rate = _median([r.events_per_s for r in pairs])
     raw_rate = _median(results.get("raw", []))
     baseline_rate = _median(results.get("baseline", []))
+    quix_rate = _median(results.get("quix", []))
     report: dict[str, Any] = {
         "raw_aiokafka_events_per_s": raw_rate,
         "baseline_kafka_python_events_per_s": baseline_rate,
+        "quix_events_per_s": quix_rate,
         "worker_events_per_s": worker_rate,
         "core_events_per_s": _median(results.get("core", [])),
         "core_experiments_events_per_s": _median(results.get("core_experiments", [])),
@@ -337,11 +356,13 @@ def run_bench(
         "worker_records_received": single[0].records_received if single else None,
         "worker_vs_raw_aiokafka": _ratio(worker_rate, raw_rate),
         "worker_vs_kafka_python": _ratio(worker_rate, baseline_rate),
+        "worker_vs_quix": _ratio(worker_rate, quix_rate),
         "runs": runs,
         # every run's rate, in run order: the medians above hide how far runs spread
         "runs_events_per_s": {
             "raw_aiokafka": results.get("raw", []),
             "baseline_kafka_python": results.get("baseline", []),
+            "quix": results.get("quix", []),
             "core": results.get("core", []),
             "core_experiments": results.get("core_experiments", []),
             "core_plain": results.get("core_plain", []),
@@ -407,6 +428,7 @@ def format_report(report: dict[str, Any]) -> str:
     for key in (
         "raw_aiokafka_events_per_s",
         "baseline_kafka_python_events_per_s",
+        "quix_events_per_s",
         "worker_events_per_s",
         "core_events_per_s",
         "core_experiments_events_per_s",
@@ -415,6 +437,7 @@ def format_report(report: dict[str, Any]) -> str:
         "acting_core_ratio",
         "worker_vs_raw_aiokafka",
         "worker_vs_kafka_python",
+        "worker_vs_quix",
         "latency_p50_s",
         "latency_p99_s",
         "state_bytes_per_user",

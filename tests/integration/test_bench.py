@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 FIGURES = (
     "raw_aiokafka_events_per_s",
     "baseline_kafka_python_events_per_s",
+    "quix_events_per_s",
     "worker_events_per_s",
     "core_events_per_s",
     "core_experiments_events_per_s",
@@ -31,6 +32,7 @@ FIGURES = (
     "two_workers_speedup",
     "worker_vs_raw_aiokafka",
     "worker_vs_kafka_python",
+    "worker_vs_quix",
 )
 EVENTS = 40_000  # two workers at ~7k events/s each must both be timed before they are done
 
@@ -68,6 +70,10 @@ def test_bench_reports_every_figure_and_the_worker_takes_every_record(
     runs = report["runs_events_per_s"]
     assert runs["worker"] == [report["worker_events_per_s"]]
     assert runs["core"] == [report["core_events_per_s"]]
+    assert runs["quix"] == [report["quix_events_per_s"]]
+    assert report["worker_vs_quix"] == pytest.approx(
+        report["worker_events_per_s"] / report["quix_events_per_s"]
+    )
     assert runs["core_experiments"][0] / runs["core"][0] == pytest.approx(
         report["experiments_core_ratio"]
     )
