@@ -14,6 +14,12 @@ format 3
     (:data:`COUNTER_LAYOUTS`, :data:`CHURN_FEATURE_LAYOUTS`): a release that changes a
     vector adds a layout, and every layout ever written stays readable.
 
+A scalar field at its default value (:data:`_SCALARS`: ``null``, ``false``, ``0``, an
+empty list) and a pending prediction that is ``null`` are not written: every format-3
+release reads an absent field as its default, and a default never changes once released
+(``tests/unit/core/test_state_format.py`` holds them). About 150 bytes of a typical
+state's 2,270.
+
 A field a newer release added is kept as it is (``UserState.extra``) and written back
 unchanged, so a rollback and a roll-forward lose nothing. A state that cannot be read
 (not JSON, a field of the wrong type) raises :class:`StateUnreadable` with a reason: the
@@ -39,6 +45,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import math
 import operator
 import struct
 from collections.abc import Callable
@@ -171,6 +178,22 @@ _NESTED = (
     "partition", "features", "recent_ids", "pending", "format", "kpis", "artwork", "crm"
 )  # fmt: skip
 _get_scalars = operator.attrgetter(*_SCALARS)
+
+
+def _at_default(default: object) -> Callable[[object], bool]:
+    """Whether a value is exactly ``default``: same type, same value, same sign of zero."""
+    if default is None or type(default) is bool:
+        return lambda value: value is default
+    if type(default) is float:
+        return lambda value: type(value) is float and value == default and (
+            math.copysign(1.0, value) == math.copysign(1.0, default)
+        )  # fmt: skip
+    kind = type(default)
+    return lambda value: type(value) is kind and value == default
+
+
+#: Per scalar field, whether a value is its default: such a value is not written.
+_DEFAULT_TESTS = tuple(_at_default(default) for _, default in _SCALARS.values())
 _KNOWN = frozenset(_SCALARS) | frozenset(_NESTED)
 
 
@@ -185,7 +208,13 @@ def encode(state: UserState) -> bytes:
         **state.extra,
         "format": FORMAT,
         "partition": state.partition,
-        **dict(zip(_SCALARS, _get_scalars(state), strict=True)),
+        **{
+            name: value
+            for name, value, at_default in zip(
+                _SCALARS, _get_scalars(state), _DEFAULT_TESTS, strict=True
+            )
+            if not at_default(value)
+        },
         "features": {
             "at_ms": features.at_ms,
             "previous_session_end_ms": features.previous_session_end_ms,
@@ -211,16 +240,15 @@ def encode(state: UserState) -> bytes:
             },
         },  # fmt: skip
         "recent_ids": base64.b64encode(state.recent_ids.to_bytes()).decode("ascii"),
-        "pending": None
-        if pending is None
-        else {
+    }
+    if pending is not None:  # absent: none (read as null by every format-3 release)
+        record["pending"] = {
             "predicted_at_ms": pending.predicted_at_ms,
             "last_seen_ms": pending.last_seen_ms,
             "features": {"layout": CHURN_FEATURE_LAYOUT, "f64": _pack(pending.features)},
             "probabilities": pending.probabilities,
             **({"rescores": pending.rescores} if pending.rescores else {}),
-        },
-    }
+        }
     if state.kpis is not None:  # since 2026-12; absent from a state without KPI windows
         record["kpis"] = state.kpis.to_json()
     if state.artwork is not None:  # since 2026-12; absent from a state never shown artwork

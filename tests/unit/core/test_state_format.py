@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pipeline.config import Settings
 from pipeline.core.processor import Processor
 from pipeline.core.state import UserState
-from pipeline.core.state_codec import FORMAT, StateUnreadable, decode, encode
+from pipeline.core.state_codec import _SCALARS, FORMAT, StateUnreadable, decode, encode
 from pipeline.models.partition import PartitionModels
 from pipeline.serde.snapshots import seal, unseal
 from pipeline.sim.simulate import SimulationConfig, Simulator
@@ -79,6 +79,7 @@ def test_a_newer_releases_unknown_fields_are_kept_and_written_back() -> None:
 
 def test_a_field_missing_from_an_older_state_takes_its_default() -> None:
     state = UserState.new("u1", partition=1, **BOUNDS)
+    state.reco_items, state.segment, state.counts = ["film-1"], 2, [1, 0, 0, 0]
     stored = orjson.loads(encode(state))
     del stored["reco_items"], stored["segment"], stored["counts"]
     restored = decode("u1", orjson.dumps(stored), **BOUNDS)
@@ -152,3 +153,37 @@ def test_the_snapshot_of_the_previous_release_restores() -> None:
     off = Processor(Settings(churn_promotion_alpha=0), clock=lambda: 4_102_444_800.0)
     off.install_models(0, again)
     assert again.promotion is None
+
+
+#: The default of every scalar field, as released: a field at its default is not written,
+#: so an absent field means this value to every release that reads format 3. Add a new
+#: field here; never change a value.
+RELEASED_DEFAULTS = {
+    "offset": -1, "first_seen_ms": 0, "last_seen_ms": 0, "counts": [0, 0, 0, 0],
+    "sessions": 0, "session_start_ms": None, "session_events": 0, "session_watch_s": 0.0,
+    "session_searched": False, "session_played": False, "watch_s": 0.0,
+    "playing_item": None, "playing_position_s": 0.0, "playing_since_ms": 0,
+    "playing_duration_s": None, "current_item": None, "clicked_item": None, "finished": [],
+    "risk_band": None, "segment": None, "reco_at_ms": 0, "reco_items": [],
+    "trending_items": [], "experiments": {},
+}  # fmt: skip
+
+
+def test_the_defaults_of_the_fields_are_those_released() -> None:
+    assert {name: default for name, (_, default) in _SCALARS.items()} == RELEASED_DEFAULTS
+    assert all(
+        type(default) is type(RELEASED_DEFAULTS[name]) for name, (_, default) in _SCALARS.items()
+    )
+
+
+def test_fields_at_their_defaults_are_not_written_and_read_back_as_they_were() -> None:
+    state = UserState.new("u1", partition=1, **BOUNDS)
+    stored = orjson.loads(encode(state))
+    assert set(stored) == {"format", "partition", "features", "recent_ids"}
+    assert decode("u1", encode(state), **BOUNDS) == state
+    # a value equal to its default but not the same is written: -0.0
+    state.session_watch_s, state.watch_s, state.sessions = -0.0, 1e-300, 3
+    stored = orjson.loads(encode(state))
+    assert (stored["session_watch_s"], stored["watch_s"], stored["sessions"]) == (-0.0, 1e-300, 3)
+    restored = decode("u1", encode(state), **BOUNDS)
+    assert str(restored.session_watch_s) == "-0.0" and restored == state
