@@ -17,15 +17,20 @@ partition.
 from __future__ import annotations
 
 import logging
+import signal
 import tempfile
 import time
 import uuid
+import warnings
 from typing import Any
 
-from quixstreams import Application, message_context
-from quixstreams.kafka.configuration import ConnectionConfig
-from quixstreams.models.serializers import BytesDeserializer, BytesSerializer
-from quixstreams.models.serializers.base import SerializationContext, Serializer
+with warnings.catch_warnings(record=True):
+    # quixstreams imports authlib, which warns of its own deprecated httpx integration with
+    # a filter of "always" it sets itself: the warnings of these imports are dropped
+    from quixstreams import Application, message_context
+    from quixstreams.kafka.configuration import ConnectionConfig
+    from quixstreams.models.serializers import BytesDeserializer, BytesSerializer
+    from quixstreams.models.serializers.base import SerializationContext, Serializer
 
 from agents.worker.kafka import create_topics, kafka_python_config, output_topics
 from pipeline.config import Settings
@@ -135,7 +140,14 @@ def quix_events_per_s(settings: Settings, catalog: list[dict[str, Any]], total: 
         sdf = app.dataframe(events)
         sdf = sdf.apply(process, metadata=True, expand=True)
         sdf.to_topic(lambda value, *_: topics[value[0]], key=lambda value: value[1])
-        app.run(timeout=_STALL_TIMEOUT_S, collect=False)  # stops early after a stall
+        # Application.run installs SIGINT and SIGTERM handlers that stop it, and leaves
+        # them: Ctrl+C would no longer interrupt the rest of the bench
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            app.run(timeout=_STALL_TIMEOUT_S, collect=False)  # stops early after a stall
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         if clock["count"] < total:
             raise TimeoutError(f"Quix processed {clock['count']} of {total} records in time")
         return total / (time.perf_counter() - clock["started"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from collections.abc import Callable
 
@@ -40,8 +41,11 @@ def test_the_quix_application_publishes_the_cores_outputs_and_its_final_states(
     settings = settings_factory(topic_partitions=3)
     workload = Workload.simulate(events=EVENTS, users=100, items=200)
     produce_fast(settings, workload.records)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     assert quix_events_per_s(settings, workload.catalog, EVENTS) > 0
+    # Ctrl+C and SIGTERM act on the process again as before, not on the stopped application
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
 
     # the same records, as the broker holds them, through the core in-process
     inputs = sorted(_read(settings, settings.topic_events))
