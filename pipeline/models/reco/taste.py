@@ -150,7 +150,7 @@ class TasteModel:
             user = self.users[user_id] = np.append(factors, 1.0)
         if isinstance(rows, int):
             learned = self.learned.ensure(rows)
-            fresh = None if learned[rows] else rows
+            fresh: np.ndarray | int | None = None if learned[rows] else rows
             self.items.ensure(rows)
         else:
             last = int(rows.max())
