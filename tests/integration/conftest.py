@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -25,9 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from agents.devtools.broker import LocalKafka, wait_for_broker
-from agents.worker.kafka import create_topics, ensure_topics
+from agents.worker.kafka import (
+    admin_client,
+    create_topics,
+    ensure_topics,
+    kafka_python_config,
+    topic_max_message_bytes,
+)
 from pipeline.config import Settings
 
 _HERE = Path(__file__).parent
@@ -181,3 +189,18 @@ def settings_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Sett
         )
 
     return make
+
+
+def set_max_message_bytes(settings: Settings, topic: str, limit: int) -> None:
+    """Set ``topic``'s ``max.message.bytes`` and wait until the broker applies it.
+
+    The controller accepts the change before the broker applies it: a record sent, or a
+    describe made, right after the alter can still meet the old limit.
+    """
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(limit)})
+    with admin_client(kafka_python_config(settings), timeout=30) as admin:
+        admin.alter_configs([resource], incremental=True)
+    deadline = time.monotonic() + 30
+    while (in_force := topic_max_message_bytes(settings, topic)) != limit:
+        assert time.monotonic() < deadline, f"max.message.bytes still {in_force}, not {limit}"
+        time.sleep(0.1)

@@ -16,8 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from conftest import free_ports
-from kafka.admin import ConfigResource, ConfigResourceType
+from conftest import free_ports, set_max_message_bytes
 from worker_process import (
     WorkerProcess,
     expected_outcomes,
@@ -28,9 +27,7 @@ from worker_process import (
 )
 
 from agents.devtools.produce import produce, publish_catalog
-from agents.worker.kafka import admin_client, kafka_python_config, topic_max_message_bytes
 from agents.worker.snapshots import snapshot_record_key
-from pipeline.config import Settings
 from pipeline.core.events import Event, encode_event, parse_ts
 from pipeline.serde.schemas import validator
 from pipeline.serde.snapshots import FORMAT_VERSION, MAGIC
@@ -54,13 +51,6 @@ def poison(ts_ms: int) -> dict[str, tuple[bytes, bytes]]:
         '600 KB of "': (b"u-quote", b'"' * 600_000),
         "a 900 KB key": (b"k" * 900_000, b'{"oops'),
     }
-
-
-def set_topic_limit(settings: Settings, topic: str, limit: int) -> None:
-    resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(limit)})
-    with admin_client(kafka_python_config(settings), timeout=30) as admin:
-        admin.alter_configs([resource], incremental=True)
-    assert topic_max_message_bytes(settings, topic) == limit
 
 
 def test_poison_records_are_dead_lettered_and_the_worker_goes_on(
@@ -94,8 +84,8 @@ def test_poison_records_are_dead_lettered_and_the_worker_goes_on(
         worker.wait_received(len(records))
         samples = worker.samples()
         # now make the dead-letter and models topics refuse what they took before
-        set_topic_limit(settings, settings.topic_dlq, SMALL_LIMIT)
-        set_topic_limit(settings, settings.topic_models, 1024)
+        set_max_message_bytes(settings, settings.topic_dlq, SMALL_LIMIT)
+        set_max_message_bytes(settings, settings.topic_models, 1024)
         later = poison(parse_ts(orjson.loads(good[-1][1])["ts"]))
         del later["duration_s 1e308"]
         produce_all(settings, later.values())

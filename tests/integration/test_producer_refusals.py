@@ -14,11 +14,11 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from conftest import set_max_message_bytes
 from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import ConfigResource, ConfigResourceType
 
 from agents.worker.faust_patches import App
-from agents.worker.kafka import admin_client
+from pipeline.config import Settings
 from pipeline.core.partitioning import partition_for
 
 LIMIT = 4096
@@ -32,9 +32,7 @@ def keys_on(partition: int, count: int) -> list[bytes]:
 
 def limited_topic(bootstrap: str, topic_factory: Callable[..., str]) -> str:
     topic = topic_factory("refusals", partitions=2)
-    limit = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(LIMIT)})
-    with admin_client({"bootstrap_servers": bootstrap}, timeout=30) as admin:
-        admin.alter_configs([limit], incremental=True)
+    set_max_message_bytes(Settings(kafka_bootstrap_servers=bootstrap), topic, LIMIT)
     return topic
 
 
