@@ -32,14 +32,12 @@ with warnings.catch_warnings(record=True):
     from quixstreams.models.serializers import BytesDeserializer, BytesSerializer
     from quixstreams.models.serializers.base import SerializationContext, Serializer
 
+from agents.devtools.throughput import WRITE_BACK_EVERY
 from agents.worker.kafka import create_topics, kafka_python_config, output_topics
 from pipeline.config import Settings
 from pipeline.core.processor import Processor
 
 __all__ = ["quix_events_per_s"]
-
-#: Records between two write-backs of the changed states (as the worker's commits).
-WRITE_BACK_EVERY = 10_000
 
 #: Seconds without a new record after which a run gives up.
 _STALL_TIMEOUT_S = 120.0
