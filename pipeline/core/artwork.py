@@ -39,14 +39,13 @@ True
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.core.events import Event, Rejection
 from pipeline.core.tally import Tally
-from pipeline.models.artwork import ArtworkBandit, draws
+from pipeline.models.artwork import ArtworkBandit, draws_of_bytes
 
 __all__ = ["ArtworkTrial", "Artworks", "Shown", "UserArtwork", "context_of"]
 
@@ -59,6 +58,7 @@ DEVICE_MEMORY = 0.9
 MAX_OPEN = 64
 NO_GENRE = "none"
 NO_DEVICE = "unknown"
+_new_tuple = tuple.__new__
 
 
 def context_of(device: str | None, genre_affinity: Mapping[str, float]) -> tuple[str, str]:
@@ -81,9 +81,13 @@ def _heaviest(weights: Mapping[str, float]) -> str:
     return max(weights.items(), key=lambda entry: (entry[1], entry[0]))[0]
 
 
-@dataclass(slots=True)
-class Shown:
-    """One item shown with an artwork, awaiting its outcome (see the module docstring)."""
+class Shown(NamedTuple):
+    """One item shown with an artwork, awaiting its outcome (see the module docstring).
+
+    A tuple of plain values: the garbage collector stops tracking it once its context is
+    untracked (a user's state holds a few dozen of these; each one tracked costs every
+    full collection).
+    """
 
     item_id: str
     artwork_id: str
@@ -118,7 +122,7 @@ class Shown:
 class UserArtwork:
     """A user's part of artwork personalisation, stored in their state under ``artwork``.
 
-    ``sticky``: item → ``[artwork_id, since_ms]``, the artwork the policy chose as its best
+    ``sticky``: item → ``(artwork_id, since_ms)``, the artwork the policy chose as its best
     and since when; ``latest``: the picks of the latest list (shown at the next session's
     start); ``shown``: the open shows, oldest first; the clicked one moved to ``clicked``
     (clicked at ``clicked_ms``, ``clicked_watch_s`` of it played since); ``devices``: the
@@ -126,7 +130,7 @@ class UserArtwork:
     :data:`DEVICE_MEMORY` (absent from states stored before it: it starts afresh).
     """
 
-    sticky: dict[str, list[Any]] = field(default_factory=dict)
+    sticky: dict[str, tuple[str, int]] = field(default_factory=dict)
     shown: list[Shown] = field(default_factory=list)
     latest: list[Shown] = field(default_factory=list)
     clicked: Shown | None = None
@@ -186,7 +190,7 @@ class UserArtwork:
         """Read what :meth:`to_json` stored."""
         clicked = obj.get("clicked")
         return cls(
-            sticky={str(item): [str(a), int(ms)] for item, (a, ms) in obj["sticky"].items()},
+            sticky={str(item): (str(a), int(ms)) for item, (a, ms) in obj["sticky"].items()},
             shown=[Shown.from_json(shown, int(obj.get("shown_ms", 0))) for shown in obj["shown"]],
             latest=[Shown.from_json(shown) for shown in obj.get("latest", ())],
             clicked=None if clicked is None else Shown.from_json(clicked),
@@ -298,44 +302,53 @@ class Artworks:
         ``device`` is the one of the event the list follows. The picks become the user's
         latest list: its items are shown at the next session's start (:meth:`on_event`).
         """
-        memory: UserArtwork | None = state.artwork
         policy = policy or self.policy
+        catalog, cache, artworks_of = self.catalog, self._artworks, self.artworks_of
+        listed = []
+        for item_id in item_ids:  # artworks_of, its usual case inlined
+            cached = cache.get(item_id)
+            if cached is not None and cached[0] is catalog.get(item_id):
+                listed.append(cached[1])
+            else:
+                listed.append(artworks_of(item_id))
+        memory: UserArtwork | None = state.artwork
+        if not any(listed):
+            if memory is not None:
+                memory.latest = []
+            return [None] * len(listed)
+        if memory is None:
+            memory = state.artwork = UserArtwork()
+        context = context_of(memory.usual_device(device), state.features.genre_affinity)
+        sticky_ms, stickies = self.sticky_ms, memory.sticky
+        prefix, suffix = f"{state.user_id}\x1f".encode(), f"\x1f{ts_ms}".encode()
+        picks = []
+        for item_id, artworks in zip(item_ids, listed, strict=True):
+            if artworks:
+                sticky = stickies.get(item_id)
+                kept = sticky[0] if sticky and ts_ms - sticky[1] < sticky_ms else None
+                # the draws of (user_id, item_id, ts_ms), from the same bytes
+                picks.append((artworks, draws_of_bytes(prefix + item_id.encode() + suffix), kept))
+        chosen = bandit.choose_list(policy, context, picks, memo=bandit.memo())
+        choices = iter(zip(picks, chosen, strict=True))
         picked: list[tuple[str, float] | None] = []
         latest: list[Shown] = []
-        context: tuple[str, ...] = ()
-        memo = bandit.memo()
-        for item_id in item_ids:
-            artworks = self.artworks_of(item_id)
+        for item_id, artworks in zip(item_ids, listed, strict=True):
             if not artworks:
                 picked.append(None)
                 continue
-            if memory is None:
-                memory = state.artwork = UserArtwork()
-            if not context:
-                usual = memory.usual_device(device)
-                context = context_of(usual, state.features.genre_affinity)
-            sticky = memory.sticky.get(item_id)
-            kept = sticky[0] if sticky and ts_ms - sticky[1] < self.sticky_ms else None
-            choice = bandit.choose(
-                policy,
-                context,
-                artworks,
-                draw=draws(state.user_id, item_id, ts_ms),
-                sticky=kept,
-                memo=memo,
-            )
+            (_, _, kept), choice = next(choices)
             if kept is None and not choice.explored:  # what sticks is the policy's best
-                memory.sticky.pop(item_id, None)
-                memory.sticky[item_id] = [choice.artwork_id, ts_ms]
-                if len(memory.sticky) > MAX_STICKY:
-                    del memory.sticky[next(iter(memory.sticky))]
-            latest.append(Shown(
-                item_id, choice.artwork_id, context, policy, choice.propensity,
-                choice.choices, choice.p_popular, choice.p_bandit, ts_ms,
-            ))  # fmt: skip
-            picked.append((choice.artwork_id, choice.propensity))
-        if memory is not None:
-            memory.latest = latest
+                stickies.pop(item_id, None)
+                stickies[item_id] = (choice.artwork_id, ts_ms)
+                if len(stickies) > MAX_STICKY:
+                    del stickies[next(iter(stickies))]
+            artwork_id, propensity, choices_n, p_popular, p_bandit, _ = choice
+            latest.append(_new_tuple(Shown, (  # Shown(...), without its __new__
+                item_id, artwork_id, context, policy, propensity, choices_n, p_popular, p_bandit,
+                ts_ms,
+            )))  # fmt: skip
+            picked.append((artwork_id, propensity))
+        memory.latest = latest
         return picked
 
     def _open(
@@ -350,7 +363,7 @@ class Artworks:
         for old in shown:
             if old.item_id == new.item_id and old.artwork_id == new.artwork_id:
                 return
-        new = dataclasses.replace(new, shown_ms=ts_ms)
+        new = new._replace(shown_ms=ts_ms)
         shown.append(new)
         bandit.show(new.context, new.item_id, new.artwork_id, self._tags(new))
         if len(shown) > MAX_OPEN:

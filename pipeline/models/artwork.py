@@ -58,14 +58,23 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import operator
+import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pipeline.serde.snapshots import stored_as
 
-__all__ = ["ARTWORK_POLICIES", "ALL_USERS", "ArtworkBandit", "ArtworkChoice", "draws"]
+__all__ = [
+    "ARTWORK_POLICIES",
+    "ALL_USERS",
+    "ArtworkBandit",
+    "ArtworkChoice",
+    "draws",
+    "draws_of_bytes",
+]
 
 ARTWORK_POLICIES: Final = ("bandit", "popular", "random")
 """The values of the ``artwork_policy`` setting and experiment knob."""
@@ -78,10 +87,20 @@ _FORMAT = 2
 #: How many times :attr:`ArtworkBandit.prior` an artwork's own factor is shrunk by: it sees
 #: one artwork's shows, a tag's factor those of every artwork of the tag.
 OWN_PRIOR = 5.0
+#: Lists of artworks whose plan (:meth:`ArtworkBandit._plan`) is kept; beyond, all are dropped.
+MAX_PLANS = 100_000
+_blake2b = hashlib.blake2b
+_TWO_WORDS = struct.Struct("<QQ").unpack
+_SCALE = 2.0**-64
+#: ``tuple.__new__``: a named tuple made without the Python call of its ``__new__``.
+_new_tuple = tuple.__new__
+#: The own factor of an artwork that has none yet.
+_ONES = itertools.repeat(1.0)
+#: A list of artworks, its ids, its tags and its distinct tags.
+_Plan = tuple[Sequence[Artwork], list[str], list[Sequence[str]], list[Sequence[str]]]
 
 
-@dataclass(frozen=True, slots=True)
-class ArtworkChoice:
+class ArtworkChoice(NamedTuple):
     """The artwork picked for one shown item, and what each policy would have picked.
 
     ``propensity`` is the probability with which the policy that picked it did so;
@@ -105,10 +124,17 @@ def draws(user_id: str, item_id: str, ts_ms: int) -> tuple[float, float]:
     >>> draws("u1", "film-1", 0) == draws("u1", "film-1", 0) != draws("u1", "film-1", 1)
     True
     """
-    digest = hashlib.blake2b(f"{user_id}\x1f{item_id}\x1f{ts_ms}".encode(), digest_size=16)
-    raw = digest.digest()
-    scale = 2.0**-64
-    return int.from_bytes(raw[:8], "little") * scale, int.from_bytes(raw[8:], "little") * scale
+    return draws_of_bytes(f"{user_id}\x1f{item_id}\x1f{ts_ms}".encode())
+
+
+def draws_of_bytes(key: bytes) -> tuple[float, float]:
+    r""":func:`draws` of ``f"{user_id}\x1f{item_id}\x1f{ts_ms}".encode()``, built by the caller.
+
+    >>> draws_of_bytes(b"u1\x1ffilm-1\x1f0") == draws("u1", "film-1", 0)
+    True
+    """
+    first, second = _TWO_WORDS(_blake2b(key, digest_size=16).digest())
+    return first * _SCALE, second * _SCALE
 
 
 @stored_as("ArtworkBandit")
@@ -129,7 +155,7 @@ class ArtworkBandit:
     """
 
     #: Caches of values of the counts, not stored: a restored bandit starts them afresh.
-    TRANSIENT = ("_counted", "_memo")
+    TRANSIENT = ("_counted", "_memo", "_own_factors", "_plans")
 
     def __init__(
         self,
@@ -156,6 +182,10 @@ class ArtworkBandit:
         self.buckets: dict[str, list[float]] = {}
         self._counted = 0  # changes of the counts: shows and takes
         self._memo: tuple[tuple[int, float, float], dict[Any, Any]] = ((-1, 0.0, 0.0), {})
+        #: level → artwork id → its own factor (:meth:`_own`), kept as the arms change
+        self._own_factors: dict[str, dict[str, float]] = {}
+        #: id of a list of artworks → the list, its ids, its tags, its distinct tags
+        self._plans: dict[int, _Plan] = {}
 
     def memo(self) -> dict[Any, Any]:
         """A memo for :meth:`choose`: values of the counts, kept until they change.
@@ -207,7 +237,7 @@ class ArtworkBandit:
             arms = self.arms.setdefault(where, {})
             if level == len(own_levels) - 1:
                 factor = by_tags * self._own(arms, artwork_id)
-            _add(arms, artwork_id, expected * by_tags, 0.0)
+            self._add_arm(where, arms, artwork_id, expected * by_tags, 0.0)
         _add(self.items, item_id, factor, 0.0)
         for where in (ALL_USERS, *context):
             tag_counts = self.tags.setdefault(where, {})
@@ -222,12 +252,24 @@ class ArtworkBandit:
         self._counted += 1
         _add(self.items, item_id, 0.0, 1.0)
         for where in (ALL_USERS, context[0]) if context else (ALL_USERS,):
-            _add(self.arms.setdefault(where, {}), artwork_id, 0.0, 1.0)
+            self._add_arm(where, self.arms.setdefault(where, {}), artwork_id, 0.0, 1.0)
         for where in (ALL_USERS, *context):
             tag_counts = self.tags.setdefault(where, {})
             for tag in tags:
                 _add(tag_counts, tag, 0.0, 1.0)
             self.buckets.setdefault(where, [0.0, 0.0])[1] += 1.0
+
+    def _add_arm(
+        self,
+        where: str,
+        arms: dict[str, list[float]],
+        artwork_id: str,
+        predicted: float,
+        takes: float,
+    ) -> None:
+        """Count an artwork's show or take at a level, and keep its own factor there."""
+        _add(arms, artwork_id, predicted, takes)
+        self._own_factors.setdefault(where, {})[artwork_id] = self._own(arms, artwork_id)
 
     # --- choosing ---------------------------------------------------------------------
 
@@ -302,33 +344,80 @@ class ArtworkBandit:
         buried under the floor of ε (the first of ties). ``memo`` as for :meth:`tag_factor`.
         """
         memo = {} if memo is None else memo
-        known = memo.get(("best", context, id(artworks)))
-        if known is not None and known[0] is artworks:
-            return int(known[1])
+        context = tuple(context)
+        return self._best(context, artworks, memo)
+
+    def _bound(self, context: tuple[str, ...], tags: Sequence[str], memo: dict[Any, Any]) -> float:
+        """The upper bound of the factor of ``tags`` in ``context`` (see :meth:`greedy`)."""
+        factor = self.tag_factor(context, tags, memo)
+        if self.optimism:
+            first = self.tags.get(context[0] if context else ALL_USERS, {})
+            expected = sum(first.get(tag, (0.0, 0.0))[0] for tag in tags or ("",))
+            expected /= max(len(tags), 1)
+            factor += self.optimism * math.sqrt(factor / (expected + self.prior))
+        return factor
+
+    def _bests(
+        self, context: tuple[str, ...], artworks: Sequence[Artwork], memo: dict[Any, Any]
+    ) -> tuple[int, int]:
+        """The greedy index (:meth:`greedy`) over all users and in ``context``.
+
+        The first is the ``popular`` policy's best, the second the ``bandit`` policy's (the
+        same as the first for an empty context).
+        """
+        popular = self._best((), artworks, memo)
+        return popular, self._best(context, artworks, memo) if context else popular
+
+    def _best(
+        self, context: tuple[str, ...], artworks: Sequence[Artwork], memo: dict[Any, Any]
+    ) -> int:
+        """:meth:`greedy` for a tuple ``context``, kept in ``memo`` per list of artworks.
+
+        An item's best over all users serves every user's list until the counts change.
+        Each artwork's score is its tags' bound times its own factor (1 when it has none):
+        built-in loops over the item's artworks, the first of the highest.
+        """
+        known = self._known(context, memo)
+        found = known.get(id(artworks))
+        if found is not None and found[0] is artworks:
+            return found[1]
+        plan = self._plans.get(id(artworks))
+        if plan is None or plan[0] is not artworks:
+            plan = self._plan(artworks)
+        _, ids, tags, distinct = plan
         bounds = memo.get(context)
         if bounds is None:
             bounds = memo[context] = {}
-        first = self.tags.get(context[0] if context else ALL_USERS, {})
-        own = self.arms.get(context[0] if context else ALL_USERS, {}).get
-        shrink = OWN_PRIOR * self.prior
-        best, best_score = 0, -math.inf
-        index = 0
-        for artwork_id, tags in artworks:  # the hot loop of a list: :meth:`_own` inlined
-            bound = bounds.get(tags)
-            if bound is None:
-                factor = self.tag_factor(context, tags, memo)
-                if self.optimism:
-                    expected = sum(first.get(tag, (0.0, 0.0))[0] for tag in tags or ("",))
-                    expected /= max(len(tags), 1)
-                    factor += self.optimism * math.sqrt(factor / (expected + self.prior))
-                bound = bounds[tags] = factor
-            found = own(artwork_id)
-            score = bound if found is None else bound * ((found[1] + shrink) / (found[0] + shrink))
-            if score > best_score:
-                best, best_score = index, score
-            index += 1
-        memo["best", context, id(artworks)] = (artworks, best)  # the list: its id stays its
+        for one in distinct:
+            if one not in bounds:
+                bounds[one] = self._bound(context, one, memo)
+        own = self._own_factors.get(context[0] if context else ALL_USERS)
+        if own:
+            factors = map(own.get, ids, _ONES)
+            scores = list(map(operator.mul, map(bounds.__getitem__, tags), factors))
+        else:
+            scores = list(map(bounds.__getitem__, tags))
+        best = scores.index(max(scores))
+        known[id(artworks)] = (artworks, best)  # the list: its id stays its while it lives
         return best
+
+    @staticmethod
+    def _known(context: tuple[str, ...], memo: dict[Any, Any]) -> dict[int, tuple[Any, int]]:
+        """The bests found in ``context`` (in ``memo``): id of a list → (the list, its best)."""
+        known = memo.get(("best", context))
+        if known is None:
+            known = memo["best", context] = {}
+        return known  # type: ignore[no-any-return]
+
+    def _plan(self, artworks: Sequence[Artwork]) -> _Plan:
+        """The ids, tags and distinct tags of a list of artworks, kept while it lives."""
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()
+        tags = [tags for _, tags in artworks]
+        plan = self._plans[id(artworks)] = (
+            artworks, [artwork_id for artwork_id, _ in artworks], tags, list(dict.fromkeys(tags))
+        )  # fmt: skip
+        return plan
 
     def choose(
         self,
@@ -348,26 +437,65 @@ class ArtworkBandit:
         (``random`` ignores it). ``memo``: shared by the picks of one list (see
         :meth:`tag_factor`).
         """
-        n = len(artworks)
-        explore_draw, pick_draw = draw
+        return self.choose_list(policy, context, [(artworks, draw, sticky)], memo=memo)[0]
+
+    def choose_list(
+        self,
+        policy: str,
+        context: Sequence[str],
+        picks: Sequence[tuple[Sequence[Artwork], tuple[float, float], str | None]],
+        *,
+        memo: dict[Any, Any] | None = None,
+    ) -> list[ArtworkChoice]:
+        """:meth:`choose` for each item of one list: its artworks, its draw, its sticky one.
+
+        The picks of one list share the context, its ε and what ``memo`` keeps.
+        """
         context = tuple(context)
         memo = {} if memo is None else memo
-        explored = True
-        if policy == "random":
-            index, propensity = min(int(pick_draw * n), n - 1), 1.0 / n
-        else:
-            popular_eps, bandit_eps = self._epsilons(context, memo)
-            eps, bucket = (popular_eps, ()) if policy == "popular" else (bandit_eps, context)
-            best = -1
-            if sticky is not None:
-                best = next((i for i, (a, _) in enumerate(artworks) if a == sticky), -1)
-            if best < 0:
-                best = self.greedy(bucket, artworks, memo)
-            explored = explore_draw < eps
-            index = min(int(pick_draw * n), n - 1) if explored else best
-            propensity = (1.0 - eps) * (index == best) + eps / n
-        p_popular, p_bandit = self.propensities(context, artworks, index, memo)
-        return ArtworkChoice(artworks[index][0], propensity, n, p_popular, p_bandit, explored)
+        popular_eps, bandit_eps = self._epsilons(context, memo)
+        eps = popular_eps if policy == "popular" else bandit_eps
+        uniform = policy == "random"
+        popular = policy == "popular"
+        best_of = self._best
+        # each item's best over all users and in the context, by the id of its artworks
+        popular_known = self._known((), memo)
+        bandit_known = self._known(context, memo) if context else popular_known
+        choices = []
+        for artworks, (explore_draw, pick_draw), sticky in picks:
+            n = len(artworks)
+            known = popular_known.get(id(artworks))
+            if known is not None and known[0] is artworks:
+                popular_best = known[1]
+            else:
+                popular_best = best_of((), artworks, memo)
+            known = bandit_known.get(id(artworks))
+            if known is not None and known[0] is artworks:
+                bandit_best = known[1]
+            else:
+                bandit_best = best_of(context, artworks, memo) if context else popular_best
+            if uniform:
+                explored = True
+                index, propensity = min(int(pick_draw * n), n - 1), 1.0 / n
+            else:
+                best = popular_best if popular else bandit_best
+                if sticky is not None:
+                    for i, (artwork_id, _) in enumerate(artworks):
+                        if artwork_id == sticky:
+                            best = i
+                            break
+                explored = explore_draw < eps
+                index = min(int(pick_draw * n), n - 1) if explored else best
+                propensity = (1.0 - eps) * (index == best) + eps / n
+            choices.append(_new_tuple(ArtworkChoice, (  # ArtworkChoice(...), without its __new__
+                artworks[index][0],
+                propensity,
+                n,
+                (1.0 - popular_eps) * (index == popular_best) + popular_eps / n,
+                (1.0 - bandit_eps) * (index == bandit_best) + bandit_eps / n,
+                explored,
+            )))  # fmt: skip
+        return choices
 
     def propensities(
         self,
@@ -386,8 +514,7 @@ class ArtworkBandit:
         context = tuple(context)
         memo = {} if memo is None else memo
         popular_eps, bandit_eps = self._epsilons(context, memo)
-        popular_best = self.greedy((), artworks, memo)
-        bandit_best = self.greedy(context, artworks, memo) if context else popular_best
+        popular_best, bandit_best = self._bests(context, artworks, memo)
         return (
             (1.0 - popular_eps) * (index == popular_best) + popular_eps / n,
             (1.0 - bandit_eps) * (index == bandit_best) + bandit_eps / n,
@@ -432,6 +559,11 @@ class ArtworkBandit:
         self.buckets = {} if fresh else state["buckets"]
         self._counted = 0
         self._memo = ((-1, 0.0, 0.0), {})
+        self._own_factors = {
+            where: {artwork_id: self._own(arms, artwork_id) for artwork_id in arms}
+            for where, arms in self.arms.items()
+        }
+        self._plans = {}
 
 
 def _add(counts: dict[str, list[float]], key: str, first: float, second: float) -> None:
