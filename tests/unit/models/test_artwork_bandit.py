@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.models.artwork import ALL_USERS, ArtworkBandit, draws
+from pipeline.models.artwork import ALL_USERS, OWN_PRIOR, ArtworkBandit, draws
 
 ARTS = [("a0", ("dark",)), ("a1", ("close_up",)), ("a2", ("ensemble",)), ("a3", ("bright",))]
 
@@ -136,3 +139,90 @@ def test_the_memo_of_the_lists_is_dropped_when_a_show_or_a_take_changes_the_coun
     assert bandit.greedy(("tv",), ARTS, memo) == 0  # what the stale memo would have said
     restored = pickle.loads(pickle.dumps(bandit))
     assert restored.greedy(("tv",), ARTS, restored.memo()) == 3
+
+
+Art = tuple[str, tuple[str, ...]]
+
+
+def reference_best(bandit: ArtworkBandit, context: tuple[str, ...], artworks: list[Art]) -> int:
+    """The greedy index as the docstring of :meth:`ArtworkBandit.greedy` says, plainly.
+
+    Each artwork: its tags' factor plus ``optimism`` Poisson errors, times its own factor at
+    the context's first level (its takes over what its tags predicted, shrunk to 1); the
+    first of the highest.
+    """
+    level = context[0] if context else ALL_USERS
+    first = bandit.tags.get(level, {})
+    arms = bandit.arms.get(level, {})
+    shrink = OWN_PRIOR * bandit.prior
+    scores = []
+    for artwork_id, tags in artworks:
+        factor = bandit.tag_factor(context, tags)
+        expected = sum(first.get(tag, (0.0, 0.0))[0] for tag in tags or ("",)) / max(len(tags), 1)
+        factor += bandit.optimism * math.sqrt(factor / (expected + bandit.prior))
+        predicted, takes = arms.get(artwork_id, (None, None))
+        if predicted is not None:
+            factor *= (takes + shrink) / (predicted + shrink)
+        scores.append(factor)
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+TAG_POOL = ("dark", "close_up", "ensemble", "bright")
+arts_strategy = st.lists(
+    st.tuples(
+        st.sampled_from([f"a{n}" for n in range(8)]),
+        st.lists(st.sampled_from(TAG_POOL), max_size=2, unique=True).map(tuple),
+    ),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda art: art[0],
+)
+contexts = st.sampled_from([(), ("tv",), ("tv", "tv/drama"), ("mobile", "mobile/crime")])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    history=st.lists(
+        st.tuples(contexts, st.sampled_from(["i1", "i2", "i3"]), arts_strategy, st.booleans()),
+        max_size=40,
+    ),
+    lists=st.lists(arts_strategy, min_size=1, max_size=5),
+    context=contexts,
+    policy=st.sampled_from(["bandit", "popular", "random"]),
+    draw_seeds=st.lists(st.integers(0, 10_000), min_size=5, max_size=5),
+)
+def test_the_picks_of_a_list_are_the_plain_greedy_choices_and_restore_alike(
+    history: list[tuple[tuple[str, ...], str, list[Art], bool]],
+    lists: list[list[Art]],
+    context: tuple[str, ...],
+    policy: str,
+    draw_seeds: list[int],
+) -> None:
+    """The fast paths (kept own factors, built-in scoring, memo by list) change nothing.
+
+    Each item's pick in a list equals the plain greedy computation, whatever the counts,
+    ties included (the first of the highest), and a restored bandit picks the same.
+    """
+    bandit = ArtworkBandit(explore=0.1)
+    for where, item, artworks, taken in history:
+        artwork_id, tags = artworks[0]
+        bandit.show(where, item, artwork_id, tags)
+        if taken:
+            bandit.take(where, item, artwork_id, tags)
+    restored = pickle.loads(pickle.dumps(bandit))
+    picks = [(arts, draws("u", f"i{n}", seed), None) for n, (arts, seed) in
+             enumerate(zip(lists, draw_seeds, strict=False))]  # fmt: skip
+    for each in (bandit, restored):
+        chosen = each.choose_list(policy, context, picks, memo=each.memo())
+        for (artworks, draw, _), choice in zip(picks, chosen, strict=True):
+            popular = reference_best(each, (), artworks)
+            in_context = reference_best(each, context, artworks) if context else popular
+            n = len(artworks)
+            explored = policy == "random" or draw[0] < each.epsilon(ALL_USERS if policy ==
+                "popular" or not context else context[0])  # fmt: skip
+            best = popular if policy == "popular" else in_context
+            index = min(int(draw[1] * n), n - 1) if explored else best
+            assert choice.artwork_id == artworks[index][0]
+            assert each.greedy(context, artworks) == in_context
+            assert each.greedy((), artworks) == popular
+            assert choice == each.choose(policy, context, artworks, draw=draw)
