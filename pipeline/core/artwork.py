@@ -84,9 +84,9 @@ def _heaviest(weights: Mapping[str, float]) -> str:
 class Shown(NamedTuple):
     """One item shown with an artwork, awaiting its outcome (see the module docstring).
 
-    A tuple of plain values: the garbage collector stops tracking it once its context is
-    untracked (a user's state holds a few dozen of these; each one tracked costs every
-    full collection).
+    A named tuple: the picks of a list make ten of these, and a tuple is made without the
+    Python ``__init__`` of a dataclass (:meth:`Artworks.pick` makes them with
+    ``tuple.__new__``).
     """
 
     item_id: str
