@@ -303,14 +303,7 @@ class Artworks:
         latest list: its items are shown at the next session's start (:meth:`on_event`).
         """
         policy = policy or self.policy
-        catalog, cache, artworks_of = self.catalog, self._artworks, self.artworks_of
-        listed = []
-        for item_id in item_ids:  # artworks_of, its usual case inlined
-            cached = cache.get(item_id)
-            if cached is not None and cached[0] is catalog.get(item_id):
-                listed.append(cached[1])
-            else:
-                listed.append(artworks_of(item_id))
+        listed = [self.artworks_of(item_id) for item_id in item_ids]
         memory: UserArtwork | None = state.artwork
         if not any(listed):
             if memory is not None:

@@ -345,7 +345,7 @@ class ArtworkBandit:
         """
         memo = {} if memo is None else memo
         context = tuple(context)
-        return self._best(context, artworks, memo)
+        return self._best(context, artworks, memo, self._known(context, memo))
 
     def _bound(self, context: tuple[str, ...], tags: Sequence[str], memo: dict[Any, Any]) -> float:
         """The upper bound of the factor of ``tags`` in ``context`` (see :meth:`greedy`)."""
@@ -357,27 +357,20 @@ class ArtworkBandit:
             factor += self.optimism * math.sqrt(factor / (expected + self.prior))
         return factor
 
-    def _bests(
-        self, context: tuple[str, ...], artworks: Sequence[Artwork], memo: dict[Any, Any]
-    ) -> tuple[int, int]:
-        """The greedy index (:meth:`greedy`) over all users and in ``context``.
-
-        The first is the ``popular`` policy's best, the second the ``bandit`` policy's (the
-        same as the first for an empty context).
-        """
-        popular = self._best((), artworks, memo)
-        return popular, self._best(context, artworks, memo) if context else popular
-
     def _best(
-        self, context: tuple[str, ...], artworks: Sequence[Artwork], memo: dict[Any, Any]
+        self,
+        context: tuple[str, ...],
+        artworks: Sequence[Artwork],
+        memo: dict[Any, Any],
+        known: dict[int, tuple[Any, int]],
     ) -> int:
-        """:meth:`greedy` for a tuple ``context``, kept in ``memo`` per list of artworks.
+        """:meth:`greedy` for a tuple ``context``, kept in ``known`` per list of artworks.
 
-        An item's best over all users serves every user's list until the counts change.
-        Each artwork's score is its tags' bound times its own factor (1 when it has none):
-        built-in loops over the item's artworks, the first of the highest.
+        ``known`` is :meth:`_known` of ``context`` and ``memo``. An item's best over all
+        users serves every user's list until the counts change. Each artwork's score is its
+        tags' bound times its own factor (1 when it has none): built-in loops over the item's
+        artworks, the first of the highest.
         """
-        known = self._known(context, memo)
         found = known.get(id(artworks))
         if found is not None and found[0] is artworks:
             return found[1]
@@ -460,20 +453,15 @@ class ArtworkBandit:
         best_of = self._best
         # each item's best over all users and in the context, by the id of its artworks
         popular_known = self._known((), memo)
-        bandit_known = self._known(context, memo) if context else popular_known
+        bandit_known = self._known(context, memo)
         choices = []
         for artworks, (explore_draw, pick_draw), sticky in picks:
             n = len(artworks)
-            known = popular_known.get(id(artworks))
-            if known is not None and known[0] is artworks:
-                popular_best = known[1]
+            popular_best = best_of((), artworks, memo, popular_known)
+            if context:
+                bandit_best = best_of(context, artworks, memo, bandit_known)
             else:
-                popular_best = best_of((), artworks, memo)
-            known = bandit_known.get(id(artworks))
-            if known is not None and known[0] is artworks:
-                bandit_best = known[1]
-            else:
-                bandit_best = best_of(context, artworks, memo) if context else popular_best
+                bandit_best = popular_best
             if uniform:
                 explored = True
                 index, propensity = min(int(pick_draw * n), n - 1), 1.0 / n
@@ -496,29 +484,6 @@ class ArtworkBandit:
                 explored,
             )))  # fmt: skip
         return choices
-
-    def propensities(
-        self,
-        context: Sequence[str],
-        artworks: Sequence[Artwork],
-        index: int,
-        memo: dict[Any, Any] | None = None,
-    ) -> tuple[float, float]:
-        """The probabilities of ``artworks[index]`` under ``popular`` and ``bandit`` now.
-
-        Without stickiness: what each policy would have shown a user in ``context`` who
-        had no artwork sticking (the counterfactual propensities of the off-policy
-        estimates).
-        """
-        n = len(artworks)
-        context = tuple(context)
-        memo = {} if memo is None else memo
-        popular_eps, bandit_eps = self._epsilons(context, memo)
-        popular_best, bandit_best = self._bests(context, artworks, memo)
-        return (
-            (1.0 - popular_eps) * (index == popular_best) + popular_eps / n,
-            (1.0 - bandit_eps) * (index == bandit_best) + bandit_eps / n,
-        )
 
     def _epsilons(self, context: tuple[str, ...], memo: dict[Any, Any]) -> tuple[float, float]:
         """ε of ``popular`` and of ``bandit`` in ``context`` (kept in ``memo``)."""
