@@ -1,6 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Each sets up everything it
-# needs on a fresh machine with Python >= 3.11, a JDK >= 11 and Maven: a virtualenv with
-# the project and its dependencies, and Apache Kafka's jars (fetched by Maven, cached).
+# needs on a fresh machine with Python >= 3.11 (and its headers), a C compiler, a JDK >= 11
+# and Maven: a virtualenv with the project and its dependencies (pip compiles the Cython
+# kernels), and Apache Kafka's jars (fetched by Maven, cached).
 # `make test` also installs Debian's `prometheus` package when `promtool` is missing: the
 # tests check the Prometheus rules with promtool and scrape a worker with the real server.
 # The package's service is not started where no init system runs (containers, CI).
@@ -14,7 +15,8 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test test-fast lint install tools clean
 
-$(BIN)/ottscore: pyproject.toml
+# the Cython kernels are compiled by pip install: changing one installs again
+$(BIN)/ottscore: pyproject.toml $(wildcard pipeline/*/*.pyx)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

@@ -45,7 +45,8 @@ from typing import Any, NamedTuple
 
 from pipeline.core.events import Event, Rejection
 from pipeline.core.tally import Tally
-from pipeline.models.artwork import ArtworkBandit, draws_of_bytes
+from pipeline.models import artwork_kernel
+from pipeline.models.artwork import ArtworkBandit
 
 __all__ = ["ArtworkTrial", "Artworks", "Shown", "UserArtwork", "context_of"]
 
@@ -58,7 +59,6 @@ DEVICE_MEMORY = 0.9
 MAX_OPEN = 64
 NO_GENRE = "none"
 NO_DEVICE = "unknown"
-_new_tuple = tuple.__new__
 
 
 def context_of(device: str | None, genre_affinity: Mapping[str, float]) -> tuple[str, str]:
@@ -312,36 +312,12 @@ class Artworks:
         if memory is None:
             memory = state.artwork = UserArtwork()
         context = context_of(memory.usual_device(device), state.features.genre_affinity)
-        sticky_ms, stickies = self.sticky_ms, memory.sticky
+        # the draws of (user_id, item_id, ts_ms) from the same bytes as draws()
         prefix, suffix = f"{state.user_id}\x1f".encode(), f"\x1f{ts_ms}".encode()
-        picks = []
-        for item_id, artworks in zip(item_ids, listed, strict=True):
-            if artworks:
-                sticky = stickies.get(item_id)
-                kept = sticky[0] if sticky and ts_ms - sticky[1] < sticky_ms else None
-                # the draws of (user_id, item_id, ts_ms), from the same bytes
-                picks.append((artworks, draws_of_bytes(prefix + item_id.encode() + suffix), kept))
-        chosen = bandit.choose_list(policy, context, picks, memo=bandit.memo())
-        choices = iter(zip(picks, chosen, strict=True))
-        picked: list[tuple[str, float] | None] = []
-        latest: list[Shown] = []
-        for item_id, artworks in zip(item_ids, listed, strict=True):
-            if not artworks:
-                picked.append(None)
-                continue
-            (_, _, kept), choice = next(choices)
-            if kept is None and not choice.explored:  # what sticks is the policy's best
-                stickies.pop(item_id, None)
-                stickies[item_id] = (choice.artwork_id, ts_ms)
-                if len(stickies) > MAX_STICKY:
-                    del stickies[next(iter(stickies))]
-            artwork_id, propensity, choices_n, p_popular, p_bandit, _ = choice
-            latest.append(_new_tuple(Shown, (  # Shown(...), without its __new__
-                item_id, artwork_id, context, policy, propensity, choices_n, p_popular, p_bandit,
-                ts_ms,
-            )))  # fmt: skip
-            picked.append((artwork_id, propensity))
-        memory.latest = latest
+        picked, memory.latest = artwork_kernel.pick_list(
+            bandit, policy, context, list(item_ids), listed, memory.sticky, ts_ms,
+            self.sticky_ms, MAX_STICKY, prefix, suffix, bandit.memo(), Shown,
+        )  # fmt: skip
         return picked
 
     def _open(

@@ -58,13 +58,12 @@ Examples
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
-import operator
 import struct
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
+from pipeline.models import artwork_kernel
 from pipeline.serde.snapshots import stored_as
 
 __all__ = [
@@ -85,19 +84,11 @@ ALL_USERS: Final = "*"
 Artwork = tuple[str, Sequence[str]]
 _FORMAT = 2
 #: How many times :attr:`ArtworkBandit.prior` an artwork's own factor is shrunk by: it sees
-#: one artwork's shows, a tag's factor those of every artwork of the tag.
-OWN_PRIOR = 5.0
-#: Lists of artworks whose plan (:meth:`ArtworkBandit._plan`) is kept; beyond, all are dropped.
-MAX_PLANS = 100_000
+#: one artwork's shows, a tag's factor those of every artwork of the tag (the kernel's too).
+OWN_PRIOR = artwork_kernel.OWN_PRIOR
 _blake2b = hashlib.blake2b
 _TWO_WORDS = struct.Struct("<QQ").unpack
 _SCALE = 2.0**-64
-#: ``tuple.__new__``: a named tuple made without the Python call of its ``__new__``.
-_new_tuple = tuple.__new__
-#: The own factor of an artwork that has none yet.
-_ONES = itertools.repeat(1.0)
-#: A list of artworks, its ids, its tags and its distinct tags.
-_Plan = tuple[Sequence[Artwork], list[str], list[Sequence[str]], list[Sequence[str]]]
 
 
 class ArtworkChoice(NamedTuple):
@@ -155,7 +146,7 @@ class ArtworkBandit:
     """
 
     #: Caches of values of the counts, not stored: a restored bandit starts them afresh.
-    TRANSIENT = ("_counted", "_memo", "_own_factors", "_plans")
+    TRANSIENT = ("_counted", "_memo")
 
     def __init__(
         self,
@@ -182,10 +173,6 @@ class ArtworkBandit:
         self.buckets: dict[str, list[float]] = {}
         self._counted = 0  # changes of the counts: shows and takes
         self._memo: tuple[tuple[int, float, float], dict[Any, Any]] = ((-1, 0.0, 0.0), {})
-        #: level → artwork id → its own factor (:meth:`_own`), kept as the arms change
-        self._own_factors: dict[str, dict[str, float]] = {}
-        #: id of a list of artworks → the list, its ids, its tags, its distinct tags
-        self._plans: dict[int, _Plan] = {}
 
     def memo(self) -> dict[Any, Any]:
         """A memo for :meth:`choose`: values of the counts, kept until they change.
@@ -237,7 +224,7 @@ class ArtworkBandit:
             arms = self.arms.setdefault(where, {})
             if level == len(own_levels) - 1:
                 factor = by_tags * self._own(arms, artwork_id)
-            self._add_arm(where, arms, artwork_id, expected * by_tags, 0.0)
+            _add(arms, artwork_id, expected * by_tags, 0.0)
         _add(self.items, item_id, factor, 0.0)
         for where in (ALL_USERS, *context):
             tag_counts = self.tags.setdefault(where, {})
@@ -252,24 +239,12 @@ class ArtworkBandit:
         self._counted += 1
         _add(self.items, item_id, 0.0, 1.0)
         for where in (ALL_USERS, context[0]) if context else (ALL_USERS,):
-            self._add_arm(where, self.arms.setdefault(where, {}), artwork_id, 0.0, 1.0)
+            _add(self.arms.setdefault(where, {}), artwork_id, 0.0, 1.0)
         for where in (ALL_USERS, *context):
             tag_counts = self.tags.setdefault(where, {})
             for tag in tags:
                 _add(tag_counts, tag, 0.0, 1.0)
             self.buckets.setdefault(where, [0.0, 0.0])[1] += 1.0
-
-    def _add_arm(
-        self,
-        where: str,
-        arms: dict[str, list[float]],
-        artwork_id: str,
-        predicted: float,
-        takes: float,
-    ) -> None:
-        """Count an artwork's show or take at a level, and keep its own factor there."""
-        _add(arms, artwork_id, predicted, takes)
-        self._own_factors.setdefault(where, {})[artwork_id] = self._own(arms, artwork_id)
 
     # --- choosing ---------------------------------------------------------------------
 
@@ -341,76 +316,11 @@ class ArtworkBandit:
         Its tags' factor plus ``optimism`` standard errors of it at the context's first
         level (a Poisson error: ``sqrt(factor / expected takes)``), times its own factor: a
         tag that was unlucky early is tried again until its shows tell, instead of staying
-        buried under the floor of ε (the first of ties). ``memo`` as for :meth:`tag_factor`.
+        buried under the floor of ε (the first of ties). ``memo``: :meth:`memo`, or a dict
+        of one call's own. Computed by :mod:`pipeline.models.artwork_kernel`.
         """
         memo = {} if memo is None else memo
-        context = tuple(context)
-        return self._best(context, artworks, memo, self._known(context, memo))
-
-    def _bound(self, context: tuple[str, ...], tags: Sequence[str], memo: dict[Any, Any]) -> float:
-        """The upper bound of the factor of ``tags`` in ``context`` (see :meth:`greedy`)."""
-        factor = self.tag_factor(context, tags, memo)
-        if self.optimism:
-            first = self.tags.get(context[0] if context else ALL_USERS, {})
-            expected = sum(first.get(tag, (0.0, 0.0))[0] for tag in tags or ("",))
-            expected /= max(len(tags), 1)
-            factor += self.optimism * math.sqrt(factor / (expected + self.prior))
-        return factor
-
-    def _best(
-        self,
-        context: tuple[str, ...],
-        artworks: Sequence[Artwork],
-        memo: dict[Any, Any],
-        known: dict[int, tuple[Any, int]],
-    ) -> int:
-        """:meth:`greedy` for a tuple ``context``, kept in ``known`` per list of artworks.
-
-        ``known`` is :meth:`_known` of ``context`` and ``memo``. An item's best over all
-        users serves every user's list until the counts change. Each artwork's score is its
-        tags' bound times its own factor (1 when it has none): built-in loops over the item's
-        artworks, the first of the highest.
-        """
-        found = known.get(id(artworks))
-        if found is not None and found[0] is artworks:
-            return found[1]
-        plan = self._plans.get(id(artworks))
-        if plan is None or plan[0] is not artworks:
-            plan = self._plan(artworks)
-        _, ids, tags, distinct = plan
-        bounds = memo.get(context)
-        if bounds is None:
-            bounds = memo[context] = {}
-        for one in distinct:
-            if one not in bounds:
-                bounds[one] = self._bound(context, one, memo)
-        own = self._own_factors.get(context[0] if context else ALL_USERS)
-        if own:
-            factors = map(own.get, ids, _ONES)
-            scores = list(map(operator.mul, map(bounds.__getitem__, tags), factors))
-        else:
-            scores = list(map(bounds.__getitem__, tags))
-        best = scores.index(max(scores))
-        known[id(artworks)] = (artworks, best)  # the list: its id stays its while it lives
-        return best
-
-    @staticmethod
-    def _known(context: tuple[str, ...], memo: dict[Any, Any]) -> dict[int, tuple[Any, int]]:
-        """The bests found in ``context`` (in ``memo``): id of a list → (the list, its best)."""
-        known = memo.get(("best", context))
-        if known is None:
-            known = memo["best", context] = {}
-        return known  # type: ignore[no-any-return]
-
-    def _plan(self, artworks: Sequence[Artwork]) -> _Plan:
-        """The ids, tags and distinct tags of a list of artworks, kept while it lives."""
-        if len(self._plans) >= MAX_PLANS:
-            self._plans.clear()
-        tags = [tags for _, tags in artworks]
-        plan = self._plans[id(artworks)] = (
-            artworks, [artwork_id for artwork_id, _ in artworks], tags, list(dict.fromkeys(tags))
-        )  # fmt: skip
-        return plan
+        return artwork_kernel.best(self, tuple(context), _as_list(artworks), memo)
 
     def choose(
         self,
@@ -442,48 +352,14 @@ class ArtworkBandit:
     ) -> list[ArtworkChoice]:
         """:meth:`choose` for each item of one list: its artworks, its draw, its sticky one.
 
-        The picks of one list share the context, its ε and what ``memo`` keeps.
+        The picks of one list share the context, its ε and what ``memo`` keeps. Computed by
+        :mod:`pipeline.models.artwork_kernel`, the arithmetic of :meth:`greedy` compiled.
         """
-        context = tuple(context)
         memo = {} if memo is None else memo
-        popular_eps, bandit_eps = self._epsilons(context, memo)
-        eps = popular_eps if policy == "popular" else bandit_eps
-        uniform = policy == "random"
-        popular = policy == "popular"
-        best_of = self._best
-        # each item's best over all users and in the context, by the id of its artworks
-        popular_known = self._known((), memo)
-        bandit_known = self._known(context, memo)
-        choices = []
-        for artworks, (explore_draw, pick_draw), sticky in picks:
-            n = len(artworks)
-            popular_best = best_of((), artworks, memo, popular_known)
-            if context:
-                bandit_best = best_of(context, artworks, memo, bandit_known)
-            else:
-                bandit_best = popular_best
-            if uniform:
-                explored = True
-                index, propensity = min(int(pick_draw * n), n - 1), 1.0 / n
-            else:
-                best = popular_best if popular else bandit_best
-                if sticky is not None:
-                    for i, (artwork_id, _) in enumerate(artworks):
-                        if artwork_id == sticky:
-                            best = i
-                            break
-                explored = explore_draw < eps
-                index = min(int(pick_draw * n), n - 1) if explored else best
-                propensity = (1.0 - eps) * (index == best) + eps / n
-            choices.append(_new_tuple(ArtworkChoice, (  # ArtworkChoice(...), without its __new__
-                artworks[index][0],
-                propensity,
-                n,
-                (1.0 - popular_eps) * (index == popular_best) + popular_eps / n,
-                (1.0 - bandit_eps) * (index == bandit_best) + bandit_eps / n,
-                explored,
-            )))  # fmt: skip
-        return choices
+        picks = [(_as_list(artworks), draw, sticky) for artworks, draw, sticky in picks]
+        return artwork_kernel.choose_list(  # type: ignore[no-any-return]
+            self, policy, tuple(context), picks, memo, ArtworkChoice
+        )
 
     def _epsilons(self, context: tuple[str, ...], memo: dict[Any, Any]) -> tuple[float, float]:
         """ε of ``popular`` and of ``bandit`` in ``context`` (kept in ``memo``)."""
@@ -524,11 +400,6 @@ class ArtworkBandit:
         self.buckets = {} if fresh else state["buckets"]
         self._counted = 0
         self._memo = ((-1, 0.0, 0.0), {})
-        self._own_factors = {
-            where: {artwork_id: self._own(arms, artwork_id) for artwork_id in arms}
-            for where, arms in self.arms.items()
-        }
-        self._plans = {}
 
 
 def _add(counts: dict[str, list[float]], key: str, first: float, second: float) -> None:
@@ -538,3 +409,8 @@ def _add(counts: dict[str, list[float]], key: str, first: float, second: float) 
     else:
         entry[0] += first
         entry[1] += second
+
+
+def _as_list(artworks: Sequence[Artwork]) -> list[Artwork]:
+    """``artworks`` as the list the kernel reads (the same object when it is one)."""
+    return artworks if type(artworks) is list else list(artworks)

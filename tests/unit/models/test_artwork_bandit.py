@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.models.artwork import ALL_USERS, OWN_PRIOR, ArtworkBandit, draws
+from pipeline.models import artwork_kernel
+from pipeline.models.artwork import ALL_USERS, OWN_PRIOR, ArtworkBandit, draws, draws_of_bytes
 
 ARTS = [("a0", ("dark",)), ("a1", ("close_up",)), ("a2", ("ensemble",)), ("a3", ("bright",))]
 
@@ -226,3 +227,10 @@ def test_the_picks_of_a_list_are_the_plain_greedy_choices_and_restore_alike(
             assert each.greedy(context, artworks) == in_context
             assert each.greedy((), artworks) == popular
             assert choice == each.choose(policy, context, artworks, draw=draw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(max_size=64))
+def test_the_compiled_draws_are_those_of_the_hash_in_python(key: bytes) -> None:
+    """The kernel reads the digest's two little-endian words as ``struct`` does."""
+    assert artwork_kernel.draws_of_bytes(key) == draws_of_bytes(key)

@@ -1,0 +1,33 @@
+"""Types of the compiled :mod:`pipeline.models.artwork_kernel` (its source: the ``.pyx``)."""
+
+from typing import Any
+
+OWN_PRIOR: float
+
+def draws_of_bytes(key: bytes) -> tuple[float, float]: ...
+def best(
+    bandit: Any, context: tuple[str, ...], artworks: list[Any], memo: dict[Any, Any]
+) -> int: ...
+def choose_list(
+    bandit: Any,
+    policy: str,
+    context: tuple[str, ...],
+    picks: list[Any],
+    memo: dict[Any, Any],
+    choice_type: type,
+) -> list[Any]: ...
+def pick_list(
+    bandit: Any,
+    policy: str,
+    context: tuple[str, ...],
+    item_ids: list[str],
+    listed: list[list[Any]],
+    stickies: dict[str, Any],
+    ts_ms: int,
+    sticky_ms: int,
+    max_sticky: int,
+    prefix: bytes,
+    suffix: bytes,
+    memo: dict[Any, Any],
+    shown_type: type,
+) -> tuple[list[tuple[str, float] | None], list[Any]]: ...
