@@ -146,7 +146,7 @@ class ArtworkBandit:
     """
 
     #: Caches of values of the counts, not stored: a restored bandit starts them afresh.
-    TRANSIENT = ("_counted", "_memo")
+    TRANSIENT = ("_counted", "_memo", "_scorer")
 
     def __init__(
         self,
@@ -173,6 +173,8 @@ class ArtworkBandit:
         self.buckets: dict[str, list[float]] = {}
         self._counted = 0  # changes of the counts: shows and takes
         self._memo: tuple[tuple[int, float, float], dict[Any, Any]] = ((-1, 0.0, 0.0), {})
+        #: the arrays the compiled picks read (:class:`~pipeline.models.artwork_kernel.Scorer`)
+        self._scorer: artwork_kernel.Scorer | None = None
 
     def memo(self) -> dict[Any, Any]:
         """A memo for :meth:`choose`: values of the counts, kept until they change.
@@ -225,6 +227,7 @@ class ArtworkBandit:
             if level == len(own_levels) - 1:
                 factor = by_tags * self._own(arms, artwork_id)
             _add(arms, artwork_id, expected * by_tags, 0.0)
+            self._own_changed(where, arms, artwork_id)
         _add(self.items, item_id, factor, 0.0)
         for where in (ALL_USERS, *context):
             tag_counts = self.tags.setdefault(where, {})
@@ -239,12 +242,19 @@ class ArtworkBandit:
         self._counted += 1
         _add(self.items, item_id, 0.0, 1.0)
         for where in (ALL_USERS, context[0]) if context else (ALL_USERS,):
-            _add(self.arms.setdefault(where, {}), artwork_id, 0.0, 1.0)
+            arms = self.arms.setdefault(where, {})
+            _add(arms, artwork_id, 0.0, 1.0)
+            self._own_changed(where, arms, artwork_id)
         for where in (ALL_USERS, *context):
             tag_counts = self.tags.setdefault(where, {})
             for tag in tags:
                 _add(tag_counts, tag, 0.0, 1.0)
             self.buckets.setdefault(where, [0.0, 0.0])[1] += 1.0
+
+    def _own_changed(self, where: str, arms: dict[str, list[float]], artwork_id: str) -> None:
+        """Tell the compiled picks' arrays, if made, the artwork's new own factor there."""
+        if self._scorer is not None:
+            self._scorer.set_own(where, artwork_id, self._own(arms, artwork_id))
 
     # --- choosing ---------------------------------------------------------------------
 
@@ -400,6 +410,7 @@ class ArtworkBandit:
         self.buckets = {} if fresh else state["buckets"]
         self._counted = 0
         self._memo = ((-1, 0.0, 0.0), {})
+        self._scorer = None
 
 
 def _add(counts: dict[str, list[float]], key: str, first: float, second: float) -> None:

@@ -3,6 +3,11 @@
 from typing import Any
 
 OWN_PRIOR: float
+MAX_PLANS: int
+
+class Scorer:
+    def __init__(self, bandit: Any) -> None: ...
+    def set_own(self, where: str, artwork_id: str, factor: float) -> None: ...
 
 def draws_of_bytes(key: bytes) -> tuple[float, float]: ...
 def best(

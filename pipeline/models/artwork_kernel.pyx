@@ -10,12 +10,16 @@ stickiness and the records of a list, without a Python frame per item or a float
 product. ``tests/unit/models/test_artwork_bandit.py`` checks the picks against the greedy
 computation written plainly in Python.
 
-Every function takes the bandit itself and reads its counts (dictionaries, the stored form);
-``memo`` is :meth:`ArtworkBandit.memo`: per context, the upper bound of each tag list and
-the best artwork of each list of artworks seen since the counts last changed.
+Every function takes the bandit itself and reads its counts (dictionaries, the stored form).
+What the loops read are arrays, kept by the bandit's :class:`Scorer`: each list of artworks
+of the catalog as indices (of its artworks and of their tag lists), each level's own factors
+by artwork index, kept as the counts change; and, in ``memo`` (:meth:`ArtworkBandit.memo`,
+fresh when the counts change), each context's upper bounds by tag list index, computed on
+first use. An item's best is then a loop over a few doubles, cheaper than a lookup of it.
 """
 
-from libc.math cimport sqrt
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.math cimport NAN, isnan, sqrt
 from libc.stdint cimport uint64_t
 
 import hashlib
@@ -28,6 +32,8 @@ cdef tuple _NO_TAG = ("",)
 #: How many times the prior an artwork's own factor is shrunk by (artwork.OWN_PRIOR).
 OWN_PRIOR = 5.0
 cdef double _OWN_PRIOR = OWN_PRIOR
+#: Lists of artworks whose indices a scorer keeps; beyond, all are dropped.
+MAX_PLANS = 100_000
 
 
 cdef class _Counts:
@@ -83,55 +89,157 @@ cdef double _bound(_Counts counts, tuple context, object tags):
     return factor
 
 
-cdef Py_ssize_t _best(
-    _Counts counts, tuple context, list artworks, dict bounds, dict known, object arms
-) except -1:
-    """ArtworkBandit._best: the first artwork of the highest bound times own factor."""
-    cdef object key = id(artworks)
-    cdef object found = known.get(key)
-    if found is not None and (<tuple>found)[0] is artworks:
-        return <Py_ssize_t>(<tuple>found)[1]
-    cdef double shrink = _OWN_PRIOR * counts.prior
-    cdef double score, top = 0.0, bound
-    cdef Py_ssize_t i = 0, best = 0
-    cdef object bound_obj, own
-    cdef tuple artwork
-    for artwork in artworks:
-        tags = artwork[1]
-        bound_obj = bounds.get(tags)
-        if bound_obj is None:
-            bound = _bound(counts, context, tags)
-            bounds[tags] = bound
-        else:
-            bound = <double>bound_obj
-        score = bound
-        if arms is not None:
-            own = (<dict>arms).get(artwork[0])
-            if own is not None:
-                score = bound * ((_second(own) + shrink) / (_first(own) + shrink))
-        if i == 0 or score > top:
-            top, best = score, i
-        i += 1
-    known[key] = (artworks, best)  # the list: its id stays its while it lives
-    return best
+cdef class _Vec:
+    """A growable array of doubles; what was never set reads as ``fill``."""
+
+    cdef double* data
+    cdef Py_ssize_t size
+    cdef double fill
+
+    def __cinit__(self, double fill):
+        self.data = NULL
+        self.size = 0
+        self.fill = fill
+
+    def __dealloc__(self):
+        PyMem_Free(self.data)
+
+    cdef inline double get(self, Py_ssize_t i):
+        return self.data[i] if i < self.size else self.fill
+
+    cdef int set(self, Py_ssize_t i, double value) except -1:
+        cdef Py_ssize_t size, k
+        cdef double* grown
+        if i >= self.size:
+            size = max(2 * self.size, i + 64)
+            grown = <double*>PyMem_Realloc(self.data, size * sizeof(double))
+            if grown == NULL:
+                raise MemoryError()
+            for k in range(self.size, size):
+                grown[k] = self.fill
+            self.data, self.size = grown, size
+        self.data[i] = value
+        return 0
 
 
-cdef dict _in(dict memo, object key):
-    found = memo.get(key)
-    if found is None:
-        found = memo[key] = {}
-    return <dict>found
+cdef class _Plan:
+    """A list of artworks as indices: each artwork's, and its tags'."""
+
+    cdef object artworks  # the list itself: its id stays its while the plan holds it
+    cdef Py_ssize_t n
+    cdef Py_ssize_t* arts
+    cdef Py_ssize_t* tags
+
+    def __dealloc__(self):
+        PyMem_Free(self.arts)
+        PyMem_Free(self.tags)
+
+
+cdef class Scorer:
+    """Indices of the artworks and tag lists a bandit has met, and each level's own factors.
+
+    Not stored: a bandit makes one when it first picks (its counts are the truth). The own
+    factor of each artwork at each level is kept as the counts change
+    (:meth:`set_own`, called by the bandit's ``show`` and ``take``).
+    """
+
+    cdef dict ids  # artwork id → index
+    cdef dict tag_ids  # tag list → index
+    cdef list tag_lists  # index → tag list
+    cdef dict own  # level → _Vec of own factors by artwork index (1 where none)
+    cdef dict plans  # id of a list of artworks → _Plan
+
+    def __init__(self, bandit):
+        self.ids = {}
+        self.tag_ids = {}
+        self.tag_lists = []
+        self.own = {}
+        self.plans = {}
+        cdef double shrink = _OWN_PRIOR * bandit.prior
+        for where, arms in bandit.arms.items():
+            for artwork_id, entry in arms.items():
+                self.set_own(where, artwork_id, (_second(entry) + shrink) / (_first(entry) + shrink))
+
+    cpdef set_own(self, str where, str artwork_id, double factor):
+        """The own factor of ``artwork_id`` at level ``where`` is now ``factor``."""
+        vec = self.own.get(where)
+        if vec is None:
+            vec = self.own[where] = _Vec(1.0)
+        (<_Vec>vec).set(self._artwork(artwork_id), factor)
+
+    cdef Py_ssize_t _artwork(self, object artwork_id) except -1:
+        found = self.ids.get(artwork_id)
+        if found is None:
+            found = self.ids[artwork_id] = len(self.ids)
+        return <Py_ssize_t>found
+
+    cdef Py_ssize_t _tag_list(self, object tags) except -1:
+        found = self.tag_ids.get(tags)
+        if found is None:
+            found = self.tag_ids[tags] = len(self.tag_lists)
+            self.tag_lists.append(tags)
+        return <Py_ssize_t>found
+
+    cdef _Plan plan(self, list artworks):
+        cdef object key = id(artworks)
+        cdef object found = self.plans.get(key)
+        if found is not None and (<_Plan>found).artworks is artworks:
+            return <_Plan>found
+        if len(self.plans) >= MAX_PLANS:
+            self.plans.clear()
+        cdef _Plan plan = _Plan()
+        cdef Py_ssize_t n = len(artworks), j
+        plan.artworks, plan.n = artworks, n
+        plan.arts = <Py_ssize_t*>PyMem_Malloc(max(n, 1) * sizeof(Py_ssize_t))
+        plan.tags = <Py_ssize_t*>PyMem_Malloc(max(n, 1) * sizeof(Py_ssize_t))
+        if plan.arts == NULL or plan.tags == NULL:
+            raise MemoryError()
+        for j in range(n):
+            artwork = <tuple>artworks[j]
+            plan.arts[j] = self._artwork(artwork[0])
+            plan.tags[j] = self._tag_list(artwork[1])
+        self.plans[key] = plan
+        return plan
+
+    cdef _Vec bounds(self, dict memo, tuple context):
+        """The memo's bounds in ``context`` by tag list index (NaN: not computed yet)."""
+        found = memo.get(context)
+        if found is None:
+            found = memo[context] = _Vec(NAN)
+        return <_Vec>found
+
+    cdef Py_ssize_t best(self, _Counts counts, tuple context, _Plan plan, _Vec bounds, _Vec own) except -1:
+        """ArtworkBandit.greedy: the first artwork of the highest bound times own factor."""
+        cdef Py_ssize_t j, best = 0, tag
+        cdef double bound, score, top = 0.0
+        for j in range(plan.n):
+            tag = plan.tags[j]
+            bound = bounds.get(tag)
+            if isnan(bound):
+                bound = _bound(counts, context, self.tag_lists[tag])
+                bounds.set(tag, bound)
+            score = bound * (own.get(plan.arts[j]) if own is not None else 1.0)
+            if j == 0 or score > top:
+                top, best = score, j
+        return best
+
+
+cdef Scorer _scorer(bandit):
+    scorer = bandit._scorer
+    if scorer is None:
+        scorer = bandit._scorer = Scorer(bandit)
+    return <Scorer>scorer
 
 
 cdef class _Chooser:
-    """The picks of one list: its context, ε and memos, read once."""
+    """The picks of one list: its context, ε, bounds and own factors, read once."""
 
     cdef _Counts counts
+    cdef Scorer scorer
     cdef tuple context
     cdef double popular_eps, bandit_eps, eps
     cdef bint uniform, popular
-    cdef dict popular_bounds, bandit_bounds, popular_known, bandit_known
-    cdef object popular_arms, bandit_arms
+    cdef _Vec popular_bounds, bandit_bounds, popular_own, bandit_own
     # the last pick
     cdef Py_ssize_t index, n
     cdef double propensity, p_popular, p_bandit
@@ -139,31 +247,26 @@ cdef class _Chooser:
 
     def __init__(self, bandit, str policy, tuple context, dict memo):
         self.counts = _Counts(bandit)
+        self.scorer = scorer = _scorer(bandit)
         self.context = context
-        epsilons = bandit._epsilons(context, memo)
-        self.popular_eps, self.bandit_eps = epsilons
+        self.popular_eps, self.bandit_eps = bandit._epsilons(context, memo)
         self.eps = self.popular_eps if policy == "popular" else self.bandit_eps
         self.uniform = policy == "random"
         self.popular = policy == "popular"
-        self.popular_bounds = _in(memo, ())
-        self.bandit_bounds = _in(memo, context)
-        self.popular_known = _in(memo, ("best", ()))
-        self.bandit_known = _in(memo, ("best", context))
-        arms = self.counts.arms
-        self.popular_arms = arms.get(ALL_USERS) or None
-        self.bandit_arms = (arms.get(context[0]) or None) if context else self.popular_arms
+        self.popular_bounds = scorer.bounds(memo, ())
+        self.bandit_bounds = scorer.bounds(memo, context)
+        self.popular_own = scorer.own.get(ALL_USERS)
+        self.bandit_own = scorer.own.get(context[0]) if context else self.popular_own
 
     cdef int choose(self, list artworks, double explore_draw, double pick_draw, object sticky) except -1:
         cdef Py_ssize_t n = len(artworks), best, popular_best, bandit_best, i, index
         cdef double eps = self.eps
         cdef bint explored
-        popular_best = _best(
-            self.counts, (), artworks, self.popular_bounds, self.popular_known, self.popular_arms
-        )
+        cdef _Plan plan = self.scorer.plan(artworks)
+        popular_best = self.scorer.best(self.counts, (), plan, self.popular_bounds, self.popular_own)
         if self.context:
-            bandit_best = _best(
-                self.counts, self.context, artworks, self.bandit_bounds, self.bandit_known,
-                self.bandit_arms,
+            bandit_best = self.scorer.best(
+                self.counts, self.context, plan, self.bandit_bounds, self.bandit_own
             )
         else:
             bandit_best = popular_best
@@ -207,9 +310,11 @@ def draws_of_bytes(bytes key):
 
 def best(bandit, tuple context, list artworks, dict memo):
     """ArtworkBandit.greedy: the index of the best artwork in ``context``."""
-    counts = _Counts(bandit)
-    arms = counts.arms.get(context[0] if context else ALL_USERS) or None
-    return _best(counts, context, artworks, _in(memo, context), _in(memo, ("best", context)), arms)
+    cdef Scorer scorer = _scorer(bandit)
+    return scorer.best(
+        _Counts(bandit), context, scorer.plan(artworks), scorer.bounds(memo, context),
+        scorer.own.get(context[0] if context else ALL_USERS),
+    )
 
 
 def choose_list(bandit, str policy, tuple context, list picks, dict memo, choice_type):
@@ -219,7 +324,7 @@ def choose_list(bandit, str policy, tuple context, list picks, dict memo, choice
     cdef tuple pick, draw
     cdef list artworks
     for pick in picks:
-        artworks = list(pick[0]) if type(pick[0]) is not list else pick[0]
+        artworks = pick[0]
         draw = pick[1]
         chooser.choose(artworks, draw[0], draw[1], pick[2])
         choices.append(_new_tuple(choice_type, (

@@ -199,12 +199,14 @@ def test_the_picks_of_a_list_are_the_plain_greedy_choices_and_restore_alike(
     policy: str,
     draw_seeds: list[int],
 ) -> None:
-    """The fast paths (kept own factors, built-in scoring, memo by list) change nothing.
+    """The compiled picks (arrays of own factors kept as the counts change) change nothing.
 
     Each item's pick in a list equals the plain greedy computation, whatever the counts,
-    ties included (the first of the highest), and a restored bandit picks the same.
+    ties included (the first of the highest), and a restored bandit (its arrays made from
+    its counts) picks the same.
     """
     bandit = ArtworkBandit(explore=0.1)
+    bandit.greedy(context, lists[0])  # its arrays made now: kept as the counts change
     for where, item, artworks, taken in history:
         artwork_id, tags = artworks[0]
         bandit.show(where, item, artwork_id, tags)
