@@ -251,22 +251,15 @@ class Artworks:
         self.schedule = schedule
         self.tally = tally
         self.sink = sink
-        self._artworks: dict[str, tuple[Any, list[tuple[str, tuple[str, ...]]]]] = {}
 
-    def artworks_of(self, item_id: str) -> list[tuple[str, tuple[str, ...]]]:
+    def artworks_of(self, item_id: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """The ``(artwork_id, tags)`` of an item (none when the catalog lists none).
 
-        Kept per catalog record: read again only when the item's record is replaced.
+        The catalog record's own tuple (:func:`pipeline.core.catalog_items.catalog_item`):
+        the same object while the record lives, which the bandit's picks key on.
         """
         record = self.catalog.get(item_id)
-        if not record:
-            return []
-        cached = self._artworks.get(item_id)
-        if cached is not None and cached[0] is record:
-            return cached[1]
-        artworks = [(a["artwork_id"], tuple(a["tags"])) for a in record.get("artworks") or ()]
-        self._artworks[item_id] = (record, artworks)
-        return artworks
+        return record.get("artworks") or () if record else ()
 
     def refuse(self, event: Event) -> Rejection | None:
         """Why a click's ``artwork_id`` is refused: its item is known and does not list it.
@@ -332,7 +325,7 @@ class Artworks:
         for old in shown:
             if old.item_id == new.item_id and old.artwork_id == new.artwork_id:
                 return
-        new = new._replace(shown_ms=ts_ms)
+        new = artwork_kernel.untracked(new._replace(shown_ms=ts_ms))  # see untracked()
         shown.append(new)
         bandit.show(new.context, new.item_id, new.artwork_id, self._tags(new))
         if len(shown) > MAX_OPEN:

@@ -121,11 +121,15 @@ def catalog_item(obj: object) -> dict[str, Any]:
     }
 
 
-def _artworks(value: object) -> list[dict[str, Any]]:
-    """The artworks of an item: ``[{artwork_id, tags}]``, ids distinct, tags lower-cased.
+def _artworks(value: object) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The artworks of an item, ``[{artwork_id, tags}]``: ids distinct, tags lower-cased.
+
+    Kept as ``(artwork_id, tags)`` tuples, as the artwork picks read them: a catalog of
+    thousands of items holds no dictionary or list per artwork for the garbage collector to
+    traverse (tuples of strings it stops tracking).
 
     >>> _artworks([{"artwork_id": "a1", "tags": ["Close-Up"]}, {"artwork_id": "a2"}])
-    [{'artwork_id': 'a1', 'tags': ['close-up']}, {'artwork_id': 'a2', 'tags': []}]
+    (('a1', ('close-up',)), ('a2', ()))
     >>> _artworks([{"artwork_id": "a1"}, {"artwork_id": "a1"}])
     Traceback (most recent call last):
     ...
@@ -158,5 +162,5 @@ def _artworks(value: object) -> list[dict[str, Any]]:
             tags = [_GENRE(tag).lower() for tag in tags]
         except _Invalid as exc:
             raise _Invalid(exc.reason, f"{where}.tags: {exc.detail}") from None
-        artworks.append({"artwork_id": artwork_id, "tags": tags})
-    return artworks
+        artworks.append((artwork_id, tuple(tags)))
+    return tuple(artworks)

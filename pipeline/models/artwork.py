@@ -330,7 +330,7 @@ class ArtworkBandit:
         of one call's own. Computed by :mod:`pipeline.models.artwork_kernel`.
         """
         memo = {} if memo is None else memo
-        return artwork_kernel.best(self, tuple(context), _as_list(artworks), memo)
+        return artwork_kernel.best(self, tuple(context), _as_tuple(artworks), memo)
 
     def choose(
         self,
@@ -366,7 +366,7 @@ class ArtworkBandit:
         :mod:`pipeline.models.artwork_kernel`, the arithmetic of :meth:`greedy` compiled.
         """
         memo = {} if memo is None else memo
-        picks = [(_as_list(artworks), draw, sticky) for artworks, draw, sticky in picks]
+        picks = [(_as_tuple(artworks), draw, sticky) for artworks, draw, sticky in picks]
         return artwork_kernel.choose_list(  # type: ignore[no-any-return]
             self, policy, tuple(context), picks, memo, ArtworkChoice
         )
@@ -422,6 +422,9 @@ def _add(counts: dict[str, list[float]], key: str, first: float, second: float) 
         entry[1] += second
 
 
-def _as_list(artworks: Sequence[Artwork]) -> list[Artwork]:
-    """``artworks`` as the list the kernel reads (the same object when it is one)."""
-    return artworks if type(artworks) is list else list(artworks)
+def _as_tuple(artworks: Sequence[Artwork]) -> tuple[Artwork, ...]:
+    """``artworks`` as the tuple the kernel reads: the same object when it is one.
+
+    The catalog's are: the kernel keeps what it derives from one by its identity.
+    """
+    return artworks if type(artworks) is tuple else tuple(artworks)

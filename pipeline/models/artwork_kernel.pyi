@@ -1,6 +1,8 @@
 """Types of the compiled :mod:`pipeline.models.artwork_kernel` (its source: the ``.pyx``)."""
 
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T", bound=tuple[Any, ...])
 
 OWN_PRIOR: float
 MAX_PLANS: int
@@ -9,9 +11,10 @@ class Scorer:
     def __init__(self, bandit: Any) -> None: ...
     def set_own(self, where: str, artwork_id: str, factor: float) -> None: ...
 
+def untracked(record: _T) -> _T: ...
 def draws_of_bytes(key: bytes) -> tuple[float, float]: ...
 def best(
-    bandit: Any, context: tuple[str, ...], artworks: list[Any], memo: dict[Any, Any]
+    bandit: Any, context: tuple[str, ...], artworks: tuple[Any, ...], memo: dict[Any, Any]
 ) -> int: ...
 def choose_list(
     bandit: Any,
@@ -26,7 +29,7 @@ def pick_list(
     policy: str,
     context: tuple[str, ...],
     item_ids: list[str],
-    listed: list[list[Any]],
+    listed: list[Any],
     stickies: dict[str, Any],
     ts_ms: int,
     sticky_ms: int,

@@ -19,10 +19,14 @@ first use. An item's best is then a loop over a few doubles, cheaper than a look
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
 from libc.math cimport NAN, isnan, sqrt
 from libc.stdint cimport uint64_t
 
 import hashlib
+
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void* op)
 
 cdef object _blake2b = hashlib.blake2b
 cdef double _SCALE = 2.0 ** -64
@@ -125,7 +129,7 @@ cdef class _Vec:
 cdef class _Plan:
     """A list of artworks as indices: each artwork's, and its tags'."""
 
-    cdef object artworks  # the list itself: its id stays its while the plan holds it
+    cdef tuple artworks  # the tuple itself: its id stays its while the plan holds it
     cdef Py_ssize_t n
     cdef Py_ssize_t* arts
     cdef Py_ssize_t* tags
@@ -180,7 +184,7 @@ cdef class Scorer:
             self.tag_lists.append(tags)
         return <Py_ssize_t>found
 
-    cdef _Plan plan(self, list artworks):
+    cdef _Plan plan(self, tuple artworks):
         cdef object key = id(artworks)
         cdef object found = self.plans.get(key)
         if found is not None and (<_Plan>found).artworks is artworks:
@@ -258,7 +262,7 @@ cdef class _Chooser:
         self.popular_own = scorer.own.get(ALL_USERS)
         self.bandit_own = scorer.own.get(context[0]) if context else self.popular_own
 
-    cdef int choose(self, list artworks, double explore_draw, double pick_draw, object sticky) except -1:
+    cdef int choose(self, tuple artworks, double explore_draw, double pick_draw, object sticky) except -1:
         cdef Py_ssize_t n = len(artworks), best, popular_best, bandit_best, i, index
         cdef double eps = self.eps
         cdef bint explored
@@ -303,12 +307,41 @@ cdef inline tuple _draws(bytes key):
     return (<double>first * _SCALE, <double>second * _SCALE)
 
 
+cdef bint _atoms(tuple record):
+    """Whether every item of ``record`` is a string, number or None, or a tuple of strings."""
+    for item in record:
+        if item is None or type(item) is str or type(item) is float or type(item) is int:
+            continue
+        if type(item) is tuple and all(type(each) is str for each in <tuple>item):
+            continue
+        return False
+    return True
+
+
+cdef inline object _untracked(object record):
+    PyObject_GC_UnTrack(<void*>record)
+    return record
+
+
+def untracked(record):
+    """``record``, out of the garbage collector's sight: a tuple of atoms (or tuples of strings).
+
+    Such a tuple can never be part of a reference cycle, so reference counting alone frees
+    it; Python stops tracking exact tuples like it by itself, never the instances of a tuple
+    subclass (a named tuple), which every full collection would traverse. Anything else is
+    refused (ValueError).
+    """
+    if not isinstance(record, tuple) or not _atoms(<tuple>record):
+        raise ValueError(f"not a tuple of atoms: {record!r:.100}")
+    return _untracked(record)
+
+
 def draws_of_bytes(bytes key):
     """Two uniform draws in [0, 1) from the BLAKE2b digest (16 bytes) of ``key``."""
     return _draws(key)
 
 
-def best(bandit, tuple context, list artworks, dict memo):
+def best(bandit, tuple context, tuple artworks, dict memo):
     """ArtworkBandit.greedy: the index of the best artwork in ``context``."""
     cdef Scorer scorer = _scorer(bandit)
     return scorer.best(
@@ -321,8 +354,7 @@ def choose_list(bandit, str policy, tuple context, list picks, dict memo, choice
     """ArtworkBandit.choose_list: ``choice_type`` tuples, one per ``(artworks, draw, sticky)``."""
     cdef _Chooser chooser = _Chooser(bandit, policy, context, memo)
     cdef list choices = []
-    cdef tuple pick, draw
-    cdef list artworks
+    cdef tuple pick, draw, artworks
     for pick in picks:
         artworks = pick[0]
         draw = pick[1]
@@ -360,8 +392,7 @@ def pick_list(
     cdef list kept = [None] * count
     cdef list picked = [None] * count
     cdef list latest = []
-    cdef list artworks
-    cdef tuple draw
+    cdef tuple artworks, draw
     cdef str item_id
     cdef object sticky, artwork_id
     for k in range(count):  # what sticks, as it was before this list
@@ -383,9 +414,9 @@ def pick_list(
             stickies[item_id] = (artwork_id, ts_ms)
             if len(stickies) > max_sticky:
                 del stickies[next(iter(stickies))]
-        latest.append(_new_tuple(shown_type, (
+        latest.append(_untracked(_new_tuple(shown_type, (
             item_id, artwork_id, context, policy, chooser.propensity, chooser.n,
             chooser.p_popular, chooser.p_bandit, ts_ms,
-        )))
+        ))))
         picked[k] = (artwork_id, chooser.propensity)
     return picked, latest
