@@ -100,16 +100,9 @@ class Shown(NamedTuple):
     #: When a list first showed the item with this artwork (the window runs from it).
     shown_ms: int = 0
 
-    def to_json(self) -> list[Any]:
-        """The stored form: a list, in the order of the fields."""
-        return [
-            self.item_id, self.artwork_id, list(self.context), self.policy,
-            self.propensity, self.choices, self.p_popular, self.p_bandit, self.shown_ms,
-        ]  # fmt: skip
-
     @classmethod
     def from_json(cls, value: Sequence[Any], shown_ms: int = 0) -> Shown:
-        """Read what :meth:`to_json` stored (``shown_ms`` for a show stored without one)."""
+        """Read a stored show: the array of its fields (``shown_ms`` for one stored without it)."""
         item_id, artwork_id, context, policy, propensity, choices, p_popular, p_bandit = value[:8]
         return cls(
             str(item_id), str(artwork_id), tuple(map(str, context)), str(policy),
@@ -174,12 +167,16 @@ class UserArtwork:
         return min(deadlines, default=None)
 
     def to_json(self) -> dict[str, Any]:
-        """The stored form: named fields (``artwork`` of the user's stored state)."""
+        """The stored form: named fields (``artwork`` of the user's stored state).
+
+        Shows are named tuples, which the state's writer writes as the arrays of their
+        fields in order (:meth:`Shown.from_json` reads them), without a list made per show.
+        """
         return {
             "sticky": self.sticky,
-            "shown": [shown.to_json() for shown in self.shown],
-            "latest": [shown.to_json() for shown in self.latest],
-            "clicked": None if self.clicked is None else self.clicked.to_json(),
+            "shown": self.shown,
+            "latest": self.latest,
+            "clicked": self.clicked,
             "clicked_ms": self.clicked_ms,
             "clicked_watch_s": self.clicked_watch_s,
             "devices": self.devices,

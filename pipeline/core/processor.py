@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -550,9 +550,10 @@ class Processor:
         if self.triggers:
             items, trending = models.items, models.recommender.trending
 
-            def most_played() -> list[tuple[str, tuple[str, ...]]]:
-                top = trending.top(self.triggers.rules.trending_top)
-                return [(items.ids[i], items.genres(i)) for i in top]
+            def most_played() -> Iterator[tuple[str, tuple[str, ...]]]:
+                # ranked once, read as far as the first title the user may be offered
+                for i in trending.top(self.triggers.rules.trending_top):
+                    yield items.ids[i], items.genres(i)
 
             arms, holdout = self._crm_arms(state, at_ms)
             for value in self.triggers.on_session_end(

@@ -255,7 +255,14 @@ def encode(state: UserState) -> bytes:
         record["artwork"] = state.artwork.to_json()
     if state.crm is not None:  # since 2026-12; absent from a state no trigger rule touched
         record["crm"] = state.crm.to_json()
-    return orjson.dumps(record)
+    return orjson.dumps(record, default=_fields)
+
+
+def _fields(value: object) -> tuple[Any, ...]:
+    """A named tuple (orjson writes plain tuples only) as the array of its fields."""
+    if isinstance(value, tuple):
+        return tuple(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _pack(values: list[float]) -> str:

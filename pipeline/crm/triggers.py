@@ -302,7 +302,7 @@ class Triggers:
         self,
         state: UserState,
         at_ms: int,
-        trending: Callable[[], Sequence[tuple[str, tuple[str, ...]]]],
+        trending: Callable[[], Iterable[tuple[str, tuple[str, ...]]]],
         *,
         experiments: Mapping[str, str] | None = None,
         holdout: Iterable[str] = (),
