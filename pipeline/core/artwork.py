@@ -311,22 +311,28 @@ class Artworks:
         return picked
 
     def _open(
-        self, state: Any, bandit: ArtworkBandit, memory: UserArtwork, ts_ms: int, new: Shown
+        self, state: Any, bandit: ArtworkBandit, memory: UserArtwork, ts_ms: int
     ) -> None:
-        """Open a show at ``ts_ms``, unless one is open for the same item and artwork.
+        """Open a show at ``ts_ms`` for each latest pick, unless one is open for it already.
 
-        A show's window runs from its opening: showing it again does not lengthen it (an
-        artwork that sticks would get longer windows, more chances, than an explored one).
+        One is open when the user has an open show of the same item and artwork. A show's
+        window runs from its opening: showing it again does not lengthen it (an artwork that
+        sticks would get longer windows, more chances, than an explored one).
         """
         shown = memory.shown
-        for old in shown:
-            if old.item_id == new.item_id and old.artwork_id == new.artwork_id:
-                return
-        new = artwork_kernel.untracked(new._replace(shown_ms=ts_ms))  # see untracked()
-        shown.append(new)
-        bandit.show(new.context, new.item_id, new.artwork_id, self._tags(new))
-        if len(shown) > MAX_OPEN:
-            self._end(state, bandit, shown.pop(0), 0.0, ts_ms)
+        opened = {(old.item_id, old.artwork_id) for old in shown}
+        for pick in memory.latest:
+            key = (pick.item_id, pick.artwork_id)
+            if key in opened:
+                continue
+            new = artwork_kernel.untracked(Shown._make((*pick[:-1], ts_ms)))  # see untracked()
+            shown.append(new)
+            opened.add(key)
+            bandit.show(new.context, new.item_id, new.artwork_id, self._tags(new))
+            if len(shown) > MAX_OPEN:
+                ended = shown.pop(0)
+                opened.discard((ended.item_id, ended.artwork_id))
+                self._end(state, bandit, ended, 0.0, ts_ms)
 
     # --- events -----------------------------------------------------------------------
 
@@ -350,8 +356,7 @@ class Artworks:
         changed = False
         if session_start:
             memory.count_session(event.device)
-            for shown in memory.latest:
-                self._open(state, bandit, memory, ts_ms, shown)
+            self._open(state, bandit, memory, ts_ms)
             changed = bool(memory.latest)
         if memory.clicked is not None and watched_item == memory.clicked.item_id:
             memory.clicked_watch_s += watched_s
@@ -393,7 +398,11 @@ class Artworks:
             )
 
     def _tags(self, shown: Shown) -> tuple[str, ...]:
-        return dict(self.artworks_of(shown.item_id)).get(shown.artwork_id, ())
+        artwork_id = shown.artwork_id
+        for listed, tags in self.artworks_of(shown.item_id):
+            if listed == artwork_id:
+                return tags
+        return ()
 
     def _end_expired(self, state: Any, bandit: ArtworkBandit, at_ms: int) -> bool:
         """End as misses the shows whose window passed by ``at_ms``; whether any did."""

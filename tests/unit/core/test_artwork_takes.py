@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from pipeline.config import Settings
+from pipeline.core import artwork as artwork_module
 from pipeline.core.artwork import ArtworkTrial
 from pipeline.core.events import Event, encode_event
 from pipeline.core.processor import Processor
@@ -278,3 +279,21 @@ def test_the_records_of_picks_and_shows_are_out_of_the_garbage_collectors_sight(
         artwork_kernel.untracked(("f0", ["a list"]))
     with pytest.raises(ValueError, match="not a tuple of atoms"):
         artwork_kernel.untracked(["f0"])  # type: ignore[type-var]
+
+
+def test_a_user_keeps_at_most_max_open_shows_the_oldest_ending_as_misses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(artwork_module, "MAX_OPEN", 4)
+    trials: list[ArtworkTrial] = []
+    p = processor(trials)
+    feed = Feed(p)
+    listed = first_list(feed)
+    feed.send("search", LATER, query="q")  # the next session opens the list's ten shows
+    memory = p.users["u1"].artwork
+    assert memory is not None
+    items = [item["item_id"] for item in listed["items"]]
+    assert [shown.item_id for shown in memory.shown] == items[-4:]
+    assert [trial.shown.item_id for trial in trials] == items[:-4]  # ended as misses
+    assert all(trial.reward == 0.0 for trial in trials)
+    assert p.tally.artwork_shows["bandit"] == len(items) - 4
