@@ -64,26 +64,30 @@ cdef inline double _second(object entry):
 
 
 cdef double _bound(_Counts counts, tuple context, object tags):
-    """ArtworkBandit._bound: the tags' factor down the levels, plus its optimism."""
+    """The upper bound of the factor of ``tags`` in ``context`` (ArtworkBandit.greedy).
+
+    The tags' factor down the levels (all users, then the context's), each shrunk toward
+    the level above; plus ``optimism`` Poisson errors of it at the context's first level.
+    """
     cdef double prior = counts.prior
     cdef double total = 0.0, factor, expected
-    cdef Py_ssize_t n = len(tags)
-    cdef object level_counts, entry
+    cdef Py_ssize_t n = len(tags), k, depth = len(context)
+    cdef dict level_counts
+    cdef object entry
     cdef tuple each = tags if n else _NO_TAG
-    cdef object tag, where
+    cdef list levels = [counts.tags.get(ALL_USERS)]  # each level's counts, or None
+    for where in context:
+        levels.append(counts.tags.get(where))
     for tag in each:
         factor = 1.0
-        level_counts = counts.tags.get(ALL_USERS)
-        entry = None if level_counts is None else level_counts.get(tag)
-        factor = (_second(entry) + prior * factor) / (_first(entry) + prior)
-        for where in context:
-            level_counts = counts.tags.get(where)
+        for k in range(depth + 1):
+            level_counts = <dict?>levels[k] if levels[k] is not None else None
             entry = None if level_counts is None else level_counts.get(tag)
             factor = (_second(entry) + prior * factor) / (_first(entry) + prior)
         total += factor
     factor = total / (n if n > 1 else 1)
     if counts.optimism:
-        level_counts = counts.tags.get(context[0] if context else ALL_USERS)
+        level_counts = <dict?>levels[1 if depth else 0] if levels[1 if depth else 0] is not None else None
         expected = 0.0
         for tag in each:
             entry = None if level_counts is None else level_counts.get(tag)
