@@ -310,9 +310,7 @@ class Artworks:
         )  # fmt: skip
         return picked
 
-    def _open(
-        self, state: Any, bandit: ArtworkBandit, memory: UserArtwork, ts_ms: int
-    ) -> None:
+    def _open(self, state: Any, bandit: ArtworkBandit, memory: UserArtwork, ts_ms: int) -> None:
         """Open a show at ``ts_ms`` for each latest pick, unless one is open for it already.
 
         One is open when the user has an open show of the same item and artwork. A show's
