@@ -84,9 +84,9 @@ def _heaviest(weights: Mapping[str, float]) -> str:
 class Shown(NamedTuple):
     """One item shown with an artwork, awaiting its outcome (see the module docstring).
 
-    A named tuple: the picks of a list make ten of these, and a tuple is made without the
-    Python ``__init__`` of a dataclass (:meth:`Artworks.pick` makes them with
-    ``tuple.__new__``).
+    A named tuple, made by the compiled pick of a list (``artwork_kernel.pick_list``) and
+    taken out of the garbage collector's sight (``artwork_kernel.untracked``: a user's state
+    holds a few dozen of these, which Python would track however plain their fields).
     """
 
     item_id: str

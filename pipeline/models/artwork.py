@@ -57,9 +57,7 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 import math
-import struct
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
@@ -84,11 +82,8 @@ ALL_USERS: Final = "*"
 Artwork = tuple[str, Sequence[str]]
 _FORMAT = 2
 #: How many times :attr:`ArtworkBandit.prior` an artwork's own factor is shrunk by: it sees
-#: one artwork's shows, a tag's factor those of every artwork of the tag (the kernel's too).
-OWN_PRIOR = artwork_kernel.OWN_PRIOR
-_blake2b = hashlib.blake2b
-_TWO_WORDS = struct.Struct("<QQ").unpack
-_SCALE = 2.0**-64
+#: one artwork's shows, a tag's factor those of every artwork of the tag.
+OWN_PRIOR = 5.0
 
 
 class ArtworkChoice(NamedTuple):
@@ -118,14 +113,9 @@ def draws(user_id: str, item_id: str, ts_ms: int) -> tuple[float, float]:
     return draws_of_bytes(f"{user_id}\x1f{item_id}\x1f{ts_ms}".encode())
 
 
-def draws_of_bytes(key: bytes) -> tuple[float, float]:
-    r""":func:`draws` of ``f"{user_id}\x1f{item_id}\x1f{ts_ms}".encode()``, built by the caller.
-
-    >>> draws_of_bytes(b"u1\x1ffilm-1\x1f0") == draws("u1", "film-1", 0)
-    True
-    """
-    first, second = _TWO_WORDS(_blake2b(key, digest_size=16).digest())
-    return first * _SCALE, second * _SCALE
+#: :func:`draws` of ``f"{user_id}\x1f{item_id}\x1f{ts_ms}".encode()``, built by the caller: the
+#: two little-endian 64-bit words of its BLAKE2b digest (16 bytes), scaled to [0, 1).
+draws_of_bytes = artwork_kernel.draws_of_bytes
 
 
 @stored_as("ArtworkBandit")
@@ -180,7 +170,7 @@ class ArtworkBandit:
         """A memo for :meth:`choose`: values of the counts, kept until they change.
 
         Lists are picked far more often than shows open (a show opens per listed item at a
-        session's start): the tag factors, bounds and best artworks of the items of one list
+        session's start): ε and the tags' upper bounds in each context computed for one list
         serve the next lists too, until a show or a take changes the counts.
         """
         key = (self._counted, self.explore, self.optimism)

@@ -4,7 +4,6 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T", bound=tuple[Any, ...])
 
-OWN_PRIOR: float
 MAX_PLANS: int
 
 class Scorer:

@@ -19,7 +19,6 @@ first use. An item's best is then a loop over a few doubles, cheaper than a look
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from cpython.object cimport PyObject
 from libc.math cimport NAN, isnan, sqrt
 from libc.stdint cimport uint64_t
 
@@ -33,9 +32,7 @@ cdef double _SCALE = 2.0 ** -64
 cdef object _new_tuple = tuple.__new__
 cdef str ALL_USERS = "*"
 cdef tuple _NO_TAG = ("",)
-#: How many times the prior an artwork's own factor is shrunk by (artwork.OWN_PRIOR).
-OWN_PRIOR = 5.0
-cdef double _OWN_PRIOR = OWN_PRIOR
+cdef dict _NONE = {}  # the counts of a level that has none
 #: Lists of artworks whose indices a scorer keeps; beyond, all are dropped.
 MAX_PLANS = 100_000
 
@@ -44,13 +41,11 @@ cdef class _Counts:
     """The bandit's counts and parameters, read once per call."""
 
     cdef dict tags
-    cdef dict arms
     cdef double prior
     cdef double optimism
 
     def __init__(self, bandit):
         self.tags = bandit.tags
-        self.arms = bandit.arms
         self.prior = bandit.prior
         self.optimism = bandit.optimism
 
@@ -73,25 +68,22 @@ cdef double _bound(_Counts counts, tuple context, object tags):
     cdef double total = 0.0, factor, expected
     cdef Py_ssize_t n = len(tags), k, depth = len(context)
     cdef dict level_counts
-    cdef object entry
     cdef tuple each = tags if n else _NO_TAG
-    cdef list levels = [counts.tags.get(ALL_USERS)]  # each level's counts, or None
+    cdef list levels = [counts.tags.get(ALL_USERS) or _NONE]  # each level's counts
     for where in context:
-        levels.append(counts.tags.get(where))
+        levels.append(counts.tags.get(where) or _NONE)
     for tag in each:
         factor = 1.0
         for k in range(depth + 1):
-            level_counts = <dict?>levels[k] if levels[k] is not None else None
-            entry = None if level_counts is None else level_counts.get(tag)
+            entry = (<dict>levels[k]).get(tag)
             factor = (_second(entry) + prior * factor) / (_first(entry) + prior)
         total += factor
     factor = total / (n if n > 1 else 1)
     if counts.optimism:
-        level_counts = <dict?>levels[1 if depth else 0] if levels[1 if depth else 0] is not None else None
+        level_counts = <dict>levels[1 if depth else 0]  # the context's first level
         expected = 0.0
         for tag in each:
-            entry = None if level_counts is None else level_counts.get(tag)
-            expected += _first(entry)
+            expected += _first(level_counts.get(tag))
         expected /= (n if n > 1 else 1)
         factor += counts.optimism * sqrt(factor / (expected + prior))
     return factor
@@ -163,10 +155,9 @@ cdef class Scorer:
         self.tag_lists = []
         self.own = {}
         self.plans = {}
-        cdef double shrink = _OWN_PRIOR * bandit.prior
         for where, arms in bandit.arms.items():
-            for artwork_id, entry in arms.items():
-                self.set_own(where, artwork_id, (_second(entry) + shrink) / (_first(entry) + shrink))
+            for artwork_id in arms:
+                self.set_own(where, artwork_id, bandit._own(arms, artwork_id))
 
     cpdef set_own(self, str where, str artwork_id, double factor):
         """The own factor of ``artwork_id`` at level ``where`` is now ``factor``."""

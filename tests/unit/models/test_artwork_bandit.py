@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
+import struct
 from collections import Counter
 
 import pytest
@@ -235,4 +237,6 @@ def test_the_picks_of_a_list_are_the_plain_greedy_choices_and_restore_alike(
 @given(key=st.binary(max_size=64))
 def test_the_compiled_draws_are_those_of_the_hash_in_python(key: bytes) -> None:
     """The kernel reads the digest's two little-endian words as ``struct`` does."""
-    assert artwork_kernel.draws_of_bytes(key) == draws_of_bytes(key)
+    first, second = struct.unpack("<QQ", hashlib.blake2b(key, digest_size=16).digest())
+    assert artwork_kernel.draws_of_bytes(key) == (first * 2.0**-64, second * 2.0**-64)
+    assert draws_of_bytes(key) == artwork_kernel.draws_of_bytes(key)
