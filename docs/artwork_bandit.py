@@ -10,6 +10,8 @@ It prints, from the home screens the viewers saw and their events:
   (users resampled, the same users in both runs);
 - the bandit's regret per show and its growth: cumulative regret after all shows over that
   after the first half (below 2: it learns; 1.41 for regret growing as the square root);
+- the second half's share of wrong pictures per kind of viewer (device): shows of titles
+  that had an artwork of the viewer's tag, given another (where regret comes from);
 - from the bandit run's own log (ended shows and their propensities, as ``ottscore
   evaluate`` reports them), the IPS and self-normalised IPS estimates of ``random`` and
   ``popular``, beside the take rate ottscore measured in their own runs.
@@ -35,7 +37,7 @@ from pipeline.config import Settings  # noqa: E402
 from pipeline.core.artwork import ArtworkTrial  # noqa: E402
 from pipeline.core.processor import Processor  # noqa: E402
 from pipeline.models.offpolicy import ips, snips  # noqa: E402
-from pipeline.sim.artworks import take_outcomes  # noqa: E402
+from pipeline.sim.artworks import TAGS, take_outcomes, wrong_tag_shares  # noqa: E402
 from pipeline.sim.closed_loop import ClosedLoop, ClosedLoopConfig  # noqa: E402
 from pipeline.sim.list_policies import ProcessorLists  # noqa: E402
 
@@ -52,7 +54,11 @@ def run(users: int, days: float, seed: int, policy: str) -> dict[str, Any]:
     )
     result = loop.run(ProcessorLists(processor, catalog=loop.catalog_records()))
     assert loop.artworks is not None
-    outcomes = take_outcomes(result, loop.artworks, [p.user_id for p in loop.profiles])
+    user_ids = [p.user_id for p in loop.profiles]
+    outcomes = take_outcomes(result, loop.artworks, user_ids)
+    times = [event.ts_ms for event in result.events]
+    half_ms = (min(times) + max(times)) // 2
+    by_device = {loop.artworks.by_device[p.device]: p.device for p in loop.profiles}
     return {
         "shows": outcomes.shows,
         "takes": outcomes.takes,
@@ -62,6 +68,8 @@ def run(users: int, days: float, seed: int, policy: str) -> dict[str, Any]:
         "propensity": np.array([t.shown.propensity for t in trials]),
         "p_random": np.array([1.0 / t.shown.choices for t in trials]),
         "p_popular": np.array([t.shown.p_popular for t in trials]),
+        "wrong_late": wrong_tag_shares(result, loop.artworks, user_ids, after_ms=half_ms),
+        "tags": {device: TAGS[tag] for tag, device in by_device.items()},
     }
 
 
@@ -121,6 +129,21 @@ def main() -> None:
                 f"| {bandit['regret_per_show']:.3f}, {bandit['growth']:.2f} "
                 f"| {estimates[0]} | {estimates[1]} |"
             )
+    print()
+    print(
+        "Second half of each run: per viewer device (its tag), the share of shows given "
+        "another tag where the title had one of the viewer's (shows), bandit / popular"
+    )
+    print()
+    for users in args.users:
+        for seed in args.seeds:
+            got = {p: results[(users, args.days, seed, p)] for p in ("bandit", "popular")}
+            cells = []
+            for device, (shows, share) in got["bandit"]["wrong_late"].items():
+                popular = got["popular"]["wrong_late"].get(device, (0, float("nan")))[1]
+                tag = got["bandit"]["tags"][device]
+                cells.append(f"{device} ({tag}) {share:.2f} / {popular:.2f} ({shows:,})")
+            print(f"- {users} users, seed {seed}: " + "; ".join(cells))
 
 
 if __name__ == "__main__":

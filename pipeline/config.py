@@ -300,9 +300,15 @@ class Settings(BaseSettings):
     artwork_policy: Literal["bandit", "popular", "random"] = Field(
         "bandit",
         description="How each listed item's artwork is picked, for items the catalog gives "
-        "artworks: bandit (per the device the user watches on most, then with their "
-        "favourite genre), popular (the most-taken artwork), random; an experiment's "
-        "artwork_policy knob overrides it.",
+        "artworks: bandit (per the user's context, artwork_context), popular (the most-taken "
+        "artwork), random; an experiment's artwork_policy knob overrides it.",
+    )
+    artwork_context: Literal["device", "device_genre"] = Field(
+        "device",
+        description="The artwork bandit's context: the device the user watches on most "
+        "(device), or that device and then their favourite genre within it (device_genre: "
+        "for catalogs whose viewers' taste in pictures follows genres; each genre's bucket "
+        "learns from fewer shows).",
     )
     artwork_explore: float = Field(
         0.02,

@@ -61,16 +61,23 @@ NO_GENRE = "none"
 NO_DEVICE = "unknown"
 
 
-def context_of(device: str | None, genre_affinity: Mapping[str, float]) -> tuple[str, str]:
+def context_of(
+    device: str | None, genre_affinity: Mapping[str, float] | None = None
+) -> tuple[str, ...]:
     """The user's context for the bandit: their device, then device and favourite genre.
 
     The device is the one the user watches on most (:meth:`UserArtwork.usual_device`); the
-    favourite genre the one of most watch time (``none`` before any).
+    favourite genre the one of most watch time (``none`` before any), a level below the
+    device when ``genre_affinity`` is given (``OTTSCORE_ARTWORK_CONTEXT=device_genre``).
 
+    >>> context_of("tv"), context_of(None)
+    (('tv',), ('unknown',))
     >>> context_of("tv", {"drama": 3.0, "crime": 5.0}), context_of(None, {})
     (('tv', 'tv/crime'), ('unknown', 'unknown/none'))
     """
     device = device or NO_DEVICE
+    if genre_affinity is None:
+        return (device,)
     if not genre_affinity:
         return device, f"{device}/{NO_GENRE}"
     return device, f"{device}/{_heaviest(genre_affinity)}"
@@ -216,6 +223,9 @@ class Artworks:
         The processor's catalog records (read, never copied: items added later count).
     policy
         The policy of users no experiment sets one for.
+    genre_context
+        The bandit's context has the user's favourite genre below their device
+        (``OTTSCORE_ARTWORK_CONTEXT=device_genre``).
     sticky_ms, show_window_ms, take_window_ms, take_play_s
         As the ``artwork_*`` settings say.
     schedule
@@ -238,9 +248,11 @@ class Artworks:
         schedule: Callable[[Any, int | None], None],
         tally: Tally,
         sink: Callable[[ArtworkTrial], None] | None = None,
+        genre_context: bool = False,
     ) -> None:
         self.catalog = catalog
         self.policy = policy
+        self.genre_context = genre_context
         self.sticky_ms = sticky_ms
         self.show_window_ms = show_window_ms
         self.take_window_ms = take_window_ms
@@ -301,7 +313,8 @@ class Artworks:
             return [None] * len(listed)
         if memory is None:
             memory = state.artwork = UserArtwork()
-        context = context_of(memory.usual_device(device), state.features.genre_affinity)
+        genres = state.features.genre_affinity if self.genre_context else None
+        context = context_of(memory.usual_device(device), genres)
         # the draws of (user_id, item_id, ts_ms) from the same bytes as draws()
         prefix, suffix = f"{state.user_id}\x1f".encode(), f"\x1f{ts_ms}".encode()
         picked, memory.latest = artwork_kernel.pick_list(

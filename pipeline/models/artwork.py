@@ -3,8 +3,9 @@
 An item of the catalog may list several artworks (``artworks: [{artwork_id, tags}]``).
 :class:`ArtworkBandit` learns, from *takes* (a click on the item shown with that artwork,
 followed by a play of at least a set time) and from the shows without one, the take rate of
-each artwork in each **context**: the user's device, then their device and favourite genre
-(buckets from the most general), and picks one per shown item under one of three policies:
+each artwork in each **context**: the user's device, and optionally their device and
+favourite genre (buckets from the most general: ``pipeline.core.artwork.context_of``), and
+picks one per shown item under one of three policies:
 
 - ``bandit``: in the user's context, the artwork of best estimated take rate, explored with
   probability ε;
@@ -18,7 +19,7 @@ artwork multiplies that. So each show's *expected* takes are its item's take rat
 user and artwork), and an artwork is scored by the factor by which it multiplies them: the
 factor of its *tags* in the context (takes over expected takes) times its own factor for
 the device (its takes over what its tags' factors predicted). Down the context's levels
-(all users, the device, the device and genre), a tag's factor is shrunk (a prior of weight
+(all users, the device, the device and genre if on), a tag's factor is shrunk (a prior of weight
 :attr:`ArtworkBandit.prior`, in takes)
 toward the level above: a user who takes to close-ups of faces does so across titles, a new
 title's artworks start from what their tags earned, and a small bucket from its device's.

@@ -50,7 +50,7 @@ from pipeline.sim.synthetic_catalog import Catalog
 if TYPE_CHECKING:  # the closed loop imports this module
     from pipeline.sim.closed_loop import ClosedLoopRun
 
-__all__ = ["TAGS", "ArtworkWorld", "TakeOutcomes", "take_outcomes"]
+__all__ = ["TAGS", "ArtworkWorld", "TakeOutcomes", "take_outcomes", "wrong_tag_shares"]
 
 TAGS: tuple[str, ...] = (
     "close_up", "ensemble", "action", "landscape", "dark", "bright", "text", "character",
@@ -126,6 +126,12 @@ class ArtworkWorld:
             return 1.0
         tag, value, _ = found
         return 1.0 if tag == self._tag_of[viewer] else value
+
+    def offers_tag_of(self, viewer: int, item_id: str) -> bool:
+        """Whether ``item_id``'s title has an artwork of viewer ``viewer``'s tag."""
+        title = self._title_of.get(item_id)
+        tag = self._tag_of[viewer]
+        return title is not None and any(t == tag for _, t, _ in self.of_title[title])
 
     def best_appeal(self, viewer: int, item_id: str) -> float:
         """The appeal of the best artwork of ``item_id``'s title to viewer ``viewer``."""
@@ -221,3 +227,32 @@ def take_outcomes(
                 clicked[user] = (item_id, click_ms, played)
     steps.sort(key=lambda step: step[0])
     return TakeOutcomes(shows, takes, np.cumsum([lost for _, lost in steps]))
+
+
+def wrong_tag_shares(
+    run: ClosedLoopRun, world: ArtworkWorld, user_ids: Sequence[str], *, after_ms: int = 0
+) -> dict[str, tuple[int, float]]:
+    """Per viewer device: shows that could have had the viewer's tag, and the share without it.
+
+    Counts the artworks shown on the row (``for_you``) at ``after_ms`` or later, of titles
+    with an artwork of the viewer's tag; of those, the share shown with another artwork.
+    Where the regret of a policy comes from: a share that stays high late in a run is a
+    kind of viewer whose taste the policy has not learnt.
+    """
+    row = {user_id: index for index, user_id in enumerate(user_ids)}
+    shows: dict[str, int] = {}
+    wrong: dict[str, int] = {}
+    for user_id, impressions in run.impressions.items():
+        viewer = row[user_id]
+        device = world.device_of[viewer]
+        for impression in impressions:
+            if impression.surface != FOR_YOU or impression.ts_ms < after_ms:
+                continue
+            for item_id, artwork_id in zip(
+                impression.item_ids, impression.artwork_ids, strict=False
+            ):
+                if artwork_id is None or not world.offers_tag_of(viewer, item_id):
+                    continue
+                shows[device] = shows.get(device, 0) + 1
+                wrong[device] = wrong.get(device, 0) + (world.appeal(viewer, artwork_id) < 1.0)
+    return {device: (shows[device], wrong[device] / shows[device]) for device in sorted(shows)}

@@ -99,7 +99,7 @@ def test_a_click_with_the_shown_artwork_then_a_minute_of_play_is_a_take() -> Non
     [take] = [t for t in trials if t.reward == 1.0]
     assert (take.shown.item_id, take.shown.artwork_id) == (target["item_id"], target["artwork_id"])
     assert take.shown.propensity == target["propensity"]
-    assert take.shown.context == ("tv", "tv/none")  # nothing watched yet at the first list
+    assert take.shown.context == ("tv",)  # the device the user watches on, no genre level
 
 
 def test_a_click_without_enough_playback_in_time_is_a_miss() -> None:
@@ -139,18 +139,24 @@ def test_a_list_replaced_within_the_session_was_never_shown() -> None:
     assert first != second
 
 
-def test_the_context_of_a_list_is_the_device_of_most_sessions_not_that_of_its_event() -> None:
-    feed = Feed(processor())
+@pytest.mark.parametrize(
+    ("levels", "first", "later"),
+    [("device", ("tv",), ("tv",)), ("device_genre", ("tv", "tv/none"), ("tv", "tv/drama"))],
+)
+def test_the_context_of_a_list_is_the_device_of_most_sessions_not_that_of_its_event(
+    levels: str, first: tuple[str, ...], later: tuple[str, ...]
+) -> None:
+    feed = Feed(processor(artwork_context=levels))
     first_list(feed)  # its session started before the user had artwork: not counted
     memory = feed.p.users["u1"].artwork
-    assert memory.latest[0].context == ("tv", "tv/none")  # nothing counted: the event's
+    assert memory.latest[0].context == first  # nothing counted: the event's device
     for n, device in enumerate(("tv", "tv", "mobile"), start=1):  # three more sessions
         ts, film = LATER * n, f"f{n}"  # a new film: a new list
         [_] = feed.send("play", ts, device, item_id=film, position_s=0.0, duration_s=60.0)
         feed.send("pause", ts + 60, device, item_id=film, position_s=60.0)
     assert memory.devices == pytest.approx({"tv": 1.71, "mobile": 1.0})
     assert memory.latest[0].shown_ms == START_MS + 3 * LATER * 1000  # the mobile session's
-    assert memory.latest[0].context == ("tv", "tv/drama")  # listed on mobile, seen as on tv
+    assert memory.latest[0].context == later  # listed on mobile, seen as on tv
     stored = feed.p.users["u1"].to_bytes()
     restored = feed.p.decode_state("u1", stored).artwork
     assert restored is not None and restored.devices == memory.devices

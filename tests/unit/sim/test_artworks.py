@@ -6,7 +6,7 @@ import dataclasses
 
 from pipeline.config import Settings
 from pipeline.core.processor import Processor
-from pipeline.sim.artworks import TAGS, take_outcomes
+from pipeline.sim.artworks import TAGS, take_outcomes, wrong_tag_shares
 from pipeline.sim.closed_loop import ClosedLoop, ClosedLoopConfig, Message, Slice
 from pipeline.sim.home_screen import PublishedList
 from pipeline.sim.list_policies import ProcessorLists
@@ -69,9 +69,16 @@ def test_an_oracle_of_the_viewers_taste_has_no_regret_and_random_artworks_have_s
                 best.append(dataclasses.replace(listed, artwork_ids=tuple(arts)))
             return best
 
-        return take_outcomes(loop.run(policy), world, user_ids)
+        closed = loop.run(policy)
+        return take_outcomes(closed, world, user_ids), wrong_tag_shares(closed, world, user_ids)
 
-    oracle, random = run("oracle"), run("random")
+    (oracle, oracle_wrong), (random, random_wrong) = run("oracle"), run("random")
     assert oracle.regret[-1] == 0.0
     assert random.regret[-1] > 0.1 * len(random.regret)
     assert oracle.take_rate > random.take_rate
+    # every kind of viewer is shown their tag by the oracle wherever a title has it ...
+    assert oracle_wrong and all(share == 0.0 for _, share in oracle_wrong.values())
+    # ... and mostly another by chance (a title has 4 to 10 artworks, often one of a tag)
+    assert all(0.5 < share < 1.0 for _, share in random_wrong.values())
+    assert oracle_wrong.keys() == random_wrong.keys() == set(world.by_device)
+    assert sum(n for n, _ in oracle_wrong.values()) < oracle.shows.sum()  # some lack the tag
