@@ -64,7 +64,7 @@ NO_DEVICE = "unknown"
 def context_of(
     device: str | None, genre_affinity: Mapping[str, float] | None = None
 ) -> tuple[str, ...]:
-    """The user's context for the bandit: their device, then device and favourite genre.
+    """The user's context for the bandit: their device (then device and favourite genre).
 
     The device is the one the user watches on most (:meth:`UserArtwork.usual_device`); the
     favourite genre the one of most watch time (``none`` before any), a level below the
