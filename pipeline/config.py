@@ -308,7 +308,7 @@ class Settings(BaseSettings):
         description="The artwork bandit's context: the device the user watches on most "
         "(device), or that device and then their favourite genre within it (device_genre: "
         "for catalogs whose viewers' taste in pictures follows genres; each genre's bucket "
-        "learns from fewer shows).",
+        "learns from fewer shows); an experiment's artwork_context knob overrides it.",
     )
     artwork_explore: float = Field(
         0.02,

@@ -298,11 +298,14 @@ class Artworks:
         ts_ms: int,
         policy: str | None,
         device: str | None = None,
+        levels: str | None = None,
     ) -> list[tuple[str, float] | None]:
         """The ``(artwork_id, propensity)`` of each listed item (None: it has no artwork).
 
-        ``device`` is the one of the event the list follows. The picks become the user's
-        latest list: its items are shown at the next session's start (:meth:`on_event`).
+        ``device`` is the one of the event the list follows; ``policy`` and ``levels`` (the
+        context: ``device`` or ``device_genre``) an experiment's knobs, None for the
+        worker's settings. The picks become the user's latest list: its items are shown at
+        the next session's start (:meth:`on_event`).
         """
         policy = policy or self.policy
         listed = [self.artworks_of(item_id) for item_id in item_ids]
@@ -313,7 +316,8 @@ class Artworks:
             return [None] * len(listed)
         if memory is None:
             memory = state.artwork = UserArtwork()
-        genres = state.features.genre_affinity if self.genre_context else None
+        genre = self.genre_context if levels is None else levels == "device_genre"
+        genres = state.features.genre_affinity if genre else None
         context = context_of(memory.usual_device(device), genres)
         # the draws of (user_id, item_id, ts_ms) from the same bytes as draws()
         prefix, suffix = f"{state.user_id}\x1f".encode(), f"\x1f{ts_ms}".encode()

@@ -166,6 +166,7 @@ class Personalizer:
                 ts_ms,
                 knobs.artwork_policy,
                 device,
+                knobs.artwork_context,
             )
         return personalization_record(
             state.user_id,

@@ -33,7 +33,7 @@ Examples
 ... )
 >>> experiment.control.name, experiment.variants[1].knobs  # doctest: +NORMALIZE_WHITESPACE
 ('control', Knobs(list_source=None, list_size=5, reco_debounce_s=None, churn_thresholds=None,
-       artwork_policy=None, crm_holdout=None))
+       artwork_policy=None, artwork_context=None, crm_holdout=None))
 >>> try:
 ...     parse_definition(b'{"id": "rail-size"')
 ... except DefinitionRefused as refused:
@@ -98,7 +98,7 @@ SCHEMA_VERSION: Final = 1
 
 KNOBS: Final = (
     "list_source", "list_size", "reco_debounce_s", "churn_thresholds", "artwork_policy",
-    "crm_holdout",
+    "artwork_context", "crm_holdout",
 )  # fmt: skip
 """The settings a variant can override."""
 
@@ -156,6 +156,8 @@ class Knobs:
     reco_debounce_s: float | None = None
     churn_thresholds: ChurnThresholds | None = None
     artwork_policy: str | None = None
+    #: The artwork bandit's context (``device`` or ``device_genre``: ``artwork_context``).
+    artwork_context: str | None = None
     #: CRM trigger types withheld (recorded, not sent) for the variant's users.
     crm_holdout: frozenset[str] | None = None
 
@@ -402,6 +404,7 @@ def _variant(obj: dict[str, Any]) -> Variant:
             if thresholds is None
             else ChurnThresholds(float(thresholds["medium"]), float(thresholds["high"])),
             artwork_policy=knobs.get("artwork_policy"),
+            artwork_context=knobs.get("artwork_context"),
             crm_holdout=None if holdout is None else frozenset(holdout),
         ),
     )

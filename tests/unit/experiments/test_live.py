@@ -198,3 +198,31 @@ def test_a_look_at_the_arms_at_a_later_time_does_not_skip_an_assignment() -> Non
     assert set(held) == {"early", "late"}
     assert set(live.arms(held, start + 130_000)) == {"early", "late"}
     assert scopes[1:] == tuple(("experiment", e, v) for e, v in sorted(held.items()))
+
+
+def test_the_artwork_knobs_follow_the_arm_policy_and_context() -> None:
+    records, catalog = simulation()
+    with_art = [
+        item | {"artworks": [{"artwork_id": f"{item['item_id']}-{tag}", "tags": [tag]}
+                             for tag in ("close_up", "ensemble", "dark")]}
+        for item in catalog
+    ]  # fmt: skip
+    variants = [
+        {"name": "control", "weight": 1 / 3, "control": True},
+        {"name": "genre", "weight": 1 / 3, "knobs": {"artwork_context": "device_genre"}},
+        {"name": "random", "weight": 1 / 3, "knobs": {"artwork_policy": "random"}},
+    ]
+    trials: list[Any] = []
+    processor = Processor(SETTINGS, artwork_sink=trials.append)
+    processor.load_catalog(with_art)
+    first = orjson.loads(records[0][1])["ts"]  # every list is made under the experiment
+    processor.load_experiments([definition(variants=variants, start=first)])
+    drive(processor, ((k, v, 0, offset, 0) for offset, (k, v) in enumerate(records)))
+    seen: Counter[tuple[str, int, str]] = Counter()
+    for trial in trials:
+        arm = processor.users[trial.user_id].experiments["rail"]
+        seen[arm, len(trial.shown.context), trial.shown.policy] += 1
+    print(f"\nshows by arm, context levels and policy: {dict(seen)}")
+    assert seen["genre", 2, "bandit"] > 50  # the device, then the device and genre
+    assert seen["control", 1, "bandit"] > 50 and seen["random", 1, "random"] > 50
+    assert set(seen) == {("genre", 2, "bandit"), ("control", 1, "bandit"), ("random", 1, "random")}
