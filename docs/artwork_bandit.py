@@ -58,7 +58,6 @@ def run(users: int, days: float, seed: int, policy: str) -> dict[str, Any]:
     outcomes = take_outcomes(result, loop.artworks, user_ids)
     times = [event.ts_ms for event in result.events]
     half_ms = (min(times) + max(times)) // 2
-    by_device = {loop.artworks.by_device[p.device]: p.device for p in loop.profiles}
     return {
         "shows": outcomes.shows,
         "takes": outcomes.takes,
@@ -69,7 +68,7 @@ def run(users: int, days: float, seed: int, policy: str) -> dict[str, Any]:
         "p_random": np.array([1.0 / t.shown.choices for t in trials]),
         "p_popular": np.array([t.shown.p_popular for t in trials]),
         "wrong_late": wrong_tag_shares(result, loop.artworks, user_ids, after_ms=half_ms),
-        "tags": {device: TAGS[tag] for tag, device in by_device.items()},
+        "tags": {device: TAGS[tag] for device, tag in loop.artworks.by_device.items()},
     }
 
 

@@ -223,9 +223,9 @@ class Artworks:
         The processor's catalog records (read, never copied: items added later count).
     policy
         The policy of users no experiment sets one for.
-    genre_context
-        The bandit's context has the user's favourite genre below their device
-        (``OTTSCORE_ARTWORK_CONTEXT=device_genre``).
+    context
+        The bandit's context of users no experiment sets one for: ``device``, or
+        ``device_genre`` (their favourite genre below their device).
     sticky_ms, show_window_ms, take_window_ms, take_play_s
         As the ``artwork_*`` settings say.
     schedule
@@ -248,11 +248,11 @@ class Artworks:
         schedule: Callable[[Any, int | None], None],
         tally: Tally,
         sink: Callable[[ArtworkTrial], None] | None = None,
-        genre_context: bool = False,
+        context: str = "device",
     ) -> None:
         self.catalog = catalog
         self.policy = policy
-        self.genre_context = genre_context
+        self.context = context
         self.sticky_ms = sticky_ms
         self.show_window_ms = show_window_ms
         self.take_window_ms = take_window_ms
@@ -316,8 +316,8 @@ class Artworks:
             return [None] * len(listed)
         if memory is None:
             memory = state.artwork = UserArtwork()
-        genre = self.genre_context if levels is None else levels == "device_genre"
-        genres = state.features.genre_affinity if genre else None
+        levels = levels or self.context
+        genres = state.features.genre_affinity if levels == "device_genre" else None
         context = context_of(memory.usual_device(device), genres)
         # the draws of (user_id, item_id, ts_ms) from the same bytes as draws()
         prefix, suffix = f"{state.user_id}\x1f".encode(), f"\x1f{ts_ms}".encode()

@@ -157,7 +157,7 @@ class Processor:
             schedule=self._schedule_artwork,
             tally=self.tally,
             sink=artwork_sink,
-            genre_context=settings.artwork_context == "device_genre",
+            context=settings.artwork_context,
         )
         #: Opt-outs read from ``ott.consent`` (:meth:`load_consent`).
         self.consent = Consent()
