@@ -224,6 +224,7 @@ class ArtworkBandit:
             tag_counts = self.tags.setdefault(where, {})
             for tag in tags:
                 _add(tag_counts, tag, expected, 0.0)
+            self._tags_changed(where, tag_counts, tags)
             self.buckets.setdefault(where, [0.0, 0.0])[0] += 1.0
 
     def take(
@@ -240,12 +241,20 @@ class ArtworkBandit:
             tag_counts = self.tags.setdefault(where, {})
             for tag in tags:
                 _add(tag_counts, tag, 0.0, 1.0)
+            self._tags_changed(where, tag_counts, tags)
             self.buckets.setdefault(where, [0.0, 0.0])[1] += 1.0
 
     def _own_changed(self, where: str, arms: dict[str, list[float]], artwork_id: str) -> None:
         """Tell the compiled picks' arrays, if made, the artwork's new own factor there."""
         if self._scorer is not None:
             self._scorer.set_own(where, artwork_id, self._own(arms, artwork_id))
+
+    def _tags_changed(
+        self, where: str, tag_counts: dict[str, list[float]], tags: Sequence[str]
+    ) -> None:
+        """Tell the compiled picks' arrays, if made, the new counts of ``tags`` there."""
+        if self._scorer is not None and tags:
+            self._scorer.set_tags(where, tag_counts, tuple(tags))
 
     # --- choosing ---------------------------------------------------------------------
 
