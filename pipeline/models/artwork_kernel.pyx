@@ -196,18 +196,20 @@ cdef class Scorer:
 
     cdef Py_ssize_t _tag_list(self, tuple tags) except -1:
         found = self.tag_ids.get(tags)
-        if found is None:
-            found = self.tag_ids[tags] = len(self.tag_lists)
-            each = tags if tags else _NO_TAG
-            listed = _TagList()
-            listed.n = len(each)
-            listed.ids = <Py_ssize_t*>PyMem_Malloc(listed.n * sizeof(Py_ssize_t))
-            if listed.ids == NULL:
-                raise MemoryError()
-            for i in range(listed.n):
-                listed.ids[i] = self._tag(each[i])
-            self.tag_lists.append(listed)
-        return <Py_ssize_t>found
+        if found is not None:
+            return <Py_ssize_t>found
+        cdef tuple each = tags if tags else _NO_TAG
+        cdef _TagList listed = _TagList()
+        cdef Py_ssize_t i
+        listed.n = len(each)
+        listed.ids = <Py_ssize_t*>PyMem_Malloc(listed.n * sizeof(Py_ssize_t))
+        if listed.ids == NULL:
+            raise MemoryError()
+        for i in range(listed.n):
+            listed.ids[i] = self._tag(each[i])
+        self.tag_ids[tags] = len(self.tag_lists)  # registered once whole
+        self.tag_lists.append(listed)
+        return len(self.tag_lists) - 1
 
     cdef _Plan plan(self, tuple artworks):
         cdef object key = id(artworks)
