@@ -140,6 +140,8 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
         predictions_path=args.predictions,
         plot_path=args.plot,
         partitions=args.partitions,
+        share_every_s=args.share_every_s,
+        share_mode=args.share_mode,
     )
     print(format_report(report))
     return 0
@@ -350,6 +352,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="place records on N partitions as Kafka does; each partition's models learn "
         "from its users only, as in a worker (default 1)",
+    )
+    ev.add_argument(
+        "--share-every-s",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="with several partitions, merge what each partition's models learnt into "
+        "every other's each S seconds of event time (default 0: each learns alone, as the "
+        "workers' do today)",
+    )
+    ev.add_argument(
+        "--share-mode",
+        choices=["sum", "mean"],
+        default="sum",
+        help="how the partitions' SGD steps merge: summed, or averaged (default sum)",
     )
     ev.add_argument("--report", type=Path, required=True, help="write the JSON report here")
     ev.add_argument("--plot", type=Path, help="draw rolling quality over event time (PNG)")

@@ -3,9 +3,11 @@
 Usage::
 
     python docs/quality_matrix.py --users 600 --days 60 --seeds 1 2 3 --partitions 1 16
+    python docs/quality_matrix.py --partitions 1 16 64 --share-every-s 3600
 
 Each cell simulates the scenario (``pipeline/sim/scenarios.py``) and runs ``ottscore
-evaluate`` over it at each partition count (records placed as Kafka's partitioner does).
+evaluate`` over it at each partition count (records placed as Kafka's partitioner does),
+the partitions' learning merged each ``--share-every-s`` of event time when given.
 Prints one row per cell: the published churn AUC and its ECE, the Poisson heuristic's
 AUC, the 7-day re-score's AUC beside the same users' session-end score, hit-rate@10 and
 trending's; then the worst cell of each column.
@@ -38,6 +40,10 @@ parser.add_argument("--days", type=float, default=60.0)
 parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
 parser.add_argument("--partitions", type=int, nargs="+", default=[1])
 parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+parser.add_argument(
+    "--share-every-s", type=float, default=0.0, help="as ottscore evaluate's (0: no sharing)"
+)
+parser.add_argument("--share-mode", choices=["sum", "mean"], default="sum")
 args = parser.parse_args()
 
 rows = []
@@ -55,6 +61,8 @@ with tempfile.TemporaryDirectory() as work:
                     settings=Settings(),
                     catalog_path=catalog,
                     partitions=partitions,
+                    share_every_s=args.share_every_s,
+                    share_mode=args.share_mode,
                     progress=False,
                 )
                 rows.append((scenario, seed, partitions, [report.get(k) for k in COLUMNS.values()]))

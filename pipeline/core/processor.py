@@ -73,6 +73,7 @@ from pipeline.kpis.windows import HOUR_MS, ONLY_ALL, PartitionKpis, UserKpis
 from pipeline.models.churn import ChurnModel, inactive_features
 from pipeline.models.partition import PartitionModels
 from pipeline.models.quality import PUBLISHED, LabelledPrediction, Prequential
+from pipeline.models.shared import SharedLearning
 
 __all__ = ["Output", "Processor"]
 
@@ -166,6 +167,7 @@ class Processor:
             settings, quality=self.quality, experiments=self.experiments, artworks=self.artworks
         )
         self._models: dict[int, PartitionModels] = {}
+        self._sharing: SharedLearning | None = None
         self._prediction_sink = prediction_sink
         self._clock = clock
         self._dirty: set[str] = set()
@@ -320,6 +322,8 @@ class Processor:
     def _advance(self, partition: int, ts_ms: int, timestamp_ms: int) -> None:
         """Move ``partition``'s watermark to ``ts_ms`` and fire the timers now due."""
         timers = self.timers
+        if self._sharing is not None:
+            self._sharing.at(self._models, ts_ms)
         timers.advance(partition, ts_ms)
         self._cause = (ts_ms, timestamp_ms)
         kpis = self.kpis.get(partition)
@@ -391,6 +395,17 @@ class Processor:
             )
             self._models[partition] = models
         return models
+
+    def share_learning(self, sharing: SharedLearning, *, partitions: int) -> None:
+        """Merge the learning of the models of ``partitions`` partitions with ``sharing``.
+
+        For a run of every partition in this one processor, in the order of the records
+        (``ottscore evaluate``): the models of all partitions are created now, so that
+        each starts from the merged knowledge.
+        """
+        for partition in range(partitions):
+            self.models(partition)
+        self._sharing = sharing
 
     def install_models(self, partition: int, models: PartitionModels) -> None:
         """Adopt restored models for ``partition`` (catalog items added since are merged)."""

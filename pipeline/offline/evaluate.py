@@ -34,6 +34,7 @@ from pipeline.core.personalize import PERSONALIZED
 from pipeline.core.processor import Processor
 from pipeline.models.offpolicy import policy_report
 from pipeline.models.quality import TRENDING, LabelledPrediction
+from pipeline.models.shared import Mode, SharedLearning
 from pipeline.offline.runner import drive
 from pipeline.serde.jsonl import jsonl_lines, read_jsonl
 
@@ -106,6 +107,8 @@ def evaluate(
     predictions_path: str | Path | None = None,
     plot_path: str | Path | None = None,
     partitions: int = 1,
+    share_every_s: float = 0.0,
+    share_mode: Mode = "sum",
     progress: bool = True,
 ) -> dict[str, float | int]:
     """Run the processing core over ``events_path`` and report quality and speed.
@@ -129,6 +132,14 @@ def evaluate(
         Place the records on this many partitions, as Kafka's default partitioner does
         (:func:`~pipeline.core.partitioning.partitioned`), so each partition's models learn
         from its users only, as in a worker; 1 runs everything as one partition.
+    share_every_s
+        With several partitions, merge what each partition's models learnt into every
+        other's each this many seconds of event time
+        (:class:`~pipeline.models.shared.SharedLearning`); 0: each partition learns alone,
+        as the worker's do today.
+    share_mode
+        How the partitions' SGD steps merge: ``sum`` (each partition takes every other's
+        step) or ``mean`` (model averaging).
     progress
         Show a progress bar on stderr.
 
@@ -157,6 +168,10 @@ def evaluate(
         processor = Processor(settings, prediction_sink=sink, artwork_sink=trials.append)
         if catalog_path is not None:
             processor.load_catalog(read_jsonl(catalog_path))
+        sharing = None
+        if share_every_s > 0 and partitions > 1:
+            sharing = SharedLearning(every_ms=int(share_every_s * 1000), mode=share_mode)
+            processor.share_learning(sharing, partitions=partitions)
         elapsed_s = _run(processor, events, partitions=partitions, progress=progress)
     quality = processor.quality
     report: dict[str, float | int] = {
@@ -165,6 +180,8 @@ def evaluate(
         "events_per_s": len(events.records) / elapsed_s if elapsed_s > 0 else math.nan,
         "dlq": sum(processor.tally.rejected.values()),
         "partitions": partitions,
+        "shared.every_s": share_every_s if sharing is not None else 0.0,
+        "shared.merges": sharing.shares if sharing is not None else 0,
         "churn.promotions": processor.tally.churn_promotions,
         **_artwork_report(trials),
     }

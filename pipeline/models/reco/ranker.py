@@ -73,6 +73,19 @@ class SignalRanker:
         self.intercept -= self.intercept_lr * float(gradient.sum())
         self.weights = self.weights * (1.0 - m * self.lr * self.l2) - self.lr * (gradient @ x)
 
+    def restore(
+        self, count: int, means: np.ndarray, vars_: np.ndarray, weights: np.ndarray,
+        intercept: float,
+    ) -> None:  # fmt: skip
+        """Set the running moments and the weights (merged from elsewhere)."""
+        self.count = count
+        self.means = np.asarray(means, dtype=float)
+        self.vars = np.asarray(vars_, dtype=float)
+        self.weights = np.asarray(weights, dtype=float)
+        self.intercept = float(intercept)
+        std = np.sqrt(self.vars)
+        self._inverse_std = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+
     def linear(self) -> tuple[np.ndarray, float]:
         """``(coefficients, offset)`` with ``coefficients · signals + offset`` the raw score.
 
