@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import math
 import runpy
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
+from pipeline.core.features import CHURN_FEATURES
 from pipeline.core.processor import Processor
 from pipeline.core.state import UserState
 from pipeline.core.state_codec import _SCALARS, FORMAT, StateUnreadable, decode, encode
+from pipeline.models.churn import LogisticChurn
 from pipeline.models.partition import PartitionModels
 from pipeline.serde.snapshots import seal, unseal
 from pipeline.sim.simulate import SimulationConfig, Simulator
@@ -187,3 +190,19 @@ def test_fields_at_their_defaults_are_not_written_and_read_back_as_they_were() -
     assert (stored["session_watch_s"], stored["watch_s"], stored["sessions"]) == (-0.0, 1e-300, 3)
     restored = decode("u1", encode(state), **BOUNDS)
     assert str(restored.session_watch_s) == "-0.0" and restored == state
+
+
+def test_a_churn_model_of_the_previous_release_scores_without_the_poisson_offset() -> None:
+    """Its weights were learnt without the offset: restored, it scores as it did."""
+    blob = (FIXTURES / "snapshot-format-3.bin").read_bytes()
+    _, models = unseal(blob, key=b"fixture-key", app_id="ottscore", partition=0)
+    logreg = models.churn["logreg"]
+    assert isinstance(logreg, LogisticChurn) and logreg.hazard == 0.0
+    assert logreg.model_version == "churn-logreg-3"
+    x = dict.fromkeys(CHURN_FEATURES, 1.0) | {"sessions_7d": 0.5}
+    scaled = logreg._scaled(x, learn=False)
+    raw = logreg.classifier._weights.dot(scaled) + logreg.classifier.intercept
+    assert logreg.predict_proba_one(x) == pytest.approx(1.0 / (1.0 + math.exp(-raw)), rel=1e-12)
+    fresh = LogisticChurn()
+    assert fresh.hazard == 1.0 and fresh.model_version == "churn-logreg-4"
+    assert fresh.predict_proba_one(x) == pytest.approx(math.exp(-0.5 / 7.0 * 14.0), rel=1e-9)

@@ -121,13 +121,14 @@ def test_list_size_and_churn_thresholds_follow_the_arm() -> None:
         if arm == "small":
             assert len(record["items"]) <= 3
     assert sizes["small", 3] > 50 and any(n == 10 for arm, n in sizes if arm == "control")
-    bands = Counter(
-        (record.get("experiments", {}).get("rail"), record["risk_band"])
-        for record in published(outputs, "churn")
-    )
-    assert bands["small", "high"] > 0
-    assert bands["small", "low"] == bands["small", "medium"] == 0
-    assert bands["control", "low"] > 0
+    bands: Counter[tuple[str | None, str]] = Counter()
+    for record in published(outputs, "churn"):
+        arm, p = record.get("experiments", {}).get("rail"), record["churn_probability"]
+        bands[arm, record["risk_band"]] += 1
+        medium, high = (0.001, 0.002) if arm == "small" else (0.3, 0.6)
+        assert record["risk_band"] == ("high" if p >= high else "medium" if p >= medium else "low")
+    assert bands["small", "high"] > bands["control", "high"]
+    assert bands["small", "high"] > 0 and bands["control", "low"] > 0
 
 
 def test_assignment_is_the_hash_of_salt_and_user_sticky_through_a_state_round_trip() -> None:
