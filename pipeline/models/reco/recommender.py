@@ -175,8 +175,8 @@ class Trending:
         self.total = 0.0  # sum of the stored values
         self.version = 0  # counts the changes, for caches of derived values
 
-    def add(self, idx: int, weight: float, ts_ms: int) -> None:
-        """Add ``weight`` (> 0) to item ``idx`` at event time ``ts_ms``."""
+    def _exponent(self, ts_ms: int) -> float:
+        """``(ts_ms - t0) / half_life``, moving ``t0`` to ``ts_ms`` first when it is over 40."""
         if self._t0 is None:
             self._t0 = ts_ms
         exponent = (ts_ms - self._t0) / self.half_life_ms
@@ -184,6 +184,11 @@ class Trending:
             self._values.data *= 2.0**-exponent
             self.total = float(self._values.data.sum())
             self._t0, exponent = ts_ms, 0.0
+        return exponent
+
+    def add(self, idx: int, weight: float, ts_ms: int) -> None:
+        """Add ``weight`` (> 0) to item ``idx`` at event time ``ts_ms``."""
+        exponent = self._exponent(ts_ms)
         values = self._values.ensure(idx)
         added = weight * 2.0**exponent
         values[idx] += added
@@ -213,13 +218,7 @@ class Trending:
         """
         if not amounts:
             return
-        if self._t0 is None:
-            self._t0 = at_ms
-        exponent = (at_ms - self._t0) / self.half_life_ms
-        if exponent > 40:
-            self._values.data *= 2.0**-exponent
-            self.total = float(self._values.data.sum())
-            self._t0, exponent = at_ms, 0.0
+        exponent = self._exponent(at_ms)
         grown = np.fromiter(amounts, dtype=np.intp, count=len(amounts))
         added = np.fromiter(amounts.values(), dtype=float, count=len(amounts)) * 2.0**exponent
         values = self._values.ensure(int(grown.max()))
