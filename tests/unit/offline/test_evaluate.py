@@ -302,10 +302,13 @@ def test_shared_learning_gives_many_partitions_the_quality_of_one(
     assert shared["shared.merges"] >= 0.95 * 28 * 24 * 4 and alone["shared.merges"] == 0
     assert alone[hits] < 0.8 * one[hits]  # learning alone loses a fifth of the hits or more
     assert shared[hits] >= 0.97 * one[hits]
-    assert abs(shared[auc] - one[auc]) <= 0.01
-    # alone, each churn model starts at an intercept of 0 and sees a 32nd of the labels:
-    # its probabilities stay far above the churn rate (ECE 0.33 against 0.10)
-    assert shared[ece] <= one[ece] + 0.01 < 2 * one[ece] < alone[ece]
+    assert abs(shared[auc] - one[auc]) <= 0.01 and shared[ece] <= one[ece] + 0.01
+    # the champion scores on top of the Poisson hazard, which needs no labels, so alone it
+    # is close to one partition's on this small audience; the inactivity model has no
+    # such offset: alone it starts at an intercept of 0 and sees a 32nd of the labels
+    silent_3d, silent_7d = "churn.inactive_3d.ece", "churn.inactive_7d.auc"
+    assert shared[silent_3d] <= one[silent_3d] + 0.01 < 2 * one[silent_3d] < alone[silent_3d]
+    assert shared[silent_7d] >= one[silent_7d] - 0.01 > alone[silent_7d] + 0.05
     with pytest.raises(SystemExit) as exited:
         main([
             "evaluate", str(events), "--catalog", str(catalog), "--partitions", "32",
