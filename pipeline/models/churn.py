@@ -99,9 +99,9 @@ class LogisticChurn:
     churn probability (:class:`PoissonChurn`) enters as a fixed offset, and the weights
     learn what the features add to it. Started from zero weights, the model scores as the
     heuristic does from its first prediction and departs from it as labels tell; without
-    the offset it scored near the base rate for weeks, and its probabilities stayed high
-    (600 users, 60 days, seed 1: AUC 0.800 and expected calibration error 0.031 without,
-    0.833 and 0.011 with; ``docs/quality.md``). ``hazard`` is 0 in a model restored from
+    the offset it started at 0.5 for every user and learnt the churn rate from the labels
+    first (600 users, 60 days, seed 1: AUC 0.800 and expected calibration error 0.031
+    without, 0.833 and 0.011 with; ``docs/quality.md``). ``hazard`` is 0 in a model restored from
     a release before it (``churn-logreg-3``): its weights were learnt without the offset.
     """
 
