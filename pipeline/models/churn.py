@@ -135,8 +135,7 @@ class LogisticChurn:
         """The Poisson hazard's share of the raw score: ``hazard · logit(poisson)``."""
         if not self.hazard:
             return 0.0
-        p = math.exp(-x["sessions_7d"] / 7.0 * self.horizon_days)
-        p = min(max(p, _P_FLOOR), 1.0 - _P_FLOOR)
+        p = min(max(poisson_churn(x, self.horizon_days), _P_FLOOR), 1.0 - _P_FLOOR)
         return self.hazard * math.log(p / (1.0 - p))
 
     def predict_proba_one(self, x: Mapping[str, float]) -> float:
@@ -196,7 +195,7 @@ class PoissonChurn:
         self.horizon_days = horizon_days
 
     def predict_proba_one(self, x: Mapping[str, float]) -> float:
-        return math.exp(-x["sessions_7d"] / 7.0 * self.horizon_days)
+        return poisson_churn(x, self.horizon_days)
 
     def learn_one(self, x: Mapping[str, float], y: bool) -> None:
         """Nothing to learn."""
@@ -204,6 +203,11 @@ class PoissonChurn:
     def contributions(self, x: Mapping[str, float], *, top: int) -> list[Contribution]:
         rate = x["sessions_7d"] / 7.0
         return [("sessions_7d", x["sessions_7d"], -rate * self.horizon_days)][:top]
+
+
+def poisson_churn(x: Mapping[str, float], horizon_days: float) -> float:
+    """``P(no session within the horizon)`` at the user's recent rate (``sessions_7d`` a week)."""
+    return math.exp(-x["sessions_7d"] / 7.0 * horizon_days)
 
 
 _P_FLOOR = 1e-4
@@ -244,10 +248,6 @@ class InactiveChurn(LogisticChurn):
 
     def __init__(self) -> None:
         super().__init__(hazard=0.0)  # its features hold the silence, not a session's end
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        state.setdefault("hazard", 0.0)
-        super().__setstate__(state)
 
 
 def make_churn_model(

@@ -108,12 +108,9 @@ class _Moments:
         self, n0: np.ndarray, mean0: np.ndarray, var0: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(n, mean, var)`` of a running summary ``(n0, mean0, var0)`` with this batch added."""
-        n = n0 + self.n
-        safe = np.where(n > 0, n, 1.0)
-        shift = self.mean - mean0
-        mean = np.where(n > 0, mean0 + shift * self.n / safe, 0.0)
-        m2 = var0 * n0 + self.m2 + shift * shift * n0 * self.n / safe
-        return n, mean, np.where(n > 0, m2 / safe, 0.0)
+        merged = _Moments(n0, mean0, var0 * n0).merged(self)
+        n = merged.n
+        return n, merged.mean, np.where(n > 0, merged.m2 / np.where(n > 0, n, 1.0), 0.0)
 
 
 @dataclass(slots=True)
@@ -296,6 +293,11 @@ def _linear_models(models: PartitionModels) -> dict[str, LogisticChurn | SignalR
     return found
 
 
+def _features(name: str) -> tuple[str, ...]:
+    """The inputs of the churn model called ``name`` in :func:`_linear_models`."""
+    return INACTIVE_FEATURES if name == "inactive" else CHURN_FEATURES
+
+
 def _state(model: LogisticChurn | SignalRanker, name: str) -> _Linear:
     if isinstance(model, SignalRanker):
         k = len(model.means)
@@ -303,7 +305,7 @@ def _state(model: LogisticChurn | SignalRanker, name: str) -> _Linear:
             np.full(k, float(model.count)), model.means.copy(), model.vars.copy(),
             model.weights.copy(), model.intercept,
         )  # fmt: skip
-    keys = INACTIVE_FEATURES if name == "inactive" else CHURN_FEATURES
+    keys = _features(name)
     scaler, classifier = model.scaler, model.classifier
     weights = classifier._weights
     return _Linear(
@@ -321,7 +323,7 @@ def _write(model: LogisticChurn | SignalRanker, name: str, target: _Linear) -> N
         count = int(target.n[0]) if len(target.n) else 0
         model.restore(count, target.mean, target.var, target.weights, target.intercept)
         return
-    keys = INACTIVE_FEATURES if name == "inactive" else CHURN_FEATURES
+    keys = _features(name)
     scaler, classifier = model.scaler, model.classifier
     learnt = [i for i, n in enumerate(target.n.tolist()) if n]
     counts = np.rint(target.n).astype(np.int64).tolist()
@@ -388,7 +390,7 @@ def _count(model: LogisticChurn | SignalRanker, name: str) -> float:
     """How many samples a linear model's scaler has seen (of its first feature)."""
     if isinstance(model, SignalRanker):
         return float(model.count)
-    keys = INACTIVE_FEATURES if name == "inactive" else CHURN_FEATURES
+    keys = _features(name)
     return float(model.scaler.counts.get(keys[0], 0))
 
 
