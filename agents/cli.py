@@ -359,14 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="S",
         help="with several partitions, merge what each partition's models learnt into "
-        "every other's each S seconds of event time (default 0: each learns alone, as the "
-        "workers' do today)",
+        "every other's each S seconds of event time (default 0: each learns alone)",
     )
     ev.add_argument(
         "--share-mode",
-        choices=["sum", "mean"],
+        choices=["sum", "mean", "workers"],
         default="sum",
-        help="how the partitions' SGD steps merge: summed, or averaged (default sum)",
+        help="sum: every partition takes the others' learning at each epoch at once, SGD "
+        "steps summed; mean: steps averaged; workers: as the workers exchange it, each "
+        "partition's delta at its own epoch end, merged once every partition passed it "
+        "(default sum)",
     )
     ev.add_argument("--report", type=Path, required=True, help="write the JSON report here")
     ev.add_argument("--plot", type=Path, help="draw rolling quality over event time (PNG)")

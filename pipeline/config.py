@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         description="Each experiment's always-valid results as event time passes (compacted, "
         "key = experiment id); schemas/experiment_result.schema.json.",
     )
+    topic_learning: str = Field(
+        "ott.learning",
+        description="Each partition's learning per epoch of shared learning, for the merger "
+        "(one partition; internal).",
+    )
     topic_partitions: int = Field(
         4, ge=1, description="Partitions of the topics ottscore creates (input and tables)."
     )
@@ -295,6 +300,20 @@ class Settings(BaseSettings):
         300.0,
         ge=0,
         description="Event-time seconds between two personalisation lists of one user.",
+    )
+    share_every_s: float = Field(
+        0.0,
+        ge=0,
+        description="Shared learning between partitions: every this many seconds of event "
+        "time each partition publishes what its global models learnt (trending, chosen next, "
+        "genre counts, churn and ranker weights and scalers) and folds the others' merge "
+        "(docs/quality.md); 0: each partition learns alone.",
+    )
+    share_wait_epochs: int = Field(
+        2,
+        ge=1,
+        description="Shared learning: an epoch is merged once every partition passed it, or "
+        "once one partition is this many epochs further (a partition without events).",
     )
     segments: int = Field(6, ge=2, le=32, description="Number of behavioural segments.")
     artwork_policy: Literal["bandit", "popular", "random"] = Field(

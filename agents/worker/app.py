@@ -34,6 +34,7 @@ from agents.worker.snapshots import SnapshotWriter
 from pipeline.config import Settings
 from pipeline.core.audiences import AudienceRules, sizes_by_genre
 from pipeline.kpis.combine import PartialsCombiner
+from pipeline.models.exchange import CONTROL_KEY, LearningMerger, decode_delta
 from pipeline.serde.snapshots import MAX_SNAPSHOT_BYTES
 
 __all__ = ["build_app", "logging_config"]
@@ -46,6 +47,8 @@ COMBINER_KEY = b"combiner"
 AUDIENCE_CHUNK = 5_000
 #: Key of the experiment results' combiner in the same table.
 RESULTS_KEY = b"experiment-results"
+#: Key of the merger of shared learning's state in the same table.
+MERGER_KEY = b"learning-merger"
 
 
 def logging_config(settings: Settings) -> dict[str, Any] | None:
@@ -116,7 +119,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
         value_type=bytes,
         partitions=1,
         help="State of the KPI combining agent (pipeline.kpis.combine.KpiCombiner bytes; "
-        "pipeline.experiments.live_results.ResultsCombiner bytes under experiment-results).",
+        "pipeline.experiments.live_results.ResultsCombiner bytes under experiment-results), "
+        "and of the merger of shared learning (pipeline.models.exchange.LearningMerger bytes "
+        "under learning-merger).",
     )
 
     def send_snapshot(key: bytes, value: bytes, *, callback: Any, on_refused: Refusal) -> None:
@@ -186,6 +191,57 @@ def build_app(settings: Settings | None = None) -> faust.App:
             metrics.set_experiment_results(results)
             combined[COMBINER_KEY], combined[RESULTS_KEY] = combiner.to_bytes()
 
+    learning = app.topic(settings.topic_learning, partitions=1, **raw)
+    mergers: dict[str, LearningMerger] = {}  # the merger in use, read from the table first
+
+    def merger() -> LearningMerger:
+        in_use = mergers.get("in use")
+        if in_use is None:
+            count = app.consumer.topic_partitions(settings.topic_events) or 0
+            in_use = mergers["in use"] = LearningMerger.from_stored(
+                combined.get(MERGER_KEY),
+                partitions=max(count, settings.topic_partitions),
+                wait_epochs=settings.share_wait_epochs,
+            )
+        return in_use
+
+    @app.agent(learning, name="learning")
+    async def merge_learning(stream: faust.StreamT) -> None:
+        """Merge the partitions' learning and write each partition the others' merge.
+
+        Into the events topic, at the partition's place in its log
+        (:mod:`pipeline.models.exchange`). As for the KPIs, the records are acknowledged
+        before the merger's state that gave them is written: a restart writes a merge
+        again rather than never, and the partitions skip what they folded. A record that
+        is not a delta is logged and skipped.
+        """
+        producer = app.producer
+        async for value in stream:
+            in_use = merger()
+            before = in_use.merges
+            try:
+                records = in_use.feed(decode_delta(value))
+            except ValueError as exc:  # the merger is as before it
+                log.error("learning record skipped (%s): %.200r", exc, value)
+                continue
+            if records:
+                by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+                for partition, record in records:
+                    by_partition.setdefault(partition, []).append((CONTROL_KEY, record))
+                waiting = []
+                for partition, values in sorted(by_partition.items()):
+                    acknowledged = asyncio.get_running_loop().create_future()
+                    producer.send_many(
+                        settings.topic_events,
+                        values,
+                        lambda _offsets, done=acknowledged: done.done() or done.set_result(None),
+                        partition=partition,
+                    )
+                    waiting.append(acknowledged)
+                await asyncio.gather(*waiting)  # a failure fails the next flush: the worker stops
+            metrics.learning_merges.inc(in_use.merges - before)
+            combined[MERGER_KEY] = in_use.to_bytes()
+
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
         await worker.prefetch_snapshots(
@@ -197,6 +253,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
         worker.revoke({tp.partition for tp in revoked if tp.topic == settings.topic_events})
         if any(tp.topic == settings.topic_kpi_partials for tp in revoked):
             kpi_combiner.clear()  # its next owner (maybe this worker again) reads the table
+        if any(tp.topic == settings.topic_learning for tp in revoked):
+            mergers.clear()
         await app.producer.flush()  # the last snapshots are acknowledged before partitions move
 
     @app.on_before_shutdown.connect

@@ -185,26 +185,27 @@ def create_topics(
 def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> None:
     """Create every topic ottscore reads or writes that does not exist yet.
 
-    The KPI partials topic has one partition whatever ``topic_partitions``: the agent
-    that adds the partitions' KPI windows up must see all of them.
+    The KPI partials and learning topics have one partition whatever ``topic_partitions``:
+    the agent that adds the partitions' KPI windows up, and the merger of their learning,
+    must see all of them.
 
     The dead-letter topic is created with ``max.message.bytes`` set to
     ``dlq_max_message_bytes``, the bound every dead-letter record is cut to.
     """
     plain, compacted = all_topics(settings)
-    single = settings.topic_kpi_partials
+    single = [settings.topic_kpi_partials, settings.topic_learning]
     create_topics(
         kafka_python_config(settings),
-        [name for name in plain + compacted if name != single],
+        [name for name in plain + compacted if name not in single],
         partitions=settings.topic_partitions,
         replication=settings.topic_replication,
         compacted=compacted,
         configs={settings.topic_dlq: {"max.message.bytes": str(settings.dlq_max_message_bytes)}},
         timeout=timeout,
     )
-    create_topics(  # one partition: one combining agent sees every partition's windows
+    create_topics(  # one partition: one agent sees every partition's records
         kafka_python_config(settings),
-        [single],
+        single,
         partitions=1,
         replication=settings.topic_replication,
         timeout=timeout,

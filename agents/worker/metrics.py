@@ -8,6 +8,7 @@ Accounting identity, per worker process::
 
     records_received = events_consumed (all types) + events_deduplicated
                        + events_rejected (all reasons) + events_already_applied
+                       + learning_records (all outcomes)
 
 Examples
 --------
@@ -34,7 +35,7 @@ from prometheus_client import Counter as PromCounter
 from pipeline.core.catalog_items import CATALOG_REJECT_REASONS
 from pipeline.core.events import EVENT_TYPES, REJECT_REASONS
 from pipeline.core.outputs import SCORED_KINDS
-from pipeline.core.tally import Tally
+from pipeline.core.tally import LEARNING_OUTCOMES, Tally
 from pipeline.crm.consent import CONSENT_REFUSE_REASONS
 from pipeline.crm.triggers import STATUSES, SUPPRESS_REASONS, TRIGGER_TYPES
 from pipeline.experiments.definition import REFUSAL_REASONS as DEFINITION_REFUSALS
@@ -154,6 +155,27 @@ class Metrics:
             "ottscore_churn_promotions_total",
             "Churn challengers that became the champion of their partition (AUC higher by "
             "an always-valid test).",
+            registry=registry,
+        )
+        self.learning_published = PromCounter(
+            "ottscore_learning_published_total",
+            "Deltas of shared learning published: a partition's models' learning over an "
+            "epoch (OTTSCORE_SHARE_EVERY_S).",
+            registry=registry,
+        )
+        self.learning_records = _counter_of_each(
+            "ottscore_learning_records_total",
+            "Merge records of shared learning read from the events topic, by outcome: folded "
+            "into the partition's models, already_folded (read again after a restart), "
+            "ignored (shared learning is off).",
+            "outcome",
+            LEARNING_OUTCOMES,
+            registry=registry,
+        )
+        self.learning_merges = PromCounter(
+            "ottscore_learning_merges_total",
+            "Epochs of shared learning merged by this worker's merger, each written to every "
+            "partition of the events topic.",
             registry=registry,
         )
         self.churn_rescores = PromCounter(
@@ -472,6 +494,10 @@ class Metrics:
             self.churn_rescores.inc(tally.churn_rescores)
         if tally.kpi_late:
             self.kpi_late_events.inc(tally.kpi_late)
+        if tally.learning_published:
+            self.learning_published.inc(tally.learning_published)
+        for outcome, n in tally.learning_records.items():
+            self.learning_records.labels(outcome).inc(n)
         for policy, n in tally.artwork_shows.items():
             self.artwork_shows.labels(policy).inc(n)
         for policy, n in tally.artwork_takes.items():

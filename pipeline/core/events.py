@@ -102,13 +102,16 @@ REJECT_REASONS: Final = frozenset(
         "future_timestamp",
         "processing_error",
         "unknown_artwork",
+        "bad_learning_record",
     }
 )
 """Every :attr:`Rejection.reason`: the DLQ ``reason`` and the label of the rejection metric.
 
-All but ``processing_error`` and ``unknown_artwork`` come from the decoder; those are the
-processor's: a valid event whose processing raised (a defect, dead-lettered so that it cannot
-stop the worker), and a click naming an artwork its catalog item does not list."""
+All but ``processing_error``, ``unknown_artwork`` and ``bad_learning_record`` come from the
+decoder; those are the processor's: a valid event whose processing raised (a defect,
+dead-lettered so that it cannot stop the worker), a click naming an artwork its catalog item
+does not list, and a record with the key of shared learning's merges that is not one
+(:mod:`pipeline.models.exchange`)."""
 
 SCHEMA_VERSION: Final = 1
 """The only supported ``schema_version`` of input events."""

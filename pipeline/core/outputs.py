@@ -48,6 +48,7 @@ OUTPUTS = {
         Output("signal", "topic_signals", "signal"),
         Output("action", "topic_actions", "action"),
         Output("kpi_partial", "topic_kpi_partials", "kpi_partial", scored=False),
+        Output("learning", "topic_learning", "learning", scored=False),
     )
 }
 

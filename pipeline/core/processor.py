@@ -71,6 +71,7 @@ from pipeline.experiments.live_results import PartitionOutcomes, experiment_meta
 from pipeline.experiments.outcomes import UserOutcome
 from pipeline.kpis.windows import HOUR_MS, ONLY_ALL, PartitionKpis, UserKpis
 from pipeline.models.churn import ChurnModel, inactive_features
+from pipeline.models.exchange import CONTROL_KEY, PartitionShare, decode_merge, encode_delta
 from pipeline.models.partition import PartitionModels
 from pipeline.models.quality import PUBLISHED, LabelledPrediction, Prequential
 from pipeline.models.shared import SharedLearning
@@ -168,6 +169,8 @@ class Processor:
         )
         self._models: dict[int, PartitionModels] = {}
         self._sharing: SharedLearning | None = None
+        self._share_every_ms = int(settings.share_every_s * 1000)
+        self._share_next: dict[int, int] = {}  # per partition, when its epoch ends
         self._prediction_sink = prediction_sink
         self._clock = clock
         self._dirty: set[str] = set()
@@ -208,6 +211,9 @@ class Processor:
         """
         self.tally.received += 1
         topic = topic or self.settings.topic_events
+        if key == CONTROL_KEY:
+            self._fold_learning(raw, key, topic, partition, offset)
+            return
         decoded = self.decoder.decode(raw)
         if isinstance(decoded, Rejection):
             self._dead_letter(decoded, raw, key, topic, partition, offset)
@@ -324,6 +330,8 @@ class Processor:
         timers = self.timers
         if self._sharing is not None:
             self._sharing.at(self._models, ts_ms)
+        elif self._share_every_ms and ts_ms >= self._share_next.get(partition, -1):
+            self._share(partition, ts_ms, timestamp_ms)
         timers.advance(partition, ts_ms)
         self._cause = (ts_ms, timestamp_ms)
         kpis = self.kpis.get(partition)
@@ -332,6 +340,57 @@ class Processor:
             self._emit_kpis(partition, kpis)
         if timers.due(partition):
             self._fire_timers(partition)
+
+    def _share(self, partition: int, ts_ms: int, timestamp_ms: int) -> None:
+        """Publish what ``partition``'s models learnt if its events reached a new epoch."""
+        models = self.models(partition)
+        side = self._side(models)
+        delta = side.at(models, ts_ms)
+        self._share_next[partition] = side.next_ms() or -1
+        if delta is not None:
+            delta.partition = partition
+            self._outbox.append(
+                Output(
+                    "learning", str(partition).encode(), encode_delta(delta), ts_ms, timestamp_ms
+                )
+            )
+            self.tally.learning_published += 1
+
+    def _side(self, models: PartitionModels) -> PartitionShare:
+        """The partition's side of shared learning, started (again) at the set epoch length."""
+        side = models.shared
+        if side is None or side.every_ms != self._share_every_ms:
+            side = models.shared = PartitionShare(every_ms=self._share_every_ms)
+        return side
+
+    def _fold_learning(
+        self, raw: bytes | None, key: bytes, topic: str, partition: int, offset: int
+    ) -> None:
+        """Fold a merge of the other partitions' learning (:mod:`pipeline.models.exchange`)."""
+        tally = self.tally
+        try:
+            merge = decode_merge(raw)
+        except ValueError as exc:
+            detail = f"{exc}"[:MAX_DETAIL_CHARS]
+            self._dead_letter(
+                Rejection("bad_learning_record", detail), raw, key, topic, partition, offset
+            )
+            return
+        if not self._share_every_ms or self._sharing is not None:
+            tally.learning_records["ignored"] += 1
+            return
+        models = self.models(partition)
+        try:
+            folded = self._side(models).fold(models, merge)
+        except Exception as exc:  # noqa: BLE001 - no single record may stop a worker
+            log.warning("merge record %s[%d]@%d: folding raised", topic, partition, offset,
+                        exc_info=True)  # fmt: skip
+            detail = f"{type(exc).__name__}: {exc}"[:MAX_DETAIL_CHARS]
+            self._dead_letter(
+                Rejection("processing_error", detail), raw, key, topic, partition, offset
+            )
+            return
+        tally.learning_records["folded" if folded else "already_folded"] += 1
 
     def _genres(self, item_id: str) -> tuple[str, ...]:
         record = self.catalog.get(item_id)
@@ -912,6 +971,7 @@ class Processor:
         self.kpis.pop(partition, None)
         self._kpi_next.pop(partition, None)
         self._kpi_marked.pop(partition, None)
+        self._share_next.pop(partition, None)
         self._models.pop(partition, None)
         for user_id in [u for u, s in self.users.items() if s.partition == partition]:
             del self.users[user_id]

@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["Tally"]
+__all__ = ["LEARNING_OUTCOMES", "Tally"]
+
+#: What became of a merge record of shared learning read from the input.
+LEARNING_OUTCOMES = ("folded", "already_folded", "ignored")
 
 
 @dataclass(slots=True)
@@ -41,12 +44,18 @@ class Tally:
     catalog_rejected: Counter[str] = field(default_factory=Counter)
     consent_refused: Counter[str] = field(default_factory=Counter)
     experiments_refused: Counter[str] = field(default_factory=Counter)
+    #: Deltas of shared learning published (:mod:`pipeline.models.exchange`).
+    learning_published: int = 0
+    #: Merge records of shared learning read from the input, by outcome: ``folded``,
+    #: ``already_folded`` (read again after a restart) or ``ignored`` (sharing is off).
+    learning_records: Counter[str] = field(default_factory=Counter)
 
     def clear(self) -> None:
         """Zero every count."""
         self.received = self.deduplicated = self.already_applied = self.sessions_closed = 0
         self.timer_errors = self.churn_promotions = self.churn_rescores = 0
-        self.kpi_late = 0
+        self.kpi_late = self.learning_published = 0
+        self.learning_records.clear()
         self.catalog_rejected.clear()
         self.experiments_refused.clear()
         self.artwork_shows.clear()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings
 from pipeline.models.artwork import ArtworkBandit
@@ -27,6 +27,9 @@ from pipeline.models.reco.items import ItemIndex
 from pipeline.models.reco.recommender import SIGNALS, RatingModel, Recommender
 from pipeline.models.segments import Segmenter
 from pipeline.serde.snapshots import stored_as
+
+if TYPE_CHECKING:
+    from pipeline.models.exchange import PartitionShare
 
 __all__ = ["PartitionModels"]
 
@@ -50,6 +53,8 @@ class PartitionModels:
     promotion: ChurnPromotion | None = None
     inactive: InactiveChurn | None = None
     artwork: ArtworkBandit | None = None
+    #: The partition's side of the learning shared between workers (None when it is off).
+    shared: PartitionShare | None = None
 
     @classmethod
     def create(
@@ -102,7 +107,7 @@ class PartitionModels:
         _, slots = state
         for name, value in slots.items():
             object.__setattr__(self, name, value)
-        for name in ("promotion", "inactive", "artwork"):
+        for name in ("promotion", "inactive", "artwork", "shared"):
             if name not in slots:
                 object.__setattr__(self, name, None)
 

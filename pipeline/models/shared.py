@@ -26,9 +26,9 @@ artwork bandit's counts and the promotion test.
 Between two epochs a partition learns from its own events at once and from the others'
 at the next epoch, so a partition's models are never more than one epoch behind the
 whole traffic. The points are the epochs of the stream's event time: replaying the same
-records in the same order reproduces the same scores. Only the in-process run of every
-partition (``ottscore evaluate --partitions N --share-every-s S``) drives it so far; the
-worker does not yet exchange between workers, so there each partition still learns alone.
+records in the same order reproduces the same scores. This is the in-process run of every
+partition (``ottscore evaluate --partitions N --share-every-s S``); between workers the same
+deltas and folds travel over Kafka (:mod:`pipeline.models.exchange`, ``OTTSCORE_SHARE_EVERY_S``).
 
 Examples
 --------
@@ -54,7 +54,8 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -64,12 +65,14 @@ from pipeline.core.features import CHURN_FEATURES
 from pipeline.models.churn import INACTIVE_FEATURES, LogisticChurn
 from pipeline.models.partition import PartitionModels
 from pipeline.models.reco.ranker import SignalRanker
+from pipeline.serde.snapshots import stored_as
 
-__all__ = ["SharedLearning"]
+__all__ = ["Delta", "SharedLearning", "combine", "fold", "learnt_since", "start_of"]
 
 Mode = Literal["sum", "mean"]
 
 
+@stored_as("SharedMoments")
 @dataclass(slots=True)
 class _Moments:
     """Count, mean and sum of squared deviations of a batch of values (per column)."""
@@ -113,6 +116,7 @@ class _Moments:
         return n, merged.mean, np.where(n > 0, merged.m2 / np.where(n > 0, n, 1.0), 0.0)
 
 
+@stored_as("SharedLinear")
 @dataclass(slots=True)
 class _Linear:
     """A scaled linear model's state: its scaler's moments per column, weights, intercept."""
@@ -145,6 +149,7 @@ class _Linear:
         return _Moments.between(base.n, base.mean, base.var, self.n, self.mean, self.var)
 
 
+@stored_as("SharedStep")
 @dataclass(slots=True)
 class _Step:
     """What a scaled linear model learnt over an epoch: its scaler's batch, its steps."""
@@ -167,18 +172,36 @@ class _Step:
         )
 
 
+@stored_as("SharedDelta")
 @dataclass(slots=True)
-class _Delta:
-    """What one partition learnt over an epoch."""
+class Delta:
+    """What one partition learnt over an epoch (or what several did, :func:`combine`).
 
-    trending: dict[str, float] = field(default_factory=dict)  # item id -> value at the epoch
+    ``trending`` holds each item's growth as its value at event time ``at_ms`` (values
+    halve every ``half_life_ms``); ``partition`` and ``epoch`` name who learnt it and
+    over which epoch, where known (-1 otherwise).
+    """
+
+    at_ms: int = 0
+    half_life_ms: float = 3 * 86_400_000.0
+    partition: int = -1
+    epoch: int = -1
+    trending: dict[str, float] = field(default_factory=dict)  # item id -> value at at_ms
     choices: list[tuple[str | None, str]] = field(default_factory=list)
     genres: dict[str, float] = field(default_factory=dict)
     genre_total: float = 0.0
     users: int = 0  # users the recommender learned from for the first time
     linear: dict[str, _Step] = field(default_factory=dict)  # "ranker", churn names, "inactive"
 
+    def is_empty(self) -> bool:
+        """Whether it holds nothing learnt."""
+        return not (
+            self.trending or self.choices or self.genres or self.genre_total or self.users
+            or self.linear
+        )  # fmt: skip
 
+
+@stored_as("SharedBase")
 @dataclass(slots=True)
 class _Base:
     """A partition's state at the start of the epoch, to tell what it learnt since."""
@@ -221,7 +244,7 @@ class SharedLearning:
         self.epoch = epoch
         if first:
             for partition, partition_models in models.items():
-                self._bases[partition] = _base(partition_models)
+                self._bases[partition] = start_of(partition_models)
             return False
         self.share(models, at_ms=epoch * self.every_ms)
         return True
@@ -233,52 +256,37 @@ class SharedLearning:
         time and starts its epoch now.
         """
         bases = self._bases
-        deltas = {p: _delta(m, bases[p], at_ms) for p, m in models.items() if p in bases}
-        trending: dict[str, float] = {}
-        genres: dict[str, float] = {}
-        genre_total = 0.0
-        users = 0
-        steps: dict[str, tuple[_Step, int]] = {}  # per linear model: merged steps, learners
-        for delta in deltas.values():
-            for item_id, value in delta.trending.items():
-                trending[item_id] = trending.get(item_id, 0.0) + value
-            for genre, count in delta.genres.items():
-                genres[genre] = genres.get(genre, 0.0) + count
-            genre_total += delta.genre_total
-            users += delta.users
-            for name, step in delta.linear.items():
-                merged = steps.get(name)
-                steps[name] = (step, 1) if merged is None else (
-                    merged[0].merged(step), merged[1] + 1
-                )  # fmt: skip
+        deltas = {p: learnt_since(m, bases[p], at_ms) for p, m in models.items() if p in bases}
+        total = combine(deltas.values(), at_ms=at_ms)
+        trending, genres, genre_total = total.trending, total.genres, total.genre_total
+        learners = Counter(name for delta in deltas.values() for name in delta.linear)
         # the state each start of an epoch moves to (after a merge every partition starts
         # from the same one, so it is computed once)
         targets: dict[tuple[str, bytes], _Linear] = {}
         for partition, partition_models in models.items():
             own = deltas.get(partition)
             if own is None:
-                bases[partition] = _base(partition_models)
+                bases[partition] = start_of(partition_models)
                 continue
             _fold_counts(partition_models, own, deltas, trending, genres, genre_total, at_ms)
-            partition_models.recommender.users_elsewhere += users - own.users
+            partition_models.recommender.users_elsewhere += total.users - own.users
             linear = dict(bases[partition].linear)
             for name, model in _linear_models(partition_models).items():
                 start = linear.get(name)
                 if start is None:
                     linear[name] = _state(model, name)
                     continue
-                merged = steps.get(name)
-                if merged is None:
+                step = total.linear.get(name)
+                if step is None:
                     continue
                 key = (name, start.fingerprint())
                 target = targets.get(key)
                 if target is None:
-                    step, learners = merged
-                    scale = 1.0 if self.mode == "sum" else 1.0 / learners
+                    scale = 1.0 if self.mode == "sum" else 1.0 / learners[name]
                     target = targets[key] = start.plus(step, scale)
                 _write(model, name, target)
                 linear[name] = target
-            bases[partition] = _base(partition_models, linear)
+            bases[partition] = start_of(partition_models, linear)
         self.shares += 1
 
 
@@ -339,8 +347,12 @@ def _write(model: LogisticChurn | SignalRanker, name: str, target: _Linear) -> N
     classifier.intercept = target.intercept
 
 
-def _base(models: PartitionModels, linear: dict[str, _Linear] | None = None) -> _Base:
-    """A partition's state now; ``linear``: its linear models' states, when known."""
+def start_of(models: PartitionModels, linear: dict[str, _Linear] | None = None) -> _Base:
+    """A partition's state now, to tell later what it learnt since (:func:`learnt_since`).
+
+    ``linear``: its linear models' states, when known. Starts the recommender's journal of
+    choices afresh.
+    """
     reco = models.recommender
     reco.start_journal().clear()
     trending = reco.trending
@@ -356,11 +368,12 @@ def _base(models: PartitionModels, linear: dict[str, _Linear] | None = None) -> 
     )
 
 
-def _delta(models: PartitionModels, base: _Base, at_ms: int) -> _Delta:
+def learnt_since(models: PartitionModels, base: _Base, at_ms: int) -> Delta:
+    """What a partition learnt since ``base`` (:func:`start_of`), trending valued at ``at_ms``."""
     reco = models.recommender
     ids = reco.items.ids
-    delta = _Delta()
     trending = reco.trending
+    delta = Delta(at_ms=at_ms, half_life_ms=trending.half_life_ms)
     if trending.t0 is not None:
         values = trending.values()
         before = np.zeros(len(values))
@@ -396,8 +409,8 @@ def _count(model: LogisticChurn | SignalRanker, name: str) -> float:
 
 def _fold_counts(
     models: PartitionModels,
-    own: _Delta,
-    deltas: Mapping[int, _Delta],
+    own: Delta,
+    deltas: Mapping[int, Delta],
     trending: Mapping[str, float],
     genres: Mapping[str, float],
     genre_total: float,
@@ -427,3 +440,62 @@ def _fold_counts(
     total = genre_total - own.genre_total
     if total or any(others.values()):
         reco.merge_genre_counts(others, total)
+
+
+def combine(deltas: Iterable[Delta], *, at_ms: int) -> Delta:
+    """What ``deltas`` learnt together, in their order, trending valued at ``at_ms``.
+
+    Counts add (trending values brought to ``at_ms`` first), choices follow one another,
+    moments merge exactly and steps add.
+
+    >>> a = Delta(at_ms=0, trending={"m1": 1.0}, choices=[(None, "m1")], users=1)
+    >>> b = Delta(at_ms=3 * 86_400_000, trending={"m1": 1.0, "m2": 4.0}, choices=[("m1", "m2")])
+    >>> both = combine([a, b], at_ms=3 * 86_400_000)
+    >>> both.trending, both.choices, both.users
+    ({'m1': 1.5, 'm2': 4.0}, [(None, 'm1'), ('m1', 'm2')], 1)
+    """
+    total = Delta(at_ms=at_ms)
+    trending, genres, steps = total.trending, total.genres, total.linear
+    for delta in deltas:
+        total.half_life_ms = delta.half_life_ms
+        if delta.at_ms == at_ms:
+            for item_id, value in delta.trending.items():
+                trending[item_id] = trending.get(item_id, 0.0) + value
+        else:
+            scale = 2.0 ** ((delta.at_ms - at_ms) / delta.half_life_ms)
+            for item_id, value in delta.trending.items():
+                trending[item_id] = trending.get(item_id, 0.0) + value * scale
+        total.choices.extend(delta.choices)
+        for genre, count in delta.genres.items():
+            genres[genre] = genres.get(genre, 0.0) + count
+        total.genre_total += delta.genre_total
+        total.users += delta.users
+        for name, step in delta.linear.items():
+            merged = steps.get(name)
+            steps[name] = step if merged is None else merged.merged(step)
+    return total
+
+
+def fold(models: PartitionModels, others: Delta) -> None:
+    """Add what other partitions learnt (``others``, :func:`combine`) to a partition's models.
+
+    As :meth:`SharedLearning.share` adds them: counts added, choices replayed, moments
+    merged, steps added (summed, never averaged).
+    """
+    reco = models.recommender
+    index = reco.items.index
+    if others.trending:
+        reco.trending.merge(
+            {index(item_id): value for item_id, value in others.trending.items()}, others.at_ms
+        )
+    if others.choices:
+        reco.replay_choices(
+            [(None if p is None else index(p), index(c)) for p, c in others.choices]
+        )
+    if others.genre_total or others.genres:
+        reco.merge_genre_counts(others.genres, others.genre_total)
+    reco.users_elsewhere += others.users
+    for name, model in _linear_models(models).items():
+        step = others.linear.get(name)
+        if step is not None:
+            _write(model, name, _state(model, name).plus(step, 1.0))

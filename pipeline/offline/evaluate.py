@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import numpy as np
 import orjson
@@ -31,10 +31,11 @@ from pipeline.core.artwork import ArtworkTrial
 from pipeline.core.events import Event, EventDecoder, parse_ts
 from pipeline.core.partitioning import partitioned
 from pipeline.core.personalize import PERSONALIZED
-from pipeline.core.processor import Processor
+from pipeline.core.processor import Output, Processor
+from pipeline.models.exchange import CONTROL_KEY, LearningMerger, decode_delta
 from pipeline.models.offpolicy import policy_report
 from pipeline.models.quality import TRENDING, LabelledPrediction
-from pipeline.models.shared import Mode, SharedLearning
+from pipeline.models.shared import SharedLearning
 from pipeline.offline.runner import drive
 from pipeline.serde.jsonl import jsonl_lines, read_jsonl
 
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 _CHUNK = 4_096  # events between two progress updates and outbox drains
+_MERGE_BATCH = 16  # records between two outbox drains when merges go through a merger
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,7 @@ def evaluate(
     plot_path: str | Path | None = None,
     partitions: int = 1,
     share_every_s: float = 0.0,
-    share_mode: Mode = "sum",
+    share_mode: Literal["sum", "mean", "workers"] = "sum",
     progress: bool = True,
 ) -> dict[str, float | int]:
     """Run the processing core over ``events_path`` and report quality and speed.
@@ -138,8 +140,12 @@ def evaluate(
         (:class:`~pipeline.models.shared.SharedLearning`); 0: each partition learns alone,
         as the worker's do today.
     share_mode
-        How the partitions' SGD steps merge: ``sum`` (each partition takes every other's
-        step) or ``mean`` (model averaging).
+        ``sum``: at each epoch every partition takes every other's learning at once, SGD
+        steps summed; ``mean``: likewise, steps averaged (model averaging); ``workers``: as
+        the workers exchange it (:mod:`pipeline.models.exchange`): each partition publishes
+        its delta at its own first event of a new epoch, a merger merges an epoch once
+        every partition passed it, and each merge is folded into its partition after the
+        batch of records that completed it (a batch is 16 records), steps summed.
     progress
         Show a progress bar on stderr.
 
@@ -166,13 +172,17 @@ def evaluate(
             sink = _line_writer(files.enter_context(open(predictions_path, "wb")))
         trials: list[ArtworkTrial] = []
         processor = Processor(settings, prediction_sink=sink, artwork_sink=trials.append)
+        sharing = merger = None
+        if share_every_s > 0 and partitions > 1 and share_mode == "workers":
+            settings = settings.model_copy(update={"share_every_s": share_every_s})
+            processor = Processor(settings, prediction_sink=sink, artwork_sink=trials.append)
+            merger = LearningMerger(partitions=partitions, wait_epochs=settings.share_wait_epochs)
         if catalog_path is not None:
             processor.load_catalog(read_jsonl(catalog_path))
-        sharing = None
-        if share_every_s > 0 and partitions > 1:
+        if share_every_s > 0 and partitions > 1 and share_mode != "workers":
             sharing = SharedLearning(every_ms=int(share_every_s * 1000), mode=share_mode)
             processor.share_learning(sharing, partitions=partitions)
-        elapsed_s = _run(processor, events, partitions=partitions, progress=progress)
+        elapsed_s = _run(processor, events, partitions=partitions, merger=merger, progress=progress)
     quality = processor.quality
     report: dict[str, float | int] = {
         **quality.report(churn_model=settings.churn_model, reco_model=PERSONALIZED),
@@ -180,8 +190,10 @@ def evaluate(
         "events_per_s": len(events.records) / elapsed_s if elapsed_s > 0 else math.nan,
         "dlq": sum(processor.tally.rejected.values()),
         "partitions": partitions,
-        "shared.every_s": share_every_s if sharing is not None else 0.0,
-        "shared.merges": sharing.shares if sharing is not None else 0,
+        "shared.every_s": share_every_s if sharing is not None or merger is not None else 0.0,
+        "shared.merges": (
+            sharing.shares if sharing is not None else merger.merges if merger is not None else 0
+        ),
         "churn.promotions": processor.tally.churn_promotions,
         **_artwork_report(trials),
     }
@@ -225,10 +237,33 @@ def _line_writer(out: IO[bytes]) -> Callable[[LabelledPrediction], None]:
     return write
 
 
-def _run(processor: Processor, events: EventFile, *, partitions: int, progress: bool) -> float:
-    """Process every record; return the seconds spent processing."""
+def _run(
+    processor: Processor,
+    events: EventFile,
+    *,
+    partitions: int,
+    merger: LearningMerger | None = None,
+    progress: bool,
+) -> float:
+    """Process every record; return the seconds spent processing.
+
+    With a ``merger``, the partitions' deltas go to it after each batch and the merges it
+    writes are read before the next batch's records, at their partitions' next offsets.
+    """
     placed = partitioned(zip(events.keys, events.records, strict=True), partitions)
-    records = ((key, value, partition, offset, 0) for key, value, partition, offset in placed)
+    records: Iterable[tuple[bytes | None, bytes, int, int, int]] = (
+        (key, value, partition, offset, 0) for key, value, partition, offset in placed
+    )
+    written: list[tuple[int, bytes]] = []  # merges not read yet
+    outputs = None
+    if merger is not None:
+        records = _with_merges(records, written, partitions)
+
+        def outputs(taken: Sequence[Output]) -> None:
+            for output in taken:
+                if output.kind == "learning":
+                    written.extend(merger.feed(decode_delta(output.value)))
+
     with tqdm(
         total=len(events.records),
         unit="ev",
@@ -237,7 +272,25 @@ def _run(processor: Processor, events: EventFile, *, partitions: int, progress: 
         disable=not progress,
         desc="evaluate",
     ) as bar:
-        return drive(processor, records, batch=_CHUNK, progress=bar.update).seconds
+        batch = _CHUNK if merger is None else _MERGE_BATCH
+        return drive(processor, records, batch=batch, outputs=outputs, progress=bar.update).seconds
+
+
+def _with_merges(
+    records: Iterable[tuple[bytes | None, bytes, int, int, int]],
+    written: list[tuple[int, bytes]],
+    partitions: int,
+) -> Iterator[tuple[bytes | None, bytes, int, int, int]]:
+    """``records``, and before each the merges ``written`` so far, offsets counted anew."""
+    offsets = [0] * partitions
+    for key, value, partition, _, timestamp_ms in records:
+        if written:
+            for target, merge in written:
+                yield CONTROL_KEY, merge, target, offsets[target], timestamp_ms
+                offsets[target] += 1
+            written.clear()
+        yield key, value, partition, offsets[partition], timestamp_ms
+        offsets[partition] += 1
 
 
 def plot_series(

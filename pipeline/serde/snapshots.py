@@ -84,8 +84,8 @@ _T = TypeVar("_T", bound=type)
 #: ottscore's own classes by the name a snapshot stores them under, and back.
 _CLASSES: dict[str, type] = {}
 _NAMES: dict[type, str] = {}
-#: Importing it registers every class a partition's models pickle (see :func:`stored_as`).
-_MODELS_PACKAGE = "pipeline.models.partition"
+#: Importing them registers every class a partition's models pickle (see :func:`stored_as`).
+_MODELS_MODULES = ("pipeline.models.partition", "pipeline.models.exchange")
 
 
 def stored_as(name: str) -> Callable[[_T], _T]:
@@ -117,7 +117,8 @@ def stored_as(name: str) -> Callable[[_T], _T]:
 def _stored_class(name: str) -> type:
     """The class stored as ``name`` (what a snapshot calls to get one of ours)."""
     if name not in _CLASSES:
-        importlib.import_module(_MODELS_PACKAGE)
+        for module in _MODELS_MODULES:
+            importlib.import_module(module)
     try:
         return _CLASSES[name]
     except KeyError:

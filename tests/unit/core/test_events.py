@@ -56,6 +56,7 @@ def test_reject_reasons_are_exactly_the_contract() -> None:
         *("empty", "oversized", "not_utf8", "not_json", "not_object", "missing_field"),
         *("wrong_type", "invalid_value", "unknown_type", "unsupported_schema_version"),
         *("bad_timestamp", "future_timestamp", "processing_error", "unknown_artwork"),
+        "bad_learning_record",
     }
     assert EVENT_TYPES == ("play", "pause", "search", "click")
 
@@ -377,6 +378,7 @@ SCHEMA_NAMES = (
     *("envelope", "play", "pause", "search", "click", "event"),
     *("dlq", "churn", "personalization", "signal", "catalog", "quarantine"),
     *("experiment", "kpi_partial", "kpi", "experiment_result", "action", "consent"),
+    *("learning", "learning_merge"),
 )
 
 

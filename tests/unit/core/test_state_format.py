@@ -15,12 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
+from pipeline.core.events import Event, encode_event
 from pipeline.core.features import CHURN_FEATURES
 from pipeline.core.processor import Processor
 from pipeline.core.state import UserState
 from pipeline.core.state_codec import _SCALARS, FORMAT, StateUnreadable, decode, encode
 from pipeline.models.churn import LogisticChurn
+from pipeline.models.exchange import Merge, PartitionShare
 from pipeline.models.partition import PartitionModels
+from pipeline.models.shared import Delta
 from pipeline.serde.snapshots import seal, unseal
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
@@ -206,3 +209,33 @@ def test_a_churn_model_of_the_previous_release_scores_without_the_poisson_offset
     fresh = LogisticChurn()
     assert fresh.hazard == 1.0 and fresh.model_version == "churn-logreg-4"
     assert fresh.predict_proba_one(x) == pytest.approx(math.exp(-0.5 / 7.0 * 14.0), rel=1e-9)
+
+
+def test_a_snapshot_of_the_first_release_that_shares_learning_restores_and_goes_on() -> None:
+    """Its side of the exchange comes back: the epoch, the start, the merges folded."""
+    blob = (FIXTURES / "snapshot-shared-first.bin").read_bytes()
+    header, models = unseal(blob, key=b"fixture-key", app_id="ottscore", partition=0)
+    side = models.shared
+    assert isinstance(side, PartitionShare) and side.every_ms == 3_600_000
+    assert side.epoch is not None and side.base is not None and side.folded > (0, 0)
+    processor = Processor(Settings(share_every_s=3600), clock=lambda: 4_102_444_800.0)
+    processor.install_models(0, models)
+    again = Merge(side.folded[0], 0, 1, side.epoch, Delta(at_ms=side.epoch * side.every_ms))
+    assert not side.fold(models, again)  # folded before the snapshot: skipped
+    hour = (side.epoch + 1) * side.every_ms  # the next epoch: its delta is published
+    event = Event("e-next", "play", "u-next", hour + 1, item_id="m-next", position_s=0.0)
+    processor.process(encode_event(event), key=b"u-next", partition=0, offset=header.offset + 1)
+    kinds = [output.kind for output in processor.take_outbox()]
+    assert "learning" in kinds and processor.tally.learning_published == 1
+    assert models.shared is side and side.epoch == hour // side.every_ms
+
+
+def test_a_snapshot_before_shared_learning_starts_its_side_when_sharing_is_on() -> None:
+    blob = (FIXTURES / "snapshot-format-3.bin").read_bytes()
+    header, models = unseal(blob, key=b"fixture-key", app_id="ottscore", partition=0)
+    assert models.shared is None
+    processor = Processor(Settings(share_every_s=3600), clock=lambda: 4_102_444_800.0)
+    processor.install_models(0, models)
+    event = Event("e-next", "play", "u-next", 1_795_378_503_120, item_id="m-next", position_s=0.0)
+    processor.process(encode_event(event), key=b"u-next", partition=0, offset=header.offset + 1)
+    assert isinstance(models.shared, PartitionShare) and models.shared.base is not None

@@ -1,0 +1,431 @@
+"""Learning shared between workers: each partition's deltas out, the others' merge folded in.
+
+:class:`~pipeline.models.shared.SharedLearning` merges the partitions of one process at the
+same instant. Workers own different partitions, so the worker exchanges the same deltas
+over Kafka (``OTTSCORE_SHARE_EVERY_S``; ``docs/quality.md`` has the measurements):
+
+1. **A partition publishes what it learnt.** At its first event of a new epoch of event
+   time, each partition's :class:`PartitionShare` takes its models' delta since the
+   epoch's start and the processor publishes it (output kind ``learning``, the one-partition
+   topic ``OTTSCORE_TOPIC_LEARNING``), in order with the partition's other outputs.
+2. **One merger combines them.** The worker that owns that topic's partition runs a
+   :class:`LearningMerger`: once every partition of the events topic has passed an epoch
+   (or, for a partition without events, once another is ``wait_epochs`` epochs further), it
+   writes to each partition of the events topic one record (key :data:`CONTROL_KEY`) with
+   what *the others* learnt, in chunks of at most :data:`CHOICES_PER_RECORD` choices.
+3. **Each partition folds it where it is in its log.** The processor folds the merge at
+   that record's offset (:meth:`PartitionShare.fold`), so a replay of the events topic
+   reproduces every score; the merge number and chunk say which were folded already (a
+   record read again after a restart is not folded twice).
+
+A partition's side is stored with its models (the snapshot), so a worker that restarts
+or takes a partition over goes on from the merged models, and its next delta holds only
+that partition's own learning. The merger's state is stored in the worker's table after
+its records are acknowledged: after a crash it writes a merge again rather than never,
+and the partitions skip what they folded.
+
+Examples
+--------
+>>> from pipeline.config import Settings
+>>> from pipeline.models.partition import PartitionModels
+>>> models = {p: PartitionModels.create(Settings(), partition=p, catalog={}) for p in (0, 1)}
+>>> sides = {p: PartitionShare(every_ms=3_600_000) for p in models}
+>>> merger = LearningMerger(partitions=2)
+>>> [sides[p].at(models[p], 0) for p in models]   # each partition starts its epoch
+[None, None]
+>>> reco = models[0].recommender
+>>> reco.choose("u1", reco.items.index("a1"), previous=None, genres=None, ts_ms=5)
+>>> records = []
+>>> for p in models:  # each partition reaches the next epoch and publishes its delta
+...     delta = sides[p].at(models[p], 3_600_000)
+...     delta.partition = p
+...     records += merger.feed(decode_delta(encode_delta(delta)))
+>>> [(p, decode_merge(value).chunk) for p, value in records]  # partition 0 learnt alone
+[(1, 0)]
+>>> merge = decode_merge(records[0][1])
+>>> sides[1].fold(models[1], merge)
+True
+>>> sides[1].fold(models[1], merge)   # read again after a restart: not folded twice
+False
+>>> [models[1].recommender.items.ids[i] for i in models[1].recommender.trending.top(1)]
+['a1']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+from pipeline.models.partition import PartitionModels
+from pipeline.models.shared import (
+    Delta,
+    _Base,
+    _Moments,
+    _Step,
+    combine,
+    fold,
+    learnt_since,
+    start_of,
+)
+from pipeline.serde.snapshots import stored_as
+
+__all__ = [
+    "CHOICES_PER_RECORD",
+    "CONTROL_KEY",
+    "LearningMerger",
+    "Merge",
+    "PartitionShare",
+    "decode_delta",
+    "decode_merge",
+    "encode_delta",
+    "encode_merge",
+]
+
+CONTROL_KEY: Final = b"\x00ottscore.shared-learning"
+"""Key of the merger's records in the events topic (no user id starts with a NUL byte)."""
+
+CHOICES_PER_RECORD: Final = 20_000
+"""The most choices one merge record carries (~0.6 MB of JSON); more go in further chunks."""
+
+WIRE_VERSION: Final = 1
+
+
+@stored_as("PartitionShare")
+class PartitionShare:
+    """A partition's side of the exchange: its epoch, its start, the merges folded.
+
+    :meth:`at` gives the partition's delta when its events reach a new epoch;
+    :meth:`fold` adds the others' merge. What the partition learnt between an epoch's
+    start and a fold is kept aside (``pending``) and published with the rest of the epoch,
+    so a delta never carries what came from the others.
+    """
+
+    def __init__(self, *, every_ms: int) -> None:
+        if every_ms <= 0:
+            raise ValueError(f"every_ms must be positive, not {every_ms}")
+        self.every_ms = every_ms
+        self.epoch: int | None = None
+        self.base: _Base | None = None
+        self.pending: Delta | None = None
+        self.folded: tuple[int, int] = (-1, -1)  # (merge, chunk) folded last
+
+    def next_ms(self) -> int | None:
+        """The event time at which :meth:`at` gives a delta (None: at the next event)."""
+        return None if self.epoch is None else (self.epoch + 1) * self.every_ms
+
+    def at(self, models: PartitionModels, ts_ms: int) -> Delta | None:
+        """Event time ``ts_ms`` reached on this partition: its delta, if an epoch ended.
+
+        The delta's ``epoch`` is the last it covers, the one before ``ts_ms``'s (the
+        partition passed every epoch up to it, with events or not); its ``partition`` is
+        for the caller to set. The first call starts the first epoch.
+        """
+        epoch = ts_ms // self.every_ms
+        if self.epoch is not None and epoch <= self.epoch:
+            return None
+        ended, self.epoch = self.epoch, epoch
+        base, pending = self.base, self.pending
+        if ended is None or base is None:
+            self.base, self.pending = start_of(models), None
+            return None
+        at_ms = epoch * self.every_ms
+        learnt = learnt_since(models, base, at_ms)
+        delta = learnt if pending is None else combine([pending, learnt], at_ms=at_ms)
+        delta.epoch = epoch - 1
+        self.base, self.pending = start_of(models), None
+        return delta
+
+    def fold(self, models: PartitionModels, merge: Merge) -> bool:
+        """Fold the others' learning of ``merge`` into ``models``; False if it was already."""
+        if (merge.merge, merge.chunk) <= self.folded:
+            return False
+        self.folded = (merge.merge, merge.chunk)
+        base = self.base
+        if base is not None:  # what this partition learnt since its start, kept aside
+            learnt = learnt_since(models, base, merge.delta.at_ms)
+            pending = self.pending
+            self.pending = (
+                learnt if pending is None else combine([pending, learnt], at_ms=learnt.at_ms)
+            )
+        fold(models, merge.delta)
+        if base is not None:
+            self.base = start_of(models)
+        return True
+
+
+@dataclass(slots=True)
+class Merge:
+    """One record of the merger: chunk ``chunk`` of ``chunks`` of merge number ``merge``.
+
+    ``delta`` is what the other partitions learnt by ``epoch``; chunks after the first
+    carry only more of its choices.
+    """
+
+    merge: int
+    chunk: int
+    chunks: int
+    epoch: int
+    delta: Delta
+
+
+class LearningMerger:
+    """Every partition's deltas in; for each partition, the merge of the others' out.
+
+    :meth:`feed` takes one delta (in the order of the learning topic) and returns the
+    records to write, as ``(events partition, value)``, once an epoch is complete: every
+    partition has published a delta of it or of a later epoch, or some partition is
+    ``wait_epochs`` epochs further (a partition without events does not hold the others
+    back). A delta of an epoch merged already (a late one) joins the next merge; one of an
+    epoch its partition published before (a replay after a restart) is dropped.
+    """
+
+    def __init__(self, *, partitions: int, wait_epochs: int = 2) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be at least 1, not {partitions}")
+        self.partitions = partitions
+        self.wait_epochs = wait_epochs
+        self.seen: dict[int, int] = {}  # partition -> the last epoch it published
+        self.open: dict[int, list[Delta]] = {}  # epoch -> the deltas to merge at it
+        self.merged_epoch = -1  # the last epoch merged
+        self.merges = 0  # merges written
+        self.dropped = 0  # deltas published again, dropped
+
+    def feed(self, delta: Delta) -> list[tuple[int, bytes]]:
+        """Take one partition's delta; the records of the merges it completes."""
+        partition, epoch = delta.partition, delta.epoch
+        if not 0 <= partition < self.partitions:
+            raise ValueError(f"partition {partition} is not one of {self.partitions}")
+        if epoch <= self.seen.get(partition, -1):
+            self.dropped += 1
+            return []
+        self.seen[partition] = epoch
+        self.open.setdefault(max(epoch, self.merged_epoch + 1), []).append(delta)
+        records: list[tuple[int, bytes]] = []
+        latest = max(self.seen.values())
+        while self.open:
+            first = min(self.open)
+            passed = all(self.seen.get(p, -1) >= first for p in range(self.partitions))
+            if not passed and latest < first + self.wait_epochs:
+                break
+            records += self._records(first, self.open.pop(first))
+            self.merged_epoch = first
+        return records
+
+    def _records(self, epoch: int, deltas: list[Delta]) -> list[tuple[int, bytes]]:
+        self.merges += 1
+        at_ms = max(delta.at_ms for delta in deltas)
+        records = []
+        for partition in range(self.partitions):
+            others = [d for d in deltas if d.partition != partition and not d.is_empty()]
+            if others:
+                merged = combine(others, at_ms=at_ms)
+                records += [(partition, r) for r in encode_merge(self.merges, epoch, merged)]
+        return records
+
+    def to_bytes(self) -> bytes:
+        """The merger's state, for :meth:`from_bytes` after a restart."""
+        return orjson.dumps(
+            {
+                "schema_version": WIRE_VERSION,
+                "partitions": self.partitions,
+                "wait_epochs": self.wait_epochs,
+                "seen": [[p, e] for p, e in sorted(self.seen.items())],
+                "open": [[e, [_delta_json(d) for d in ds]] for e, ds in sorted(self.open.items())],
+                "merged_epoch": self.merged_epoch,
+                "merges": self.merges,
+                "dropped": self.dropped,
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+
+    @classmethod
+    def from_stored(
+        cls, data: bytes | None, *, partitions: int, wait_epochs: int
+    ) -> LearningMerger:
+        """The merger stored as ``data`` (a new one when None), for ``partitions`` partitions.
+
+        Partitions added to the events topic since join; the wait is the configured one.
+        """
+        merger = cls(partitions=partitions, wait_epochs=wait_epochs)
+        if data is None:
+            return merger
+        stored = orjson.loads(data)
+        merger.partitions = max(partitions, int(stored["partitions"]))
+        merger.seen = {int(p): int(e) for p, e in stored["seen"]}
+        merger.open = {int(e): [_delta_of(d) for d in ds] for e, ds in stored["open"]}
+        merger.merged_epoch = int(stored["merged_epoch"])
+        merger.merges = int(stored["merges"])
+        merger.dropped = int(stored["dropped"])
+        return merger
+
+
+# --- the wire format ---------------------------------------------------------------------
+
+
+def encode_delta(delta: Delta) -> bytes:
+    """A partition's delta as the JSON record of ``schemas/learning.schema.json``."""
+    return orjson.dumps(_delta_json(delta), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode_delta(data: bytes | None) -> Delta:
+    """The delta of :func:`encode_delta`; ``ValueError`` (saying why) when it is not one."""
+    return _delta_of(_loads(data))
+
+
+def encode_merge(merge: int, epoch: int, delta: Delta) -> list[bytes]:
+    """The records of one partition's merge: its choices in chunks (the first has the rest)."""
+    choices = delta.choices
+    chunks = max(1, math.ceil(len(choices) / CHOICES_PER_RECORD))
+    records = []
+    for chunk in range(chunks):
+        part = choices[chunk * CHOICES_PER_RECORD : (chunk + 1) * CHOICES_PER_RECORD]
+        if chunk == 0:
+            body = Delta(**{name: getattr(delta, name) for name in Delta.__slots__})
+            body.choices = part
+        else:
+            body = Delta(at_ms=delta.at_ms, half_life_ms=delta.half_life_ms, choices=part)
+        record = {"merge": merge, "chunk": chunk, "chunks": chunks, "epoch": epoch}
+        records.append(
+            orjson.dumps(
+                {"schema_version": WIRE_VERSION, **record, "delta": _delta_json(body)},
+                option=orjson.OPT_SERIALIZE_NUMPY,
+            )
+        )
+    return records
+
+
+def decode_merge(data: bytes | None) -> Merge:
+    """One merge record (:func:`encode_merge`); ``ValueError`` (saying why) when it is not one."""
+    record = _loads(data)
+    try:
+        merge = Merge(
+            _int(record["merge"]),
+            _int(record["chunk"]),
+            _int(record["chunks"]),
+            _int(record["epoch"]),
+            _delta_of(record["delta"]),
+        )
+    except KeyError as missing:
+        raise ValueError(f"missing field {missing}") from None
+    if not 0 <= merge.chunk < merge.chunks or merge.merge < 1:
+        raise ValueError(f"chunk {merge.chunk} of {merge.chunks} of merge {merge.merge}")
+    return merge
+
+
+def _loads(data: bytes | None) -> dict[str, Any]:
+    if not data:
+        raise ValueError("empty")
+    try:
+        record = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise ValueError("not an object")
+    if record.get("schema_version") != WIRE_VERSION:
+        raise ValueError(f"unsupported schema_version {record.get('schema_version')!r}")
+    return record
+
+
+def _delta_json(delta: Delta) -> dict[str, Any]:
+    return {
+        "schema_version": WIRE_VERSION,
+        "partition": delta.partition,
+        "epoch": delta.epoch,
+        "at_ms": delta.at_ms,
+        "half_life_ms": delta.half_life_ms,
+        "trending": delta.trending,
+        "choices": delta.choices,
+        "genres": delta.genres,
+        "genre_total": delta.genre_total,
+        "users": delta.users,
+        "linear": {
+            name: {
+                "n": step.moments.n,
+                "mean": step.moments.mean,
+                "m2": step.moments.m2,
+                "weights": step.weights,
+                "intercept": step.intercept,
+            }
+            for name, step in delta.linear.items()
+        },
+    }
+
+
+def _delta_of(record: Any) -> Delta:
+    """A :class:`Delta` from its JSON form, every field checked."""
+    if not isinstance(record, dict):
+        raise ValueError("delta is not an object")
+    try:
+        delta = Delta(
+            at_ms=_int(record["at_ms"]),
+            half_life_ms=_number(record["half_life_ms"]),
+            partition=_int(record["partition"]),
+            epoch=_int(record["epoch"]),
+            trending=_counts(record["trending"], "trending"),
+            choices=[_choice(c) for c in _list(record["choices"], "choices")],
+            genres=_counts(record["genres"], "genres"),
+            genre_total=_number(record["genre_total"]),
+            users=_int(record["users"]),
+            linear={name: _step(step) for name, step in _mapping(record["linear"]).items()},
+        )
+    except KeyError as missing:
+        raise ValueError(f"missing field {missing}") from None
+    if delta.half_life_ms <= 0:
+        raise ValueError(f"half_life_ms {delta.half_life_ms} is not positive")
+    return delta
+
+
+def _step(record: Any) -> _Step:
+    step = _mapping(record)
+    columns = [_vector(step[name]) for name in ("n", "mean", "m2", "weights")]
+    if len({len(column) for column in columns}) != 1:
+        raise ValueError("a linear step's columns differ in length")
+    n, mean, m2, weights = columns
+    return _Step(_Moments(n, mean, m2), weights, _number(step["intercept"]))
+
+
+def _vector(value: Any) -> np.ndarray:
+    values = [_number(v) for v in _list(value, "column")]
+    return np.array(values, dtype=float)
+
+
+def _choice(value: Any) -> tuple[str | None, str]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError(f"a choice is [previous, chosen], not {value!r:.80}")
+    previous, chosen = value
+    if not isinstance(chosen, str) or not (previous is None or isinstance(previous, str)):
+        raise ValueError(f"a choice names items, not {value!r:.80}")
+    return previous, chosen
+
+
+def _counts(value: Any, what: str) -> dict[str, float]:
+    return {str(k): _number(v) for k, v in _mapping(value, what).items()}
+
+
+def _mapping(value: Any, what: str = "linear") -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not an object")
+    return value
+
+
+def _list(value: Any, what: str) -> Iterable[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} is not a list")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{value!r:.40} is not a finite number")
+    return float(value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r:.40} is not an integer")
+    return value

@@ -1,0 +1,113 @@
+"""Shared learning on the real broker: deltas out, merges into every partition, replays agree.
+
+The worker publishes each partition's learning per epoch to the learning topic; its merger
+writes each partition of the events topic what the others learnt; the partitions fold it
+where it sits in their log. A replay of the events topic (merges included) through one
+in-process processor must then give every score the worker published, value for value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+from conftest import free_ports
+from kafka.consumer.fetcher import ConsumerRecord
+from worker_process import WorkerProcess, produce_all, read_topic, sum_samples
+
+from agents.worker.kafka import output_topics
+from pipeline.config import Settings
+from pipeline.core.processor import Processor
+from pipeline.models.exchange import CONTROL_KEY
+from pipeline.sim.simulate import SimulationConfig, Simulator
+
+DAY_MS = 86_400_000
+
+
+def _by_key(records: Iterable[ConsumerRecord]) -> dict[bytes, list[bytes]]:
+    grouped: dict[bytes, list[bytes]] = {}
+    for record in records:
+        grouped.setdefault(record.key, []).append(record.value)
+    return grouped
+
+
+def _merges(settings: Settings) -> int:
+    """Merge records in the events topic."""
+    return sum(r.key == CONTROL_KEY for r in read_topic(settings, settings.topic_events))
+
+
+def test_the_workers_partitions_fold_each_others_learning_and_a_replay_gives_every_score(
+    settings_factory, tmp_path: Path
+) -> None:
+    settings = settings_factory(metrics_port=free_ports(1)[0], share_every_s=3600)
+    records = list(Simulator(SimulationConfig(users=120, days=4, seed=4)).records())
+    days = [orjson.loads(value)["ts"][:10] for _, value in records]
+    sent = 0
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        for day in sorted(set(days)):  # a day at a time: merges land between the days
+            sent += produce_all(
+                settings, [r for r, d in zip(records, days, strict=True) if d == day]
+            )
+
+            def settled(sent: int = sent) -> bool:
+                try:
+                    samples = worker.samples()
+                except OSError:  # the endpoint is not up yet
+                    return False
+                folded = sum_samples(samples, "ottscore_learning_records_total")
+                events = sum_samples(samples, "ottscore_records_received_total") - folded
+                return events >= sent and folded == _merges(settings)
+
+            worker.wait_until(settled, timeout_s=120, what=f"processing {day}")
+            time.sleep(1.0)  # a merge the last deltas complete is written within it
+            worker.wait_until(settled, timeout_s=120, what=f"folding the merges of {day}")
+        samples = worker.samples()
+    finally:
+        assert worker.stop() == 0
+
+    log = read_topic(settings, settings.topic_events)
+    merges = [r for r in log if r.key == CONTROL_KEY]
+    assert {r.partition for r in merges} == set(range(settings.topic_partitions))
+    folded = samples[("ottscore_learning_records_total", frozenset({("outcome", "folded")}))]
+    assert folded == len(merges)
+    assert sum_samples(samples, "ottscore_learning_merges_total") > 24
+    assert sum_samples(samples, "ottscore_events_rejected_total") == 0
+    published = read_topic(settings, settings.topic_learning)
+    assert len(published) == sum_samples(samples, "ottscore_learning_published_total") > 4 * 24
+
+    replay = Processor(settings)
+    outputs: dict[tuple[str, bytes], list[bytes]] = {}
+    for record in log:  # partition by partition, in offset order
+        replay.process(
+            record.value,
+            key=record.key,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+        )
+        for output in replay.take_outbox():
+            outputs.setdefault((output.kind, output.key), []).append(output.value)
+    topics = output_topics(settings)
+    for kind in ("personalization", "churn", "learning"):
+        live = _by_key(read_topic(settings, topics[kind]))
+        assert live, kind
+        assert live == {key: values for (k, key), values in outputs.items() if k == kind}, kind
+
+    # the merges changed the lists: the same events without them give others
+    alone = Processor(settings.model_copy(update={"share_every_s": 0.0}))
+    changed = 0
+    lists = {key: values for (k, key), values in outputs.items() if k == "personalization"}
+    without: dict[bytes, list[bytes]] = {}
+    for record in log:
+        if record.key != CONTROL_KEY:
+            alone.process(
+                record.value, key=record.key, partition=record.partition, offset=record.offset
+            )
+        for output in alone.take_outbox():
+            if output.kind == "personalization":
+                without.setdefault(output.key, []).append(output.value)
+    changed = sum(without[key] != lists[key] for key in without)
+    assert changed > len(without) // 2

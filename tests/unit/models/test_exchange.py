@@ -1,0 +1,350 @@
+"""Learning shared between workers: deltas out, the others' merge in, each folded once.
+
+The properties drive each partition's side (:class:`PartitionShare`) with its own events,
+pass every delta and merge through their wire format and the :class:`LearningMerger`, fold
+each merge at once into its partition, and compare every partition, once all have passed
+the last epoch, with one model that learnt the whole stream (as ``test_shared`` does for
+the merge of one process).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_shared import HOUR_MS, ITEMS, _decayed, _following, _models
+
+from pipeline.config import Settings
+from pipeline.core.partitioning import partition_for
+from pipeline.core.processor import Processor
+from pipeline.models.exchange import (
+    CHOICES_PER_RECORD,
+    CONTROL_KEY,
+    LearningMerger,
+    PartitionShare,
+    decode_delta,
+    decode_merge,
+    encode_delta,
+)
+from pipeline.models.partition import PartitionModels
+from pipeline.models.shared import Delta
+from pipeline.serde.snapshots import seal, unseal
+from pipeline.sim.simulate import SimulationConfig, Simulator
+
+
+class Exchange:
+    """Partitions, their sides and one merger; merges folded as soon as they are written."""
+
+    def __init__(self, partitions: int, *, wait_epochs: int = 2) -> None:
+        self.models = _models(partitions)
+        self.sides = {p: PartitionShare(every_ms=HOUR_MS) for p in self.models}
+        self.merger = LearningMerger(partitions=partitions, wait_epochs=wait_epochs)
+        self.written: list[tuple[int, bytes]] = []
+
+    def at(self, partition: int, ts_ms: int) -> None:
+        delta = self.sides[partition].at(self.models[partition], ts_ms)
+        if delta is None:
+            return
+        delta.partition = partition
+        records = self.merger.feed(decode_delta(encode_delta(delta)))
+        self.written += records
+        for target, value in records:
+            self.sides[target].fold(self.models[target], decode_merge(value))
+
+    def everyone_at(self, ts_ms: int) -> None:
+        for partition in self.models:
+            self.at(partition, ts_ms)
+
+
+choices = st.lists(
+    st.tuples(
+        st.integers(0, 9),  # user
+        st.integers(0, len(ITEMS) - 1),  # chosen item
+        st.one_of(st.none(), st.integers(0, len(ITEMS) - 1)),  # previous item
+        st.integers(0, 5 * HOUR_MS),  # when, in the first five hours (sorted below)
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(stream=choices, partitions=st.integers(2, 4))
+def test_every_partition_counts_what_the_whole_stream_chose(
+    stream: Sequence[tuple[int, int, int | None, int]], partitions: int
+) -> None:
+    """Trending, "chosen next", genre and user counts of every partition equal the whole's."""
+    exchange = Exchange(partitions)
+    whole = _models(1)[0].recommender
+    exchange.everyone_at(0)
+    for user, item, previous, ts_ms in sorted(stream, key=lambda c: c[3]):
+        partition = user % partitions
+        exchange.at(partition, ts_ms)
+        for reco in (exchange.models[partition].recommender, whole):
+            reco.choose(
+                f"u{user}",
+                reco.items.index(ITEMS[item]),
+                previous=None if previous is None else reco.items.index(ITEMS[previous]),
+                genres=None,
+                ts_ms=ts_ms,
+            )
+    end = 6 * HOUR_MS
+    exchange.everyone_at(end)
+    assert not exchange.merger.open  # every delta merged
+    for partition in exchange.models.values():
+        reco = partition.recommender
+        for item_id in ITEMS:
+            assert math.isclose(
+                _decayed(reco.trending, item_id, end),
+                _decayed(whole.trending, item_id, end),
+                rel_tol=1e-9,
+                abs_tol=1e-12,
+            )
+            assert _following(reco, item_id) == _following(whole, item_id)
+        assert dict(reco.genre_counts) == pytest.approx(dict(whole.genre_counts))
+        assert reco.genre_total == whole.genre_total
+        assert reco.users_learned == len(whole.taste.users)
+
+
+rows = st.lists(
+    st.tuples(
+        st.integers(0, 9),  # user
+        st.integers(0, 5 * HOUR_MS),  # when
+        st.lists(st.floats(-5, 5, allow_nan=False), min_size=4, max_size=4),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(stream=rows, partitions=st.integers(2, 4))
+def test_every_partition_scales_as_the_whole_and_gets_every_step(
+    stream: Sequence[tuple[int, int, list[float], bool]], partitions: int
+) -> None:
+    """The merged scaler equals one that saw every row; the weights move by all the steps."""
+    exchange = Exchange(partitions)
+    whole = _models(1)[0].recommender.ranker
+    exchange.everyone_at(0)
+    steps = np.zeros(4)
+    for user, ts_ms, signals, chosen in sorted(stream, key=lambda r: r[1]):
+        partition = user % partitions
+        exchange.at(partition, ts_ms)
+        ranker = exchange.models[partition].recommender.ranker
+        before = ranker.weights.copy()
+        row = np.array([signals])
+        ranker.learn(row, np.array([chosen]))
+        steps += ranker.weights - before
+        whole.learn(row, np.array([chosen]))
+    exchange.everyone_at(6 * HOUR_MS)
+    for partition in exchange.models.values():
+        ranker = partition.recommender.ranker
+        assert ranker.count == whole.count
+        np.testing.assert_allclose(ranker.means, whole.means, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(ranker.vars, whole.vars, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(ranker.weights, steps, rtol=1e-9, atol=1e-12)
+
+
+def _choose(models: PartitionModels, user: str, item: str, ts_ms: int) -> None:
+    reco = models.recommender
+    reco.choose(user, reco.items.index(item), previous=None, genres=None, ts_ms=ts_ms)
+
+
+def test_what_a_partition_learns_before_a_fold_is_published_as_its_own() -> None:
+    """Learning between an epoch's start and a fold goes out with the epoch, the fold's never."""
+    exchange = Exchange(2)
+    exchange.everyone_at(0)
+    _choose(exchange.models[0], "u0", "m1", 10)
+    exchange.at(1, HOUR_MS)  # partition 1 publishes epoch 0 (nothing), 0 has not passed it
+    _choose(exchange.models[1], "u1", "m2", HOUR_MS + 5)  # learnt before the fold
+    exchange.at(0, HOUR_MS + 10)  # epoch 0 complete: partition 1 folds partition 0's
+    assert [p for p, _ in exchange.written] == [1]
+    side = exchange.sides[1]
+    delta = side.at(exchange.models[1], 2 * HOUR_MS)
+    assert delta is not None
+    assert [c for _, c in delta.choices] == ["m2"]  # its own choice, not partition 0's m1
+    assert set(delta.trending) == {"m2"}
+    assert delta.users == 1
+
+
+def test_a_merge_is_folded_once_also_after_a_snapshot() -> None:
+    exchange = Exchange(2)
+    exchange.everyone_at(0)
+    _choose(exchange.models[0], "u0", "m1", 10)
+    exchange.everyone_at(HOUR_MS)
+    [(target, value)] = exchange.written
+    models, side = exchange.models[target], exchange.sides[target]
+    models.shared = side
+    blob = seal(models, key=b"k", app_id="a", partition=target, created_ms=0)
+    _, restored = unseal(blob, key=b"k", app_id="a", partition=target)
+    assert isinstance(restored, PartitionModels) and restored.shared is not None
+    total = restored.recommender.trending.total
+    assert not restored.shared.fold(restored, decode_merge(value))  # read again: skipped
+    assert restored.recommender.trending.total == total > 0
+
+
+def test_a_late_delta_joins_the_next_merge_and_one_published_again_is_dropped() -> None:
+    merger = LearningMerger(partitions=2, wait_epochs=2)
+
+    def delta(partition: int, epoch: int, item: str) -> Delta:
+        at_ms = (epoch + 1) * HOUR_MS
+        return Delta(at_ms=at_ms, partition=partition, epoch=epoch, trending={item: 1.0})
+
+    assert merger.feed(delta(0, 0, "a")) == []  # partition 1 has not passed epoch 0
+    assert merger.feed(delta(0, 1, "b")) == []
+    written = merger.feed(delta(0, 2, "c"))  # 2 epochs further: epoch 0 waits no more
+    assert [p for p, _ in written] == [1] and merger.merged_epoch == 0
+    assert decode_merge(written[0][1]).delta.trending == {"a": 1.0}
+    assert merger.feed(delta(1, 0, "z")) == []  # partition 1's epoch 0, after its merge
+    written = merger.feed(delta(1, 1, "y"))  # it passed epoch 1: the next merge is complete
+    assert merger.merged_epoch == 1
+    merge = {p: decode_merge(v) for p, v in written}
+    # the late one came with it, valued an hour later (half-life 3 days)
+    assert merge[0].delta.trending == pytest.approx({"z": 2 ** (-1 / 72), "y": 1.0})
+    assert merge[1].delta.trending == {"b": 1.0}
+    assert merger.feed(delta(1, 1, "y")) == [] and merger.dropped == 1  # published again
+    again = LearningMerger.from_stored(merger.to_bytes(), partitions=2, wait_epochs=2)
+    assert again.to_bytes() == merger.to_bytes()
+    assert again.feed(delta(1, 2, "x")) == merger.feed(delta(1, 2, "x"))
+
+
+def test_many_choices_come_in_chunks_folded_in_order() -> None:
+    merger = LearningMerger(partitions=2)
+    many = [(None, f"m{i % 12}") for i in range(CHOICES_PER_RECORD + 5)]
+    merger.feed(Delta(at_ms=HOUR_MS, partition=0, epoch=0, choices=many, users=3))
+    written = merger.feed(Delta(at_ms=HOUR_MS, partition=1, epoch=0))
+    chunks = [decode_merge(value) for _, value in written]
+    assert [(m.chunk, m.chunks) for m in chunks] == [(0, 2), (1, 2)]
+    assert [c for m in chunks for c in m.delta.choices] == many
+    assert chunks[1].delta.users == 0 and chunks[0].delta.users == 3
+    models = _models(2)[1]
+    side = PartitionShare(every_ms=HOUR_MS)
+    assert side.fold(models, chunks[0]) and side.fold(models, chunks[1])
+    assert not side.fold(models, chunks[0])
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (b"", "empty"),
+        (b"{oops", "not JSON"),
+        (b'{"schema_version": 2}', "schema_version"),
+        (b'{"schema_version": 1, "merge": 1}', "missing field"),
+        (
+            b'{"schema_version":1,"merge":1,"chunk":0,"chunks":1,"epoch":0,"delta":{'
+            b'"schema_version":1,"partition":-1,"epoch":-1,"at_ms":0,"half_life_ms":1.0,'
+            b'"trending":{"m1":"x"},"choices":[],"genres":{},"genre_total":0,"users":0,'
+            b'"linear":{}}}',
+            "finite number",
+        ),
+    ],
+)
+def test_a_bad_merge_record_is_dead_lettered_with_its_reason(value: bytes, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        decode_merge(value)
+    processor = Processor(Settings(share_every_s=3600))
+    processor.process(value, key=CONTROL_KEY, partition=0, offset=0)
+    [dlq] = processor.take_outbox()
+    assert dlq.kind == "dlq" and b"bad_learning_record" in dlq.value
+    assert processor.tally.rejected["bad_learning_record"] == processor.tally.received == 1
+
+
+def test_deltas_round_trip_exactly() -> None:
+    rng = np.random.default_rng(1)
+    models = _models(1)[0]
+    side = PartitionShare(every_ms=HOUR_MS)
+    side.at(models, 0)
+    reco = models.recommender
+    for i in range(50):
+        _choose(models, f"u{i % 7}", ITEMS[i % 5], i * 1000)
+        reco.ranker.learn(rng.normal(size=(1, 4)), np.array([i % 3 == 0]))
+    delta = side.at(models, HOUR_MS)
+    assert delta is not None and delta.linear and delta.trending
+    back = decode_delta(encode_delta(delta))
+    assert pickle.dumps(back.trending) == pickle.dumps(delta.trending)
+    assert back.choices == delta.choices
+    for name, step in delta.linear.items():
+        other = back.linear[name]
+        for a, b in zip(
+            (step.moments.n, step.moments.mean, step.moments.m2, step.weights),
+            (other.moments.n, other.moments.mean, other.moments.m2, other.weights),
+            strict=True,
+        ):
+            assert a.tobytes() == b.tobytes()
+        assert step.intercept == other.intercept
+
+
+def _loop(
+    partitions: int, events: Sequence[tuple[bytes, bytes]], settings: Settings
+) -> tuple[dict[int, list[tuple[bytes, bytes]]], dict[tuple[str, bytes], list[bytes]], Processor]:
+    """Run ``events`` through one processor of every partition and a merger, as the workers do.
+
+    The merges are appended to each partition's log as they are written (before its next
+    event). Returns each partition's log (events and merges, in offset order), the outputs
+    by key in order, and the processor.
+    """
+    processor = Processor(settings)
+    merger = LearningMerger(partitions=partitions, wait_epochs=settings.share_wait_epochs)
+    logs: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(partitions)}
+    outputs: dict[tuple[str, bytes], list[bytes]] = {}
+
+    def append(partition: int, key: bytes, value: bytes) -> None:
+        logs[partition].append((key, value))
+        processor.process(value, key=key, partition=partition, offset=len(logs[partition]) - 1)
+        for output in processor.take_outbox():
+            outputs.setdefault((output.kind, output.key), []).append(output.value)
+            if output.kind == "learning":
+                for target, record in merger.feed(decode_delta(output.value)):
+                    append(target, CONTROL_KEY, record)
+
+    for key, value in events:
+        append(partition_for(key, partitions), key, value)
+    return logs, outputs, processor
+
+
+def test_the_worker_loop_folds_the_others_learning_and_a_replay_gives_the_same_scores() -> None:
+    """Through the processor: deltas out, merges in the log, every score reproduced by a replay."""
+    simulator = Simulator(SimulationConfig(users=120, days=6, seed=4))
+    events = [(key, value) for key, value in simulator.records()]
+    settings = Settings(share_every_s=3600)
+    logs, outputs, processor = _loop(4, events, settings)
+    tally = processor.tally
+    published = [len(outputs.get(("learning", str(p).encode()), [])) for p in range(4)]
+    assert min(published) > 24 * 2  # every partition, less the hours it had no events in
+    assert sum(published) == tally.learning_published
+    assert (
+        tally.learning_records["folded"]
+        == sum(key == CONTROL_KEY for log in logs.values() for key, _ in log)
+        > 0
+    )
+    assert tally.received == (
+        sum(tally.consumed.values()) + tally.deduplicated + sum(tally.rejected.values())
+        + tally.already_applied + sum(tally.learning_records.values())
+    )  # fmt: skip
+
+    replay = Processor(settings)
+    replayed: dict[tuple[str, bytes], list[bytes]] = {}
+    for partition, log in logs.items():
+        for offset, (key, value) in enumerate(log):
+            replay.process(value, key=key, partition=partition, offset=offset)
+        for output in replay.take_outbox():
+            replayed.setdefault((output.kind, output.key), []).append(output.value)
+    assert replayed == outputs  # the merges sit in the log: the replay folds them alike
+
+    alone = Processor(Settings())  # the same events without the merges: other lists
+    lists: dict[bytes, list[bytes]] = {}
+    for partition, log in logs.items():
+        for offset, (key, value) in enumerate(log):
+            if key != CONTROL_KEY:
+                alone.process(value, key=key, partition=partition, offset=offset)
+        for output in alone.take_outbox():
+            if output.kind == "personalization":
+                lists.setdefault(output.key, []).append(output.value)
+    shared = {key: outputs[("personalization", key)] for key in lists}
+    assert sum(lists[key] != shared[key] for key in lists) > len(lists) // 2
