@@ -43,7 +43,7 @@ parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=l
 parser.add_argument(
     "--share-every-s", type=float, default=0.0, help="as ottscore evaluate's (0: no sharing)"
 )
-parser.add_argument("--share-mode", choices=["sum", "mean"], default="sum")
+parser.add_argument("--share-mode", choices=["sum", "mean", "workers"], default="sum")
 args = parser.parse_args()
 
 rows = []

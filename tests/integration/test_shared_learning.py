@@ -41,42 +41,57 @@ def _merges(settings: Settings) -> int:
 def test_the_workers_partitions_fold_each_others_learning_and_a_replay_gives_every_score(
     settings_factory, tmp_path: Path
 ) -> None:
-    settings = settings_factory(metrics_port=free_ports(1)[0], share_every_s=3600)
+    settings = settings_factory(
+        metrics_port=free_ports(1)[0], share_every_s=3600, snapshot_key="shared-test-key"
+    )
     records = list(Simulator(SimulationConfig(users=120, days=4, seed=4)).records())
     days = [orjson.loads(value)["ts"][:10] for _, value in records]
-    sent = 0
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    sent = merged_before = sent_before = 0
+    runs = []  # the last samples of each worker process
+    worker = WorkerProcess(settings, tmp_path / "worker-1.log").start()
     try:
-        for day in sorted(set(days)):  # a day at a time: merges land between the days
+        for n, day in enumerate(sorted(set(days))):  # a day at a time: merges land between
+            if n == 2:  # a restart: the next process goes on from the snapshots
+                runs.append(worker.samples())
+                assert worker.stop() == 0
+                sent_before, merged_before = sent, _merges(settings)
+                worker = WorkerProcess(settings, tmp_path / "worker-2.log").start()
             sent += produce_all(
                 settings, [r for r, d in zip(records, days, strict=True) if d == day]
             )
 
-            def settled(sent: int = sent) -> bool:
+            def settled(
+                worker: WorkerProcess = worker,
+                sent: int = sent - sent_before,
+                merged_before: int = merged_before,
+            ) -> bool:
                 try:
                     samples = worker.samples()
                 except OSError:  # the endpoint is not up yet
                     return False
                 folded = sum_samples(samples, "ottscore_learning_records_total")
                 events = sum_samples(samples, "ottscore_records_received_total") - folded
-                return events >= sent and folded == _merges(settings)
+                return events >= sent and folded == _merges(settings) - merged_before
 
             worker.wait_until(settled, timeout_s=120, what=f"processing {day}")
             time.sleep(1.0)  # a merge the last deltas complete is written within it
             worker.wait_until(settled, timeout_s=120, what=f"folding the merges of {day}")
-        samples = worker.samples()
+        runs.append(worker.samples())
     finally:
         assert worker.stop() == 0
+
+    def total(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return sum(run.get(key, 0.0) if labels else sum_samples(run, name) for run in runs)
 
     log = read_topic(settings, settings.topic_events)
     merges = [r for r in log if r.key == CONTROL_KEY]
     assert {r.partition for r in merges} == set(range(settings.topic_partitions))
-    folded = samples[("ottscore_learning_records_total", frozenset({("outcome", "folded")}))]
-    assert folded == len(merges)
-    assert sum_samples(samples, "ottscore_learning_merges_total") > 24
-    assert sum_samples(samples, "ottscore_events_rejected_total") == 0
+    assert total("ottscore_learning_records_total", outcome="folded") == len(merges)
+    assert total("ottscore_learning_merges_total") > 24
+    assert total("ottscore_events_rejected_total") == 0
     published = read_topic(settings, settings.topic_learning)
-    assert len(published) == sum_samples(samples, "ottscore_learning_published_total") > 4 * 24
+    assert len(published) == total("ottscore_learning_published_total") > 4 * 24
 
     replay = Processor(settings)
     outputs: dict[tuple[str, bytes], list[bytes]] = {}
