@@ -366,9 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["sum", "mean", "workers"],
         default="sum",
         help="sum: every partition takes the others' learning at each epoch at once, SGD "
-        "steps summed; mean: steps averaged; workers: as the workers exchange it, each "
-        "partition's delta at its own epoch end, merged once every partition passed it "
-        "(default sum)",
+        "steps summed; mean: steps averaged; workers: as the workers exchange it, through "
+        "the merger, each merge folded where it lands in its partition's log (default sum)",
     )
     ev.add_argument("--report", type=Path, required=True, help="write the JSON report here")
     ev.add_argument("--plot", type=Path, help="draw rolling quality over event time (PNG)")

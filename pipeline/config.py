@@ -304,16 +304,17 @@ class Settings(BaseSettings):
     share_every_s: float = Field(
         0.0,
         ge=0,
-        description="Shared learning between partitions: every this many seconds of event "
-        "time each partition publishes what its global models learnt (trending, chosen next, "
-        "genre counts, churn and ranker weights and scalers) and folds the others' merge "
-        "(docs/quality.md); 0: each partition learns alone.",
+        description="Shared learning between partitions: each time the event time a worker "
+        "reached enters a new epoch of this many seconds, each of its partitions publishes "
+        "what its global models learnt (trending, chosen next, genre counts, churn and "
+        "ranker weights and scalers), and folds the others' merge (docs/quality.md); 0: each "
+        "partition learns alone.",
     )
-    share_wait_epochs: int = Field(
-        2,
-        ge=1,
-        description="Shared learning: an epoch is merged once every partition passed it, or "
-        "once one partition is this many epochs further (a partition without events).",
+    share_merge_within_s: float = Field(
+        1.0,
+        gt=0,
+        description="Shared learning: the merger merges the partitions' deltas that arrive "
+        "within this many seconds (wall clock) into one record per partition.",
     )
     segments: int = Field(6, ge=2, le=32, description="Number of behavioural segments.")
     artwork_policy: Literal["bandit", "popular", "random"] = Field(

@@ -25,7 +25,7 @@ import faust
 import orjson
 from prometheus_client import CollectorRegistry
 
-from agents.worker.faust_patches import App, Refusal, Worker
+from agents.worker.faust_patches import App, Refusal, Worker, writing_for
 from agents.worker.health import Health, serve
 from agents.worker.ingest import IngestWorker, freeze_heap
 from agents.worker.kafka import faust_broker_settings, output_topics
@@ -199,9 +199,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         if in_use is None:
             count = app.consumer.topic_partitions(settings.topic_events) or 0
             in_use = mergers["in use"] = LearningMerger.from_stored(
-                combined.get(MERGER_KEY),
-                partitions=max(count, settings.topic_partitions),
-                wait_epochs=settings.share_wait_epochs,
+                combined.get(MERGER_KEY), partitions=max(count, settings.topic_partitions)
             )
         return in_use
 
@@ -209,21 +207,27 @@ def build_app(settings: Settings | None = None) -> faust.App:
     async def merge_learning(stream: faust.StreamT) -> None:
         """Merge the partitions' learning and write each partition the others' merge.
 
-        Into the events topic, at the partition's place in its log
-        (:mod:`pipeline.models.exchange`). As for the KPIs, the records are acknowledged
-        before the merger's state that gave them is written: a restart writes a merge
-        again rather than never, and the partitions skip what they folded. A record that
-        is not a delta is logged and skipped.
+        The deltas read within ``OTTSCORE_SHARE_MERGE_WITHIN_S`` make one merge, written
+        into the events topic at each partition's place in its log
+        (:mod:`pipeline.models.exchange`), numbered by the offset after its last delta in
+        the learning topic: the numbers grow whatever becomes of the merger's state, so a
+        partition never takes a new merge for one it folded. As for the KPIs, the records
+        are acknowledged before the merger's state that gave them is written: a restart
+        writes a merge again rather than never, and the partitions skip what they folded
+        (a crash in between can fold the deltas of that one batch twice). A record that is
+        not a delta is logged and skipped.
         """
         producer = app.producer
-        async for value in stream:
+        async for events in stream.take_events(10_000, within=settings.share_merge_within_s):
             in_use = merger()
             before = in_use.merges
-            try:
-                records = in_use.feed(decode_delta(value))
-            except ValueError as exc:  # the merger is as before it
-                log.error("learning record skipped (%s): %.200r", exc, value)
-                continue
+            for event in events:
+                try:
+                    in_use.feed(decode_delta(event.value))
+                except ValueError as exc:  # the merger is as before it
+                    log.error("learning record skipped (%s): %.200r", exc, event.value)
+            last = events[-1].message
+            records = in_use.flush(merge=last.offset + 1)  # numbered by the topic: monotonic
             if records:
                 by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
                 for partition, record in records:
@@ -240,7 +244,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
                     waiting.append(acknowledged)
                 await asyncio.gather(*waiting)  # a failure fails the next flush: the worker stops
             metrics.learning_merges.inc(in_use.merges - before)
-            combined[MERGER_KEY] = in_use.to_bytes()
+            with writing_for(app, last):  # a batch of events is outside Faust's iteration
+                combined[MERGER_KEY] = in_use.to_bytes()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:

@@ -174,8 +174,8 @@ class Metrics:
         )
         self.learning_merges = PromCounter(
             "ottscore_learning_merges_total",
-            "Epochs of shared learning merged by this worker's merger, each written to every "
-            "partition of the events topic.",
+            "Merges of shared learning this worker's merger wrote to the partitions of the "
+            "events topic (the deltas read within OTTSCORE_SHARE_MERGE_WITHIN_S make one).",
             registry=registry,
         )
         self.churn_rescores = PromCounter(

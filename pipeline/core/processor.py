@@ -170,7 +170,7 @@ class Processor:
         self._models: dict[int, PartitionModels] = {}
         self._sharing: SharedLearning | None = None
         self._share_every_ms = int(settings.share_every_s * 1000)
-        self._share_next: dict[int, int] = {}  # per partition, when its epoch ends
+        self._share_next_ms = -1  # when the epoch of the latest event time ends
         self._prediction_sink = prediction_sink
         self._clock = clock
         self._dirty: set[str] = set()
@@ -330,8 +330,8 @@ class Processor:
         timers = self.timers
         if self._sharing is not None:
             self._sharing.at(self._models, ts_ms)
-        elif self._share_every_ms and ts_ms >= self._share_next.get(partition, -1):
-            self._share(partition, ts_ms, timestamp_ms)
+        elif self._share_every_ms and ts_ms >= self._share_next_ms:
+            self._share(ts_ms, timestamp_ms)
         timers.advance(partition, ts_ms)
         self._cause = (ts_ms, timestamp_ms)
         kpis = self.kpis.get(partition)
@@ -341,13 +341,19 @@ class Processor:
         if timers.due(partition):
             self._fire_timers(partition)
 
-    def _share(self, partition: int, ts_ms: int, timestamp_ms: int) -> None:
-        """Publish what ``partition``'s models learnt if its events reached a new epoch."""
-        models = self.models(partition)
-        side = self._side(models)
-        delta = side.at(models, ts_ms)
-        self._share_next[partition] = side.next_ms() or -1
-        if delta is not None:
+    def _share(self, ts_ms: int, timestamp_ms: int) -> None:
+        """The latest event time entered a new epoch: each partition publishes its learning.
+
+        Every partition of this processor, with events since or not: a partition's learning
+        never waits for its next event (:mod:`pipeline.models.exchange`).
+        """
+        every = self._share_every_ms
+        self._share_next_ms = (ts_ms // every + 1) * every
+        for partition in sorted(self._models):
+            models = self._models[partition]
+            delta = self._side(models).at(models, ts_ms)
+            if delta is None or delta.is_empty():
+                continue
             delta.partition = partition
             self._outbox.append(
                 Output(
@@ -361,6 +367,7 @@ class Processor:
         side = models.shared
         if side is None or side.every_ms != self._share_every_ms:
             side = models.shared = PartitionShare(every_ms=self._share_every_ms)
+            side.start(models)
         return side
 
     def _fold_learning(
@@ -453,6 +460,8 @@ class Processor:
                 self.settings, partition=partition, catalog=self.catalog
             )
             self._models[partition] = models
+            if self._share_every_ms and self._sharing is None:
+                self._side(models)  # its learning from the first event on is published
         return models
 
     def share_learning(self, sharing: SharedLearning, *, partitions: int) -> None:
@@ -971,7 +980,6 @@ class Processor:
         self.kpis.pop(partition, None)
         self._kpi_next.pop(partition, None)
         self._kpi_marked.pop(partition, None)
-        self._share_next.pop(partition, None)
         self._models.pop(partition, None)
         for user_id in [u for u, s in self.users.items() if s.partition == partition]:
             del self.users[user_id]

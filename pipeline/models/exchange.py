@@ -4,25 +4,29 @@
 same instant. Workers own different partitions, so the worker exchanges the same deltas
 over Kafka (``OTTSCORE_SHARE_EVERY_S``; ``docs/quality.md`` has the measurements):
 
-1. **A partition publishes what it learnt.** At its first event of a new epoch of event
-   time, each partition's :class:`PartitionShare` takes its models' delta since the
-   epoch's start and the processor publishes it (output kind ``learning``, the one-partition
-   topic ``OTTSCORE_TOPIC_LEARNING``), in order with the partition's other outputs.
+1. **Each partition publishes what it learnt.** When the event time a processor has
+   reached (the latest of its partitions') enters a new epoch, each of its partitions'
+   :class:`PartitionShare` takes its models' delta since the last and the processor
+   publishes it (output kind ``learning``, the one-partition topic
+   ``OTTSCORE_TOPIC_LEARNING``). A partition without events publishes too: its learning
+   never waits for its next event.
 2. **One merger combines them.** The worker that owns that topic's partition runs a
-   :class:`LearningMerger`: once every partition of the events topic has passed an epoch
-   (or, for a partition without events, once another is ``wait_epochs`` epochs further), it
-   writes to each partition of the events topic one record (key :data:`CONTROL_KEY`) with
-   what *the others* learnt, in chunks of at most :data:`CHOICES_PER_RECORD` choices.
+   :class:`LearningMerger`: the deltas that arrived together are merged at once and each
+   partition of the events topic gets one record (key :data:`CONTROL_KEY`) with what *the
+   others* learnt, in chunks of at most :data:`CHOICES_PER_RECORD` choices. Nothing waits
+   for a slow or idle partition: its delta joins the merge it arrives in.
 3. **Each partition folds it where it is in its log.** The processor folds the merge at
-   that record's offset (:meth:`PartitionShare.fold`), so a replay of the events topic
-   reproduces every score; the merge number and chunk say which were folded already (a
+   that record's offset (:meth:`PartitionShare.fold`), so a replay of a partition's log
+   reproduces its scores; the merge number and chunk say which were folded already (a
    record read again after a restart is not folded twice).
 
-A partition's side is stored with its models (the snapshot), so a worker that restarts
-or takes a partition over goes on from the merged models, and its next delta holds only
-that partition's own learning. The merger's state is stored in the worker's table after
-its records are acknowledged: after a crash it writes a merge again rather than never,
-and the partitions skip what they folded.
+A partition's scores depend only on its log: its events and the merges in it. When it
+publishes, and what, changes what the *others* fold (which their logs then hold), never
+its own models. A partition's side is stored with its models (the snapshot), so a worker
+that restarts or takes a partition over goes on from the merged models, and its next delta
+holds only that partition's own learning. The merger's state is stored in the worker's
+table after its records are acknowledged: after a crash it writes a merge again rather
+than never, and the partitions skip what they folded.
 
 Examples
 --------
@@ -35,11 +39,11 @@ Examples
 [None, None]
 >>> reco = models[0].recommender
 >>> reco.choose("u1", reco.items.index("a1"), previous=None, genres=None, ts_ms=5)
->>> records = []
->>> for p in models:  # each partition reaches the next epoch and publishes its delta
+>>> for p in models:  # the next epoch: each partition publishes its delta
 ...     delta = sides[p].at(models[p], 3_600_000)
 ...     delta.partition = p
-...     records += merger.feed(decode_delta(encode_delta(delta)))
+...     merger.feed(decode_delta(encode_delta(delta)))
+>>> records = merger.flush(merge=1)
 >>> [(p, decode_merge(value).chunk) for p, value in records]  # partition 0 learnt alone
 [(1, 0)]
 >>> merge = decode_merge(records[0][1])
@@ -114,30 +118,30 @@ class PartitionShare:
         self.pending: Delta | None = None
         self.folded: tuple[int, int] = (-1, -1)  # (merge, chunk) folded last
 
-    def next_ms(self) -> int | None:
-        """The event time at which :meth:`at` gives a delta (None: at the next event)."""
-        return None if self.epoch is None else (self.epoch + 1) * self.every_ms
+    def start(self, models: PartitionModels) -> None:
+        """Start telling what ``models`` learn from now on (before the first epoch's end)."""
+        self.base, self.pending = start_of(models), None
 
     def at(self, models: PartitionModels, ts_ms: int) -> Delta | None:
-        """Event time ``ts_ms`` reached on this partition: its delta, if an epoch ended.
+        """Event time ``ts_ms`` reached: the partition's delta, if it entered a new epoch.
 
-        The delta's ``epoch`` is the last it covers, the one before ``ts_ms``'s (the
-        partition passed every epoch up to it, with events or not); its ``partition`` is
-        for the caller to set. The first call starts the first epoch.
+        The delta's ``epoch`` is the last it covers, the one before ``ts_ms``'s; its
+        ``partition`` is for the caller to set. Without a start (:meth:`start`), the
+        first call starts.
         """
         epoch = ts_ms // self.every_ms
         if self.epoch is not None and epoch <= self.epoch:
             return None
-        ended, self.epoch = self.epoch, epoch
+        self.epoch = epoch
         base, pending = self.base, self.pending
-        if ended is None or base is None:
-            self.base, self.pending = start_of(models), None
+        if base is None:
+            self.start(models)
             return None
         at_ms = epoch * self.every_ms
         learnt = learnt_since(models, base, at_ms)
         delta = learnt if pending is None else combine([pending, learnt], at_ms=at_ms)
         delta.epoch = epoch - 1
-        self.base, self.pending = start_of(models), None
+        self.start(models)
         return delta
 
     def fold(self, models: PartitionModels, merge: Merge) -> bool:
@@ -176,67 +180,94 @@ class Merge:
 class LearningMerger:
     """Every partition's deltas in; for each partition, the merge of the others' out.
 
-    :meth:`feed` takes one delta (in the order of the learning topic) and returns the
-    records to write, as ``(events partition, value)``, once an epoch is complete: every
-    partition has published a delta of it or of a later epoch, or some partition is
-    ``wait_epochs`` epochs further (a partition without events does not hold the others
-    back). A delta of an epoch merged already (a late one) joins the next merge; one of an
-    epoch its partition published before (a replay after a restart) is dropped.
+    :meth:`feed` takes the deltas in the order of the learning topic; :meth:`flush`
+    merges those fed since the last flush and returns the records to write, as
+    ``(events partition, value)``: each partition gets what the others learnt. The worker
+    flushes after each batch it reads (at most ``OTTSCORE_SHARE_MERGE_WITHIN_S`` apart),
+    so a partition's learning reaches the others within seconds whatever the others are
+    doing: nothing waits for a slow or idle partition. A delta of an epoch its partition
+    published before (again, after a restart) is dropped.
     """
 
-    def __init__(self, *, partitions: int, wait_epochs: int = 2) -> None:
+    def __init__(self, *, partitions: int) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be at least 1, not {partitions}")
         self.partitions = partitions
-        self.wait_epochs = wait_epochs
         self.seen: dict[int, int] = {}  # partition -> the last epoch it published
-        self.open: dict[int, list[Delta]] = {}  # epoch -> the deltas to merge at it
-        self.merged_epoch = -1  # the last epoch merged
+        self.pending: list[Delta] = []  # fed since the last flush
         self.merges = 0  # merges written
         self.dropped = 0  # deltas published again, dropped
 
-    def feed(self, delta: Delta) -> list[tuple[int, bytes]]:
-        """Take one partition's delta; the records of the merges it completes."""
+    def feed(self, delta: Delta) -> None:
+        """Take one partition's delta (``ValueError`` for a partition it does not know)."""
         partition, epoch = delta.partition, delta.epoch
         if not 0 <= partition < self.partitions:
             raise ValueError(f"partition {partition} is not one of {self.partitions}")
         if epoch <= self.seen.get(partition, -1):
             self.dropped += 1
-            return []
+            return
         self.seen[partition] = epoch
-        self.open.setdefault(max(epoch, self.merged_epoch + 1), []).append(delta)
-        records: list[tuple[int, bytes]] = []
-        latest = max(self.seen.values())
-        while self.open:
-            first = min(self.open)
-            passed = all(self.seen.get(p, -1) >= first for p in range(self.partitions))
-            if not passed and latest < first + self.wait_epochs:
-                break
-            records += self._records(first, self.open.pop(first))
-            self.merged_epoch = first
-        return records
+        self.pending.append(delta)
 
-    def _records(self, epoch: int, deltas: list[Delta]) -> list[tuple[int, bytes]]:
-        self.merges += 1
+    def flush(self, *, merge: int) -> list[tuple[int, bytes]]:
+        """The records of merge number ``merge``: the deltas fed since the last flush.
+
+        ``merge`` must be greater than every number before it (the worker gives the
+        learning topic's offset after the last delta): a partition folds a merge only if
+        its number is greater than the last it folded.
+        """
+        if not self.pending:
+            return []
+        pending, self.pending = self.pending, []
+        return self._records(merge, max(delta.epoch for delta in pending), pending)
+
+    def _records(self, merge: int, epoch: int, deltas: list[Delta]) -> list[tuple[int, bytes]]:
+        """Each partition's merge of the others' ``deltas``, in partition order.
+
+        With the merges of the partitions before and after each (prefix and suffix), so
+        that an epoch costs a number of merges linear in the partitions, not quadratic.
+        """
         at_ms = max(delta.at_ms for delta in deltas)
+        learnt: dict[int, list[Delta]] = {}
+        for delta in deltas:
+            if not delta.is_empty():
+                learnt.setdefault(delta.partition, []).append(delta)
+        order = sorted(learnt)
+        if not order:
+            return []
+        self.merges += 1
+        own = [combine(learnt[p], at_ms=at_ms) for p in order]
+        before: list[Delta | None] = [None]  # before[i]: the merge of own[:i]
+        for delta in own[:-1]:
+            last = before[-1]
+            before.append(delta if last is None else combine([last, delta], at_ms=at_ms))
+        after: list[Delta | None] = [None]  # after[j]: the merge of own[len - j:]
+        for delta in reversed(own[1:]):
+            last = after[-1]
+            after.append(delta if last is None else combine([delta, last], at_ms=at_ms))
+        after.reverse()  # now after[i]: the merge of own[i + 1:]
+        index = {p: i for i, p in enumerate(order)}
         records = []
         for partition in range(self.partitions):
-            others = [d for d in deltas if d.partition != partition and not d.is_empty()]
-            if others:
-                merged = combine(others, at_ms=at_ms)
-                records += [(partition, r) for r in encode_merge(self.merges, epoch, merged)]
+            i = index.get(partition)
+            parts = (
+                [d for d in (before[-1], own[-1]) if d is not None]
+                if i is None
+                else [d for d in (before[i], after[i]) if d is not None]
+            )
+            if parts:
+                merged = combine(parts, at_ms=at_ms)
+                records += [(partition, r) for r in encode_merge(merge, epoch, merged)]
         return records
 
     def to_bytes(self) -> bytes:
-        """The merger's state, for :meth:`from_bytes` after a restart."""
+        """The merger's state, for :meth:`from_stored` after a restart."""
         return orjson.dumps(
             {
                 "schema_version": WIRE_VERSION,
                 "partitions": self.partitions,
-                "wait_epochs": self.wait_epochs,
                 "seen": [[p, e] for p, e in sorted(self.seen.items())],
-                "open": [[e, [_delta_json(d) for d in ds]] for e, ds in sorted(self.open.items())],
-                "merged_epoch": self.merged_epoch,
+                "pending": [_delta_json(d) for d in self.pending],
                 "merges": self.merges,
                 "dropped": self.dropped,
             },
@@ -244,21 +275,18 @@ class LearningMerger:
         )
 
     @classmethod
-    def from_stored(
-        cls, data: bytes | None, *, partitions: int, wait_epochs: int
-    ) -> LearningMerger:
+    def from_stored(cls, data: bytes | None, *, partitions: int) -> LearningMerger:
         """The merger stored as ``data`` (a new one when None), for ``partitions`` partitions.
 
-        Partitions added to the events topic since join; the wait is the configured one.
+        Partitions added to the events topic since join.
         """
-        merger = cls(partitions=partitions, wait_epochs=wait_epochs)
+        merger = cls(partitions=partitions)
         if data is None:
             return merger
         stored = orjson.loads(data)
         merger.partitions = max(partitions, int(stored["partitions"]))
         merger.seen = {int(p): int(e) for p, e in stored["seen"]}
-        merger.open = {int(e): [_delta_of(d) for d in ds] for e, ds in stored["open"]}
-        merger.merged_epoch = int(stored["merged_epoch"])
+        merger.pending = [_delta_of(d) for d in stored["pending"]]
         merger.merges = int(stored["merges"])
         merger.dropped = int(stored["dropped"])
         return merger

@@ -142,10 +142,10 @@ def evaluate(
     share_mode
         ``sum``: at each epoch every partition takes every other's learning at once, SGD
         steps summed; ``mean``: likewise, steps averaged (model averaging); ``workers``: as
-        the workers exchange it (:mod:`pipeline.models.exchange`): each partition publishes
-        its delta at its own first event of a new epoch, a merger merges an epoch once
-        every partition passed it, and each merge is folded into its partition after the
-        batch of records that completed it (a batch is 16 records), steps summed.
+        the workers exchange it (:mod:`pipeline.models.exchange`): at each new epoch every
+        partition publishes its delta, a merger merges the deltas of each batch of 16
+        records, and each partition folds the others' merge before its next record of the
+        following batch, steps summed.
     progress
         Show a progress bar on stderr.
 
@@ -176,7 +176,7 @@ def evaluate(
         if share_every_s > 0 and partitions > 1 and share_mode == "workers":
             settings = settings.model_copy(update={"share_every_s": share_every_s})
             processor = Processor(settings, prediction_sink=sink, artwork_sink=trials.append)
-            merger = LearningMerger(partitions=partitions, wait_epochs=settings.share_wait_epochs)
+            merger = LearningMerger(partitions=partitions)
         if catalog_path is not None:
             processor.load_catalog(read_jsonl(catalog_path))
         if share_every_s > 0 and partitions > 1 and share_mode != "workers":
@@ -262,7 +262,8 @@ def _run(
         def outputs(taken: Sequence[Output]) -> None:
             for output in taken:
                 if output.kind == "learning":
-                    written.extend(merger.feed(decode_delta(output.value)))
+                    merger.feed(decode_delta(output.value))
+            written.extend(merger.flush(merge=merger.merges + 1))
 
     with tqdm(
         total=len(events.records),

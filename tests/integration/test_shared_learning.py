@@ -3,7 +3,9 @@
 The worker publishes each partition's learning per epoch to the learning topic; its merger
 writes each partition of the events topic what the others learnt; the partitions fold it
 where it sits in their log. A replay of the events topic (merges included) through one
-in-process processor must then give every score the worker published, value for value.
+in-process processor must then give every score the worker published, value for value
+(what a partition publishes depends on when the worker's other partitions made it publish;
+its scores do not).
 """
 
 from __future__ import annotations
@@ -42,16 +44,21 @@ def test_the_workers_partitions_fold_each_others_learning_and_a_replay_gives_eve
     settings_factory, tmp_path: Path
 ) -> None:
     settings = settings_factory(
-        metrics_port=free_ports(1)[0], share_every_s=3600, snapshot_key="shared-test-key"
+        metrics_port=free_ports(1)[0],
+        share_every_s=3600,
+        share_merge_within_s=0.1,
+        snapshot_key="shared-test-key",
     )
     records = list(Simulator(SimulationConfig(users=120, days=4, seed=4)).records())
-    days = [orjson.loads(value)["ts"][:10] for _, value in records]
+    # quarters of days: each slice is produced once the merges of the one before are in
+    days = [orjson.loads(value)["ts"][:13] for _, value in records]
+    days = [f"{day[:10]} {int(day[11:13]) // 6}" for day in days]
     sent = merged_before = sent_before = 0
     runs = []  # the last samples of each worker process
     worker = WorkerProcess(settings, tmp_path / "worker-1.log").start()
     try:
-        for n, day in enumerate(sorted(set(days))):  # a day at a time: merges land between
-            if n == 2:  # a restart: the next process goes on from the snapshots
+        for n, day in enumerate(sorted(set(days))):  # a slice at a time: merges land between
+            if n == 8:  # a restart: the next process goes on from the snapshots
                 runs.append(worker.samples())
                 assert worker.stop() == 0
                 sent_before, merged_before = sent, _merges(settings)
@@ -74,7 +81,7 @@ def test_the_workers_partitions_fold_each_others_learning_and_a_replay_gives_eve
                 return events >= sent and folded == _merges(settings) - merged_before
 
             worker.wait_until(settled, timeout_s=120, what=f"processing {day}")
-            time.sleep(1.0)  # a merge the last deltas complete is written within it
+            time.sleep(0.5)  # the merger writes what arrived within OTTSCORE_SHARE_MERGE_WITHIN_S
             worker.wait_until(settled, timeout_s=120, what=f"folding the merges of {day}")
         runs.append(worker.samples())
     finally:
@@ -88,7 +95,7 @@ def test_the_workers_partitions_fold_each_others_learning_and_a_replay_gives_eve
     merges = [r for r in log if r.key == CONTROL_KEY]
     assert {r.partition for r in merges} == set(range(settings.topic_partitions))
     assert total("ottscore_learning_records_total", outcome="folded") == len(merges)
-    assert total("ottscore_learning_merges_total") > 24
+    assert total("ottscore_learning_merges_total") >= len(set(days)) - 1
     assert total("ottscore_events_rejected_total") == 0
     published = read_topic(settings, settings.topic_learning)
     assert len(published) == total("ottscore_learning_published_total") > 4 * 24
@@ -106,7 +113,7 @@ def test_the_workers_partitions_fold_each_others_learning_and_a_replay_gives_eve
         for output in replay.take_outbox():
             outputs.setdefault((output.kind, output.key), []).append(output.value)
     topics = output_topics(settings)
-    for kind in ("personalization", "churn", "learning"):
+    for kind in ("personalization", "churn"):
         live = _by_key(read_topic(settings, topics[kind]))
         assert live, kind
         assert live == {key: values for (k, key), values in outputs.items() if k == kind}, kind

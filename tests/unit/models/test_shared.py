@@ -8,6 +8,7 @@ compares every partition with one model that learnt the whole stream.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import pytest
@@ -74,17 +75,31 @@ def test_counts_merge_exactly(
     shared.at(models, 0)
     for user, item, previous, ts_ms in sorted(stream, key=lambda c: c[3]):
         shared.at(models, ts_ms)
-        for reco in (models[user % partitions].recommender, whole):
-            reco.choose(
-                f"u{user}",
-                reco.items.index(ITEMS[item]),
-                previous=None if previous is None else reco.items.index(ITEMS[previous]),
-                genres=None,
-                ts_ms=ts_ms,
-            )
+        choose(user, item, previous, ts_ms, models[user % partitions].recommender, whole)
     end = 6 * HOUR_MS
     assert shared.at(models, end)
-    for partition in models.values():
+    assert_counts_as_whole(models.values(), whole, end)
+
+
+def choose(
+    user: int, item: int, previous: int | None, ts_ms: int, *recommenders: Recommender
+) -> None:
+    """User ``user`` chooses ``ITEMS[item]`` after ``ITEMS[previous]``, in each recommender."""
+    for reco in recommenders:
+        reco.choose(
+            f"u{user}",
+            reco.items.index(ITEMS[item]),
+            previous=None if previous is None else reco.items.index(ITEMS[previous]),
+            genres=None,
+            ts_ms=ts_ms,
+        )
+
+
+def assert_counts_as_whole(
+    partitions: Iterable[PartitionModels], whole: Recommender, end: int
+) -> None:
+    """Trending, "chosen next", genre and user counts of each partition equal ``whole``'s."""
+    for partition in partitions:
         reco = partition.recommender
         for item_id in ITEMS:
             assert math.isclose(
