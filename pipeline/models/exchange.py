@@ -103,10 +103,11 @@ WIRE_VERSION: Final = 1
 class PartitionShare:
     """A partition's side of the exchange: its epoch, its start, the merges folded.
 
-    :meth:`at` gives the partition's delta when its events reach a new epoch;
-    :meth:`fold` adds the others' merge. What the partition learnt between an epoch's
-    start and a fold is kept aside (``pending``) and published with the rest of the epoch,
-    so a delta never carries what came from the others.
+    :meth:`at` gives the partition's delta when the event time reaches a new epoch (the
+    processor's latest, whichever partition's event brought it); :meth:`fold` adds the
+    others' merge. What the partition learnt between its last delta and a fold is kept
+    aside (``pending``) and published with its next delta, so a delta never carries what
+    came from the others.
     """
 
     def __init__(self, *, every_ms: int) -> None:

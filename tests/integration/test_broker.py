@@ -193,11 +193,12 @@ def test_settings_factory_gives_each_worker_its_own_created_topics(
     with KafkaAdminClient(bootstrap_servers=kafka_bootstrap) as admin:
         partitions = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(first_topics)}
         existing = set(admin.list_topics())
-    single = first.topic_kpi_partials  # one partition: one agent adds the windows up
-    assert partitions == {**dict.fromkeys(first_topics, 2), single: 1}
+    # one partition each: one agent adds the KPI windows up, one merges the learning
+    single = dict.fromkeys([first.topic_kpi_partials, first.topic_learning], 1)
+    assert partitions == {**dict.fromkeys(first_topics, 2), **single}
     assert set(second_topics) <= existing
     assert not set(first_topics) & set(second_topics)
-    assert len(topic_fields) == 14
+    assert len(topic_fields) == 15
     assert first.app_id != second.app_id
     assert first.kafka_bootstrap_servers == second.kafka_bootstrap_servers == kafka_bootstrap
     assert (first.store, first.metrics_port) == ("memory://", 0)

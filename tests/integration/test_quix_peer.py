@@ -46,8 +46,9 @@ def test_the_quix_application_publishes_the_cores_outputs_and_its_final_states(
     for kind, topic in output_topics(settings).items():
         quix = Counter((kind, r.key, r.value) for r in read_topic(settings, topic))
         assert quix == Counter({k: n for k, n in published.items() if k[0] == kind}), kind
-    # every kind but dead letters is there to be compared (the workload's events are valid)
-    assert {kind for kind, _, _ in published} == set(output_topics(settings)) - {"dlq"}
+    # every kind but dead letters is there to be compared (the workload's events are valid),
+    # and shared learning's deltas (off, as by default)
+    assert {kind for kind, _, _ in published} == set(output_topics(settings)) - {"dlq", "learning"}
 
     latest = latest_by_key(read_topic(settings, f"{settings.app_id}-quix-users"))
     assert {key.decode(): value for key, value in latest.items()} == states
