@@ -171,15 +171,15 @@ def evaluate(
         if predictions_path is not None:
             sink = _line_writer(files.enter_context(open(predictions_path, "wb")))
         trials: list[ArtworkTrial] = []
-        processor = Processor(settings, prediction_sink=sink, artwork_sink=trials.append)
         sharing = merger = None
-        if share_every_s > 0 and partitions > 1 and share_mode == "workers":
+        shared = share_every_s > 0 and partitions > 1
+        if shared and share_mode == "workers":  # the processor publishes and folds
             settings = settings.model_copy(update={"share_every_s": share_every_s})
-            processor = Processor(settings, prediction_sink=sink, artwork_sink=trials.append)
             merger = LearningMerger(partitions=partitions)
+        processor = Processor(settings, prediction_sink=sink, artwork_sink=trials.append)
         if catalog_path is not None:
             processor.load_catalog(read_jsonl(catalog_path))
-        if share_every_s > 0 and partitions > 1 and share_mode != "workers":
+        if shared and share_mode != "workers":
             sharing = SharedLearning(every_ms=int(share_every_s * 1000), mode=share_mode)
             processor.share_learning(sharing, partitions=partitions)
         elapsed_s = _run(processor, events, partitions=partitions, merger=merger, progress=progress)
