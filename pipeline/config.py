@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Most records the worker takes from one fetch and processes as a batch.",
     )
+    user_cache_max: int = Field(
+        0,
+        ge=0,
+        description="Most user states a worker holds as objects: beyond it, the least "
+        "recently used states already in the store are evicted and read back at their "
+        "user's next event or timer (their timers stay); 0: every state stays.",
+    )
 
     kafka_session_timeout_s: float = Field(
         30.0,

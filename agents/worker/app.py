@@ -17,6 +17,7 @@ Run it with ``ottscore worker`` (or ``faust -A agents.worker.app worker``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import Counter
 from typing import Any
@@ -284,7 +285,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
         """Count the audiences of every catalog genre over this worker's users.
 
         A few thousand users at a time, yielding between them, so the count never holds the
-        event loop for long; each user is read whole (no await inside one).
+        event loop for long; each user is read whole (no await inside one). With a bounded
+        cache, the users it evicted are read from the store (each user once: those of the
+        cache as it was when the count began, the others as stored).
         """
         processor = worker.processor
         at_ms = processor.timers.latest()
@@ -294,12 +297,18 @@ def build_app(settings: Settings | None = None) -> faust.App:
         if at_ms is None or not genres:
             return
         rules = AudienceRules(settings.audience_active_days, settings.audience_fan_share)
-        states = list(processor.users.values())
+        cached = dict(processor.users)
+        states = list(cached.values())
         sizes: Counter[tuple[str, str]] = Counter()
         for start in range(0, len(states), AUDIENCE_CHUNK):
             chunk = states[start : start + AUDIENCE_CHUNK]
             sizes.update(sizes_by_genre(chunk, genres, at_ms=at_ms, rules=rules))
             await asyncio.sleep(0)
+        if settings.user_cache_max:
+            stored = worker.stored_states(skip=set(cached))
+            while chunk := list(itertools.islice(stored, AUDIENCE_CHUNK)):
+                sizes.update(sizes_by_genre(chunk, genres, at_ms=at_ms, rules=rules))
+                await asyncio.sleep(0)
         metrics.set_audiences(dict(sizes))
 
     @app.timer(settings.experiments_refresh_s)

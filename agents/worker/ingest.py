@@ -15,7 +15,7 @@ import functools
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import faust
@@ -31,6 +31,7 @@ from agents.worker.snapshots import SnapshotWriter, latest_snapshot
 from pipeline.config import Settings
 from pipeline.core.processor import Processor
 from pipeline.core.records import quarantine_record, reduced_dlq_record
+from pipeline.core.state import UserState
 from pipeline.core.state_codec import StateUnreadable
 
 __all__ = ["IngestWorker", "KPI_MARK_PREFIX", "WRITE_BACK_PART", "freeze_heap", "kpi_mark_key"]
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 
 WRITE_BACK_PART = 100  # states serialised and handed over between two turns of the loop
+RESTORE_EVICT_EVERY = 10_000  # states adopted between two evictions, with a bounded cache
 
 
 class IngestWorker:
@@ -63,7 +65,8 @@ class IngestWorker:
         self.topics = topics
         self.metrics = metrics
         self.snapshots = snapshots
-        self.processor = Processor(settings)
+        self._bounded = bool(settings.user_cache_max)
+        self.processor = Processor(settings, load_state=self._load_state if self._bounded else None)
         self._restored: set[int] = set()
         self._offsets: dict[int, int] = {}
         self._last: dict[int, Message] = {}  # the last record handled of each partition
@@ -98,7 +101,7 @@ class IngestWorker:
         restored: list[int] = []  # partitions whose stored states or models were adopted
         for message in messages:
             partition = message.partition
-            if partition not in self._restored and self._restore_partition(partition):
+            if partition not in self._restored and self._restore_partition(partition, message):
                 restored.append(partition)
             last_of_partition[partition] = message
             self._offsets[partition] = message.offset
@@ -122,20 +125,34 @@ class IngestWorker:
                 # loop ~10-25 ms, and the partitions of a worker fall due together
                 self._snapshot(partition, now)
                 break
+        if self._bounded:
+            processor.evict()
         self._export_tally()
         metrics = self.metrics
         metrics.users_cached.set(len(processor.users))
         metrics.timers_pending.set(processor.timers.pending())
         metrics.batch_duration.observe(time.perf_counter() - started)
 
-    def _restore_partition(self, partition: int) -> bool:
+    def _restore_partition(self, partition: int, message: Message) -> bool:
         """Adopt every stored user of a newly assigned partition (the table is recovered).
 
-        Returns whether anything was adopted: stored states or a snapshot's models.
+        ``message`` is the partition's first record. With a bounded cache
+        (``OTTSCORE_USER_CACHE_MAX``) each state is adopted as it is read, its timers armed
+        and its KPI parts counted, and the least recently adopted are evicted as the cache
+        fills, so a partition of millions of users never sits in memory at once. Returns
+        whether anything was adopted: stored states or a snapshot's models.
         """
         processor = self.processor
         states = []
         kpis_closed_ms = -1
+        bounded = self._bounded
+        if bounded:  # the windows' closed point is needed before the first user is adopted
+            with writing_for(self.table.app, message):
+                mark = self.table.data.get(kpi_mark_key(partition))
+            if mark is not None:
+                kpis_closed_ms = read_kpi_mark(mark)
+            processor.restore_kpis(partition, kpis_closed_ms)
+        restored = 0
         for key, data in self.table.data.items():
             if key in self._quarantined:
                 continue
@@ -151,12 +168,22 @@ class IngestWorker:
             except Exception as exc:  # noqa: BLE001 - one stored state never stops a worker
                 self._quarantine(key, data, partition, exc)
                 continue
-            if state.partition == partition:  # not a standby copy of another worker's
+            if state.partition != partition:  # a standby copy of another worker's
+                continue
+            if bounded:
+                processor.adopt(state)
+                restored += 1
+                if restored % RESTORE_EVICT_EVERY == 0:
+                    processor.evict()
+            else:
                 states.append(state)
-        processor.restore_kpis(partition, kpis_closed_ms)  # before the users' parts are added
-        for state in states:
-            processor.adopt(state)
-        restored = len(states)
+        if bounded:
+            processor.evict()
+        else:
+            processor.restore_kpis(partition, kpis_closed_ms)  # before the users' parts
+            for state in states:
+                processor.adopt(state)
+            restored = len(states)
         read = self._prefetched.pop(partition, None)
         if read is not None and read.done() and not read.cancelled() and not read.exception():
             models = read.result()
@@ -171,6 +198,37 @@ class IngestWorker:
             partition, restored, "snapshot" if models is not None else "fresh",
         )  # fmt: skip
         return bool(restored) or models is not None
+
+    def _load_state(self, user_id: str, partition: int) -> bytes | None:
+        """The stored state of an evicted user of ``partition`` (the processor's ``load_state``)."""
+        key = user_id.encode()
+        message = self._last.get(partition)
+        if message is None or key in self._quarantined:
+            return None
+        with writing_for(self.table.app, message):  # the partition's database
+            data: bytes | None = self.table.data.get(key)
+        return data
+
+    def stored_states(self, skip: set[str]) -> Iterator[UserState]:
+        """The stored states of this worker's users, except those in ``skip``.
+
+        For what counts every user of the worker when a bounded cache evicted some: call
+        it with the users of the cache, read at once. Standby copies of partitions owned
+        by others, KPI marks and quarantined states are left out.
+        """
+        processor, owned = self.processor, self._restored
+        for key, data in self.table.data.items():
+            if key.startswith(KPI_MARK_PREFIX) or key in self._quarantined:
+                continue
+            user_id = key.decode()
+            if user_id in skip:
+                continue
+            try:
+                state = processor.decode_state(user_id, data)
+            except Exception:  # noqa: BLE001 - quarantined and counted at its restore
+                continue
+            if state.partition in owned:
+                yield state
 
     async def prefetch_snapshots(self, partitions: set[int]) -> None:
         """Read the latest snapshot of each newly assigned partition, off the event loop.
@@ -368,6 +426,14 @@ class IngestWorker:
         with writing_for(table.app, message):  # the partition's database
             for key, data in records:
                 store[key] = data
+        if self._bounded:  # the states may leave the cache now
+            processor = self.processor
+            processor.stored(
+                key.decode() for key, _ in records if not key.startswith(KPI_MARK_PREFIX)
+            )
+            processor.evict()
+            self._export_tally()
+            self.metrics.users_cached.set(len(processor.users))
         changelog = table.changelog_topic.get_topic_name()
         for changelog_partition, offset in last_offsets.items():
             store.set_persisted_offset(TP(changelog, changelog_partition), offset)

@@ -281,6 +281,16 @@ class Metrics:
             "User states held in memory by this worker.",
             registry=registry,
         )
+        self.states_evicted = PromCounter(
+            "ottscore_user_states_evicted_total",
+            "User states evicted from the cache (OTTSCORE_USER_CACHE_MAX), stored already.",
+            registry=registry,
+        )
+        self.states_read_back = PromCounter(
+            "ottscore_user_states_read_back_total",
+            "Evicted user states read back from the store at their user's event or timer.",
+            registry=registry,
+        )
         self.timers_pending = Gauge(
             "ottscore_timers_pending",
             "Live event-time timers (open sessions, pending labels).",
@@ -496,6 +506,10 @@ class Metrics:
             self.kpi_late_events.inc(tally.kpi_late)
         if tally.learning_published:
             self.learning_published.inc(tally.learning_published)
+        if tally.states_evicted:
+            self.states_evicted.inc(tally.states_evicted)
+        if tally.states_read_back:
+            self.states_read_back.inc(tally.states_read_back)
         for outcome, n in tally.learning_records.items():
             self.learning_records.labels(outcome).inc(n)
         for policy, n in tally.artwork_shows.items():

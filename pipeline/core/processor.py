@@ -40,8 +40,10 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +125,11 @@ class Processor:
     artwork_sink
         Called with every artwork show that ended, taken or not (offline evaluation
         estimates other artwork policies from them).
+    load_state
+        Where the states of users evicted from :attr:`users` are read back: given a user
+        id and the partition the user's records are on, the bytes last stored for it (see
+        :meth:`stored`), or None. Required when ``settings.user_cache_max`` bounds the
+        cache (see :meth:`evict`).
     """
 
     def __init__(
@@ -132,14 +139,23 @@ class Processor:
         clock: Callable[[], float] = time.time,
         prediction_sink: Callable[[LabelledPrediction], None] | None = None,
         artwork_sink: Callable[[ArtworkTrial], None] | None = None,
+        load_state: Callable[[str, int], bytes | None] | None = None,
     ) -> None:
+        if settings.user_cache_max and load_state is None:
+            raise ValueError("a bounded user cache (user_cache_max) needs load_state")
         self.settings = settings
         self.decoder = EventDecoder(
             max_bytes=settings.max_event_bytes,
             max_future_skew_s=settings.max_future_skew_s,
             clock=clock,
         )
+        #: The user states held as objects, least recently used first when the cache is
+        #: bounded (``settings.user_cache_max``).
         self.users: dict[str, UserState] = {}
+        self._cache_max = settings.user_cache_max
+        self._load_state = load_state
+        # users whose serialised states are on their way to the store: how many times
+        self._writing: dict[str, int] = {}
         #: The dead-letter topic's ``max.message.bytes``: every dead-letter record fits in
         #: it. The worker lowers it to the topic's own limit when that is smaller.
         self.dlq_max_message_bytes = settings.dlq_max_message_bytes
@@ -181,8 +197,9 @@ class Processor:
         self._dedupe_window_ms = int(settings.dedupe_window_s * 1000)
         self._dedupe_max_ids = settings.dedupe_max_ids
         self._cause: tuple[int, int] = (0, 0)
-        # per partition, (offset, last event time) of the states adopted since its last record
-        self._floors: dict[int, list[tuple[int, int]]] = {}
+        # per partition, offsets and last event times of the states adopted since its last
+        # record (16 bytes a state: a restore may adopt millions)
+        self._floors: dict[int, tuple[array[int], array[int]]] = {}
         #: Each partition's KPI windows (:mod:`pipeline.kpis.windows`), their users' parts in
         #: the user states.
         self.kpis: dict[int, PartitionKpis] = {}
@@ -246,7 +263,13 @@ class Processor:
         if self._floors:
             self._restore_watermark(partition, offset)
         user_id = event.user_id
-        state = self.users.get(user_id) or self._new_user(user_id, partition)
+        users = self.users
+        state = users.get(user_id)
+        if state is None:
+            state = self._read_back(user_id, partition) or self._new_user(user_id, partition)
+        elif self._cache_max:  # the most recently used last
+            del users[user_id]
+            users[user_id] = state
         timers = self.timers
         if partition == state.partition:
             if offset <= state.offset:
@@ -321,9 +344,12 @@ class Processor:
         """
         floors = self._floors.pop(partition, None)
         if floors:
-            before = [ts_ms for state_offset, ts_ms in floors if state_offset < offset]
-            if before:
-                self.timers.advance(partition, max(before))
+            offsets, times = floors
+            before = max(
+                (t for o, t in zip(offsets, times, strict=True) if o < offset), default=None
+            )
+            if before is not None:
+                self.timers.advance(partition, before)
 
     def _advance(self, partition: int, ts_ms: int, timestamp_ms: int) -> None:
         """Move ``partition``'s watermark to ``ts_ms`` and fire the timers now due."""
@@ -493,6 +519,92 @@ class Processor:
         self.users[user_id] = state
         return state
 
+    def _held(self, user_id: str, partition: int) -> UserState:
+        """The state of a user known to this processor: cached, or read back if evicted."""
+        state = self.users.get(user_id)
+        if state is None:
+            state = self._read_back(user_id, partition)
+            if state is None:
+                raise KeyError(user_id)
+        return state
+
+    def _read_back(self, user_id: str, partition: int) -> UserState | None:
+        """Read an evicted user's state back from the store into the cache (bounded only).
+
+        Its parts of the KPI windows, summed at eviction, count as its own again.
+        """
+        if not self._cache_max:
+            return None
+        data = self._load_state(user_id, partition)  # type: ignore[misc]  # set when bounded
+        if data is None:
+            return None
+        state = self.decode_state(user_id, data)
+        self.users[user_id] = state
+        if state.kpis is not None:
+            self._kpis_of(state.partition).reload(user_id, state.kpis)
+        self.tally.states_read_back += 1
+        return state
+
+    def evict(self) -> int:
+        """Evict the least recently used states beyond ``settings.user_cache_max``.
+
+        Only states the store holds as they are: not changed since they were taken for
+        writing, nor on their way to the store (:meth:`stored` not called yet). Their timers
+        stay, and their parts of the KPI windows stay as sums; their user's next event or
+        timer reads them back with ``load_state``. Returns how many were evicted; a
+        caller evicts between batches (the worker after each, offline runs at each
+        :meth:`take_dirty`).
+
+        >>> from pipeline.config import Settings
+        >>> from pipeline.core.events import Event, encode_event
+        >>> store = {}
+        >>> p = Processor(Settings(user_cache_max=1), clock=lambda: 2e9,
+        ...               load_state=lambda user_id, partition: store.get(user_id))
+        >>> for offset, user in enumerate(["u1", "u2"]):
+        ...     event = Event(f"e{offset}", "search", user, offset, query="drama")
+        ...     p.process(encode_event(event), key=user.encode(), partition=0, offset=offset)
+        >>> p.evict(), sorted(p.users)   # nothing is stored yet: nothing can go
+        (0, ['u1', 'u2'])
+        >>> store.update({user: data for user, _, data in p.take_dirty()})
+        >>> sorted(p.users)   # stored at once: the least recently used went
+        ['u2']
+        >>> p.process(encode_event(Event("e2", "search", "u1", 2, query="drama")),
+        ...           key=b"u1", partition=0, offset=2)
+        >>> p.users["u1"].counts == [0, 0, 2, 0]   # read back, then its second search
+        True
+        """
+        users = self.users
+        excess = len(users) - self._cache_max
+        if not self._cache_max or excess <= 0:
+            return 0
+        dirty, writing = self._dirty, self._writing
+        victims = []
+        for user_id in users:
+            if user_id not in dirty and user_id not in writing:
+                victims.append(user_id)
+                if len(victims) == excess:
+                    break
+        for user_id in victims:
+            state = users.pop(user_id)
+            if state.kpis is not None:
+                kpis = self.kpis.get(state.partition)
+                if kpis is not None:
+                    kpis.evict(user_id, state.kpis)
+        self.tally.states_evicted += len(victims)
+        return len(victims)
+
+    def stored(self, user_ids: Iterable[str]) -> None:
+        """The states :meth:`states_of` gave of ``user_ids`` are in the store now.
+
+        With a bounded cache a state is evicted only once stored: call this when the
+        store has them (the worker: once the changelog acknowledged them).
+        """
+        writing = self._writing
+        for user_id in user_ids:
+            times = writing.pop(user_id, 0)
+            if times > 1:
+                writing[user_id] = times - 1
+
     def decode_state(self, user_id: str, data: bytes) -> UserState:
         """A user state from its stored bytes (as :meth:`take_dirty` gave them)."""
         return UserState.from_bytes(
@@ -506,7 +618,11 @@ class Processor:
         :meth:`_restore_watermark`), from the states that are not ahead of it.
         """
         self.users[state.user_id] = state
-        self._floors.setdefault(state.partition, []).append((state.offset, state.last_seen_ms))
+        floors = self._floors.get(state.partition)
+        if floors is None:
+            floors = self._floors[state.partition] = (array("q"), array("q"))
+        floors[0].append(state.offset)
+        floors[1].append(state.last_seen_ms)
         if state.kpis is not None:
             self._kpis_of(state.partition).adopt(state.user_id, state.kpis)
         if state.session_start_ms is not None:
@@ -567,7 +683,7 @@ class Processor:
         """
         for user_id, kind, deadline_ms in self.timers.expired(partition):
             try:
-                state = self.users[user_id]
+                state = self._held(user_id, partition)
                 self._dirty.add(user_id)
                 if kind == SESSION:
                     self._end_session(state, deadline_ms)
@@ -846,19 +962,20 @@ class Processor:
             kpis = self.kpis[partition] = PartitionKpis(
                 lateness_ms=self._kpi_lateness_ms,
                 session_gap_ms=self._gap_ms,
-                trackers=self._kpi_tracker,
+                trackers=functools.partial(self._kpi_tracker, partition=partition),
                 changed=self._dirty.add,
                 outcomes=PartitionOutcomes(
-                    window_ms=self._experiment_window_ms, lookup=self._user_outcomes
+                    window_ms=self._experiment_window_ms,
+                    lookup=functools.partial(self._user_outcomes, partition=partition),
                 ),
             )
         return kpis
 
-    def _user_outcomes(self, user_id: str) -> dict[str, UserOutcome]:
-        return self._kpi_tracker(user_id).outcomes
+    def _user_outcomes(self, user_id: str, partition: int = -1) -> dict[str, UserOutcome]:
+        return self._kpi_tracker(user_id, partition).outcomes
 
-    def _kpi_tracker(self, user_id: str) -> UserKpis:
-        state = self.users[user_id]
+    def _kpi_tracker(self, user_id: str, partition: int = -1) -> UserKpis:
+        state = self._held(user_id, partition)
         if state.kpis is None:
             state.kpis = UserKpis()
         return state.kpis
@@ -937,7 +1054,11 @@ class Processor:
         """
         for partition, closed_ms in self.take_kpi_marks():
             self.kpi_mark_stored(partition, closed_ms)
-        return self.states_of(self.take_dirty_users())
+        states = self.states_of(self.take_dirty_users())
+        if self._cache_max:
+            self.stored(user_id for user_id, _, _ in states)
+            self.evict()
+        return states
 
     def take_dirty_users(self) -> list[str]:
         """The users changed since the last call, whose states are now to be written.
@@ -964,7 +1085,12 @@ class Processor:
         []
         """
         users = self.users
-        return [(u, users[u].partition, users[u].to_bytes()) for u in user_ids if u in users]
+        states = [(u, users[u].partition, users[u].to_bytes()) for u in user_ids if u in users]
+        if self._cache_max:
+            writing = self._writing
+            for user_id, _, _ in states:
+                writing[user_id] = writing.get(user_id, 0) + 1
+        return states
 
     def keep_dirty(self, user_ids: Iterable[str]) -> None:
         """Mark users as changed again (taken by :meth:`take_dirty_users`, not written)."""
@@ -984,6 +1110,7 @@ class Processor:
         for user_id in [u for u, s in self.users.items() if s.partition == partition]:
             del self.users[user_id]
             self._dirty.discard(user_id)
+            self._writing.pop(user_id, None)
 
 
 def _holdout(knobs: Knobs | None) -> frozenset[str]:

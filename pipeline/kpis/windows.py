@@ -302,7 +302,9 @@ class PartitionKpis:
         self._changed = changed
         self.outcomes = outcomes
         self._heap: list[tuple[int, str]] = []  # (event time, user) of every held event
-        self._open: dict[WindowKey, list[Part]] = {}  # each open window's users' parts
+        self._open: dict[WindowKey, dict[str, Part]] = {}  # each open window's users' parts
+        # of each open window, the parts of users evicted from the cache, summed by scopes
+        self._evicted: dict[WindowKey, dict[Scopes, list[int]]] = {}
         self._returns: dict[tuple[int, Scope], list[int]] = {}
         self._next_close: int | None = None  # the earliest close point of what is open
         self._closed: list[WindowCounts | ReturnCounts] = []
@@ -361,7 +363,7 @@ class PartitionKpis:
         """Count a restored user's parts of the windows still open, and hold their events."""
         self._prune(user, self.closed_ms)
         for key, part in user.counts.items():
-            self._window_parts(key).append(part)
+            self._window_parts(key)[user_id] = part
         for day, (scopes, back) in user.days.items():
             for scope in scopes:
                 returns = self._return_total(day, scope)
@@ -371,6 +373,45 @@ class PartitionKpis:
             heapq.heappush(self._heap, (ts, user_id))
         if user.outcomes and self.outcomes is not None:
             self.outcomes.adopt(user_id, user.outcomes)
+
+    def evict(self, user_id: str, user: UserKpis) -> None:
+        """The user's state leaves the cache (it is stored): keep only its sums in the windows.
+
+        Its parts of the open windows are added to those windows' totals of evicted users,
+        so the windows no longer hold the user's objects; :meth:`reload` takes them back
+        out when the state is read again. The user's held events stay in the heap by id.
+        """
+        for key, (scopes, mine) in user.counts.items():
+            parts = self._open.get(key)
+            if parts is None or parts.pop(user_id, None) is None:
+                continue
+            totals = self._evicted.setdefault(key, {})
+            total = totals.get(scopes)
+            if total is None:
+                totals[scopes] = list(mine)
+            else:
+                for i, value in enumerate(mine):
+                    total[i] += value
+
+    def reload(self, user_id: str, user: UserKpis) -> None:
+        """The state of a user evicted by :meth:`evict` is read again: its parts count live.
+
+        ``user`` is the stored form of the evicted one, so its parts are those summed then.
+        """
+        for key, part in user.counts.items():
+            parts = self._open.get(key)
+            totals = self._evicted.get(key)
+            if parts is None or totals is None or user_id in parts:
+                continue  # closed meanwhile (pruned at the user's next release), or live
+            scopes, mine = part
+            total = totals[scopes]
+            for i, value in enumerate(mine):
+                total[i] -= value
+            if not total[ACTIVE]:  # every evicted user of these scopes is back
+                del totals[scopes]
+                if not totals:
+                    del self._evicted[key]
+            parts[user_id] = part
 
     def restore(self, closed_ms: int) -> None:
         """Before adopting users: windows closing at or before ``closed_ms`` were given."""
@@ -450,7 +491,9 @@ class PartitionKpis:
         )  # fmt: skip
         for key in due:
             by_scope: dict[Scope, list[list[int]]] = {}
-            for scopes, part in self._open.pop(key):
+            held = list(self._open.pop(key).values())
+            held += self._evicted.pop(key, {}).items()  # summed by scopes, as one part each
+            for scopes, part in held:
                 for scope in scopes:
                     parts = by_scope.get(scope)
                     if parts is None:
@@ -476,10 +519,10 @@ class PartitionKpis:
         points += [day + DAY_MS + RETURN_MS for day, _ in self._returns]
         self._next_close = min(points) if points else None
 
-    def _window_parts(self, key: WindowKey) -> list[Part]:
+    def _window_parts(self, key: WindowKey) -> dict[str, Part]:
         parts = self._open.get(key)
         if parts is None:
-            parts = self._open[key] = []
+            parts = self._open[key] = {}
             point = key[1] + WINDOWS[key[0]] + self.follow_ms
             if self._next_close is None or point < self._next_close:
                 self._next_close = point
@@ -536,7 +579,7 @@ class PartitionKpis:
                 mine = [0] * len(COUNTS)
                 mine[ACTIVE] = 1
                 part = counts[key] = (scopes, mine)
-                self._window_parts(key).append(part)
+                self._window_parts(key)[event.user_id] = part
             else:
                 mine = part[1]
             for i, value in steps:

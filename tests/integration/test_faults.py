@@ -69,7 +69,7 @@ def audit(settings: Settings) -> dict[str, int]:
 
     stored = stored_states(settings)
     expected, expected_scores = reference_run(settings)
-    processor = Processor(settings)
+    processor = Processor(settings.model_copy(update={"user_cache_max": 0}))
     states = {user: processor.decode_state(user, data) for user, data in stored.items()}
     assert stored.keys() == expected.keys() == valid.keys()
     differing = [
@@ -168,10 +168,15 @@ STORES = pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 
 
 @pytest.mark.slow
-@STORES
-def test_kill_9_five_times_loses_nothing(settings_factory, tmp_path: Path, store: str) -> None:
+@pytest.mark.parametrize(
+    ("store", "cache_max"), [("memory://", 0), ("rocksdb://", 0), ("rocksdb://", 40)]
+)
+def test_kill_9_five_times_loses_nothing(
+    settings_factory, tmp_path: Path, store: str, cache_max: int
+) -> None:
     settings = settings_factory(
         store=store,
+        user_cache_max=cache_max,
         metrics_port=free_ports(1)[0],
         batch_max_events=200,
         kafka_session_timeout_s=SESSION_TIMEOUT_S,
@@ -205,7 +210,57 @@ def test_kill_9_five_times_loses_nothing(settings_factory, tmp_path: Path, store
     counts = audit(settings)
     assert resumed > 0, "the restarted worker published no scores"
     assert counts["actions"] > 0, "no CRM trigger to audit"
-    print(f"\nkill -9 ({store}): {len(trials)} trials (records read per life {trials}), {counts}")
+    print(
+        f"\nkill -9 ({store}, cache {cache_max or 'unbounded'}): {len(trials)} trials "
+        f"(records read per life {trials}), {counts}"
+    )
+
+
+def test_a_bounded_cache_evicts_reads_back_and_restarts_as_an_uninterrupted_run(
+    settings_factory, tmp_path: Path
+) -> None:
+    """30 of 150 users held, on RocksDB, a stop and a restart half-way: as one run holding all.
+
+    Every state and every score equal those of one uninterrupted in-process run.
+    """
+    settings = settings_factory(
+        store="rocksdb://",
+        metrics_port=free_ports(1)[0],
+        batch_max_events=200,
+        user_cache_max=30,
+    )
+    ensure_topics(settings)
+    publish_consent(settings, users=150, seed=27)
+    records = stream(seed=27, users=150, days=14)
+    half = len(records) // 2
+    lives = []
+    for life, part in enumerate([records[:half], records[half:]]):
+        worker = WorkerProcess(settings, tmp_path / f"worker-{life}.log").start()
+        try:
+            ready(worker)
+            feed(settings, part, rate=500).join()  # commits, write-backs and evictions between
+            worker.wait_received(len(part), timeout_s=120)
+            wait_committed(settings, timeout_s=180)
+            worker.wait_until(
+                lambda w=worker: w.metric("ottscore_users_cached") <= 30,
+                timeout_s=30,
+                what="evicting the stored states beyond the cache",
+            )
+            lives.append(
+                {
+                    "evicted": worker.metric("ottscore_user_states_evicted_total"),
+                    "read_back": worker.metric("ottscore_user_states_read_back_total"),
+                    "cached": worker.metric("ottscore_users_cached"),
+                }
+            )
+        finally:
+            assert worker.stop(signal.SIGTERM) == 0
+    counts = audit(settings)
+    assert counts["lost"] == counts["applied_twice"] == 0
+    assert counts["users"] > 4 * 30
+    for life in lives:  # users went and came back, again and again
+        assert life["evicted"] > counts["users"] and life["read_back"] > counts["users"], lives
+    print(f"\nbounded cache (30 of 150 users), stop and restart: {lives}, {counts}")
 
 
 @pytest.mark.slow

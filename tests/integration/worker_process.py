@@ -215,7 +215,7 @@ def reference_run(settings: Settings) -> tuple[dict[str, bytes], set[tuple[str, 
         scores.update(score_identity(o.kind, o.value) for o in outputs if o.kind in SCORED_KINDS)
 
     records = read_topic(settings, settings.topic_events)
-    processor = Processor(settings)
+    processor = Processor(settings.model_copy(update={"user_cache_max": 0}))  # holds them all
     processor.load_consent(consent_records(settings))
     drive(
         processor,
