@@ -266,6 +266,7 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         runs=args.runs,
         latency_seconds=args.latency_seconds,
         latency_rate=args.latency_rate,
+        cache_users=args.cache_users,
         skip=[name for names in args.skip for name in names.split(",") if name],
         report_path=args.report,
     )
@@ -447,10 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--latency-seconds", type=float, default=60.0)
     bench.add_argument("--latency-rate", type=float, default=2000.0, help="records per second")
     bench.add_argument(
+        "--cache-users",
+        type=int,
+        help="user states the bounded-cache worker holds (default: a tenth of --users)",
+    )
+    bench.add_argument(
         "--skip",
         action="append",
         default=[],
-        help="raw, baseline, quix, worker, core, latency or two_workers (repeat or comma-separate)",
+        help="raw, baseline, quix, worker, bounded, core, latency or two_workers (repeat or "
+        "comma-separate)",
     )
     bench.add_argument("--report", type=Path, help="write the JSON report here")
     bench.set_defaults(func=_bench)

@@ -68,7 +68,9 @@ from pipeline.config import Settings
 
 __all__ = ["MEASUREMENTS", "TARGETS", "format_report", "run_bench"]
 
-MEASUREMENTS = ("raw", "baseline", "quix", "worker", "core", "latency", "two_workers")
+MEASUREMENTS = (
+    "raw", "baseline", "quix", "worker", "bounded", "core", "latency", "two_workers",
+)  # fmt: skip
 """Names accepted by ``--skip``; ``worker`` also gives the state size and peak memory."""
 
 #: ``(report key, comparison, target)`` of the performance goals.
@@ -79,6 +81,7 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("latency_p99_s", "<=", 0.1),
     ("state_bytes_per_user", "<=", 2048.0),
     ("two_workers_speedup", ">=", 1.7),
+    ("bounded_vs_worker", ">=", 0.75),
     ("experiments_core_ratio", ">=", 0.9),
     ("acting_core_ratio", ">=", 0.85),
 )
@@ -193,6 +196,7 @@ def run_bench(
     runs: int = 1,
     latency_seconds: float = 60.0,
     latency_rate: float = 2_000.0,
+    cache_users: int | None = None,
     skip: Sequence[str] = (),
     report_path: Path | None = None,
 ) -> dict[str, Any]:
@@ -211,6 +215,9 @@ def run_bench(
         Repetitions of each throughput measurement; the report has their medians.
     latency_seconds, latency_rate
         Length and offered load (records/s) of the latency measurement.
+    cache_users
+        The user states the ``bounded`` worker holds (``OTTSCORE_USER_CACHE_MAX``); by
+        default a tenth of ``users``.
     skip
         Measurements of :data:`MEASUREMENTS` not to run (their figures are null).
     report_path
@@ -219,8 +226,12 @@ def run_bench(
     unknown = set(skip) - set(MEASUREMENTS)
     if unknown:
         raise ValueError(f"unknown measurements {sorted(unknown)}; known: {MEASUREMENTS}")
-    if min(events, users, items, partitions, runs) < 1 or latency_rate <= 0:
-        raise ValueError("events, users, items, partitions, runs and the rate must be positive")
+    if cache_users is None:
+        cache_users = max(1, users // 10)
+    if min(events, users, items, partitions, runs, cache_users) < 1 or latency_rate <= 0:
+        raise ValueError(
+            "events, users, items, partitions, runs, cache users and the rate must be positive"
+        )
     wanted = [m for m in MEASUREMENTS if m not in skip]
     if "quix" in wanted:
         try:
@@ -236,6 +247,7 @@ def run_bench(
     results: dict[str, list[float]] = {}
     single: list[WorkerRun] = []
     pairs: list[WorkerRun] = []
+    bounded: list[WorkerRun] = []
     latency = None
     with (
         bench_broker(settings) as (cluster, version),
@@ -302,6 +314,16 @@ def run_bench(
                     result = run_workers(stage, workload, count=count, workdir=workdir)
                     _log(f"{count} worker(s): {result.events_per_s:,.0f} events/s")
                     (single if count == 1 else pairs).append(result)
+                if "bounded" in wanted:  # right after the worker holding every user
+                    stage = _stage_settings(cluster, run_id, f"bounded-{run}", partitions)
+                    stage = stage.model_copy(update={"user_cache_max": cache_users})
+                    result = run_workers(stage, workload, count=1, workdir=workdir)
+                    _log(
+                        f"1 worker holding {cache_users:,} users: "
+                        f"{result.events_per_s:,.0f} events/s, "
+                        f"peak RSS {result.peak_rss_bytes / 2**20:,.0f} MiB"
+                    )
+                    bounded.append(result)
             state = state_bytes_per_user(base, single[0].app_id) if single else None
             if "latency" in wanted:
                 latency = _latency(
@@ -353,6 +375,15 @@ def run_bench(
         "state_bytes_per_user": state,
         "peak_rss_bytes": max(r.peak_rss_bytes for r in single) if single else None,
         "two_workers_speedup": _ratio(pair_rate, worker_rate),
+        "bounded_cache_users": cache_users if bounded else None,
+        "bounded_worker_events_per_s": _median([r.events_per_s for r in bounded]),
+        "bounded_peak_rss_bytes": max(r.peak_rss_bytes for r in bounded) if bounded else None,
+        # per run, bounded / holding every user: the pair ran back to back
+        "bounded_vs_worker": _median(
+            [_ratio(b.events_per_s, w.events_per_s) for b, w in zip(bounded, single, strict=False)]
+        )
+        if bounded and single
+        else None,
         "worker_records_received": single[0].records_received if single else None,
         "worker_vs_raw_aiokafka": _ratio(worker_rate, raw_rate),
         "worker_vs_kafka_python": _ratio(worker_rate, baseline_rate),
@@ -369,6 +400,7 @@ def run_bench(
             "core_acting": results.get("core_acting", []),
             "worker": [r.events_per_s for r in single],
             "two_workers": [r.events_per_s for r in pairs],
+            "bounded_worker": [r.events_per_s for r in bounded],
         },
         "events": events,
         "users": users,
@@ -443,6 +475,10 @@ def format_report(report: dict[str, Any]) -> str:
         "state_bytes_per_user",
         "peak_rss_bytes",
         "two_workers_speedup",
+        "bounded_cache_users",
+        "bounded_worker_events_per_s",
+        "bounded_vs_worker",
+        "bounded_peak_rss_bytes",
     ):
         value = report[key]
         check = targets.get(key, {})

@@ -30,6 +30,10 @@ FIGURES = (
     "state_bytes_per_user",
     "peak_rss_bytes",
     "two_workers_speedup",
+    "bounded_cache_users",
+    "bounded_worker_events_per_s",
+    "bounded_vs_worker",
+    "bounded_peak_rss_bytes",
     "worker_vs_raw_aiokafka",
     "worker_vs_kafka_python",
     "worker_vs_quix",
@@ -82,6 +86,10 @@ def test_bench_reports_every_figure_and_the_worker_takes_every_record(
     )
     assert runs["two_workers"][0] / runs["worker"][0] == pytest.approx(
         report["two_workers_speedup"]
+    )
+    assert report["bounded_cache_users"] == 100  # a tenth of the users
+    assert runs["bounded_worker"][0] / runs["worker"][0] == pytest.approx(
+        report["bounded_vs_worker"]
     )
     machine = report["machine"]
     assert machine["cpu_count"] >= 1 and machine["python"] and machine["kafka"]
