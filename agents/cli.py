@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--cache-users",
         type=int,
-        help="user states the bounded-cache worker holds (default: a tenth of --users)",
+        help="user states the bounded-cache worker holds (default: a tenth of the users seen)",
     )
     bench.add_argument(
         "--skip",

@@ -217,7 +217,7 @@ def run_bench(
         Length and offered load (records/s) of the latency measurement.
     cache_users
         The user states the ``bounded`` worker holds (``OTTSCORE_USER_CACHE_MAX``); by
-        default a tenth of ``users``.
+        default a tenth of the users the workload's events come from.
     skip
         Measurements of :data:`MEASUREMENTS` not to run (their figures are null).
     report_path
@@ -226,9 +226,7 @@ def run_bench(
     unknown = set(skip) - set(MEASUREMENTS)
     if unknown:
         raise ValueError(f"unknown measurements {sorted(unknown)}; known: {MEASUREMENTS}")
-    if cache_users is None:
-        cache_users = max(1, users // 10)
-    if min(events, users, items, partitions, runs, cache_users) < 1 or latency_rate <= 0:
+    if min(events, users, items, partitions, runs, cache_users or 1) < 1 or latency_rate <= 0:
         raise ValueError(
             "events, users, items, partitions, runs, cache users and the rate must be positive"
         )
@@ -244,6 +242,9 @@ def run_bench(
     run_id = uuid.uuid4().hex[:8]
     _log(f"simulating {events:,} events of {users:,} users over {items:,} items …")
     workload = Workload.simulate(events=events, users=users, items=items)
+    users_seen = len({key for key, _ in workload.records})
+    if cache_users is None:  # ten times more users than the cache holds
+        cache_users = max(1, users_seen // 10)
     results: dict[str, list[float]] = {}
     single: list[WorkerRun] = []
     pairs: list[WorkerRun] = []
@@ -375,6 +376,7 @@ def run_bench(
         "state_bytes_per_user": state,
         "peak_rss_bytes": max(r.peak_rss_bytes for r in single) if single else None,
         "two_workers_speedup": _ratio(pair_rate, worker_rate),
+        "users_seen": users_seen,
         "bounded_cache_users": cache_users if bounded else None,
         "bounded_worker_events_per_s": _median([r.events_per_s for r in bounded]),
         "bounded_peak_rss_bytes": max(r.peak_rss_bytes for r in bounded) if bounded else None,

@@ -401,11 +401,14 @@ def state_bytes_per_user(settings: Settings, app_id: str) -> float:
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         end = consumer.end_offsets(partitions)
-        deadline = time.monotonic() + _STALL_TIMEOUT_S
+        deadline = time.monotonic() + _STALL_TIMEOUT_S  # without a record read
         while any(consumer.position(tp) < end[tp] for tp in partitions):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read {topic} to its end")
-            for records in consumer.poll(timeout_ms=500).values():
+            polled = consumer.poll(timeout_ms=500)
+            if polled:
+                deadline = time.monotonic() + _STALL_TIMEOUT_S
+            for records in polled.values():
                 for r in records:
                     if r.value is None:
                         latest.pop(r.key, None)

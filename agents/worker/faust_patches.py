@@ -103,6 +103,35 @@ class _Outgoing:
     after_acknowledged: bool
 
 
+def partition_items(store: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:
+    """The items a table's store holds for ``partition``.
+
+    Faust's RocksDB store keeps a database per partition, and its ``items()`` reads every
+    assigned partition's: a worker restoring its partitions one by one would read (and
+    decode) each state once per partition. This reads that partition's database only.
+    Other stores (memory://) give every item; callers keep their own partition check.
+    """
+    visible, database = (getattr(store, name, None) for name in ("_visible_items", "_dbs"))
+    if visible is None or database is None or partition not in database:
+        return iter(store.items())
+    return iter(visible(database[partition]))
+
+
+def read_from(store: Any, partition: int, key: bytes) -> bytes | None:
+    """The value a table's store holds under ``key`` for ``partition``, or None.
+
+    With Faust's RocksDB store, a read from that partition's database: its ``get`` would
+    build an event to find the database and run the key and value through the table's
+    serialisers (~10 µs; keys and values here are raw bytes). Other stores: their ``get``.
+    """
+    database = getattr(store, "_dbs", {}).get(partition)
+    if database is None or not hasattr(store, "_visible_items"):
+        value: bytes | None = store.get(key)
+        return value
+    data: bytes | None = database.get(key)
+    return data
+
+
 @contextlib.contextmanager
 def writing_for(app: faust.App, message: Message) -> Iterator[None]:
     """Make an event of ``message`` the current event, so store writes go to its partition.

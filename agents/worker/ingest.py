@@ -24,7 +24,7 @@ from faust.types import TP, Message
 
 from agents.worker.compacted import CompactedReader
 from agents.worker.faults import FaultInjection
-from agents.worker.faust_patches import Records, writing_for
+from agents.worker.faust_patches import Records, partition_items, read_from, writing_for
 from agents.worker.health import Health
 from agents.worker.metrics import Metrics
 from agents.worker.snapshots import SnapshotWriter, latest_snapshot
@@ -101,7 +101,7 @@ class IngestWorker:
         restored: list[int] = []  # partitions whose stored states or models were adopted
         for message in messages:
             partition = message.partition
-            if partition not in self._restored and self._restore_partition(partition, message):
+            if partition not in self._restored and self._restore_partition(partition):
                 restored.append(partition)
             last_of_partition[partition] = message
             self._offsets[partition] = message.offset
@@ -133,13 +133,13 @@ class IngestWorker:
         metrics.timers_pending.set(processor.timers.pending())
         metrics.batch_duration.observe(time.perf_counter() - started)
 
-    def _restore_partition(self, partition: int, message: Message) -> bool:
+    def _restore_partition(self, partition: int) -> bool:
         """Adopt every stored user of a newly assigned partition (the table is recovered).
 
-        ``message`` is the partition's first record. With a bounded cache
-        (``OTTSCORE_USER_CACHE_MAX``) each state is adopted as it is read, its timers armed
-        and its KPI parts counted, and the least recently adopted are evicted as the cache
-        fills, so a partition of millions of users never sits in memory at once. Returns
+        With a bounded cache (``OTTSCORE_USER_CACHE_MAX``) each state is adopted as it is
+        read, its timers armed and its KPI parts counted, and the least recently adopted are
+        evicted as the cache fills, so a partition of millions of users never sits in memory
+        at once. The states are read from the partition's own database (RocksDB). Returns
         whether anything was adopted: stored states or a snapshot's models.
         """
         processor = self.processor
@@ -147,13 +147,12 @@ class IngestWorker:
         kpis_closed_ms = -1
         bounded = self._bounded
         if bounded:  # the windows' closed point is needed before the first user is adopted
-            with writing_for(self.table.app, message):
-                mark = self.table.data.get(kpi_mark_key(partition))
+            mark = read_from(self.table.data, partition, kpi_mark_key(partition))
             if mark is not None:
                 kpis_closed_ms = read_kpi_mark(mark)
             processor.restore_kpis(partition, kpis_closed_ms)
         restored = 0
-        for key, data in self.table.data.items():
+        for key, data in partition_items(self.table.data, partition):
             if key in self._quarantined:
                 continue
             if key.startswith(KPI_MARK_PREFIX):
@@ -202,12 +201,9 @@ class IngestWorker:
     def _load_state(self, user_id: str, partition: int) -> bytes | None:
         """The stored state of an evicted user of ``partition`` (the processor's ``load_state``)."""
         key = user_id.encode()
-        message = self._last.get(partition)
-        if message is None or key in self._quarantined:
+        if partition not in self._last or key in self._quarantined:
             return None
-        with writing_for(self.table.app, message):  # the partition's database
-            data: bytes | None = self.table.data.get(key)
-        return data
+        return read_from(self.table.data, partition, key)
 
     def stored_states(self, skip: set[str]) -> Iterator[UserState]:
         """The stored states of this worker's users, except those in ``skip``.

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import free_ports
 from worker_process import WorkerProcess, produce_all
 
@@ -24,6 +25,7 @@ from pipeline.sim.simulate import SimulationConfig, Simulator
 
 
 def in_process(settings: Settings, simulator: Simulator) -> dict[tuple[str, str], float]:
+    settings = settings.model_copy(update={"user_cache_max": 0})  # every user held
     processor = Processor(settings, clock=lambda: 4_102_444_800.0)
     catalog = list(simulator.catalog())
     processor.load_catalog(catalog)
@@ -40,10 +42,17 @@ def in_process(settings: Settings, simulator: Simulator) -> dict[tuple[str, str]
     return {key: float(size) for key, size in sizes.items()}
 
 
+@pytest.mark.parametrize("cache_max", [0, 20])
 def test_the_audience_gauges_count_what_the_events_give(
-    settings_factory: Callable[..., Settings], tmp_path: Path
+    settings_factory: Callable[..., Settings], tmp_path: Path, cache_max: int
 ) -> None:
-    settings = settings_factory(metrics_port=free_ports(1)[0], audience_refresh_s=0.5)
+    """Also with a cache of 20 users: the evicted ones count as stored."""
+    settings = settings_factory(
+        metrics_port=free_ports(1)[0],
+        audience_refresh_s=0.5,
+        user_cache_max=cache_max,
+        store="rocksdb://" if cache_max else "memory://",
+    )
     simulator = Simulator(SimulationConfig(users=150, days=20, seed=8))
     want = in_process(settings, simulator)
     assert sum(v for (_, audience), v in want.items() if audience == "lapsed") > 0

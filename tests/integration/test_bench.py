@@ -87,7 +87,7 @@ def test_bench_reports_every_figure_and_the_worker_takes_every_record(
     assert runs["two_workers"][0] / runs["worker"][0] == pytest.approx(
         report["two_workers_speedup"]
     )
-    assert report["bounded_cache_users"] == 100  # a tenth of the users
+    assert report["bounded_cache_users"] == report["users_seen"] // 10 > 0
     assert runs["bounded_worker"][0] / runs["worker"][0] == pytest.approx(
         report["bounded_vs_worker"]
     )
