@@ -320,7 +320,7 @@ class Processor:
         kpis.add(
             event,
             scopes=scopes,
-            user=state.kpis or self._kpi_tracker(user_id),
+            user=state.kpis or self._kpi_tracker(user_id, state.partition),
         )
         if kpis.late != late:
             tally.kpi_late += 1
@@ -971,10 +971,10 @@ class Processor:
             )
         return kpis
 
-    def _user_outcomes(self, user_id: str, partition: int = -1) -> dict[str, UserOutcome]:
+    def _user_outcomes(self, user_id: str, partition: int) -> dict[str, UserOutcome]:
         return self._kpi_tracker(user_id, partition).outcomes
 
-    def _kpi_tracker(self, user_id: str, partition: int = -1) -> UserKpis:
+    def _kpi_tracker(self, user_id: str, partition: int) -> UserKpis:
         state = self._held(user_id, partition)
         if state.kpis is None:
             state.kpis = UserKpis()
