@@ -305,15 +305,14 @@ def build_app(settings: Settings | None = None) -> faust.App:
         if at_ms is None or not genres:
             return
         rules = AudienceRules(settings.audience_active_days, settings.audience_fan_share)
-        cached = dict(processor.users)
-        states = list(cached.values())
+        states = list(processor.users.values())
         sizes: Counter[tuple[str, str]] = Counter()
         for start in range(0, len(states), AUDIENCE_CHUNK):
             chunk = states[start : start + AUDIENCE_CHUNK]
             sizes.update(sizes_by_genre(chunk, genres, at_ms=at_ms, rules=rules))
             await asyncio.sleep(0)
         if settings.user_cache_max:
-            stored = worker.stored_states(skip=set(cached))
+            stored = worker.stored_states(skip={state.user_id for state in states})
             while chunk := list(itertools.islice(stored, AUDIENCE_CHUNK)):
                 sizes.update(sizes_by_genre(chunk, genres, at_ms=at_ms, rules=rules))
                 await asyncio.sleep(0)

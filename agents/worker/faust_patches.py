@@ -103,6 +103,13 @@ class _Outgoing:
     after_acknowledged: bool
 
 
+def _database(store: Any, partition: int) -> Any | None:
+    """``partition``'s own database in Faust's RocksDB store (one per partition); else None."""
+    if not hasattr(store, "_visible_items"):
+        return None  # not the RocksDB store (memory://)
+    return getattr(store, "_dbs", {}).get(partition)
+
+
 def partition_items(store: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:
     """The items a table's store holds for ``partition``.
 
@@ -111,10 +118,10 @@ def partition_items(store: Any, partition: int) -> Iterator[tuple[bytes, bytes]]
     decode) each state once per partition. This reads that partition's database only.
     Other stores (memory://) give every item; callers keep their own partition check.
     """
-    visible, database = (getattr(store, name, None) for name in ("_visible_items", "_dbs"))
-    if visible is None or database is None or partition not in database:
+    database = _database(store, partition)
+    if database is None:
         return iter(store.items())
-    return iter(visible(database[partition]))
+    return iter(store._visible_items(database))
 
 
 def read_from(store: Any, partition: int, key: bytes) -> bytes | None:
@@ -124,11 +131,8 @@ def read_from(store: Any, partition: int, key: bytes) -> bytes | None:
     build an event to find the database and run the key and value through the table's
     serialisers (~10 µs; keys and values here are raw bytes). Other stores: their ``get``.
     """
-    database = getattr(store, "_dbs", {}).get(partition)
-    if database is None or not hasattr(store, "_visible_items"):
-        value: bytes | None = store.get(key)
-        return value
-    data: bytes | None = database.get(key)
+    database = _database(store, partition)
+    data: bytes | None = (store if database is None else database).get(key)
     return data
 
 

@@ -136,28 +136,20 @@ class IngestWorker:
     def _restore_partition(self, partition: int) -> bool:
         """Adopt every stored user of a newly assigned partition (the table is recovered).
 
-        With a bounded cache (``OTTSCORE_USER_CACHE_MAX``) each state is adopted as it is
-        read, its timers armed and its KPI parts counted, and the least recently adopted are
-        evicted as the cache fills, so a partition of millions of users never sits in memory
-        at once. The states are read from the partition's own database (RocksDB). Returns
-        whether anything was adopted: stored states or a snapshot's models.
+        Each state is adopted as it is read (its timers armed, its KPI parts counted, after
+        the partition's KPI mark); with a bounded cache (``OTTSCORE_USER_CACHE_MAX``) the
+        least recently adopted are evicted as the cache fills, so a partition of millions
+        of users never sits in memory at once. The states are read from the partition's
+        own database (RocksDB). Returns whether anything was adopted: stored states or a
+        snapshot's models.
         """
         processor = self.processor
-        states = []
-        kpis_closed_ms = -1
-        bounded = self._bounded
-        if bounded:  # the windows' closed point is needed before the first user is adopted
-            mark = read_from(self.table.data, partition, kpi_mark_key(partition))
-            if mark is not None:
-                kpis_closed_ms = read_kpi_mark(mark)
-            processor.restore_kpis(partition, kpis_closed_ms)
+        # the windows' closed point, before the first user's parts are counted
+        mark = read_from(self.table.data, partition, kpi_mark_key(partition))
+        processor.restore_kpis(partition, read_kpi_mark(mark) if mark is not None else -1)
         restored = 0
         for key, data in partition_items(self.table.data, partition):
-            if key in self._quarantined:
-                continue
-            if key.startswith(KPI_MARK_PREFIX):
-                if key == kpi_mark_key(partition):
-                    kpis_closed_ms = read_kpi_mark(data)
+            if key in self._quarantined or key.startswith(KPI_MARK_PREFIX):
                 continue
             try:
                 user_id = key.decode()
@@ -169,20 +161,11 @@ class IngestWorker:
                 continue
             if state.partition != partition:  # a standby copy of another worker's
                 continue
-            if bounded:
-                processor.adopt(state)
-                restored += 1
-                if restored % RESTORE_EVICT_EVERY == 0:
-                    processor.evict()
-            else:
-                states.append(state)
-        if bounded:
-            processor.evict()
-        else:
-            processor.restore_kpis(partition, kpis_closed_ms)  # before the users' parts
-            for state in states:
-                processor.adopt(state)
-            restored = len(states)
+            processor.adopt(state)
+            restored += 1
+            if restored % RESTORE_EVICT_EVERY == 0:
+                processor.evict()  # with a bounded cache; nothing otherwise
+        processor.evict()
         read = self._prefetched.pop(partition, None)
         if read is not None and read.done() and not read.cancelled() and not read.exception():
             models = read.result()
