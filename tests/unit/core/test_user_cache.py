@@ -126,7 +126,7 @@ def test_only_stored_states_are_evicted_and_timers_read_them_back() -> None:
     store.update(((partition, user_id), data) for user_id, partition, data in states)
     processor.stored(users)
     assert processor.evict() == len(users) - 2
-    assert list(processor.users) == users[-2:] or len(processor.users) == 2
+    assert len(processor.users) == 2
     pending = processor.timers.pending()
     assert pending > 2  # the evicted users' timers stayed
     read_back = processor.tally.states_read_back
