@@ -206,9 +206,33 @@ def test_a_churn_model_of_the_previous_release_scores_without_the_poisson_offset
     scaled = logreg._scaled(x, learn=False)
     raw = logreg.classifier._weights.dot(scaled) + logreg.classifier.intercept
     assert logreg.predict_proba_one(x) == pytest.approx(1.0 / (1.0 + math.exp(-raw)), rel=1e-12)
-    fresh = LogisticChurn()
-    assert fresh.hazard == 1.0 and fresh.model_version == "churn-logreg-4"
-    assert fresh.predict_proba_one(x) == pytest.approx(math.exp(-0.5 / 7.0 * 14.0), rel=1e-9)
+    fresh = LogisticChurn()  # competing risks: the Poisson silence, or a departure
+    assert fresh.competing and fresh.model_version == "churn-logreg-5"
+    silence, departure = math.exp(-0.5 / 7.0 * 14.0), 1.0 / (1.0 + math.exp(4.0))
+    expected = 1.0 - (1.0 - silence) * (1.0 - departure)
+    assert fresh.predict_proba_one(x) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_churn_model_on_top_of_the_poisson_hazard_scores_as_it_did() -> None:
+    """``churn-logreg-4`` restored: ``logit(poisson) + w · x + b``, and it learns so."""
+    blob = (FIXTURES / "snapshot-shared-first.bin").read_bytes()
+    _, models = unseal(blob, key=b"fixture-key", app_id="ottscore", partition=0)
+    logreg = models.churn["logreg"]
+    assert isinstance(logreg, LogisticChurn) and not logreg.competing and logreg.hazard == 1.0
+    assert logreg.model_version == "churn-logreg-4"
+    x = dict.fromkeys(CHURN_FEATURES, 1.0) | {"sessions_7d": 0.5}
+    poisson = math.exp(-0.5 / 7.0 * 14.0)
+
+    def expected() -> float:
+        scaled = logreg._scaled(x, learn=False)
+        raw = logreg.classifier._weights.dot(scaled) + logreg.classifier.intercept
+        return 1.0 / (1.0 + math.exp(-(raw + math.log(poisson / (1.0 - poisson)))))
+
+    assert logreg.predict_proba_one(x) == pytest.approx(expected(), rel=1e-12)
+    before = logreg.classifier.intercept
+    logreg.learn_one(x, True)  # River's log loss: a churned label raises the intercept
+    assert logreg.classifier.intercept > before
+    assert logreg.predict_proba_one(x) == pytest.approx(expected(), rel=1e-12)
 
 
 def test_a_snapshot_of_the_first_release_that_shares_learning_restores_and_goes_on() -> None:

@@ -1,14 +1,14 @@
 """Quality floors: a model that is broken must fail a test, not only look worse in a report.
 
-One seeded simulation (400 viewers, 45 days, ~85,000 records) runs through the processor
+One seeded simulation (400 viewers, 60 days, ~115,000 records) runs through the processor
 as one partition. The floors sit below what the models reach on it (printed) and above
 what a broken model reaches: churn features fed as zeros or risk signals never emitted each
 fail here (checked by breaking them), and so does a champion whose weights learn nothing
-(it ranks as the Poisson heuristic it scores on top of). Dropping the taste signal from
-the ranking does not: on this traffic the lists reach nearly the same hit-rate without it
-(0.466 against 0.473). Here viewers choose by popularity times genre taste, which the
-popularity and genre signals carry already; ranked by taste alone the lists hit 0.19
-(trending 0.17).
+(it ranks as the Poisson heuristic whose silence risk it takes). Dropping the taste
+signal from the ranking does not: on this traffic the lists reach nearly the same
+hit-rate without it (0.469 against 0.479). Here viewers choose by popularity times genre
+taste, which the popularity and genre signals carry already; ranked by taste alone the
+lists hit 0.22 (trending 0.15).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pipeline.sim.simulate import SimulationConfig, Simulator
 
 @functools.cache
 def run() -> tuple[dict[str, float], Counter[str]]:
-    simulator = Simulator(SimulationConfig(users=400, days=45, seed=1))
+    simulator = Simulator(SimulationConfig(users=400, days=60, seed=1))
     processor = Processor(Settings())
     processor.load_catalog(simulator.catalog())
     kinds: Counter[str] = Counter()
@@ -43,25 +43,25 @@ def run() -> tuple[dict[str, float], Counter[str]]:
 
 def test_the_churn_models_rank_churners_first() -> None:
     report, _ = run()
-    assert report["churn.auc"] >= 0.78  # 0.811 measured; zeroed features give ~0.5
-    assert report["churn.poisson.auc"] >= 0.76  # 0.797 measured
-    # the champion scores on top of the heuristic's log-odds: weights that learn nothing
-    # leave it exactly the heuristic's ranking
-    assert report["churn.auc"] >= report["churn.poisson.auc"] + 0.005
+    assert report["churn.auc"] >= 0.80  # 0.841 measured; zeroed features give ~0.5
+    assert report["churn.poisson.auc"] >= 0.78  # 0.806 measured
+    # the champion's silence risk is the heuristic's: weights that learn nothing leave it
+    # the heuristic's ranking (0.806); what it learns of departures adds 0.035
+    assert report["churn.auc"] >= report["churn.poisson.auc"] + 0.02
 
 
 def test_the_personalised_lists_beat_trending_by_far() -> None:
     report, _ = run()
-    assert report["reco.hit_rate_at_10"] >= 0.40  # 0.473 measured
+    assert report["reco.hit_rate_at_10"] >= 0.40  # 0.479 measured
     assert report["reco.hit_rate_at_10"] >= 2.5 * report["reco.trending_hit_rate_at_10"]
 
 
 def test_a_week_of_silence_is_judged_better_by_the_rescore_than_by_the_last_session() -> None:
     report, _ = run()  # the same users silent 7 days, the same labels
     assert report["churn.inactive_7d.auc"] >= report["churn.session_end_7d.auc"] + 0.03
-    # 0.702 against 0.648 measured
+    # 0.774 against 0.715 measured
 
 
 def test_risk_transitions_are_signalled() -> None:
     _, kinds = run()
-    assert kinds["signal"] >= 5 and kinds["churn"] >= 5000  # 11 and 6,175 measured
+    assert kinds["signal"] >= 5 and kinds["churn"] >= 5000  # 94 and 10,675 measured

@@ -303,7 +303,7 @@ def test_shared_learning_gives_many_partitions_the_quality_of_one(
     assert alone[hits] < 0.8 * one[hits]  # learning alone loses a fifth of the hits or more
     assert shared[hits] >= 0.97 * one[hits]
     assert abs(shared[auc] - one[auc]) <= 0.01 and shared[ece] <= one[ece] + 0.01
-    # the champion scores on top of the Poisson hazard, which needs no labels, so alone it
+    # the champion scores with the Poisson hazard, which needs no labels, so alone it
     # is close to one partition's on this small audience; the inactivity model has no
     # such offset: alone it starts at an intercept of 0 and sees a 32nd of the labels
     silent_3d, silent_7d = "churn.inactive_3d.ece", "churn.inactive_7d.auc"
