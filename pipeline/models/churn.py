@@ -164,6 +164,7 @@ class LogisticChurn:
         self.scaler = preprocessing.StandardScaler()
         self.horizon_days = horizon_days
         self.competing = competing
+        self.hazard = 0.0  # no new model scores on top of the hazard (churn-logreg-4)
         if competing:
             self.classifier = OffsetLogisticRegression(
                 optimizer=optim.SGD(0.01),
@@ -171,10 +172,8 @@ class LogisticChurn:
                 l2=1e-4,
                 intercept_init=DEPARTURE_LOG_ODDS,
             )
-            self.hazard = 0.0
-        else:  # the inactivity model: its features hold the silence
+        else:  # a plain regression (the inactivity model: its features hold the silence)
             self.classifier = OffsetLogisticRegression(optimizer=optim.SGD(0.01), l2=1e-4)
-            self.hazard = 0.0
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Restore a snapshot; one of an earlier release scores as it did then."""
