@@ -123,7 +123,8 @@ class Settings(BaseSettings):
         ge=0,
         description="Most user states a worker holds as objects: beyond it, the least "
         "recently used states already in the store are evicted and read back at their "
-        "user's next event or timer (their timers stay); 0: every state stays.",
+        "user's next event or timer (their timers stay); 0: every state stays. Not yet "
+        "crash-safe (a kill -9 lost a state in a test run): keep 0 in production.",
     )
 
     kafka_session_timeout_s: float = Field(

