@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from river import linear_model, optim, preprocessing, tree
+from river.utils.math import sigmoid
 
 from pipeline.core.features import CHURN_FEATURES
 from pipeline.serde.snapshots import stored_as
@@ -117,7 +118,7 @@ class CompetingRisksLoss(optim.losses.BinaryLoss):
 
     def mean_func(self, y_pred: Any) -> Any:
         """``P(churn)``: either risk, at the departure log-odds ``y_pred``."""
-        return 1.0 - (1.0 - self.silence) * (1.0 - _sigmoid(y_pred))
+        return 1.0 - (1.0 - self.silence) * (1.0 - sigmoid(y_pred))
 
     def __call__(self, y_true: Any, y_pred: Any) -> Any:
         if not y_true:  # −log(1 − silence) − log(1 − q), the second a softplus
@@ -127,18 +128,11 @@ class CompetingRisksLoss(optim.losses.BinaryLoss):
         return -math.log(max(self.mean_func(y_pred), 1e-300))
 
     def gradient(self, y_true: Any, y_pred: Any) -> Any:
-        q = _sigmoid(y_pred)
+        q = sigmoid(y_pred)
         if not y_true:  # −log(1 − p) = −log(1 − silence) − log(1 − q)
             return q
         p = max(1.0 - (1.0 - self.silence) * (1.0 - q), _P_FLOOR)
         return -(1.0 - self.silence) * q * (1.0 - q) / p
-
-
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
 
 
 @stored_as("LogisticChurn")
