@@ -94,6 +94,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=settings.kafka_session_timeout_s / 10,
         broker_max_poll_records=settings.batch_max_events,
+        broker_commit_interval=settings.kafka_commit_interval_s,
         producer_max_batch_size=1_000_000,  # a commit's states of a partition in one batch
         Worker=Worker,
     )

@@ -156,6 +156,9 @@ class Processor:
         self._load_state = load_state
         # users whose serialised states are on their way to the store: how many times
         self._writing: dict[str, int] = {}
+        # users taken for writing (take_dirty_users), not serialised yet (states_of):
+        # no longer dirty, not on their way to the store, so not evictable either
+        self._taken: set[str] = set()
         #: The dead-letter topic's ``max.message.bytes``: every dead-letter record fits in
         #: it. The worker lowers it to the topic's own limit when that is smaller.
         self.dlq_max_message_bytes = settings.dlq_max_message_bytes
@@ -548,8 +551,9 @@ class Processor:
     def evict(self) -> int:
         """Evict the least recently used states beyond ``settings.user_cache_max``.
 
-        Only states the store holds as they are: not changed since they were taken for
-        writing, nor on their way to the store (:meth:`stored` not called yet). Their timers
+        Only states the store holds as they are: not changed, not taken for writing and
+        not serialised yet, nor on their way to the store (:meth:`stored` not called yet).
+        Their timers
         stay, and their parts of the KPI windows stay as sums; their user's next event or
         timer reads them back with ``load_state``. Returns how many were evicted; a
         caller evicts between batches (the worker after each, offline runs at each
@@ -577,10 +581,10 @@ class Processor:
         excess = len(users) - self._cache_max
         if not self._cache_max or excess <= 0:
             return 0
-        dirty, writing = self._dirty, self._writing
+        dirty, writing, taken = self._dirty, self._writing, self._taken
         victims = []
         for user_id in users:
-            if user_id not in dirty and user_id not in writing:
+            if user_id not in dirty and user_id not in writing and user_id not in taken:
                 victims.append(user_id)
                 if len(victims) == excess:
                     break
@@ -1068,6 +1072,8 @@ class Processor:
         """
         dirty = list(self._dirty)
         self._dirty.clear()
+        if self._cache_max:  # held until serialised (states_of) or handed back (keep_dirty)
+            self._taken.update(dirty)
         return dirty
 
     def states_of(self, user_ids: Iterable[str]) -> list[tuple[str, int, bytes]]:
@@ -1085,8 +1091,10 @@ class Processor:
         []
         """
         users = self.users
+        user_ids = list(user_ids)
         states = [(u, users[u].partition, users[u].to_bytes()) for u in user_ids if u in users]
         if self._cache_max:
+            self._taken.difference_update(user_ids)
             writing = self._writing
             for user_id, _, _ in states:
                 writing[user_id] = writing.get(user_id, 0) + 1
@@ -1094,6 +1102,8 @@ class Processor:
 
     def keep_dirty(self, user_ids: Iterable[str]) -> None:
         """Mark users as changed again (taken by :meth:`take_dirty_users`, not written)."""
+        user_ids = list(user_ids)
+        self._taken.difference_update(user_ids)
         self._dirty.update(u for u in user_ids if u in self.users)
 
     def drop_partition(self, partition: int) -> None:
@@ -1110,6 +1120,7 @@ class Processor:
         for user_id in [u for u, s in self.users.items() if s.partition == partition]:
             del self.users[user_id]
             self._dirty.discard(user_id)
+            self._taken.discard(user_id)
             self._writing.pop(user_id, None)
 
 

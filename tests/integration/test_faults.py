@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -173,17 +174,7 @@ STORES = pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
     [
         ("memory://", 0),
         ("rocksdb://", 0),
-        pytest.param(
-            "rocksdb://",
-            40,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="known defect: with a bounded cache a user's state was missing from "
-                "the changelog after the kill -9s in one of two clean-clone runs "
-                "(2026-12-06); docs/operations.md says not to bound the cache in production "
-                "until it is found",
-            ),
-        ),
+        ("rocksdb://", 40),
     ],
 )
 def test_kill_9_five_times_loses_nothing(
@@ -197,6 +188,7 @@ def test_kill_9_five_times_loses_nothing(
         kafka_session_timeout_s=SESSION_TIMEOUT_S,
         snapshot_key="kill-test-key",
         snapshot_interval_s=2.0,
+        kafka_commit_interval_s=0.5,  # lives of 0.1-2 s commit, so later ones restore
     )
     ensure_topics(settings)
     publish_consent(settings, users=300, seed=21)
@@ -225,10 +217,18 @@ def test_kill_9_five_times_loses_nothing(
     counts = audit(settings)
     assert resumed > 0, "the restarted worker published no scores"
     assert counts["actions"] > 0, "no CRM trigger to audit"
+    restored = [restored_states(tmp_path / f"worker-{life}.log") for life in range(1, 5)]
+    restored.append(restored_states(tmp_path / "worker-last.log"))
+    assert sum(restored) > 0, "no life restored a stored state: the test saw no restore"
     print(
         f"\nkill -9 ({store}, cache {cache_max or 'unbounded'}): {len(trials)} trials "
-        f"(records read per life {trials}), {counts}"
+        f"(records read per life {trials}, states restored per restart {restored}), {counts}"
     )
+
+
+def restored_states(log: Path) -> int:
+    """How many stored user states a worker adopted, by its log, over its partitions."""
+    return sum(int(n) for n in re.findall(r"restored (\d+) user states", log.read_text()))
 
 
 def test_a_bounded_cache_evicts_reads_back_and_restarts_as_an_uninterrupted_run(

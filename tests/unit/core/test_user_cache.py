@@ -134,6 +134,32 @@ def test_only_stored_states_are_evicted_and_timers_read_them_back() -> None:
     assert processor.tally.states_read_back > read_back
 
 
+def test_states_taken_for_writing_stay_until_written() -> None:
+    """A write-back in parts (the worker's) never loses the users it has not written yet.
+
+    Between two parts the worker handles batches, and each batch evicts: a user taken
+    for writing but not serialised yet is neither changed (no longer dirty) nor on its
+    way to the store, yet the store does not hold its change.
+    """
+    records, catalog = simulation()
+    store: dict[tuple[int, str], bytes] = {}
+    settings = SETTINGS.model_copy(update={"user_cache_max": 2})
+    processor = Processor(settings, clock=lambda: 4.1e9, load_state=reader(store))
+    processor.load_catalog(catalog)
+    drive(processor, records[:400])
+    users = processor.take_dirty_users()
+    assert len(users) > 4
+    first, unwritten, rest = users[:2], users[2:4], users[4:]
+    store.update(((p, user_id), data) for user_id, p, data in processor.states_of(first))
+    processor.stored(first)
+    processor.evict()  # a batch between two parts
+    assert {user_id for user_id, _, _ in processor.states_of(rest)} == set(rest)
+    processor.keep_dirty(unwritten)  # a write-back cancelled before them
+    processor.evict()
+    assert set(unwritten) <= set(processor.users)
+    assert set(unwritten) <= set(processor.take_dirty_users())
+
+
 def test_a_bounded_cache_needs_a_store() -> None:
     with pytest.raises(ValueError, match="load_state"):
         Processor(Settings(user_cache_max=10))
