@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any, NamedTuple
 
 from pipeline.core.events import Event, Rejection
@@ -111,11 +112,26 @@ class Shown(NamedTuple):
     def from_json(cls, value: Sequence[Any], shown_ms: int = 0) -> Shown:
         """Read a stored show: the array of its fields (``shown_ms`` for one stored without it)."""
         item_id, artwork_id, context, policy, propensity, choices, p_popular, p_bandit = value[:8]
-        return cls(
-            str(item_id), str(artwork_id), tuple(map(str, context)), str(policy),
-            float(propensity), int(choices), float(p_popular), float(p_bandit),
-            int(value[8]) if len(value) > 8 else shown_ms,
+        shown = cls(
+            intern(str(item_id)), intern(str(artwork_id)), _context(context),
+            intern(str(policy)), float(propensity), int(choices), float(p_popular),
+            float(p_bandit), int(value[8]) if len(value) > 8 else shown_ms,
         )  # fmt: skip
+        return artwork_kernel.untracked(shown)  # as a pick makes them (see untracked())
+
+
+def _context(values: Sequence[Any]) -> tuple[str, ...]:
+    """A stored show's context as one tuple shared by every show read back in it."""
+    key = tuple(map(str, values))
+    context = _CONTEXTS.get(key)
+    if context is None:
+        if len(_CONTEXTS) >= 10_000:
+            _CONTEXTS.clear()
+        context = _CONTEXTS[key] = tuple(map(intern, key))
+    return context
+
+
+_CONTEXTS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
 @dataclass(slots=True)
@@ -194,13 +210,16 @@ class UserArtwork:
         """Read what :meth:`to_json` stored."""
         clicked = obj.get("clicked")
         return cls(
-            sticky={str(item): (str(a), int(ms)) for item, (a, ms) in obj["sticky"].items()},
+            sticky={
+                intern(str(item)): (intern(str(a)), int(ms))
+                for item, (a, ms) in obj["sticky"].items()
+            },
             shown=[Shown.from_json(shown, int(obj.get("shown_ms", 0))) for shown in obj["shown"]],
             latest=[Shown.from_json(shown) for shown in obj.get("latest", ())],
             clicked=None if clicked is None else Shown.from_json(clicked),
             clicked_ms=int(obj["clicked_ms"]),
             clicked_watch_s=float(obj["clicked_watch_s"]),
-            devices={str(device): float(n) for device, n in obj.get("devices", {}).items()},
+            devices={intern(str(device)): float(n) for device, n in obj.get("devices", {}).items()},
         )
 
 

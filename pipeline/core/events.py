@@ -61,6 +61,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
+from sys import intern
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
@@ -328,7 +329,13 @@ class _Invalid(Exception):
 _Check = Callable[[Any], Any]
 
 
-def _text(min_length: int, max_length: int) -> _Check:
+def _text(min_length: int, max_length: int, *, shared: bool = False) -> _Check:
+    """A check of a string of ``min_length`` to ``max_length`` characters.
+
+    ``shared``: interned, for the values that states and models keep (users, items,
+    devices), so that one object serves every state, timer and model holding it.
+    """
+
     def check(value: Any) -> str:
         if type(value) is not str:
             raise _Invalid("wrong_type", f"expected string, got {_json_type(value)}")
@@ -336,7 +343,7 @@ def _text(min_length: int, max_length: int) -> _Check:
             raise _Invalid(
                 "invalid_value", f"length {len(value)} outside {min_length}..{max_length}"
             )
-        return value
+        return intern(value) if shared else value
 
     return check
 
@@ -400,17 +407,18 @@ def _optional(name: str, check: _Check) -> _Field:
 
 
 _ID = _text(1, 128)
+_NAME = _text(1, 128, shared=True)
 _SECONDS = _number(minimum=0.0, maximum=MAX_SECONDS)
 _COMMON = (
     _required("event_id", _ID),
-    _required("user_id", _ID),
+    _required("user_id", _NAME),
     _required("ts", _timestamp, attr="ts_ms"),
     _optional("session_id", _text(0, 128)),
-    _optional("device", _text(0, 64)),
-    _optional("country", _text(0, 8)),
+    _optional("device", _text(0, 64, shared=True)),
+    _optional("country", _text(0, 8, shared=True)),
 )
 _PLAYBACK = (
-    _required("item_id", _ID),
+    _required("item_id", _NAME),
     _required("position_s", _SECONDS),
     _optional("duration_s", _number(minimum=0.0, maximum=MAX_SECONDS, exclusive_minimum=True)),
 )
@@ -424,10 +432,10 @@ _FIELDS: dict[str, tuple[_Field, ...]] = {
     ),
     "click": (
         *_COMMON,
-        _required("item_id", _ID),
+        _required("item_id", _NAME),
         _required("surface", _text(1, 64)),
         _optional("rank", _integer(minimum=0, maximum=MAX_COUNT)),
-        _optional("artwork_id", _ID),
+        _optional("artwork_id", _NAME),
     ),
 }
 _MISSING: Any = object()

@@ -728,7 +728,7 @@ class Processor:
         models = self.models(state.partition)
         probabilities = {name: model.predict_proba_one(x) for name, model in models.churn.items()}
         state.segment = models.segmenter.learn_predict_one(x)
-        state.pending = PendingChurn(at_ms, state.last_seen_ms, vector, probabilities)
+        state.pending = PendingChurn(at_ms, state.last_seen_ms, array("d", vector), probabilities)
         self.timers.schedule(
             state.partition, state.user_id, CHURN, state.last_seen_ms + self._horizon_ms
         )

@@ -24,6 +24,7 @@ True
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -87,7 +88,8 @@ class PendingChurn:
 
     predicted_at_ms: int
     last_seen_ms: int
-    features: list[float]
+    #: The churn features at the prediction (:data:`~pipeline.core.features.CHURN_FEATURES`).
+    features: array[float]
     probabilities: dict[str, float]
     #: Re-scores during the user's silence since: days of silence (as text) → probability.
     rescores: dict[str, float] = field(default_factory=dict)

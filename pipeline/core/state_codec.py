@@ -48,7 +48,9 @@ import copy
 import math
 import operator
 import struct
-from collections.abc import Callable
+import sys
+from array import array
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -120,6 +122,11 @@ def _str(name: str, value: object) -> str:
     return _check(name, value, str)  # type: ignore[no-any-return]
 
 
+def _name(name: str, value: object) -> str:
+    """A string many states hold (an item, a band, an experiment): one object, shared."""
+    return sys.intern(_str(name, value))
+
+
 def _list_of(read: Callable[[str, object], Any]) -> Callable[[str, object], list[Any]]:
     return lambda name, value: [read(name, item) for item in _check(name, value, list)]
 
@@ -127,7 +134,7 @@ def _list_of(read: Callable[[str, object], Any]) -> Callable[[str, object], list
 def _dict_of(read: Callable[[str, object], Any]) -> Callable[[str, object], dict[str, Any]]:
     def check(name: str, value: object) -> dict[str, Any]:
         return {
-            _str(name, key): read(name, item) for key, item in _check(name, value, dict).items()
+            _name(name, key): read(name, item) for key, item in _check(name, value, dict).items()
         }
 
     return check
@@ -147,19 +154,19 @@ _SCALARS: dict[str, tuple[Callable[[str, object], Any], Any]] = {
     "session_searched": (_bool, False),
     "session_played": (_bool, False),
     "watch_s": (_float, 0.0),
-    "playing_item": (_optional(_str), None),
+    "playing_item": (_optional(_name), None),
     "playing_position_s": (_float, 0.0),
     "playing_since_ms": (_int, 0),
     "playing_duration_s": (_optional(_float), None),
-    "current_item": (_optional(_str), None),
-    "clicked_item": (_optional(_str), None),
-    "finished": (_list_of(_str), []),
-    "risk_band": (_optional(_str), None),
+    "current_item": (_optional(_name), None),
+    "clicked_item": (_optional(_name), None),
+    "finished": (_list_of(_name), []),
+    "risk_band": (_optional(_name), None),
     "segment": (_optional(_int), None),
     "reco_at_ms": (_int, 0),
-    "reco_items": (_list_of(_str), []),
-    "trending_items": (_list_of(_str), []),
-    "experiments": (_dict_of(_str), {}),  # since 2026-12
+    "reco_items": (_list_of(_name), []),
+    "trending_items": (_list_of(_name), []),
+    "experiments": (_dict_of(_name), {}),  # since 2026-12
 }
 #: The decayed counters of :class:`~pipeline.core.features.UserFeatures`, by layout number, in
 #: the order they are packed (``events_7d`` holds one count per event type).
@@ -265,7 +272,7 @@ def _fields(value: object) -> tuple[Any, ...]:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _pack(values: list[float]) -> str:
+def _pack(values: Sequence[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(values)}d", *values)).decode("ascii")
 
 
@@ -365,7 +372,7 @@ def _pending(cls: type[PendingChurn], obj: object) -> PendingChurn | None:
     return cls(
         _int("pending.predicted_at_ms", fields.get("predicted_at_ms")),
         _int("pending.last_seen_ms", fields.get("last_seen_ms")),
-        _unpacked("pending.features", fields["features"], len(names)),
+        array("d", _unpacked("pending.features", fields["features"], len(names))),
         _dict_of(_float)("pending.probabilities", fields.get("probabilities")),
         _dict_of(_float)("pending.rescores", fields.get("rescores", {})),  # absent before
     )

@@ -78,6 +78,8 @@ def assert_never_fails(catalog: list[Any], stream: list[bytes]) -> None:
     )
     outputs = Counter(out.kind for out in processor.take_outbox())
     assert outputs["dlq"] == sum(tally.rejected.values())
+    for user_id, _, data in processor.take_dirty():  # every state it made can be stored
+        assert processor.decode_state(user_id, data).to_bytes() == data
 
 
 STREAMS = {
