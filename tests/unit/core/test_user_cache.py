@@ -112,13 +112,19 @@ def test_a_bounded_cache_publishes_and_stores_what_an_unbounded_one_does(
     assert held <= cache_max  # after each write-back, every user beyond the bound went
 
 
-def test_only_stored_states_are_evicted_and_timers_read_them_back() -> None:
+def holding_two(store: dict[tuple[int, str], bytes]) -> Processor:
+    """A processor holding at most 2 states, after the first 400 records (nothing stored)."""
     records, catalog = simulation()
-    store: dict[tuple[int, str], bytes] = {}
     settings = SETTINGS.model_copy(update={"user_cache_max": 2})
     processor = Processor(settings, clock=lambda: 4.1e9, load_state=reader(store))
     processor.load_catalog(catalog)
     drive(processor, records[:400])
+    return processor
+
+
+def test_only_stored_states_are_evicted_and_timers_read_them_back() -> None:
+    store: dict[tuple[int, str], bytes] = {}
+    processor = holding_two(store)
     assert processor.evict() == 0  # nothing stored: every user stays
     users = processor.take_dirty_users()
     states = processor.states_of(users)
@@ -130,7 +136,7 @@ def test_only_stored_states_are_evicted_and_timers_read_them_back() -> None:
     pending = processor.timers.pending()
     assert pending > 2  # the evicted users' timers stayed
     read_back = processor.tally.states_read_back
-    drive(processor, records[400:])
+    drive(processor, simulation()[0][400:])
     assert processor.tally.states_read_back > read_back
 
 
@@ -141,12 +147,8 @@ def test_states_taken_for_writing_stay_until_written() -> None:
     for writing but not serialised yet is neither changed (no longer dirty) nor on its
     way to the store, yet the store does not hold its change.
     """
-    records, catalog = simulation()
     store: dict[tuple[int, str], bytes] = {}
-    settings = SETTINGS.model_copy(update={"user_cache_max": 2})
-    processor = Processor(settings, clock=lambda: 4.1e9, load_state=reader(store))
-    processor.load_catalog(catalog)
-    drive(processor, records[:400])
+    processor = holding_two(store)
     users = processor.take_dirty_users()
     assert len(users) > 4
     first, unwritten, rest = users[:2], users[2:4], users[4:]
