@@ -410,8 +410,9 @@ class Settings(BaseSettings):
     # --- model snapshots --------------------------------------------------------------
     snapshot_key: SecretStr = Field(
         SecretStr(""),
-        description="HMAC key that signs model snapshots; unsigned or mis-signed ones are "
-        "refused. Empty disables snapshots.",
+        description="HMAC key that signs model snapshots and, with sharing on, the "
+        "partitions' learning and its merges; unsigned or mis-signed ones are refused. Empty "
+        "disables snapshots, and leaves learning records unsigned.",
     )
     snapshot_interval_s: float = Field(
         60.0, gt=0, description="Wall-clock seconds between model snapshots of a partition."

@@ -36,7 +36,7 @@ from agents.worker.snapshots import SnapshotWriter
 from pipeline.config import Settings
 from pipeline.core.audiences import AudienceRules, sizes_by_genre
 from pipeline.kpis.combine import PartialsCombiner
-from pipeline.models.exchange import CONTROL_KEY, LearningMerger, decode_delta
+from pipeline.models.exchange import CONTROL_KEY, LearningMerger, read_delta, signed_merges
 from pipeline.serde.snapshots import MAX_SNAPSHOT_BYTES
 
 __all__ = ["build_app", "logging_config"]
@@ -218,19 +218,23 @@ def build_app(settings: Settings | None = None) -> faust.App:
         are acknowledged before the merger's state that gave them is written: a restart
         writes a merge again rather than never, and the partitions skip what they folded
         (a crash in between can fold the deltas of that one batch twice). A record that is
-        not a delta is logged and skipped.
+        not a delta, or not signed with ``OTTSCORE_SNAPSHOT_KEY`` when it is set, is logged
+        and skipped.
         """
         producer = app.producer
+        key = settings.snapshot_key.get_secret_value().encode()  # signs and checks (exchange)
         async for events in stream.take_events(10_000, within=settings.share_merge_within_s):
             in_use = merger()
             before = in_use.merges
             for event in events:
                 try:
-                    in_use.feed(decode_delta(event.value))
+                    in_use.feed(read_delta(event.value, key=key, app_id=settings.app_id))
                 except ValueError as exc:  # the merger is as before it
                     log.error("learning record skipped (%s): %.200r", exc, event.value)
             last = events[-1].message
-            records = in_use.flush(merge=last.offset + 1)  # numbered by the topic: monotonic
+            records = signed_merges(  # numbered by the topic: monotonic
+                in_use.flush(merge=last.offset + 1), key=key, app_id=settings.app_id
+            )
             if records:
                 by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
                 for partition, record in records:

@@ -73,7 +73,15 @@ from pipeline.experiments.live_results import PartitionOutcomes, experiment_meta
 from pipeline.experiments.outcomes import UserOutcome
 from pipeline.kpis.windows import HOUR_MS, ONLY_ALL, PartitionKpis, UserKpis
 from pipeline.models.churn import ChurnModel, inactive_features
-from pipeline.models.exchange import CONTROL_KEY, PartitionShare, decode_merge, encode_delta
+from pipeline.models.exchange import (
+    CONTROL_KEY,
+    DELTAS,
+    PartitionShare,
+    decode_merge,
+    encode_delta,
+    sign,
+    verified,
+)
 from pipeline.models.partition import PartitionModels
 from pipeline.models.quality import PUBLISHED, LabelledPrediction, Prequential
 from pipeline.models.shared import SharedLearning
@@ -189,6 +197,8 @@ class Processor:
         self._models: dict[int, PartitionModels] = {}
         self._sharing: SharedLearning | None = None
         self._share_every_ms = int(settings.share_every_s * 1000)
+        # signs the deltas published, checks the merges read (empty: neither)
+        self._learning_key = settings.snapshot_key.get_secret_value().encode()
         self._share_next_ms = -1  # when the epoch of the latest event time ends
         self._prediction_sink = prediction_sink
         self._clock = clock
@@ -384,10 +394,13 @@ class Processor:
             if delta is None or delta.is_empty():
                 continue
             delta.partition = partition
-            self._outbox.append(
-                Output(
-                    "learning", str(partition).encode(), encode_delta(delta), ts_ms, timestamp_ms
+            record = encode_delta(delta)
+            if self._learning_key:
+                record = sign(
+                    record, key=self._learning_key, app_id=self.settings.app_id, partition=DELTAS
                 )
+            self._outbox.append(
+                Output("learning", str(partition).encode(), record, ts_ms, timestamp_ms)
             )
             self.tally.learning_published += 1
 
@@ -405,6 +418,9 @@ class Processor:
         """Fold a merge of the other partitions' learning (:mod:`pipeline.models.exchange`)."""
         tally = self.tally
         try:
+            if self._learning_key:  # only merges signed for this partition (exchange.sign)
+                app_id = self.settings.app_id
+                raw = verified(raw, key=self._learning_key, app_id=app_id, partition=partition)
             merge = decode_merge(raw)
         except ValueError as exc:
             detail = f"{exc}"[:MAX_DETAIL_CHARS]

@@ -20,6 +20,15 @@ over Kafka (``OTTSCORE_SHARE_EVERY_S``; ``docs/quality.md`` has the measurements
    reproduces its scores; the merge number and chunk say which were folded already (a
    record read again after a restart is not folded twice).
 
+**Signed when a key is set.** With ``OTTSCORE_SNAPSHOT_KEY`` (the key the models'
+snapshots are signed with) every delta and merge record carries an HMAC-SHA256 of its
+bytes, bound to the application and to where the record goes (the learning topic, or the
+events partition a merge is for), as the record's last JSON field ``hmac``
+(:func:`sign`); records without it or with a wrong one are refused (:func:`verified`). A
+merge sets model parameters outright, and the events topic is the one most producers may
+write: without the signature, any of them could. Without a key, records are neither signed
+nor checked.
+
 A partition's scores depend only on its log: its events and the merges in it. When it
 publishes, and what, changes what the *others* fold (which their logs then hold), never
 its own models. A partition's side is stored with its models (the snapshot), so a worker
@@ -57,6 +66,7 @@ False
 
 from __future__ import annotations
 
+import hmac
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -88,6 +98,10 @@ __all__ = [
     "decode_merge",
     "encode_delta",
     "encode_merge",
+    "read_delta",
+    "sign",
+    "signed_merges",
+    "verified",
 ]
 
 CONTROL_KEY: Final = b"\x00ottscore.shared-learning"
@@ -97,6 +111,76 @@ CHOICES_PER_RECORD: Final = 20_000
 """The most choices one merge record carries (~0.6 MB of JSON); more go in further chunks."""
 
 WIRE_VERSION: Final = 1
+
+DELTAS: Final = -1
+"""Where a delta goes, for :func:`sign`: the learning topic (a merge: its events partition)."""
+
+_SIGNATURE_HEAD: Final = b',"hmac":"'  # then 64 hex digits and '"}': the record's last field
+_SIGNED_TAIL: Final = len(_SIGNATURE_HEAD) + 64 + 2
+
+
+def sign(record: bytes, *, key: bytes, app_id: str, partition: int) -> bytes:
+    """``record`` (a JSON object) with its HMAC-SHA256 as last field ``hmac``.
+
+    The signature covers the record's bytes, ``app_id`` and ``partition`` (the events
+    partition of a merge, :data:`DELTAS` for a delta), so a record signed for one
+    partition or application is refused by another.
+
+    >>> signed = sign(b'{"a":1}', key=b"k", app_id="ott", partition=3)
+    >>> signed[:17]
+    b'{"a":1,"hmac":"a9'
+    >>> verified(signed, key=b"k", app_id="ott", partition=3)
+    b'{"a":1}'
+    >>> verified(signed, key=b"k", app_id="ott", partition=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: bad signature
+    >>> verified(b'{"a":1}', key=b"k", app_id="ott", partition=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: unsigned
+    """
+    if not record.endswith(b"}") or record == b"{}":
+        raise ValueError("only a non-empty JSON object can be signed")
+    digest = _digest(record, key=key, app_id=app_id, partition=partition)
+    return b"".join((record[:-1], _SIGNATURE_HEAD, digest.encode(), b'"}'))
+
+
+def verified(record: bytes | None, *, key: bytes, app_id: str, partition: int) -> bytes:
+    """The record :func:`sign` signed, once its signature is checked (in constant time).
+
+    ``ValueError`` ``unsigned`` or ``bad signature`` otherwise.
+    """
+    data = record or b""
+    head = len(data) - _SIGNED_TAIL
+    if head < 1 or data[head : head + len(_SIGNATURE_HEAD)] != _SIGNATURE_HEAD:
+        raise ValueError("unsigned")
+    body = data[:head] + b"}"
+    expected = _digest(body, key=key, app_id=app_id, partition=partition).encode()
+    if not data.endswith(b'"}') or not hmac.compare_digest(data[-66:-2], expected):
+        raise ValueError("bad signature")
+    return body
+
+
+def read_delta(record: bytes | None, *, key: bytes, app_id: str) -> Delta:
+    """A delta read from the learning topic: checked first when there is a ``key``."""
+    return decode_delta(
+        verified(record, key=key, app_id=app_id, partition=DELTAS) if key else record
+    )
+
+
+def signed_merges(
+    records: Iterable[tuple[int, bytes]], *, key: bytes, app_id: str
+) -> list[tuple[int, bytes]]:
+    """The merger's ``(partition, record)``, each signed for its partition when there is a key."""
+    if not key:
+        return list(records)
+    return [(p, sign(record, key=key, app_id=app_id, partition=p)) for p, record in records]
+
+
+def _digest(record: bytes, *, key: bytes, app_id: str, partition: int) -> str:
+    bound = b"\x00".join((app_id.encode(), str(partition).encode(), record))
+    return hmac.digest(key, bound, "sha256").hex()
 
 
 @stored_as("PartitionShare")

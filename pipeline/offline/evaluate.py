@@ -32,7 +32,7 @@ from pipeline.core.events import Event, EventDecoder, parse_ts
 from pipeline.core.partitioning import partitioned
 from pipeline.core.personalize import PERSONALIZED
 from pipeline.core.processor import Output, Processor
-from pipeline.models.exchange import CONTROL_KEY, LearningMerger, decode_delta
+from pipeline.models.exchange import CONTROL_KEY, LearningMerger, read_delta, signed_merges
 from pipeline.models.offpolicy import policy_report
 from pipeline.models.quality import TRENDING, LabelledPrediction
 from pipeline.models.shared import SharedLearning
@@ -259,11 +259,15 @@ def _run(
     if merger is not None:
         records = _with_merges(records, written, partitions)
 
+        settings = processor.settings  # signed and checked as in the worker, with a key
+        key, app_id = settings.snapshot_key.get_secret_value().encode(), settings.app_id
+
         def outputs(taken: Sequence[Output]) -> None:
             for output in taken:
                 if output.kind == "learning":
-                    merger.feed(decode_delta(output.value))
-            written.extend(merger.flush(merge=merger.merges + 1))
+                    merger.feed(read_delta(output.value, key=key, app_id=app_id))
+            merges = merger.flush(merge=merger.merges + 1)
+            written.extend(signed_merges(merges, key=key, app_id=app_id))
 
     with tqdm(
         total=len(events.records),

@@ -99,6 +99,8 @@ def test_the_workers_partitions_fold_each_others_learning_and_a_replay_gives_eve
     assert total("ottscore_events_rejected_total") == 0
     published = read_topic(settings, settings.topic_learning)
     assert len(published) == total("ottscore_learning_published_total") > 4 * 24
+    # with the key, every delta and merge ends with its signature (exchange.sign)
+    assert all(r.value[-75:].startswith(b',"hmac":"') for r in [*merges, *published])
 
     replay = Processor(settings)
     outputs: dict[tuple[str, bytes], list[bytes]] = {}

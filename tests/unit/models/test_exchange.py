@@ -13,6 +13,7 @@ import pickle
 from collections.abc import Sequence
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,9 +30,13 @@ from pipeline.models.exchange import (
     decode_delta,
     decode_merge,
     encode_delta,
+    read_delta,
+    sign,
+    signed_merges,
 )
 from pipeline.models.partition import PartitionModels
 from pipeline.models.shared import Delta
+from pipeline.serde.schemas import validator
 from pipeline.serde.snapshots import seal, unseal
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
@@ -266,6 +271,7 @@ def _loop(
     """
     processor = Processor(settings)
     merger = LearningMerger(partitions=partitions)
+    secret = settings.snapshot_key.get_secret_value().encode()  # signed as the worker signs
     logs: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(partitions)}
     outputs: dict[tuple[str, bytes], list[bytes]] = {}
 
@@ -275,8 +281,9 @@ def _loop(
         for output in processor.take_outbox():
             outputs.setdefault((output.kind, output.key), []).append(output.value)
             if output.kind == "learning":
-                merger.feed(decode_delta(output.value))
-        for target, record in merger.flush(merge=merger.merges + 1):
+                merger.feed(read_delta(output.value, key=secret, app_id=settings.app_id))
+        merges = merger.flush(merge=merger.merges + 1)
+        for target, record in signed_merges(merges, key=secret, app_id=settings.app_id):
             append(target, CONTROL_KEY, record)
 
     for key, value in events:
@@ -328,6 +335,51 @@ def test_the_worker_loop_folds_the_others_learning_and_a_replay_gives_the_same_s
                 lists.setdefault(output.key, []).append(output.value)
     shared = {key: outputs[("personalization", key)] for key in lists}
     assert sum(lists[key] != shared[key] for key in lists) > len(lists) // 2
+
+
+def test_with_a_key_only_merges_signed_for_the_partition_are_folded() -> None:
+    """Signed deltas and merges score as unsigned ones; a forged or misdirected merge is refused.
+
+    Whoever may write the events topic could otherwise set any partition's model
+    parameters with one record.
+    """
+    simulator = Simulator(SimulationConfig(users=60, days=3, seed=5))
+    events = list(simulator.records())
+    plain = Settings(share_every_s=3600)
+    keyed = Settings(share_every_s=3600, snapshot_key="models-key")
+    _, unsigned, _ = _loop(4, events, plain)
+    logs, signed, processor = _loop(4, events, keyed)
+    assert {k: v for k, v in signed.items() if k[0] != "learning"} == {
+        k: v for k, v in unsigned.items() if k[0] != "learning"
+    }
+    learning = [
+        value for (kind, _), values in signed.items() if kind == "learning" for value in values
+    ]
+    assert learning and all(b'"hmac":"' in value for value in learning)
+    merges = [(p, value) for p, log in logs.items() for key, value in log if key == CONTROL_KEY]
+    assert processor.tally.learning_records["folded"] == len(merges) > 0
+    for schema, values in (("learning", learning), ("learning_merge", [v for _, v in merges])):
+        for value in values:  # the signature is a field of each record's schema
+            validator(schema).validate(orjson.loads(value))
+
+    refused = Processor(keyed)
+    target, value = merges[-1]
+    unsigned_merge = value[: value.rindex(b',"hmac":"')] + b"}"
+    elsewhere = (target + 1) % 4
+    forged = sign(unsigned_merge, key=b"another key", app_id=keyed.app_id, partition=target)
+    for offset, (partition, record) in enumerate(
+        [(target, unsigned_merge), (elsewhere, value), (target, forged)]
+    ):
+        refused.process(record, key=CONTROL_KEY, partition=partition, offset=offset)
+    letters = [orjson.loads(out.value) for out in refused.take_outbox()]
+    assert [(letter["reason"], letter["detail"]) for letter in letters] == [
+        ("bad_learning_record", "unsigned"),
+        ("bad_learning_record", "bad signature"),
+        ("bad_learning_record", "bad signature"),
+    ]
+    assert not refused.tally.learning_records
+    refused.process(value, key=CONTROL_KEY, partition=target, offset=3)
+    assert refused.tally.learning_records["folded"] == 1
 
 
 @settings(max_examples=30, deadline=None)
