@@ -39,6 +39,7 @@ True
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from sys import intern
@@ -112,26 +113,19 @@ class Shown(NamedTuple):
     def from_json(cls, value: Sequence[Any], shown_ms: int = 0) -> Shown:
         """Read a stored show: the array of its fields (``shown_ms`` for one stored without it)."""
         item_id, artwork_id, context, policy, propensity, choices, p_popular, p_bandit = value[:8]
+        context = _shared_context(tuple(map(str, context)))
         shown = cls(
-            intern(str(item_id)), intern(str(artwork_id)), _context(context),
-            intern(str(policy)), float(propensity), int(choices), float(p_popular),
-            float(p_bandit), int(value[8]) if len(value) > 8 else shown_ms,
+            intern(str(item_id)), intern(str(artwork_id)), context, intern(str(policy)),
+            float(propensity), int(choices), float(p_popular), float(p_bandit),
+            int(value[8]) if len(value) > 8 else shown_ms,
         )  # fmt: skip
         return artwork_kernel.untracked(shown)  # as a pick makes them (see untracked())
 
 
-def _context(values: Sequence[Any]) -> tuple[str, ...]:
+@functools.lru_cache(maxsize=10_000)
+def _shared_context(values: tuple[str, ...]) -> tuple[str, ...]:
     """A stored show's context as one tuple shared by every show read back in it."""
-    key = tuple(map(str, values))
-    context = _CONTEXTS.get(key)
-    if context is None:
-        if len(_CONTEXTS) >= 10_000:
-            _CONTEXTS.clear()
-        context = _CONTEXTS[key] = tuple(map(intern, key))
-    return context
-
-
-_CONTEXTS: dict[tuple[str, ...], tuple[str, ...]] = {}
+    return tuple(map(intern, values))
 
 
 @dataclass(slots=True)

@@ -569,11 +569,10 @@ class Processor:
 
         Only states the store holds as they are: not changed, not taken for writing and
         not serialised yet, nor on their way to the store (:meth:`stored` not called yet).
-        Their timers
-        stay, and their parts of the KPI windows stay as sums; their user's next event or
-        timer reads them back with ``load_state``. Returns how many were evicted; a
-        caller evicts between batches (the worker after each, offline runs at each
-        :meth:`take_dirty`).
+        Their timers stay, and their parts of the KPI windows stay as sums; their user's
+        next event or timer reads them back with ``load_state``. Returns how many were
+        evicted; a caller evicts between batches (the worker after each, offline runs at
+        each :meth:`take_dirty`).
 
         >>> from pipeline.config import Settings
         >>> from pipeline.core.events import Event, encode_event

@@ -59,6 +59,7 @@ and a user forgets their part of a window once the point is durable
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import sys
 from array import array
@@ -252,17 +253,11 @@ def _arm(scope: Scope) -> list[str]:
     return [] if scope == ALL else list(scope[1:])
 
 
-def _scope(arm: list[str]) -> Scope:
+def _scope(arm: Sequence[str]) -> Scope:
     if not arm:
         return ALL
     experiment, variant = arm
-    key = (str(experiment), str(variant))
-    scope = _SCOPE_OF.get(key)
-    if scope is None:
-        if len(_SCOPE_OF) >= _SHARED_MAX:
-            _SCOPE_OF.clear()
-        scope = _SCOPE_OF[key] = ("experiment", *key)
-    return scope
+    return ("experiment", experiment, variant)
 
 
 def _arms(scopes: Scopes) -> list[list[str]]:
@@ -270,36 +265,25 @@ def _arms(scopes: Scopes) -> list[list[str]]:
 
 
 def _scopes(arms: list[list[str]]) -> Scopes:
-    """The scopes of stored arms, one tuple shared by every user read back with them."""
-    if not arms:
-        return _ALL_ONLY
-    key = tuple(map(tuple, arms))
-    scopes = _SCOPES_OF.get(key)
-    if scopes is None:
-        if len(_SCOPES_OF) >= _SHARED_MAX:
-            _SCOPES_OF.clear()
-        scopes = _SCOPES_OF[key] = (ALL, *(_scope(a) for a in arms))
-    return scopes
+    """The scopes of a stored part's arms (scope "all" first)."""
+    return _shared_scopes(((), *_keys(arms))) if arms else ONLY_ALL
 
 
 def _day_scopes(arms: list[list[str]]) -> Scopes:
-    """The scopes of a stored day (each scope's arm, ``[]`` for all), shared as :func:`_scopes`."""
-    key = tuple(map(tuple, arms))
-    scopes = _DAY_SCOPES_OF.get(key)
-    if scopes is None:
-        if len(_DAY_SCOPES_OF) >= _SHARED_MAX:
-            _DAY_SCOPES_OF.clear()
-        scopes = _DAY_SCOPES_OF[key] = tuple(_scope(a) for a in arms)
-    return scopes
+    """The scopes of a stored day: each scope's arm, ``[]`` for "all"."""
+    return _shared_scopes(_keys(arms))
 
 
-# The scopes read back from stored states, shared: the same few tuples are in most users'
-# parts of the windows (~0.1 kB each when every state holds its own).
-_ALL_ONLY: Scopes = (ALL,)
-_SHARED_MAX = 10_000
-_SCOPE_OF: dict[tuple[str, str], Scope] = {}
-_SCOPES_OF: dict[tuple[tuple[str, ...], ...], Scopes] = {}
-_DAY_SCOPES_OF: dict[tuple[tuple[str, ...], ...], Scopes] = {}
+def _keys(arms: list[list[str]]) -> tuple[tuple[str, ...], ...]:
+    """Stored arms as the key of :func:`_shared_scopes` (their names as text, as always)."""
+    return tuple(tuple(map(str, arm)) for arm in arms)
+
+
+# Scopes read back from stored states are shared: the same few tuples are in most users'
+# parts of the windows and days (~0.1 kB each when every state holds its own).
+@functools.lru_cache(maxsize=10_000)
+def _shared_scopes(arms: tuple[tuple[str, ...], ...]) -> Scopes:
+    return tuple(map(_scope, arms))
 
 
 class PartitionKpis:
