@@ -170,12 +170,7 @@ STORES = pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("store", "cache_max"),
-    [
-        ("memory://", 0),
-        ("rocksdb://", 0),
-        ("rocksdb://", 40),
-    ],
+    ("store", "cache_max"), [("memory://", 0), ("rocksdb://", 0), ("rocksdb://", 40)]
 )
 def test_kill_9_five_times_loses_nothing(
     settings_factory, tmp_path: Path, store: str, cache_max: int
