@@ -87,9 +87,11 @@ tracemalloc.stop()
 
 timers = processor.timers
 seen: set[int] = set()
-parts = {name: deep_size(getattr(timers, name), seen) for name in ("_heaps", "_current", "_queued")}
+names = ("_heaps", "_current", "_queued", "_parked", "_buckets")
+parts = {name: deep_size(getattr(timers, name), seen) for name in names}
 print(
-    f"an evicted user's timers ({timers.pending() / users:.2f} a user): "
+    f"an evicted user's timers ({timers.pending() / users:.2f} armed a user, "
+    f"{timers.parked / users:.2f} parked): "
     f"{sum(parts.values()) / users:,.0f} bytes ("
     + ", ".join(f"{name.strip('_')} {size / users:,.0f}" for name, size in parts.items())
     + ")"

@@ -131,6 +131,7 @@ class IngestWorker:
         metrics = self.metrics
         metrics.users_cached.set(len(processor.users))
         metrics.timers_pending.set(processor.timers.pending())
+        metrics.timers_parked.set(processor.timers.parked)
         metrics.batch_duration.observe(time.perf_counter() - started)
 
     def _restore_partition(self, partition: int) -> bool:

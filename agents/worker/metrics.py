@@ -296,6 +296,11 @@ class Metrics:
             "Live event-time timers (open sessions, pending labels).",
             registry=registry,
         )
+        self.timers_parked = Gauge(
+            "ottscore_timers_parked",
+            "Evicted users whose timers wait in the store until the watermark nears them.",
+            registry=registry,
+        )
         self.snapshots_published = PromCounter(
             "ottscore_snapshots_published_total",
             "Model snapshots acknowledged by the models topic.",

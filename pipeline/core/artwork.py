@@ -416,14 +416,17 @@ class Artworks:
 
     def rearm(self, state: Any) -> None:
         """Schedule the ``artwork`` timer at the user's earliest open deadline (or cancel it)."""
+        if state.artwork is not None:
+            self.schedule(state, self.deadline_ms(state))
+
+    def deadline_ms(self, state: Any) -> int | None:
+        """When the user's ``artwork`` timer is due: its earliest open deadline, or None."""
         memory: UserArtwork | None = state.artwork
-        if memory is not None:
-            self.schedule(
-                state,
-                memory.deadline_ms(
-                    show_window_ms=self.show_window_ms, take_window_ms=self.take_window_ms
-                ),
-            )
+        if memory is None:
+            return None
+        return memory.deadline_ms(
+            show_window_ms=self.show_window_ms, take_window_ms=self.take_window_ms
+        )
 
     def _tags(self, shown: Shown) -> tuple[str, ...]:
         artwork_id = shown.artwork_id

@@ -547,10 +547,13 @@ class Processor:
                 raise KeyError(user_id)
         return state
 
-    def _read_back(self, user_id: str, partition: int) -> UserState | None:
+    def _read_back(self, user_id: str, partition: int, *, woken: bool = False) -> UserState | None:
         """Read an evicted user's state back from the store into the cache (bounded only).
 
-        Its parts of the KPI windows, summed at eviction, count as its own again.
+        Its parts of the KPI windows, summed at eviction, count as its own again, and its
+        timers, if they were parked at eviction (``woken``: handed back by
+        :meth:`~pipeline.core.timers.EventTimeTimers.woken`), are armed again as the
+        state calls for them: they were those when it was parked, and it has not changed.
         """
         if not self._cache_max:
             return None
@@ -561,16 +564,43 @@ class Processor:
         self.users[user_id] = state
         if state.kpis is not None:
             self._kpis_of(state.partition).reload(user_id, state.kpis)
+        armed = self._timers_of(state)
+        timers = self.timers
+        if armed and (woken or timers.unpark(state.partition, user_id, min(d for _, d in armed))):
+            for kind, deadline_ms in armed:
+                timers.schedule(state.partition, user_id, kind, deadline_ms)
         self.tally.states_read_back += 1
         return state
+
+    def _timers_of(self, state: UserState) -> list[tuple[str, int]]:
+        """The timers ``state`` calls for, as :meth:`adopt` arms them: ``(kind, deadline)``.
+
+        In the order of :meth:`~pipeline.core.timers.EventTimeTimers.of` (by kind).
+        """
+        armed = []
+        if state.session_start_ms is not None:
+            armed.append((SESSION, state.session_deadline_ms(self._gap_ms)))
+        if state.pending is not None:
+            armed.append((CHURN, state.last_seen_ms + self._horizon_ms))
+            done = len(state.pending.rescores)
+            if done < len(self._rescore_ms):
+                armed.append((SILENCE, state.last_seen_ms + self._rescore_ms[done]))
+        deadline_ms = self.artworks.deadline_ms(state)
+        if deadline_ms is not None:
+            armed.append((ARTWORK, deadline_ms))
+        armed.sort()
+        return armed
 
     def evict(self) -> int:
         """Evict the least recently used states beyond ``settings.user_cache_max``.
 
         Only states the store holds as they are: not changed, not taken for writing and
         not serialised yet, nor on their way to the store (:meth:`stored` not called yet).
-        Their timers stay, and their parts of the KPI windows stay as sums; their user's
-        next event or timer reads them back with ``load_state``. Returns how many were
+        Their timers are parked (:meth:`~pipeline.core.timers.EventTimeTimers.park`: one
+        reference to the user kept, by its earliest deadline) when they are exactly those
+        the state calls for (as a restart arms them); otherwise they stay armed.
+        Their parts of the KPI windows stay as sums. Their user's next event or timer reads
+        them back with ``load_state`` (and arms parked timers again). Returns how many were
         evicted; a caller evicts between batches (the worker after each, offline runs at
         each :meth:`take_dirty`).
 
@@ -603,12 +633,16 @@ class Processor:
                 victims.append(user_id)
                 if len(victims) == excess:
                     break
+        timers = self.timers
         for user_id in victims:
             state = users.pop(user_id)
             if state.kpis is not None:
                 kpis = self.kpis.get(state.partition)
                 if kpis is not None:
                     kpis.evict(user_id, state.kpis)
+            armed = self._timers_of(state)
+            if armed and timers.of(user_id) == armed:  # else they stay armed (see _read_back)
+                timers.park(state.partition, user_id, armed)
         self.tally.states_evicted += len(victims)
         return len(victims)
 
@@ -644,23 +678,8 @@ class Processor:
         floors[1].append(state.last_seen_ms)
         if state.kpis is not None:
             self._kpis_of(state.partition).adopt(state.user_id, state.kpis)
-        if state.session_start_ms is not None:
-            self.timers.schedule(
-                state.partition, state.user_id, SESSION, state.session_deadline_ms(self._gap_ms)
-            )
-        if state.pending is not None:
-            self.timers.schedule(
-                state.partition, state.user_id, CHURN, state.last_seen_ms + self._horizon_ms
-            )
-            done = len(state.pending.rescores)
-            if done < len(self._rescore_ms):
-                self.timers.schedule(
-                    state.partition,
-                    state.user_id,
-                    SILENCE,
-                    state.last_seen_ms + self._rescore_ms[done],
-                )
-        self.artworks.rearm(state)
+        for kind, deadline_ms in self._timers_of(state):
+            self.timers.schedule(state.partition, state.user_id, kind, deadline_ms)
 
     def _schedule_artwork(self, state: UserState, deadline_ms: int | None) -> None:
         """Set (None: cancel) the ``artwork`` timer of a user with open artwork shows."""
@@ -700,6 +719,20 @@ class Processor:
         A timer belongs to another user than the record that moved the watermark, so its
         failure must not dead-letter that record, nor stop the timers after it.
         """
+        for user_id in self.timers.woken(partition):
+            self.tally.timers_woken += 1
+            try:  # arms its timers again, in the heap before any of them is due
+                if (
+                    user_id not in self.users
+                    and self._read_back(user_id, partition, woken=True) is None
+                ):
+                    raise KeyError(user_id)
+            except Exception as exc:  # noqa: BLE001 - no single user may stop a worker
+                self.tally.timer_errors += 1
+                log.warning(
+                    "parked timers of a user on partition %d not read back: %s raised",
+                    partition, type(exc).__name__, exc_info=True,
+                )  # fmt: skip
         for user_id, kind, deadline_ms in self.timers.expired(partition):
             try:
                 state = self._held(user_id, partition)

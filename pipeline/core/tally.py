@@ -52,13 +52,15 @@ class Tally:
     #: User states evicted from the bounded cache, and read back from the store.
     states_evicted: int = 0
     states_read_back: int = 0
+    #: Users read back when the watermark reached their parked timers.
+    timers_woken: int = 0
 
     def clear(self) -> None:
         """Zero every count."""
         self.received = self.deduplicated = self.already_applied = self.sessions_closed = 0
         self.timer_errors = self.churn_promotions = self.churn_rescores = 0
         self.kpi_late = self.learning_published = 0
-        self.states_evicted = self.states_read_back = 0
+        self.states_evicted = self.states_read_back = self.timers_woken = 0
         self.learning_records.clear()
         self.catalog_rejected.clear()
         self.experiments_refused.clear()

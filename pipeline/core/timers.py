@@ -12,6 +12,14 @@ per event. A heap that grows past twice the live timers is compacted. Nothing he
 the wall clock, so a replay fires the same timers at the same events as the live run
 did, in the same order (deadline, then user, then kind).
 
+A user whose state was evicted to the store can have its timers **parked**
+(:meth:`EventTimeTimers.park`): they leave the heap and the user is kept only in a
+bucket of :data:`PARK_MS` of event time, by its earliest deadline. Once the watermark
+reaches the bucket, :meth:`EventTimeTimers.woken` hands the user back, so that its state
+is read and its timers armed again before any of them is due: the store holds what the
+timers were (they are a function of the state), and memory holds one reference to the
+user's id instead of a heap entry and two dictionary entries per timer.
+
 Examples
 --------
 >>> timers = EventTimeTimers()
@@ -30,7 +38,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 
-__all__ = ["EventTimeTimers"]
+__all__ = ["EventTimeTimers", "PARK_MS"]
+
+_PARK_SHIFT = 20
+PARK_MS = 1 << _PARK_SHIFT
+"""The event time a bucket of parked users spans (~17 min): a parked user is handed back
+when the watermark reaches the start of its earliest deadline's bucket."""
 
 
 class EventTimeTimers:
@@ -41,7 +54,7 @@ class EventTimeTimers:
     millions of evicted users' timers pays for every one of them).
     """
 
-    __slots__ = ("_heaps", "_current", "_queued", "_watermarks")
+    __slots__ = ("_heaps", "_current", "_queued", "_watermarks", "_parked", "_buckets", "parked")
 
     def __init__(self) -> None:
         self._heaps: dict[int, list[tuple[int, str, str]]] = {}
@@ -49,6 +62,11 @@ class EventTimeTimers:
         self._current: dict[str, dict[str, int]] = {}
         self._queued: dict[str, dict[str, int]] = {}
         self._watermarks: dict[int, int] = {}
+        # of each partition: the parked users by bucket, and a heap of those buckets
+        self._parked: dict[int, dict[int, set[str]]] = {}
+        self._buckets: dict[int, list[int]] = {}
+        #: How many users are parked.
+        self.parked = 0
 
     def watermark(self, partition: int) -> int | None:
         """The largest event time seen on ``partition``, or None before the first event."""
@@ -100,11 +118,13 @@ class EventTimeTimers:
         return heap[0][0] if heap else None
 
     def due(self, partition: int) -> bool:
-        """Whether the earliest deadline of ``partition`` is at or behind its watermark."""
+        """Whether the watermark of ``partition`` reached its earliest deadline or parked bucket."""
         heap = self._heaps.get(partition)
-        if not heap:
-            return False
-        return heap[0][0] <= self._watermarks.get(partition, -1)
+        watermark = self._watermarks.get(partition, -1)
+        if heap and heap[0][0] <= watermark:
+            return True
+        buckets = self._buckets.get(partition)
+        return buckets is not None and bool(buckets) and buckets[0] <= watermark >> _PARK_SHIFT
 
     def expired(self, partition: int) -> Iterator[tuple[str, str, int]]:
         """Pop and yield ``(user_id, kind, deadline)`` of every live timer the watermark passed."""
@@ -129,12 +149,72 @@ class EventTimeTimers:
                 heapq.heappush(heap, (live, user_id, kind))
 
     def drop_partition(self, partition: int) -> None:
-        """Forget a partition (revoked in a rebalance): its heap, watermark and live timers."""
+        """Forget a partition (revoked in a rebalance): its heap, watermark and timers."""
         for _, user_id, kind in self._heaps.pop(partition, ()):
             self._current[kind].pop(user_id, None)
             self._queued[kind].pop(user_id, None)
         self._watermarks.pop(partition, None)
+        self._buckets.pop(partition, None)
+        self.parked -= sum(map(len, self._parked.pop(partition, {}).values()))
 
     def pending(self) -> int:
-        """The number of live timers."""
+        """The number of live timers (parked ones not counted: see :attr:`parked`)."""
         return sum(map(len, self._current.values()))
+
+    def of(self, user_id: str) -> list[tuple[str, int]]:
+        """The live timers of ``user_id``: ``(kind, deadline)``, by kind."""
+        return sorted(
+            (kind, deadline)
+            for kind, current in self._current.items()
+            if (deadline := current.get(user_id)) is not None
+        )
+
+    def park(self, partition: int, user_id: str, timers: list[tuple[str, int]]) -> bool:
+        """Park the live ``timers`` of ``user_id`` (all it has, as :meth:`of` gives them).
+
+        Refused (False, nothing changed) when the earliest is due within the bucket the
+        watermark is in: the user would be handed back at once.
+        """
+        bucket = min(deadline for _, deadline in timers) >> _PARK_SHIFT
+        if bucket <= self._watermarks.get(partition, -1) >> _PARK_SHIFT:
+            return False
+        currents, queueds = self._current, self._queued
+        for kind, _ in timers:
+            del currents[kind][user_id]
+            queueds[kind].pop(user_id, None)  # its heap entries are stale from now on
+        parked = self._parked.setdefault(partition, {})
+        users = parked.get(bucket)
+        if users is None:
+            users = parked[bucket] = set()
+            heapq.heappush(self._buckets.setdefault(partition, []), bucket)
+        users.add(user_id)
+        self.parked += 1
+        heap = self._heaps[partition]
+        if len(heap) > 2 * sum(map(len, queueds.values())) + 1024:
+            self._compact(heap)
+        return True
+
+    def unpark(self, partition: int, user_id: str, first_deadline_ms: int) -> bool:
+        """Take ``user_id`` out of the parked users (its state was read back); whether it was."""
+        users = self._parked.get(partition, {}).get(first_deadline_ms >> _PARK_SHIFT)
+        if users is None or user_id not in users:
+            return False
+        users.remove(user_id)
+        self.parked -= 1
+        return True
+
+    def woken(self, partition: int) -> list[str]:
+        """Unpark and return the users of the buckets the watermark reached, in order.
+
+        Arm their timers again (:meth:`schedule`) before :meth:`expired`, so that theirs
+        fire in order with the others.
+        """
+        buckets = self._buckets.get(partition)
+        mark = self._watermarks.get(partition, -1) >> _PARK_SHIFT
+        woken: list[str] = []
+        parked = self._parked.get(partition, {})
+        while buckets and buckets[0] <= mark:
+            users = parked.pop(heapq.heappop(buckets))
+            self.parked -= len(users)
+            woken.extend(sorted(users))
+        return woken
