@@ -66,7 +66,11 @@ class IngestWorker:
         self.metrics = metrics
         self.snapshots = snapshots
         self._bounded = bool(settings.user_cache_max)
-        self.processor = Processor(settings, load_state=self._load_state if self._bounded else None)
+        self.processor = Processor(
+            settings,
+            load_state=self._load_state if self._bounded else None,
+            whole_run_quality=False,  # the metrics are rolling: memory must not grow with labels
+        )
         self._restored: set[int] = set()
         self._offsets: dict[int, int] = {}
         self._last: dict[int, Message] = {}  # the last record handled of each partition

@@ -138,6 +138,9 @@ class Processor:
         id and the partition the user's records are on, the bytes last stored for it (see
         :meth:`stored`), or None. Required when ``settings.user_cache_max`` bounds the
         cache (see :meth:`evict`).
+    whole_run_quality
+        Keep every labelled churn prediction in :attr:`quality` for whole-run figures (an
+        offline evaluation); a worker passes False and keeps the last ones only.
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class Processor:
         prediction_sink: Callable[[LabelledPrediction], None] | None = None,
         artwork_sink: Callable[[ArtworkTrial], None] | None = None,
         load_state: Callable[[str, int], bytes | None] | None = None,
+        whole_run_quality: bool = True,
     ) -> None:
         if settings.user_cache_max and load_state is None:
             raise ValueError("a bounded user cache (user_cache_max) needs load_state")
@@ -172,7 +176,8 @@ class Processor:
         self.dlq_max_message_bytes = settings.dlq_max_message_bytes
         self.timers = EventTimeTimers()
         self.tally = Tally()
-        self.quality = Prequential()
+        #: Prequential quality; a worker keeps the last pairs only (``whole_run_quality``).
+        self.quality = Prequential(whole_run=whole_run_quality)
         #: The experiments read from ``ott.experiments`` (:meth:`load_experiments`).
         self.experiments = LiveExperiments()
         self.catalog: dict[str, dict[str, Any]] = {}

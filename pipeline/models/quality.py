@@ -208,17 +208,33 @@ class LabelledPrediction:
 
 
 class _Buffer:
-    """A growable numpy array: amortised O(1) append, views without copies."""
+    """A growable numpy array: amortised O(1) append, views without copies.
 
-    __slots__ = ("_data", "size")
+    With ``keep``, only the last ``keep`` values are sure to stay: at ``2 · keep`` values
+    the last ``keep`` move to the front (amortised O(1) too), so it never grows past that.
 
-    def __init__(self, dtype: npt.DTypeLike) -> None:
-        self._data = np.empty(1024, dtype=dtype)
+    >>> buffer = _Buffer(np.int64, keep=3)
+    >>> for i in range(8):
+    ...     buffer.append(i)
+    >>> buffer.view(3).tolist(), buffer.size <= 6
+    ([5, 6, 7], True)
+    """
+
+    __slots__ = ("_data", "_keep", "size")
+
+    def __init__(self, dtype: npt.DTypeLike, *, keep: int | None = None) -> None:
+        self._data = np.empty(1024 if keep is None else min(1024, 2 * keep), dtype=dtype)
+        self._keep = keep
         self.size = 0
 
     def append(self, value: float) -> None:
+        keep = self._keep
+        if keep is not None and self.size == 2 * keep:
+            self._data[:keep] = self._data[keep : self.size]
+            self.size = keep
         if self.size == self._data.size:
-            self._data = np.resize(self._data, 2 * self.size)
+            grown = 2 * self.size if keep is None else min(2 * self.size, 2 * keep)
+            self._data = np.resize(self._data, grown)
         self._data[self.size] = value
         self.size += 1
 
@@ -229,13 +245,22 @@ class _Buffer:
 
 
 class _Churn:
-    """Every (probability, label) pair of one churn model: exact AUC needs them all."""
+    """The (probability, label) pairs of one churn model: exact AUC needs them all.
 
-    __slots__ = ("labels", "probabilities")
+    All of them, or with ``keep`` at least the last ``keep``; ``count`` counts every pair.
+    """
 
-    def __init__(self) -> None:
-        self.probabilities = _Buffer(np.float64)
-        self.labels = _Buffer(np.int8)
+    __slots__ = ("count", "labels", "probabilities")
+
+    def __init__(self, keep: int | None = None) -> None:
+        self.probabilities = _Buffer(np.float64, keep=keep)
+        self.labels = _Buffer(np.int8, keep=keep)
+        self.count = 0
+
+    def add(self, probability: float, label: int) -> None:
+        self.probabilities.append(probability)
+        self.labels.append(label)
+        self.count += 1
 
     def auc(self, last: int | None = None) -> float:
         return exact_auc(self.labels.view(last), self.probabilities.view(last))
@@ -319,15 +344,27 @@ class Prequential:
         is thinned, so that it never holds more than ``max_points`` points).
     max_points
         Most points kept per series.
+    whole_run
+        Keep every churn (probability, label) pair for the whole-run figures of
+        :meth:`report` and :meth:`reliability` (``ottscore evaluate``). False (a worker,
+        which runs for months and reads :meth:`rolling` only): keep the last ``window``
+        to ``2 · window`` of each model, so that memory does not grow with the labels; the
+        whole-run figures are then over those.
 
     """
 
     def __init__(
-        self, window: int = 10_000, *, checkpoint_every: int = 500, max_points: int = 1_000
+        self,
+        window: int = 10_000,
+        *,
+        checkpoint_every: int = 500,
+        max_points: int = 1_000,
+        whole_run: bool = True,
     ) -> None:
         if window < 1 or checkpoint_every < 1 or max_points < 2:
             raise ValueError("window and checkpoint_every must be >= 1, max_points >= 2")
         self.window = window
+        self.whole_run = whole_run
         self._checkpoint_every = checkpoint_every
         self._max_points = max_points
         self._churn: dict[str, _Churn] = {}
@@ -337,11 +374,12 @@ class Prequential:
 
     def churn(self, model: str, probability: float, label: int, *, ts_ms: int) -> None:
         """Record a churn ``label``, known at ``ts_ms``, for a prediction of ``model``."""
-        track = self._churn.get(model) or self._churn.setdefault(model, _Churn())
-        track.probabilities.append(probability)
-        track.labels.append(label)
+        track = self._churn.get(model)
+        if track is None:
+            track = self._churn[model] = _Churn(None if self.whole_run else self.window)
+        track.add(probability, label)
         checkpoints = self._checkpoints("churn_auc", model)
-        if checkpoints.due(track.labels.size):
+        if checkpoints.due(track.count):
             checkpoints.add(ts_ms, track.auc(self.window))
 
     def next_item(self, model: str, hit: bool, *, ts_ms: int) -> None:
@@ -383,7 +421,7 @@ class Prequential:
         """
         champion = self._churn.get(churn_model) or _Churn()
         report: dict[str, float | int] = {
-            "churn.samples": champion.labels.size,
+            "churn.samples": champion.count,
             "churn.positives": int(np.count_nonzero(champion.labels.view())),
             "churn.auc": champion.auc(),
             "churn.logloss": champion.logloss(),

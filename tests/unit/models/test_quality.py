@@ -201,3 +201,21 @@ def test_calibration_error_is_small_for_honest_probabilities_and_large_for_infla
 def test_tied_probabilities_stay_in_one_bin() -> None:
     mean, rate, counts = reliability([0, 1, 0, 0, 1, 1], [0.2, 0.2, 0.2, 0.2, 0.9, 0.9], bins=3)
     assert counts.tolist() == [4, 2] and rate.tolist() == [0.25, 1.0]
+
+
+def test_a_worker_s_prequential_keeps_the_last_pairs_and_the_same_rolling_figures() -> None:
+    """Bounded to the rolling window, churn pairs do not grow with labels; figures agree."""
+    rng = np.random.default_rng(3)
+    whole, bounded = Prequential(window=100), Prequential(window=100, whole_run=False)
+    for i in range(1_000):
+        label = int(rng.random() < 0.2)
+        probability = float(np.clip(0.2 + 0.3 * label + rng.normal(0.0, 0.3), 0.0, 1.0))
+        whole.churn("logreg", probability, label, ts_ms=i)
+        bounded.churn("logreg", probability, label, ts_ms=i)
+        assert bounded.rolling() == whole.rolling()
+    assert bounded._churn["logreg"].labels.size <= 200 < whole._churn["logreg"].labels.size
+    series = whole.series()
+    assert {k: [v.tolist() for v in pair] for k, pair in bounded.series().items()} == {
+        k: [v.tolist() for v in pair] for k, pair in series.items()
+    }
+    assert bounded.report(churn_model="logreg", reco_model="mf")["churn.samples"] == 1_000
