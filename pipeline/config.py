@@ -111,6 +111,17 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path(".ottscore/worker"), description="Worker data directory (RocksDB files)."
     )
+    rocksdb_block_cache_mb: int = Field(
+        64,
+        ge=1,
+        description="RocksDB block cache of each partition's database of the state tables, MiB.",
+    )
+    rocksdb_write_buffer_mb: int = Field(
+        16,
+        ge=1,
+        description="RocksDB write buffer (memtable) of each partition's database, MiB; "
+        "up to 3 are held.",
+    )
     worker_web_port: int = Field(6066, description="Faust's own web server port.")
     worker_web_host: str = Field("127.0.0.1", description="Faust web server bind address.")
     batch_max_events: int = Field(

@@ -106,11 +106,16 @@ def build_app(settings: Settings | None = None) -> faust.App:
     }
     events = app.topic(settings.topic_events, partitions=settings.topic_partitions, **raw)
     topics = {kind: app.topic(name, **raw) for kind, name in output_topics(settings).items()}
+    store_options = {  # RocksDB's memory, per partition's database (memory:// ignores them)
+        "block_cache_size": settings.rocksdb_block_cache_mb * 2**20,
+        "write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20,
+    }
     table = app.Table(
         "users",
         key_type=bytes,  # bytes keys and values are written raw: user_id UTF-8, state bytes
         value_type=bytes,
         partitions=settings.topic_partitions,
+        options=dict(store_options),
         help="Per-user state (pipeline.core.state.UserState bytes), keyed by user_id.",
     )
     registry = CollectorRegistry()
@@ -121,6 +126,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         key_type=bytes,
         value_type=bytes,
         partitions=1,
+        options=dict(store_options),
         help="State of the KPI combining agent (pipeline.kpis.combine.KpiCombiner bytes; "
         "pipeline.experiments.live_results.ResultsCombiner bytes under experiment-results), "
         "and of the merger of shared learning (pipeline.models.exchange.LearningMerger bytes "

@@ -238,6 +238,7 @@ def test_a_bounded_cache_evicts_reads_back_and_restarts_as_an_uninterrupted_run(
         metrics_port=free_ports(1)[0],
         batch_max_events=200,
         user_cache_max=30,
+        rocksdb_write_buffer_mb=3,  # RocksDB's memory as the settings say (its OPTIONS file)
     )
     ensure_topics(settings)
     publish_consent(settings, users=150, seed=27)
@@ -261,6 +262,7 @@ def test_a_bounded_cache_evicts_reads_back_and_restarts_as_an_uninterrupted_run(
                     "evicted": worker.metric("ottscore_user_states_evicted_total"),
                     "read_back": worker.metric("ottscore_user_states_read_back_total"),
                     "cached": worker.metric("ottscore_users_cached"),
+                    "parked": worker.metric("ottscore_timers_parked"),
                 }
             )
         finally:
@@ -270,6 +272,14 @@ def test_a_bounded_cache_evicts_reads_back_and_restarts_as_an_uninterrupted_run(
     assert counts["users"] > 4 * 30
     for life in lives:  # users went and came back, again and again
         assert life["evicted"] > counts["users"] and life["read_back"] > counts["users"], lives
+        assert life["parked"] > 0, lives  # evicted users' timers waited in the store
+    buffers = {
+        line.strip()
+        for options in settings.data_dir.rglob("users-*.db/OPTIONS-*")
+        for line in options.read_text().splitlines()
+        if line.strip().startswith("write_buffer_size=")
+    }
+    assert buffers == {f"write_buffer_size={3 * 2**20}"}, buffers
     print(f"\nbounded cache (30 of 150 users), stop and restart: {lives}, {counts}")
 
 

@@ -1,0 +1,105 @@
+"""Peak memory and speed of the processing core with millions of users, on RocksDB.
+
+Usage::
+
+    python docs/memory_at_scale.py --users 2000000 --cache 200000
+    python docs/memory_at_scale.py --users 2000000 --cache 0      # every state held
+
+Runs the processor in-process, as a worker runs it: the store is a RocksDB database per
+partition, opened as Faust's RocksDB store opens those of the worker's table, with the
+settings' ``OTTSCORE_ROCKSDB_BLOCK_CACHE_MB`` and ``OTTSCORE_ROCKSDB_WRITE_BUFFER_MB``, in
+a temporary directory; a write-back every 10,000 records and eviction after each
+(``OTTSCORE_USER_CACHE_MAX`` = ``--cache``). The events
+are made as they are read, so that they take no memory: each user plays an item of the
+catalog and pauses it five minutes later, the first plays spread evenly over a day of
+event time, and plays again a day after their first play (three events a user). So every
+user has a session ended, a churn prediction pending and its timers, and the second play
+reads an evicted user's state back.
+
+Prints the events per second of the processing and the process's peak resident memory
+(``ru_maxrss``: the interpreter, the models, the catalog, the cached states, what stays of
+the evicted users, and RocksDB's own buffers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import resource
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from faust.stores.rocksdb import RocksDBOptions
+
+from agents.devtools.throughput import Workload
+from pipeline.config import Settings
+from pipeline.core.events import Event, encode_event
+from pipeline.core.partitioning import partition_for
+from pipeline.core.processor import Processor
+from pipeline.offline.runner import drive
+
+DAY_MS = 86_400_000
+START_MS = 1_796_000_000_000
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--users", type=int, default=2_000_000)
+parser.add_argument("--cache", type=int, default=200_000, help="user states held (0: all)")
+parser.add_argument("--items", type=int, default=5_000)
+args = parser.parse_args()
+
+catalog = Workload.simulate(events=1_000, users=100, items=args.items).catalog
+item_ids = [item["item_id"] for item in catalog]
+settings = Settings(user_cache_max=args.cache)  # and the environment's OTTSCORE_ settings
+partitions = settings.topic_partitions
+step_ms = DAY_MS / args.users
+
+
+def visits(kind: str, delay_ms: int, position_s: float) -> Iterator[tuple[int, int, str, str]]:
+    for i in range(args.users):
+        yield int(START_MS + i * step_ms) + delay_ms, i, kind, str(position_s)
+
+
+def records() -> Iterator[tuple[bytes, bytes, int, int, int]]:
+    offsets = [0] * partitions
+    streams = (visits("play", 0, 0.0), visits("pause", 300_000, 300.0), visits("play", DAY_MS, 0.0))
+    for n, (ts_ms, i, kind, position) in enumerate(heapq.merge(*streams)):
+        user = f"user-{i:08d}"
+        key = user.encode()
+        event = Event(f"e-{n}", kind, user, ts_ms, item_id=item_ids[(i * 7919) % len(item_ids)],
+                      position_s=float(position), duration_s=1800.0)  # fmt: skip
+        partition = partition_for(key, partitions)
+        yield key, encode_event(event), partition, offsets[partition], ts_ms
+        offsets[partition] += 1
+
+
+with tempfile.TemporaryDirectory() as directory:
+    options = RocksDBOptions(
+        block_cache_size=settings.rocksdb_block_cache_mb * 2**20,
+        write_buffer_size=settings.rocksdb_write_buffer_mb * 2**20,
+        use_rocksdict=True,
+    )
+    stores = [options.open(Path(directory) / str(p)) for p in range(partitions)]
+
+    def load(user_id: str, partition: int) -> bytes | None:
+        data = stores[partition].get(user_id.encode())
+        return bytes(data) if data is not None else None
+
+    def write(states: list[tuple[str, int, bytes]]) -> None:
+        for user_id, partition, data in states:
+            stores[partition][user_id.encode()] = data
+
+    processor = Processor(settings, load_state=load if args.cache else None)
+    processor.load_catalog(catalog)
+    run = drive(processor, records(), states=write, write_back_every=10_000)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tally = processor.tally
+    print(
+        f"users {args.users:,}, cache {args.cache:,}: {run.records:,} events, "
+        f"{run.events_per_s:,.0f} events/s processing, peak RSS {peak_mb:,.0f} MB; "
+        f"held {len(processor.users):,}, evicted {tally.states_evicted:,}, read back "
+        f"{tally.states_read_back:,}, timers armed {processor.timers.pending():,}, "
+        f"parked {processor.timers.parked:,}"
+    )
+    for store in stores:
+        store.close()
