@@ -7,11 +7,19 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pipeline.core.events import Event, EventDecoder
 from pipeline.core.partitioning import partition_for
-from pipeline.kpis.windows import DAY_MS, WINDOWS, PartitionKpis, ReturnCounts, WindowCounts
+from pipeline.kpis.windows import (
+    DAY_MS,
+    WINDOWS,
+    PartitionKpis,
+    ReturnCounts,
+    UserKpis,
+    WindowCounts,
+)
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
 LATENESS_MS = 5 * 60_000
@@ -187,3 +195,24 @@ def test_trackers_stored_by_the_release_with_a_part_per_scope_are_read_and_close
     assert hours["all",].active_users == 2 and hours["all",].watch_s == 400.0
     assert hours["experiment", "rail", "trending"].click_plays == 1
     assert hours["experiment", "size", "small"].searches == 1
+
+
+def test_every_users_part_of_a_window_holds_the_same_key_counted_or_read_back() -> None:
+    """One key object per window, not one per user's part (~90 bytes a part otherwise)."""
+    trackers: dict[str, UserKpis] = {}
+    kpis = PartitionKpis(
+        lateness_ms=LATENESS_MS, trackers=lambda u: trackers.setdefault(u, UserKpis())
+    )
+    for event in events()[:3_000]:
+        kpis.add(event, arms={})
+    read_back = [
+        UserKpis.from_json(orjson.loads(orjson.dumps(u.to_json()))) for u in trackers.values()
+    ]
+    keys: dict[tuple[str, int], set[int]] = defaultdict(set)
+    holders: Counter[tuple[str, int]] = Counter()
+    for user in [*trackers.values(), *read_back]:
+        for key in user.counts:
+            keys[key].add(id(key))
+            holders[key] += 1
+    assert len(keys) > 10 and max(holders.values()) > 10
+    assert all(len(objects) == 1 for objects in keys.values())
