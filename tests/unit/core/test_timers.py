@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.timers import PARK_MS, EventTimeTimers
@@ -23,6 +23,24 @@ OPERATIONS = st.lists(
     ),
     max_size=80,
 )
+
+
+def fire_and_check(
+    timers: EventTimeTimers,
+    live: dict[tuple[str, str], tuple[int, int]],
+    partition: int,
+    mark: int,
+) -> None:
+    """Fire ``partition``'s timers at watermark ``mark``: exactly the live ones due, in order."""
+    due = sorted(
+        (deadline, user, kind)
+        for (user, kind), (p, deadline) in live.items()
+        if p == partition and deadline <= mark
+    )
+    fired = [(deadline, user, kind) for user, kind, deadline in timers.expired(partition)]
+    assert fired == due
+    for _, user, kind in fired:
+        del live[(user, kind)]
 
 
 @settings(max_examples=400, deadline=None)
@@ -51,23 +69,14 @@ def test_timers_fire_exactly_the_live_deadlines_the_watermark_passed_in_order(op
             _, partition, ts = operation
             timers.advance(partition, ts)
             watermarks[partition] = max(ts, watermarks.get(partition, -1))
-            mark = watermarks[partition]
-            due = sorted(
-                (deadline, user, kind)
-                for (user, kind), (p, deadline) in live.items()
-                if p == partition and deadline <= mark
-            )
-            fired = [(deadline, user, kind) for user, kind, deadline in timers.expired(partition)]
-            assert fired == due
-            for _, user, kind in fired:
-                del live[(user, kind)]
+            fire_and_check(timers, live, partition, watermarks[partition])
         assert timers.pending() == len(live)
 
 
 # times at the edges of the parking buckets and inside them
 PARK_TIMES = st.builds(
     lambda bucket, within: bucket * PARK_MS + within,
-    st.integers(0, 7),
+    st.integers(0, 3),
     st.sampled_from([0, 1, PARK_MS // 2, PARK_MS - 1]),
 )
 PARKING = st.lists(
@@ -83,8 +92,11 @@ PARKING = st.lists(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(PARKING)
+@example([  # the watermark reaches a parked deadline inside the deadline's own bucket
+    ("schedule", "u1", "churn", PARK_MS + 1), ("park", "u1"), ("advance", 0, PARK_MS + 1),
+])  # fmt: skip
 def test_parked_timers_come_back_before_they_are_due(operations) -> None:
     """A parked user is handed back before the watermark passes any of its deadlines.
 
@@ -156,14 +168,6 @@ def test_parked_timers_come_back_before_they_are_due(operations) -> None:
                 assert due_now  # (a stale entry may make it true too)
             for user in woken:
                 arm(user)
-            due = sorted(
-                (deadline, user, kind)
-                for (user, kind), (p, deadline) in live.items()
-                if p == partition and deadline <= mark
-            )
-            fired = [(deadline, user, kind) for user, kind, deadline in timers.expired(partition)]
-            assert fired == due
-            for _, user, kind in fired:
-                del live[(user, kind)]
+            fire_and_check(timers, live, partition, mark)
         assert timers.pending() == len(live)
         assert timers.parked == len(parked)
