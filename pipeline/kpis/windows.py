@@ -190,8 +190,7 @@ class UserKpis:
             ],  # fmt: skip
             "day_ms": self.day_ms,
             "days": [
-                [day, [_arm(s) for s in scopes], back]
-                for day, (scopes, back) in self.days.items()
+                [day, [_arm(s) for s in scopes], back] for day, (scopes, back) in self.days.items()
             ],  # fmt: skip
             **(
                 {"outcomes": {k: v.to_json() for k, v in self.outcomes.items()}}
