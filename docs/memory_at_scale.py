@@ -89,7 +89,9 @@ with tempfile.TemporaryDirectory() as directory:
         for user_id, partition, data in states:
             stores[partition][user_id.encode()] = data
 
-    processor = Processor(settings, load_state=load if args.cache else None)
+    processor = Processor(
+        settings, load_state=load if args.cache else None, whole_run_quality=False
+    )  # as a worker's
     processor.load_catalog(catalog)
     run = drive(processor, records(), states=write, write_back_every=10_000)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
