@@ -55,9 +55,9 @@ partitions = settings.topic_partitions
 step_ms = DAY_MS / args.users
 
 
-def visits(kind: str, delay_ms: int, position_s: float) -> Iterator[tuple[int, int, str, str]]:
+def visits(kind: str, delay_ms: int, position_s: float) -> Iterator[tuple[int, int, str, float]]:
     for i in range(args.users):
-        yield int(START_MS + i * step_ms) + delay_ms, i, kind, str(position_s)
+        yield int(START_MS + i * step_ms) + delay_ms, i, kind, position_s
 
 
 def records() -> Iterator[tuple[bytes, bytes, int, int, int]]:
@@ -67,7 +67,7 @@ def records() -> Iterator[tuple[bytes, bytes, int, int, int]]:
         user = f"user-{i:08d}"
         key = user.encode()
         event = Event(f"e-{n}", kind, user, ts_ms, item_id=item_ids[(i * 7919) % len(item_ids)],
-                      position_s=float(position), duration_s=1800.0)  # fmt: skip
+                      position_s=position, duration_s=1800.0)  # fmt: skip
         partition = partition_for(key, partitions)
         yield key, encode_event(event), partition, offsets[partition], ts_ms
         offsets[partition] += 1

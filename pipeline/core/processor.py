@@ -571,7 +571,7 @@ class Processor:
             self._kpis_of(state.partition).reload(user_id, state.kpis)
         armed = self._timers_of(state)
         timers = self.timers
-        if armed and (woken or timers.unpark(state.partition, user_id, min(d for _, d in armed))):
+        if armed and (woken or timers.unpark(state.partition, user_id, armed)):
             for kind, deadline_ms in armed:
                 timers.schedule(state.partition, user_id, kind, deadline_ms)
         self.tally.states_read_back += 1

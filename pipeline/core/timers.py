@@ -46,6 +46,11 @@ PARK_MS = 1 << _PARK_SHIFT
 when the watermark reaches the start of its earliest deadline's bucket."""
 
 
+def _bucket(timers: list[tuple[str, int]]) -> int:
+    """The bucket of parked users that ``(kind, deadline)`` timers go to: their earliest's."""
+    return min(deadline for _, deadline in timers) >> _PARK_SHIFT
+
+
 class EventTimeTimers:
     """Deadlines in event time, one heap and one watermark per partition.
 
@@ -97,12 +102,13 @@ class EventTimeTimers:
             queued[user_id] = deadline_ms
             heap = self._heaps.setdefault(partition, [])
             heapq.heappush(heap, (deadline_ms, user_id, kind))
-            if len(heap) > 2 * sum(map(len, self._queued.values())) + 1024:
-                self._compact(heap)
+            self._compact_if_stale(heap)
 
-    def _compact(self, heap: list[tuple[int, str, str]]) -> None:
-        """Drop the stale entries of ``heap`` in place, so it stays proportional to live timers."""
+    def _compact_if_stale(self, heap: list[tuple[int, str, str]]) -> None:
+        """Drop the stale entries of ``heap`` in place once it holds over twice the live ones."""
         queued = self._queued
+        if len(heap) <= 2 * sum(map(len, queued.values())) + 1024:
+            return
         heap[:] = [entry for entry in heap if queued[entry[2]].get(entry[1]) == entry[0]]
         heapq.heapify(heap)
 
@@ -124,7 +130,9 @@ class EventTimeTimers:
         if heap and heap[0][0] <= watermark:
             return True
         buckets = self._buckets.get(partition)
-        return buckets is not None and bool(buckets) and buckets[0] <= watermark >> _PARK_SHIFT
+        if not buckets:
+            return False
+        return buckets[0] <= watermark >> _PARK_SHIFT
 
     def expired(self, partition: int) -> Iterator[tuple[str, str, int]]:
         """Pop and yield ``(user_id, kind, deadline)`` of every live timer the watermark passed."""
@@ -175,7 +183,7 @@ class EventTimeTimers:
         Refused (False, nothing changed) when the earliest is due within the bucket the
         watermark is in: the user would be handed back at once.
         """
-        bucket = min(deadline for _, deadline in timers) >> _PARK_SHIFT
+        bucket = _bucket(timers)
         if bucket <= self._watermarks.get(partition, -1) >> _PARK_SHIFT:
             return False
         currents, queueds = self._current, self._queued
@@ -189,14 +197,12 @@ class EventTimeTimers:
             heapq.heappush(self._buckets.setdefault(partition, []), bucket)
         users.add(user_id)
         self.parked += 1
-        heap = self._heaps[partition]
-        if len(heap) > 2 * sum(map(len, queueds.values())) + 1024:
-            self._compact(heap)
+        self._compact_if_stale(self._heaps[partition])
         return True
 
-    def unpark(self, partition: int, user_id: str, first_deadline_ms: int) -> bool:
-        """Take ``user_id`` out of the parked users (its state was read back); whether it was."""
-        users = self._parked.get(partition, {}).get(first_deadline_ms >> _PARK_SHIFT)
+    def unpark(self, partition: int, user_id: str, timers: list[tuple[str, int]]) -> bool:
+        """Take ``user_id``, parked with ``timers``, out of the parked users; whether it was."""
+        users = self._parked.get(partition, {}).get(_bucket(timers))
         if users is None or user_id not in users:
             return False
         users.remove(user_id)

@@ -116,8 +116,7 @@ def test_parked_timers_come_back_before_they_are_due(operations) -> None:
 
     def read_back(user: str) -> None:
         if user in parked:
-            first = min(deadline for _, deadline in parked[user])
-            assert timers.unpark(PARTITION_OF[user], user, first)
+            assert timers.unpark(PARTITION_OF[user], user, parked[user])
             arm(user)
 
     for operation in operations:
