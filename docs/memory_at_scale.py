@@ -6,9 +6,10 @@ Usage::
     python docs/memory_at_scale.py --users 2000000 --cache 0      # every state held
 
 Runs the processor in-process, as a worker runs it: the store is a RocksDB database per
-partition, opened as Faust's RocksDB store opens those of the worker's table, with the
-settings' ``OTTSCORE_ROCKSDB_BLOCK_CACHE_MB`` and ``OTTSCORE_ROCKSDB_WRITE_BUFFER_MB``, in
-a temporary directory; a write-back every 10,000 records and eviction after each
+partition, opened as the worker's store opens those of its table (one block cache and one
+memtable budget for them all: ``OTTSCORE_ROCKSDB_BLOCK_CACHE_MB``,
+``OTTSCORE_ROCKSDB_MEMTABLES_MB``, ``OTTSCORE_ROCKSDB_WRITE_BUFFER_MB``), in a temporary
+directory; a write-back every 10,000 records and eviction after each
 (``OTTSCORE_USER_CACHE_MAX`` = ``--cache``). The events
 are made as they are read, so that they take no memory: each user plays an item of the
 catalog and pauses it five minutes later, the first plays spread evenly over a day of
@@ -30,9 +31,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from faust.stores.rocksdb import RocksDBOptions
-
 from agents.devtools.throughput import Workload
+from agents.worker.stores import SharedMemoryOptions, rocksdb_options
 from pipeline.config import Settings
 from pipeline.core.events import Event, encode_event
 from pipeline.core.partitioning import partition_for
@@ -74,11 +74,7 @@ def records() -> Iterator[tuple[bytes, bytes, int, int, int]]:
 
 
 with tempfile.TemporaryDirectory() as directory:
-    options = RocksDBOptions(
-        block_cache_size=settings.rocksdb_block_cache_mb * 2**20,
-        write_buffer_size=settings.rocksdb_write_buffer_mb * 2**20,
-        use_rocksdict=True,
-    )
+    options = SharedMemoryOptions(**rocksdb_options(settings), use_rocksdict=True)
     stores = [options.open(Path(directory) / str(p)) for p in range(partitions)]
 
     def load(user_id: str, partition: int) -> bytes | None:

@@ -114,13 +114,20 @@ class Settings(BaseSettings):
     rocksdb_block_cache_mb: int = Field(
         64,
         ge=1,
-        description="RocksDB block cache of each partition's database of the state tables, MiB.",
+        description="RocksDB block cache shared by all of a worker's databases (every partition "
+        "of its state tables), MiB.",
     )
     rocksdb_write_buffer_mb: int = Field(
         16,
         ge=1,
         description="RocksDB write buffer (memtable) of each partition's database, MiB; "
         "up to 3 are held.",
+    )
+    rocksdb_memtables_mb: int = Field(
+        64,
+        ge=1,
+        description="RocksDB memtables of all of a worker's databases together, MiB: past it "
+        "they are flushed to disk.",
     )
     worker_web_port: int = Field(6066, description="Faust's own web server port.")
     worker_web_host: str = Field("127.0.0.1", description="Faust web server bind address.")

@@ -33,6 +33,7 @@ from agents.worker.ingest import IngestWorker, freeze_heap
 from agents.worker.kafka import faust_broker_settings, output_topics
 from agents.worker.metrics import Metrics
 from agents.worker.snapshots import SnapshotWriter
+from agents.worker.stores import SCHEME, SharedMemoryOptions, rocksdb_options, store_url
 from pipeline.config import Settings
 from pipeline.core.audiences import AudienceRules, sizes_by_genre
 from pipeline.kpis.combine import PartialsCombiner
@@ -82,7 +83,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
     app = App(
         settings.app_id,
         **faust_broker_settings(settings),
-        store=settings.store,
+        store=store_url(settings.store),  # rocksdb://: one memory budget for RocksDB
         datadir=str(settings.data_dir),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
@@ -106,10 +107,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
     }
     events = app.topic(settings.topic_events, partitions=settings.topic_partitions, **raw)
     topics = {kind: app.topic(name, **raw) for kind, name in output_topics(settings).items()}
-    store_options = {  # RocksDB's memory, per partition's database (memory:// ignores them)
-        "block_cache_size": settings.rocksdb_block_cache_mb * 2**20,
-        "write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20,
-    }
+    store_options = rocksdb_options(settings)  # memory:// ignores them
     table = app.Table(
         "users",
         key_type=bytes,  # bytes keys and values are written raw: user_id UTF-8, state bytes
@@ -120,6 +118,10 @@ def build_app(settings: Settings | None = None) -> faust.App:
     )
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+    if store_url(settings.store).startswith(SCHEME):  # read by Prometheus as it scrapes
+        shared = SharedMemoryOptions(**rocksdb_options(settings)).shared()  # the tables' own
+        metrics.rocksdb_block_cache.set_function(shared.cache.get_usage)
+        metrics.rocksdb_memtables.set_function(shared.write_buffers.get_usage)
     partials = app.topic(settings.topic_kpi_partials, partitions=1, **raw)
     combined = app.Table(
         "kpis",

@@ -301,6 +301,18 @@ class Metrics:
             "Evicted users whose timers wait in the store until the watermark nears them.",
             registry=registry,
         )
+        self.rocksdb_block_cache = Gauge(
+            "ottscore_rocksdb_block_cache_bytes",
+            "RocksDB's block cache shared by the worker's databases, bytes in use "
+            "(OTTSCORE_ROCKSDB_BLOCK_CACHE_MB).",
+            registry=registry,
+        )
+        self.rocksdb_memtables = Gauge(
+            "ottscore_rocksdb_memtables_bytes",
+            "RocksDB's memtables of all the worker's databases, bytes "
+            "(OTTSCORE_ROCKSDB_MEMTABLES_MB).",
+            registry=registry,
+        )
         self.snapshots_published = PromCounter(
             "ottscore_snapshots_published_total",
             "Model snapshots acknowledged by the models topic.",

@@ -263,6 +263,7 @@ def test_a_bounded_cache_evicts_reads_back_and_restarts_as_an_uninterrupted_run(
                     "read_back": worker.metric("ottscore_user_states_read_back_total"),
                     "cached": worker.metric("ottscore_users_cached"),
                     "parked": worker.metric("ottscore_timers_parked"),
+                    "memtables": worker.metric("ottscore_rocksdb_memtables_bytes"),
                 }
             )
         finally:
@@ -273,6 +274,7 @@ def test_a_bounded_cache_evicts_reads_back_and_restarts_as_an_uninterrupted_run(
     for life in lives:  # users went and came back, again and again
         assert life["evicted"] > counts["users"] and life["read_back"] > counts["users"], lives
         assert life["parked"] > 0, lives  # evicted users' timers waited in the store
+        assert life["memtables"] > 0, lives  # the databases on the worker's memory budget
     buffers = {
         line.strip()
         for options in settings.data_dir.rglob("users-*.db/OPTIONS-*")
