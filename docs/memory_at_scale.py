@@ -17,6 +17,9 @@ event time, and plays again a day after their first play (three events a user). 
 user has a session ended, a churn prediction pending and its timers, and the second play
 reads an evicted user's state back.
 
+``--sample-every N`` prints, every N events (a multiple of 10,000), the resident memory,
+Python's allocated blocks, RocksDB's block cache and memtables, and glibc's heap.
+
 Prints the events per second of the processing and the process's peak resident memory
 (``ru_maxrss``: the interpreter, the models, the catalog, the cached states, what stays of
 the evicted users, and RocksDB's own buffers).
@@ -25,8 +28,11 @@ the evicted users, and RocksDB's own buffers).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import heapq
+import os
 import resource
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,11 +47,42 @@ from pipeline.offline.runner import drive
 
 DAY_MS = 86_400_000
 START_MS = 1_796_000_000_000
+MB = 2**20
+
+
+def resident_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                     "uordblks", "fordblks", "keepcost")
+    ]  # fmt: skip
+
+
+def heap() -> str:
+    """The C heap's main arena, where glibc tells (``mallinfo2``)."""
+    mallinfo2 = getattr(ctypes.CDLL(None), "mallinfo2", None)
+    if mallinfo2 is None:
+        return "C heap: not glibc"
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return (
+        f"C heap {info.arena / MB:,.0f} MB ({info.uordblks / MB:,.0f} in use), "
+        f"mapped {info.hblkhd / MB:,.0f} MB"
+    )
+
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--users", type=int, default=2_000_000)
 parser.add_argument("--cache", type=int, default=200_000, help="user states held (0: all)")
 parser.add_argument("--items", type=int, default=5_000)
+parser.add_argument(
+    "--sample-every", type=int, default=0, help="print where the memory is every N events"
+)
 args = parser.parse_args()
 
 catalog = Workload.simulate(events=1_000, users=100, items=args.items).catalog
@@ -81,9 +118,22 @@ with tempfile.TemporaryDirectory() as directory:
         data = stores[partition].get(user_id.encode())
         return bytes(data) if data is not None else None
 
+    shared = options.shared()
+    written = 0
+
     def write(states: list[tuple[str, int, bytes]]) -> None:
+        global written
         for user_id, partition, data in states:
             stores[partition][user_id.encode()] = data
+        written += 10_000
+        if args.sample_every and written % args.sample_every == 0:
+            print(
+                f"{written:>10,} events: RSS {resident_mb():,.0f} MB; Python's objects "
+                f"{sys.getallocatedblocks():,} blocks; RocksDB block cache "
+                f"{shared.cache.get_usage() / MB:,.0f} MB, memtables "
+                f"{shared.write_buffers.get_usage() / MB:,.0f} MB; {heap()}",
+                flush=True,
+            )
 
     processor = Processor(
         settings, load_state=load if args.cache else None, whole_run_quality=False
