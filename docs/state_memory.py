@@ -96,5 +96,8 @@ print(
     + ", ".join(f"{name.strip('_')} {size / users:,.0f}" for name, size in parts.items())
     + ")"
 )
-taste = sum(deep_size(m.recommender.taste.users, seen) for m in processor._models.values())
+taste = 0
+for model in (m.recommender.taste for m in processor._models.values()):
+    rows = model.user_rows  # the rows written, in their blocks
+    taste += deep_size(model.users, seen) + rows.size * rows.width * 8
 print(f"an evicted user's taste factors: {taste / users:,.0f} bytes")

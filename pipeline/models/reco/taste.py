@@ -31,12 +31,71 @@ Examples
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from pipeline.models.reco.items import GrowableArray
 from pipeline.serde.snapshots import stored_as
 
-__all__ = ["TasteModel"]
+__all__ = ["TasteModel", "UserRows"]
+
+
+@stored_as("UserRows")
+class UserRows:
+    """Users' rows of doubles, in blocks of :attr:`BLOCK` that never move once made.
+
+    A user's row is a view into its block: what is written to it stays. One user took a
+    numpy array of its own (112 bytes of header for 136 of factors) and a float for its
+    bias, in two dictionaries; in a partition of a million users, rows of a block take
+    the bytes of their numbers and one dictionary entry.
+
+    >>> rows = UserRows(3)
+    >>> row = rows[rows.add()]; row[:] = (1.0, 2.0, 3.0)
+    >>> rows[0].tolist(), len(rows)
+    ([1.0, 2.0, 3.0], 1)
+    """
+
+    __slots__ = ("width", "blocks", "size")
+    BLOCK = 4096
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.blocks: list[np.ndarray] = []
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        return self.blocks[row // self.BLOCK][row % self.BLOCK]
+
+    def add(self) -> int:
+        """A new row, zeros; its index."""
+        row = self.size
+        if row // self.BLOCK == len(self.blocks):
+            self.blocks.append(np.zeros((self.BLOCK, self.width)))
+        self.size += 1
+        return row
+
+    def packed(self) -> np.ndarray:
+        """Every row in order, as one array (a copy)."""
+        if not self.blocks:
+            return np.zeros((0, self.width))
+        return np.concatenate(self.blocks)[: self.size]
+
+    def __getstate__(self) -> tuple[int, np.ndarray]:
+        return self.width, self.packed()  # the rows, not the blocks' unused ends
+
+    def __setstate__(self, state: tuple[int, np.ndarray]) -> None:
+        self.width, packed = state
+        self.blocks, self.size = [], 0
+        for start in range(0, len(packed), self.BLOCK):
+            part = packed[start : start + self.BLOCK]
+            block = np.zeros((self.BLOCK, self.width))
+            block[: len(part)] = part
+            self.blocks.append(block)
+        self.size = len(packed)
 
 
 @stored_as("TasteModel")
@@ -73,8 +132,9 @@ class TasteModel:
         self.rng = np.random.default_rng(seed)
         self.items = GrowableArray(n_factors + 1)
         self.learned = GrowableArray(dtype=np.bool_)  # whether an item has factors yet
-        self.users: dict[str, np.ndarray] = {}
-        self.user_biases: dict[str, float] = {}
+        #: User → its row in :attr:`user_rows`: factors, then 1, then the user's bias.
+        self.users: dict[str, int] = {}
+        self.user_rows = UserRows(n_factors + 2)
         self.mean = 0.0
         self.samples = 0
         # per column of an item row: the learning rate of the factors then of the bias, and
@@ -82,14 +142,37 @@ class TasteModel:
         self._lr = np.append(np.full(n_factors, latent_lr), bias_lr)
         self._decay = 1.0 - self._lr * np.append(np.full(n_factors, l2_latent), l2_bias)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "user_biases" in state:  # a snapshot of before 2026-12-06: an array and a float a user
+            vectors: dict[str, np.ndarray] = state.pop("users")
+            biases: dict[str, float] = state.pop("user_biases")
+            rows = UserRows(state["n_factors"] + 2)
+            users: dict[str, int] = {}
+            for user_id, vector in vectors.items():
+                row = rows[users.setdefault(user_id, rows.add())]
+                row[:-1] = vector
+                row[-1] = biases.get(user_id, 0.0)
+            state["users"], state["user_rows"] = users, rows
+        self.__dict__.update(state)
+
     def knows(self, user_id: str) -> bool:
         """Whether ``user_id`` has been learned from."""
         return user_id in self.users
 
+    def user_vector(self, user_id: str) -> np.ndarray | None:
+        """The user's factors followed by a 1 (a view: the model's own numbers), if known."""
+        row = self.users.get(user_id)
+        return None if row is None else self.user_rows[row][: self.n_factors + 1]
+
+    def user_bias(self, user_id: str) -> float:
+        """The user's bias (0 while unknown)."""
+        row = self.users.get(user_id)
+        return 0.0 if row is None else float(self.user_rows[row][self.n_factors + 1])
+
     def predict_one(self, user_id: str, row: int) -> float:
         """The predicted feedback of ``user_id`` for item ``row`` (adds neither to the model)."""
-        user = self.users.get(user_id)
-        bias = self.user_biases.get(user_id, 0.0)
+        user = self.user_vector(user_id)
+        bias = self.user_bias(user_id)
         if user is None or row >= len(self.items.data):
             return self.mean + bias
         return self.mean + bias + float(self.items.data[row] @ user)
@@ -101,7 +184,7 @@ class TasteModel:
 
         Zeros when the user is unknown (ask :meth:`knows` first to skip adding them).
         """
-        user = self.users.get(user_id)
+        user = self.user_vector(user_id)
         if user is None:
             return np.zeros(n if rows is None else len(rows))
         if rows is None:
@@ -144,10 +227,15 @@ class TasteModel:
 
     def _prepare(self, user_id: str, rows: np.ndarray | int) -> tuple[np.ndarray, float]:
         """The user's vector and bias (created when new); unlearned ``rows`` given factors."""
-        user = self.users.get(user_id)
-        if user is None:
-            factors = self.rng.normal(0.0, self.sigma, self.n_factors)
-            user = self.users[user_id] = np.append(factors, 1.0)
+        k = self.n_factors
+        index = self.users.get(user_id)
+        if index is None:
+            index = self.users[user_id] = self.user_rows.add()
+            new = self.user_rows[index]
+            new[:k] = self.rng.normal(0.0, self.sigma, k)
+            new[k] = 1.0
+        row_of_user = self.user_rows[index]
+        user = row_of_user[: k + 1]
         if isinstance(rows, int):
             learned = self.learned.ensure(rows)
             fresh: np.ndarray | int | None = None if learned[rows] else rows
@@ -161,7 +249,7 @@ class TasteModel:
             shape = (np.size(fresh), self.n_factors)
             self.items.data[fresh, : self.n_factors] = self.rng.normal(0.0, self.sigma, shape)
             learned[fresh] = True
-        return user, self.user_biases.get(user_id, 0.0)
+        return user, float(row_of_user[k + 1])
 
     def _step_user(
         self,
@@ -177,4 +265,5 @@ class TasteModel:
         factors = user[:k]
         factors *= 1.0 - m * self.latent_lr * self.l2_latent
         factors -= self.latent_lr * loss_by_user[:k]
-        self.user_biases[user_id] = bias - self.bias_lr * (loss_by_bias + m * self.l2_bias * bias)
+        user_row = self.user_rows[self.users[user_id]]
+        user_row[k + 1] = bias - self.bias_lr * (loss_by_bias + m * self.l2_bias * bias)

@@ -149,6 +149,10 @@ def test_the_snapshot_of_the_previous_release_restores() -> None:
     header, models = unseal(blob, key=b"fixture-key", app_id="ottscore", partition=0)
     assert isinstance(models, PartitionModels) and header.partition == 0
     assert len(models.items) > 0
+    taste = models.recommender.taste  # each user's array and float, now a row of a block
+    assert len(taste.users) == len(taste.user_rows) > 0
+    assert all(taste.user_vector(user)[-1] == 1.0 for user in taste.users)
+    assert any(taste.user_bias(user) != 0.0 for user in taste.users)
     assert models.promotion is None  # written before promotion: restored without a test
     processor = Processor(Settings(churn_challenger="poisson"), clock=lambda: 4_102_444_800.0)
     processor.install_models(0, models)

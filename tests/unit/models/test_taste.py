@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from river import optim, reco
 
-from pipeline.models.reco.taste import TasteModel
+from pipeline.models.reco.taste import TasteModel, UserRows
+from pipeline.serde.snapshots import seal, unseal
 
 K = 4
 
@@ -26,7 +27,8 @@ def twins(users: int, items: int, seed: int = 3) -> tuple[TasteModel, reco.Biase
     rng = np.random.default_rng(seed)
     for u in range(users):
         vector = rng.normal(0.0, 0.1, K)
-        ours.users[f"u{u}"] = np.append(vector, 1.0)
+        row = ours.user_rows[ours.users.setdefault(f"u{u}", ours.user_rows.add())]
+        row[:K], row[K] = vector, 1.0
         river.u_latents[f"u{u}"] = vector.copy()
     for i in range(items):
         vector = rng.normal(0.0, 0.1, K)
@@ -48,8 +50,8 @@ def test_learning_one_sample_at_a_time_matches_river_biased_mf() -> None:
             ours.learn(user, np.array([item]), np.array([y]))
         river.learn_one(user, item, y)
     for u in range(5):
-        np.testing.assert_allclose(ours.users[f"u{u}"][:K], river.u_latents[f"u{u}"])
-        assert ours.user_biases[f"u{u}"] == pytest.approx(river.u_biases[f"u{u}"])
+        np.testing.assert_allclose(ours.user_vector(f"u{u}")[:K], river.u_latents[f"u{u}"])
+        assert ours.user_bias(f"u{u}") == pytest.approx(river.u_biases[f"u{u}"])
     for i in range(8):
         np.testing.assert_allclose(ours.items.data[i, :K], river.i_latents[i])
         assert ours.items.data[i, K] == pytest.approx(river.i_biases[i])
@@ -58,19 +60,19 @@ def test_learning_one_sample_at_a_time_matches_river_biased_mf() -> None:
 def test_a_minibatch_steps_by_the_gradients_of_its_samples_at_the_same_parameters() -> None:
     ours, _ = twins(users=1, items=6)
     user, rows, targets = "u0", np.array([0, 3, 5]), np.array([1.0, 0.0, 0.0])
-    u, b = ours.users[user].copy(), 0.0
+    u, b = ours.user_vector(user).copy(), 0.0
     items = ours.items.data[:6].copy()
     mean = targets.mean()  # the global mean learns the targets first, as River's does
     gradients = 2.0 * (items[rows] @ u + mean + b - targets)
     ours.learn(user, rows, targets)
     expected_u = u[:K] - 0.05 * (gradients @ items[rows, :K] + 3 * 1e-3 * u[:K])
-    np.testing.assert_allclose(ours.users[user][:K], expected_u)
+    np.testing.assert_allclose(ours.user_vector(user)[:K], expected_u)
     for g, row in zip(gradients, rows, strict=True):
         np.testing.assert_allclose(
             ours.items.data[row, :K], items[row, :K] - 0.05 * (g * u[:K] + 1e-3 * items[row, :K])
         )
         assert ours.items.data[row, K] == pytest.approx(-0.01 * g)
-    assert ours.user_biases[user] == pytest.approx(-0.01 * gradients.sum())
+    assert ours.user_bias(user) == pytest.approx(-0.01 * gradients.sum())
 
 
 def test_an_item_drawn_twice_in_a_minibatch_takes_both_its_steps() -> None:
@@ -81,7 +83,7 @@ def test_an_item_drawn_twice_in_a_minibatch_takes_both_its_steps() -> None:
     """
     ours, _ = twins(users=1, items=6)
     user, rows, targets = "u0", np.array([0, 4, 4, 2]), np.array([1.0, 0.0, 0.0, 0.0])
-    u, b = ours.users[user].copy(), 0.0
+    u, b = ours.user_vector(user).copy(), 0.0
     items = ours.items.data[:6].copy()
     mean = targets.mean()
     gradients = 2.0 * (items[rows] @ u + mean + b - targets)
@@ -96,7 +98,7 @@ def test_an_item_drawn_twice_in_a_minibatch_takes_both_its_steps() -> None:
             ours.items.data[row, :K], items[row, :K] - 0.05 * (g * u[:K] + 1e-3 * items[row, :K])
         )
     expected_u = u[:K] - 0.05 * (gradients @ items[rows, :K] + 4 * 1e-3 * u[:K])
-    np.testing.assert_allclose(ours.users[user][:K], expected_u)
+    np.testing.assert_allclose(ours.user_vector(user)[:K], expected_u)
 
 
 def test_predicting_and_scoring_never_add_users_or_items() -> None:
@@ -148,8 +150,8 @@ def test_minibatches_step_as_river_does_sample_by_sample_duplicates_included() -
             river.global_mean.update(y)
         ours.learn(user, rows, targets)
         assert ours.mean == pytest.approx(river.global_mean.get(), rel=1e-12)
-        np.testing.assert_allclose(ours.users[user][:K], river.u_latents[user], rtol=1e-9)
-        assert ours.user_biases[user] == pytest.approx(river.u_biases[user], rel=1e-9)
+        np.testing.assert_allclose(ours.user_vector(user)[:K], river.u_latents[user], rtol=1e-9)
+        assert ours.user_bias(user) == pytest.approx(river.u_biases[user], rel=1e-9)
         for i in set(rows.tolist()):
             np.testing.assert_allclose(ours.items.data[i, :K], river.i_latents[i], rtol=1e-9)
             assert ours.items.data[i, K] == pytest.approx(river.i_biases[i], rel=1e-9)
@@ -161,3 +163,52 @@ def start_value(model: reco.BiasedMF, kind: str, key: object) -> np.ndarray | fl
              "i": model.i_latents, "ib": model.i_biases}[kind]  # fmt: skip
     value = table[key]
     return value.copy() if isinstance(value, np.ndarray) else value
+
+
+def learned(users: int, seed: int = 5) -> TasteModel:
+    taste = TasteModel(n_factors=K, seed=seed)
+    rng = np.random.default_rng(seed)
+    for n in range(3 * users):
+        rows = rng.integers(0, 30, size=4)
+        taste.learn(f"u{n % users}", rows, np.array([1.0, 0.0, 0.0, 0.0]))
+    return taste
+
+
+def same(a: TasteModel, b: TasteModel) -> None:
+    assert list(a.users) == list(b.users)
+    for user in a.users:
+        assert a.user_vector(user).tolist() == b.user_vector(user).tolist()
+        assert a.user_bias(user) == b.user_bias(user)
+        assert a.scores(user, 30).tolist() == b.scores(user, 30).tolist()
+
+
+def test_a_snapshot_of_the_users_as_arrays_and_floats_restores_as_rows() -> None:
+    """Before rows, a user was an array (factors, 1) and a float: same model, same steps."""
+    taste = learned(users=50)
+    old = dict(vars(taste))
+    del old["user_rows"]
+    old["users"] = {user: taste.user_vector(user).copy() for user in taste.users}
+    old["user_biases"] = {user: taste.user_bias(user) for user in taste.users}
+    old["rng"] = copy.deepcopy(taste.rng)
+    old["items"] = copy.deepcopy(taste.items)
+    old["learned"] = copy.deepcopy(taste.learned)
+    restored = TasteModel.__new__(TasteModel)
+    restored.__setstate__(old)
+    same(restored, taste)
+    for model in (taste, restored):  # and they go on alike, new users included
+        model.learn("u3", np.array([1, 2]), np.array([1.0, 0.0]))
+        model.learn("new", np.array([4, 2]), np.array([1.0, 0.0]))
+    same(restored, taste)
+
+
+def test_a_snapshot_holds_the_rows_written_and_restores_them_in_their_blocks() -> None:
+    taste = learned(users=UserRows.BLOCK + 10)  # two blocks
+    blob = seal(taste, key=b"k", app_id="a", partition=0, created_ms=0)
+    restored = unseal(blob, key=b"k", app_id="a", partition=0)[1]
+    assert len(restored.user_rows.blocks) == 2
+    assert len(blob) < 2 * UserRows.BLOCK * (K + 2) * 8  # the rows, not the blocks' free ends
+    same(restored, taste)
+    for model in (taste, restored):
+        model.learn(f"u{UserRows.BLOCK + 5}", np.array([7]), np.array([1.0]))
+        model.learn("another", np.array([7]), np.array([1.0]))
+    same(restored, taste)
