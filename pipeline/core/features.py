@@ -45,9 +45,9 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from dataclasses import dataclass, field
+from array import array
 
-__all__ = ["UserFeatures", "CHURN_FEATURES", "unpack_floats"]
+__all__ = ["COUNTERS", "UserFeatures", "CHURN_FEATURES", "unpack_floats"]
 
 DAY_MS = 86_400_000
 _SHORT_HALF_LIFE_MS = 7 * DAY_MS
@@ -73,25 +73,116 @@ def _decayed(dict_: dict[str, float], factor: float) -> None:
             dict_[key] = value
 
 
-@dataclass(slots=True)
-class UserFeatures:
-    """Time-decayed behavioural counters of one user (see the module docstring)."""
+#: The decayed counters, in the order :attr:`UserFeatures.counters` holds them (the stored
+#: layout 1 of :mod:`pipeline.core.state_codec`): ``events_7d`` is four, one per event type.
+COUNTERS: tuple[str, ...] = (
+    "sessions_7d", "sessions_28d", "events_7d", "events_7d", "events_7d", "events_7d",
+    "watch_s_7d", "completion_sum", "completion_n", "search_only_sessions", "clicks",
+    "clicks_played", "tv_events", "all_events", "gap_mean_days",
+)  # fmt: skip
+_EVENTS = 2  # the first of events_7d
+_SHORT = (0, 2, 3, 4, 5, 6)  # decayed with the 7-day half-life
+_LONG = (1, 7, 8, 9, 10, 11, 12, 13)  # with the 28-day one (gap_mean_days is not decayed)
 
-    at_ms: int = 0
-    sessions_7d: float = 0.0
-    sessions_28d: float = 0.0
-    events_7d: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
-    watch_s_7d: float = 0.0
-    completion_sum: float = 0.0
-    completion_n: float = 0.0
-    search_only_sessions: float = 0.0
-    clicks: float = 0.0
-    clicks_played: float = 0.0
-    tv_events: float = 0.0
-    all_events: float = 0.0
-    gap_mean_days: float = 0.0
-    previous_session_end_ms: int = 0
-    genre_affinity: dict[str, float] = field(default_factory=dict)
+
+def _counter(index: int) -> property:
+    def get(self: UserFeatures) -> float:
+        return self.counters[index]
+
+    def set_(self: UserFeatures, value: float) -> None:
+        self.counters[index] = value
+
+    return property(get, set_, doc=f"Counter {COUNTERS[index]} (``counters[{index}]``).")
+
+
+class UserFeatures:
+    """Time-decayed behavioural counters of one user (see the module docstring).
+
+    The counters are one array of doubles (:data:`COUNTERS`), each also an attribute: a
+    user's fifteen were fifteen float objects and a list, ~0.4 kB of a cached state.
+    """
+
+    __slots__ = ("at_ms", "previous_session_end_ms", "genre_affinity", "counters")
+
+    def __init__(
+        self,
+        at_ms: int = 0,
+        sessions_7d: float = 0.0,
+        sessions_28d: float = 0.0,
+        events_7d: list[float] | None = None,
+        watch_s_7d: float = 0.0,
+        completion_sum: float = 0.0,
+        completion_n: float = 0.0,
+        search_only_sessions: float = 0.0,
+        clicks: float = 0.0,
+        clicks_played: float = 0.0,
+        tv_events: float = 0.0,
+        all_events: float = 0.0,
+        gap_mean_days: float = 0.0,
+        previous_session_end_ms: int = 0,
+        genre_affinity: dict[str, float] | None = None,
+    ) -> None:
+        self.at_ms = at_ms
+        self.previous_session_end_ms = previous_session_end_ms
+        self.genre_affinity: dict[str, float] = {} if genre_affinity is None else genre_affinity
+        events = (0.0, 0.0, 0.0, 0.0) if events_7d is None else events_7d
+        self.counters = array(
+            "d",
+            (sessions_7d, sessions_28d, *events, watch_s_7d, completion_sum, completion_n,
+             search_only_sessions, clicks, clicks_played, tv_events, all_events, gap_mean_days),
+        )  # fmt: skip
+        if len(self.counters) != len(COUNTERS):
+            raise ValueError(f"events_7d: one count per event type, not {len(events)}")
+
+    sessions_7d = _counter(0)
+    sessions_28d = _counter(1)
+    watch_s_7d = _counter(6)
+    completion_sum = _counter(7)
+    completion_n = _counter(8)
+    search_only_sessions = _counter(9)
+    clicks = _counter(10)
+    clicks_played = _counter(11)
+    tv_events = _counter(12)
+    all_events = _counter(13)
+    gap_mean_days = _counter(14)
+
+    @property
+    def events_7d(self) -> list[float]:
+        """Events per type (``EVENT_TYPES`` order), 7-day half-life (a copy)."""
+        return self.counters[_EVENTS : _EVENTS + 4].tolist()
+
+    def as_dict(self) -> dict[str, object]:
+        """Every field by name, as the dataclass it was gave them (``events_7d`` a list).
+
+        >>> UserFeatures(clicks=2.0).as_dict()["clicks"], UserFeatures().as_dict()["events_7d"]
+        (2.0, [0.0, 0.0, 0.0, 0.0])
+        """
+        counters = {name: getattr(self, name) for name in dict.fromkeys(COUNTERS)}
+        return {
+            "at_ms": self.at_ms,
+            **counters,
+            "previous_session_end_ms": self.previous_session_end_ms,
+            "genre_affinity": self.genre_affinity,
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UserFeatures):
+            return NotImplemented
+        return (
+            self.at_ms == other.at_ms
+            and self.previous_session_end_ms == other.previous_session_end_ms
+            and self.genre_affinity == other.genre_affinity
+            and self.counters == other.counters
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        counters = ", ".join(f"{name}={getattr(self, name)!r}" for name in dict.fromkeys(COUNTERS))
+        return (
+            f"UserFeatures(at_ms={self.at_ms!r}, {counters}, previous_session_end_ms="
+            f"{self.previous_session_end_ms!r}, genre_affinity={self.genre_affinity!r})"
+        )
 
     def decay_to(self, ts_ms: int) -> None:
         """Bring every counter forward to event time ``ts_ms`` (never backwards)."""
@@ -101,28 +192,21 @@ class UserFeatures:
         if self.at_ms:
             short = math.exp(-_LN2 * elapsed / _SHORT_HALF_LIFE_MS)
             long = math.exp(-_LN2 * elapsed / _LONG_HALF_LIFE_MS)
-            self.sessions_7d *= short
-            self.watch_s_7d *= short
-            events = self.events_7d
-            for i in range(4):
-                events[i] *= short
-            self.sessions_28d *= long
-            self.completion_sum *= long
-            self.completion_n *= long
-            self.search_only_sessions *= long
-            self.clicks *= long
-            self.clicks_played *= long
-            self.tv_events *= long
-            self.all_events *= long
+            counters = self.counters
+            for i in _SHORT:
+                counters[i] *= short
+            for i in _LONG:
+                counters[i] *= long
             _decayed(self.genre_affinity, long)
         self.at_ms = ts_ms
 
     def count_event(self, type_index: int, *, device: str | None) -> None:
         """Count one event of type ``type_index`` (decay first)."""
-        self.events_7d[type_index] += 1.0
-        self.all_events += 1.0
+        counters = self.counters
+        counters[_EVENTS + type_index] += 1.0
+        counters[13] += 1.0  # all_events
         if device == "tv":
-            self.tv_events += 1.0
+            counters[12] += 1.0  # tv_events
 
     def watched(self, seconds: float, genres: tuple[str, ...]) -> None:
         """Add watch time, shared among the item's genres."""
@@ -160,7 +244,7 @@ class UserFeatures:
         """The churn features (:data:`CHURN_FEATURES` order) at the end of a session."""
         affinity = self.genre_affinity
         total_affinity = sum(affinity.values())
-        events = self.events_7d
+        events = self.counters
         return [
             self.sessions_7d,
             self.sessions_28d,
@@ -175,10 +259,10 @@ class UserFeatures:
             self.search_only_sessions / self.sessions_28d if self.sessions_28d else 0.0,
             self.clicks_played / self.clicks if self.clicks else 0.0,
             tenure_ms / DAY_MS,
-            events[0],
-            events[1],
-            events[2],
-            events[3],
+            events[_EVENTS],
+            events[_EVENTS + 1],
+            events[_EVENTS + 2],
+            events[_EVENTS + 3],
             self.tv_events / self.all_events if self.all_events else 0.0,
             max(affinity.values()) / total_affinity if total_affinity else 0.0,
         ]

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from pipeline.core.dedupe import RecentIds
-from pipeline.core.features import CHURN_FEATURES, UserFeatures, unpack_floats
+from pipeline.core.features import CHURN_FEATURES, COUNTERS, UserFeatures, unpack_floats
 
 if TYPE_CHECKING:
     from pipeline.core.artwork import UserArtwork
@@ -178,6 +178,7 @@ COUNTER_LAYOUTS: dict[int, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 COUNTER_LAYOUT: Final = 1
+assert COUNTER_LAYOUTS[COUNTER_LAYOUT] == COUNTERS  # what UserFeatures holds is what is stored
 #: The churn features of a pending prediction, by layout number, in the order packed.
 CHURN_FEATURE_LAYOUTS: dict[int, tuple[str, ...]] = {1: CHURN_FEATURES}
 CHURN_FEATURE_LAYOUT: Final = 1
@@ -228,22 +229,7 @@ def encode(state: UserState) -> bytes:
             "genre_affinity": features.genre_affinity,
             "counters": {
                 "layout": COUNTER_LAYOUT,
-                "f64": _pack(
-                    [
-                        features.sessions_7d,
-                        features.sessions_28d,
-                        *features.events_7d,
-                        features.watch_s_7d,
-                        features.completion_sum,
-                        features.completion_n,
-                        features.search_only_sessions,
-                        features.clicks,
-                        features.clicks_played,
-                        features.tv_events,
-                        features.all_events,
-                        features.gap_mean_days,
-                    ]
-                ),
+                "f64": _pack(features.counters),  # in memory as stored: COUNTER_LAYOUT
             },
         },  # fmt: skip
         "recent_ids": base64.b64encode(state.recent_ids.to_bytes()).decode("ascii"),
