@@ -119,7 +119,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     if store_url(settings.store).startswith(SCHEME):  # read by Prometheus as it scrapes
-        shared = SharedMemoryOptions(**rocksdb_options(settings)).shared()  # the tables' own
+        shared = SharedMemoryOptions(**store_options).shared()  # the tables' own
         metrics.rocksdb_block_cache.set_function(shared.cache.get_usage)
         metrics.rocksdb_memtables.set_function(shared.write_buffers.get_usage)
     partials = app.topic(settings.topic_kpi_partials, partitions=1, **raw)

@@ -80,12 +80,19 @@ COUNTERS: tuple[str, ...] = (
     "watch_s_7d", "completion_sum", "completion_n", "search_only_sessions", "clicks",
     "clicks_played", "tv_events", "all_events", "gap_mean_days",
 )  # fmt: skip
-_EVENTS = 2  # the first of events_7d
-_SHORT = (0, 2, 3, 4, 5, 6)  # decayed with the 7-day half-life
-_LONG = (1, 7, 8, 9, 10, 11, 12, 13)  # with the 28-day one (gap_mean_days is not decayed)
+_EVENTS = COUNTERS.index("events_7d")  # the first of the four
+_ALL_EVENTS = COUNTERS.index("all_events")
+_TV_EVENTS = COUNTERS.index("tv_events")
+#: Decayed with the 7-day half-life; with the 28-day one; ``gap_mean_days`` is not decayed.
+_SHORT = tuple(i for i, name in enumerate(COUNTERS) if name.endswith("_7d"))
+_LONG = tuple(
+    i for i, name in enumerate(COUNTERS) if not name.endswith("_7d") and name != "gap_mean_days"
+)
 
 
-def _counter(index: int) -> property:
+def _counter(name: str) -> property:
+    index = COUNTERS.index(name)
+
     def get(self: UserFeatures) -> float:
         return self.counters[index]
 
@@ -134,17 +141,17 @@ class UserFeatures:
         if len(self.counters) != len(COUNTERS):
             raise ValueError(f"events_7d: one count per event type, not {len(events)}")
 
-    sessions_7d = _counter(0)
-    sessions_28d = _counter(1)
-    watch_s_7d = _counter(6)
-    completion_sum = _counter(7)
-    completion_n = _counter(8)
-    search_only_sessions = _counter(9)
-    clicks = _counter(10)
-    clicks_played = _counter(11)
-    tv_events = _counter(12)
-    all_events = _counter(13)
-    gap_mean_days = _counter(14)
+    sessions_7d = _counter("sessions_7d")
+    sessions_28d = _counter("sessions_28d")
+    watch_s_7d = _counter("watch_s_7d")
+    completion_sum = _counter("completion_sum")
+    completion_n = _counter("completion_n")
+    search_only_sessions = _counter("search_only_sessions")
+    clicks = _counter("clicks")
+    clicks_played = _counter("clicks_played")
+    tv_events = _counter("tv_events")
+    all_events = _counter("all_events")
+    gap_mean_days = _counter("gap_mean_days")
 
     @property
     def events_7d(self) -> list[float]:
@@ -178,11 +185,8 @@ class UserFeatures:
     __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
 
     def __repr__(self) -> str:
-        counters = ", ".join(f"{name}={getattr(self, name)!r}" for name in dict.fromkeys(COUNTERS))
-        return (
-            f"UserFeatures(at_ms={self.at_ms!r}, {counters}, previous_session_end_ms="
-            f"{self.previous_session_end_ms!r}, genre_affinity={self.genre_affinity!r})"
-        )
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.as_dict().items())
+        return f"UserFeatures({fields})"
 
     def decay_to(self, ts_ms: int) -> None:
         """Bring every counter forward to event time ``ts_ms`` (never backwards)."""
@@ -204,9 +208,9 @@ class UserFeatures:
         """Count one event of type ``type_index`` (decay first)."""
         counters = self.counters
         counters[_EVENTS + type_index] += 1.0
-        counters[13] += 1.0  # all_events
+        counters[_ALL_EVENTS] += 1.0
         if device == "tv":
-            counters[12] += 1.0  # tv_events
+            counters[_TV_EVENTS] += 1.0
 
     def watched(self, seconds: float, genres: tuple[str, ...]) -> None:
         """Add watch time, shared among the item's genres."""

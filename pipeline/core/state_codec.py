@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from pipeline.core.dedupe import RecentIds
-from pipeline.core.features import CHURN_FEATURES, COUNTERS, UserFeatures, unpack_floats
+from pipeline.core.features import CHURN_FEATURES, UserFeatures, unpack_floats
 
 if TYPE_CHECKING:
     from pipeline.core.artwork import UserArtwork
@@ -178,7 +178,6 @@ COUNTER_LAYOUTS: dict[int, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 COUNTER_LAYOUT: Final = 1
-assert COUNTER_LAYOUTS[COUNTER_LAYOUT] == COUNTERS  # what UserFeatures holds is what is stored
 #: The churn features of a pending prediction, by layout number, in the order packed.
 CHURN_FEATURE_LAYOUTS: dict[int, tuple[str, ...]] = {1: CHURN_FEATURES}
 CHURN_FEATURE_LAYOUT: Final = 1
@@ -229,7 +228,8 @@ def encode(state: UserState) -> bytes:
             "genre_affinity": features.genre_affinity,
             "counters": {
                 "layout": COUNTER_LAYOUT,
-                "f64": _pack(features.counters),  # in memory as stored: COUNTER_LAYOUT
+                # held in COUNTER_LAYOUT's order (tests/unit/core/test_features.py)
+                "f64": _pack(features.counters),
             },
         },  # fmt: skip
         "recent_ids": base64.b64encode(state.recent_ids.to_bytes()).decode("ascii"),

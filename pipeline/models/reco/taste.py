@@ -193,7 +193,8 @@ class TasteModel:
 
     def learn(self, user_id: str, rows: np.ndarray, targets: np.ndarray) -> None:
         """One SGD step on the samples ``(user_id, rows[i]) → targets[i]`` (squared loss)."""
-        user, bias = self._prepare(user_id, rows)
+        row_of_user, bias = self._prepare(user_id, rows)
+        user = row_of_user[: self.n_factors + 1]
         m = len(rows)
         self.samples += m
         self.mean += (float(targets.sum()) - m * self.mean) / self.samples
@@ -211,11 +212,12 @@ class TasteModel:
             np.add.at(summed, inverse, step)
             shrink = 1.0 - counts[:, None] * (1.0 - self._decay)
             items[unique] = items[unique] * shrink - summed
-        self._step_user(user_id, user, bias, gradient @ vectors, float(gradient.sum()), m)
+        self._step_user(row_of_user, bias, gradient @ vectors, float(gradient.sum()), m)
 
     def learn_one(self, user_id: str, row: int, target: float) -> None:
         """:meth:`learn` of a single sample, with fewer numpy calls."""
-        user, bias = self._prepare(user_id, row)
+        row_of_user, bias = self._prepare(user_id, row)
+        user = row_of_user[: self.n_factors + 1]
         self.samples += 1
         self.mean += (target - self.mean) / self.samples
         vector = self.items.data[row]
@@ -223,19 +225,23 @@ class TasteModel:
         gradient = 2.0 * (float(vector @ user) + self.mean + bias - target)
         vector *= self._decay
         vector -= (gradient * self._lr) * user
-        self._step_user(user_id, user, bias, gradient * old, gradient, 1)
+        self._step_user(row_of_user, bias, gradient * old, gradient, 1)
 
     def _prepare(self, user_id: str, rows: np.ndarray | int) -> tuple[np.ndarray, float]:
-        """The user's vector and bias (created when new); unlearned ``rows`` given factors."""
+        """The user's row and bias (created when new); unlearned ``rows`` given factors.
+
+        The row is the user's factors, a 1, then the bias: its first ``n_factors + 1`` are
+        the user's vector.
+        """
         k = self.n_factors
         index = self.users.get(user_id)
         if index is None:
             index = self.users[user_id] = self.user_rows.add()
-            new = self.user_rows[index]
-            new[:k] = self.rng.normal(0.0, self.sigma, k)
-            new[k] = 1.0
-        row_of_user = self.user_rows[index]
-        user = row_of_user[: k + 1]
+            row_of_user = self.user_rows[index]
+            row_of_user[:k] = self.rng.normal(0.0, self.sigma, k)
+            row_of_user[k] = 1.0
+        else:
+            row_of_user = self.user_rows[index]
         if isinstance(rows, int):
             learned = self.learned.ensure(rows)
             fresh: np.ndarray | int | None = None if learned[rows] else rows
@@ -249,21 +255,19 @@ class TasteModel:
             shape = (np.size(fresh), self.n_factors)
             self.items.data[fresh, : self.n_factors] = self.rng.normal(0.0, self.sigma, shape)
             learned[fresh] = True
-        return user, float(row_of_user[k + 1])
+        return row_of_user, float(row_of_user[k + 1])
 
     def _step_user(
         self,
-        user_id: str,
-        user: np.ndarray,
+        row_of_user: np.ndarray,
         bias: float,
         loss_by_user: np.ndarray,
         loss_by_bias: float,
         m: int,
     ) -> None:
-        """Step the user's factors and bias by the summed loss gradients of ``m`` samples."""
+        """Step the user's factors and bias, in its row, by the summed gradients of m samples."""
         k = self.n_factors
-        factors = user[:k]
+        factors = row_of_user[:k]
         factors *= 1.0 - m * self.latent_lr * self.l2_latent
         factors -= self.latent_lr * loss_by_user[:k]
-        user_row = self.user_rows[self.users[user_id]]
-        user_row[k + 1] = bias - self.bias_lr * (loss_by_bias + m * self.l2_bias * bias)
+        row_of_user[k + 1] = bias - self.bias_lr * (loss_by_bias + m * self.l2_bias * bias)
