@@ -305,6 +305,7 @@ class Processor:
         models = self.models(state.partition)
         if state.pending is not None:  # the user came back within the horizon
             timers.cancel(user_id, CHURN)
+            timers.cancel(user_id, SILENCE)  # re-scores were of the silence now ended
             self._label(state, models, churned=False, at_ms=event.ts_ms)
         previous = state.current_item
         playing, watch_s = state.playing_item, state.watch_s
@@ -821,8 +822,8 @@ class Processor:
     def _rescore(self, state: UserState, at_ms: int) -> None:
         """Score again the churn risk of a user silent since their last session's end.
 
-        The timer is stale when the user came back since (their next session end set a
-        new one): nothing to do then.
+        A user's return cancels the timer (their next session end sets a new one); one
+        found stale all the same (the user back since) does nothing.
         """
         pending = state.pending
         silence_ms = at_ms - state.last_seen_ms

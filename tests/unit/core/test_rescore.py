@@ -68,6 +68,20 @@ def test_a_user_back_before_a_stage_is_not_scored_at_it_for_the_old_session() ->
         "inactive_10d"]  # fmt: skip
 
 
+def test_a_user_back_keeps_only_the_timers_a_restart_would_arm() -> None:
+    """No re-score timer of the silence ended: an evicted user's timers can be parked."""
+    records = stream(returns_on_day=5)
+    back = next(
+        n for n, (_, value) in enumerate(records) if orjson.loads(value)["event_id"] == "silent-100"
+    )
+    live = Processor(SETTINGS, clock=lambda: 4.1e9)
+    churn_scores(live, records[: back + 1])
+    restarted = Processor(SETTINGS, clock=lambda: 4.1e9)
+    restarted.adopt(live.users["silent"])
+    assert [kind for kind, _ in live.timers.of("silent")] == ["session"]
+    assert live.timers.of("silent") == restarted.timers.of("silent")
+
+
 def test_no_rescore_when_none_is_set() -> None:
     scores = churn_scores(Processor(Settings(churn_rescore_days=()), clock=lambda: 4.1e9), stream())
     assert [s["trigger"] for s in scores] == ["session_end"]
