@@ -291,6 +291,11 @@ class Metrics:
             "Evicted user states read back from the store at their user's event or timer.",
             registry=registry,
         )
+        self.timers_woken = PromCounter(
+            "ottscore_timers_woken_total",
+            "Evicted users read back because the watermark neared their parked timers.",
+            registry=registry,
+        )
         self.timers_pending = Gauge(
             "ottscore_timers_pending",
             "Live event-time timers (open sessions, pending labels).",
@@ -527,6 +532,8 @@ class Metrics:
             self.states_evicted.inc(tally.states_evicted)
         if tally.states_read_back:
             self.states_read_back.inc(tally.states_read_back)
+        if tally.timers_woken:
+            self.timers_woken.inc(tally.timers_woken)
         for outcome, n in tally.learning_records.items():
             self.learning_records.labels(outcome).inc(n)
         for policy, n in tally.artwork_shows.items():
