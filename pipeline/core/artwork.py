@@ -90,6 +90,27 @@ def _heaviest(weights: Mapping[str, float]) -> str:
     return max(weights.items(), key=lambda entry: (entry[1], entry[0]))[0]
 
 
+class _Numbers:
+    """The numbers read from one stored state: an equal one read again is the same object.
+
+    The shows of a list share their time, and many their probabilities (1/5, 1/8, ...):
+    ~0.6 kB less a state with artworks. Zeros are kept as read (``0.0`` and ``-0.0`` are
+    equal, and differ).
+    """
+
+    __slots__ = ("_times", "_reals")
+
+    def __init__(self) -> None:
+        self._times: dict[int, int] = {}
+        self._reals: dict[float, float] = {}
+
+    def time(self, value: int) -> int:
+        return self._times.setdefault(value, value)
+
+    def real(self, value: float) -> float:
+        return self._reals.setdefault(value, value) if value else value
+
+
 class Shown(NamedTuple):
     """One item shown with an artwork, awaiting its outcome (see the module docstring).
 
@@ -110,14 +131,21 @@ class Shown(NamedTuple):
     shown_ms: int = 0
 
     @classmethod
-    def from_json(cls, value: Sequence[Any], shown_ms: int = 0) -> Shown:
-        """Read a stored show: the array of its fields (``shown_ms`` for one stored without it)."""
+    def from_json(
+        cls, value: Sequence[Any], shown_ms: int = 0, read: _Numbers | None = None
+    ) -> Shown:
+        """Read a stored show: the array of its fields (``shown_ms`` for one stored without it).
+
+        ``read``: the numbers read so far from the same state (see :class:`_Numbers`).
+        """
         item_id, artwork_id, context, policy, propensity, choices, p_popular, p_bandit = value[:8]
         context = _shared_context(tuple(map(str, context)))
+        same = read or _Numbers()
         shown = cls(
             intern(str(item_id)), intern(str(artwork_id)), context, intern(str(policy)),
-            float(propensity), int(choices), float(p_popular), float(p_bandit),
-            int(value[8]) if len(value) > 8 else shown_ms,
+            same.real(float(propensity)), int(choices), same.real(float(p_popular)),
+            same.real(float(p_bandit)),
+            same.time(int(value[8]) if len(value) > 8 else shown_ms),
         )  # fmt: skip
         return artwork_kernel.untracked(shown)  # as a pick makes them (see untracked())
 
@@ -203,13 +231,16 @@ class UserArtwork:
     def from_json(cls, obj: Mapping[str, Any]) -> UserArtwork:
         """Read what :meth:`to_json` stored."""
         clicked = obj.get("clicked")
+        read = _Numbers()
+        shown_ms = int(obj.get("shown_ms", 0))
         return cls(
             sticky={
-                intern(str(item)): (intern(str(a)), int(ms))
+                intern(str(item)): (intern(str(a)), read.time(int(ms)))
                 for item, (a, ms) in obj["sticky"].items()
             },
-            shown=[Shown.from_json(shown, int(obj.get("shown_ms", 0))) for shown in obj["shown"]],
-            latest=[Shown.from_json(shown) for shown in obj.get("latest", ())],
+            # lists of exactly their length (~50 bytes less than grown item by item)
+            shown=list([Shown.from_json(shown, shown_ms, read) for shown in obj["shown"]]),
+            latest=list([Shown.from_json(shown, 0, read) for shown in obj.get("latest", ())]),
             clicked=None if clicked is None else Shown.from_json(clicked),
             clicked_ms=int(obj["clicked_ms"]),
             clicked_watch_s=float(obj["clicked_watch_s"]),

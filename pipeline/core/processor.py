@@ -44,9 +44,9 @@ import functools
 import logging
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pipeline.config import Settings
 from pipeline.core.artwork import Artworks, ArtworkTrial
@@ -325,8 +325,10 @@ class Processor:
             )
         scopes = ONLY_ALL
         if self.experiments:
+            if not state.experiments:  # the shared EMPTY: the user's own, to be assigned in
+                state.experiments = {}
             scopes = self.experiments.assign(
-                state.experiments,
+                cast("dict[str, str]", state.experiments),
                 user_id,
                 ts_ms=event.ts_ms,
                 first_seen_ms=state.first_seen_ms,
@@ -840,7 +842,7 @@ class Processor:
             return
         x = inactive_features(pending.features, days)
         probability = model.predict_proba_one(x)
-        pending.rescores[str(days)] = probability
+        pending.rescores = {**pending.rescores, str(days): probability}
         self.tally.churn_rescores += 1
         if stage + 1 < len(stages):
             self.timers.schedule(
@@ -1029,7 +1031,7 @@ class Processor:
             )
         return kpis
 
-    def _user_outcomes(self, user_id: str, partition: int) -> dict[str, UserOutcome]:
+    def _user_outcomes(self, user_id: str, partition: int) -> Mapping[str, UserOutcome]:
         return self._kpi_tracker(user_id, partition).outcomes
 
     def _kpi_tracker(self, user_id: str, partition: int) -> UserKpis:

@@ -25,7 +25,7 @@ True
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -34,6 +34,7 @@ import orjson
 from pipeline.core import state_codec
 from pipeline.core.artwork import UserArtwork
 from pipeline.core.dedupe import RecentIds
+from pipeline.core.empty import EMPTY
 from pipeline.core.events import EVENT_TYPES, Event
 from pipeline.core.features import UserFeatures
 from pipeline.crm.triggers import UserCrm
@@ -92,7 +93,7 @@ class PendingChurn:
     features: array[float]
     probabilities: dict[str, float]
     #: Re-scores during the user's silence since: days of silence (as text) → probability.
-    rescores: dict[str, float] = field(default_factory=dict)
+    rescores: Mapping[str, float] = EMPTY
 
 
 @dataclass(slots=True, eq=False)
@@ -132,7 +133,7 @@ class UserState:
     reco_items: list[str] = field(default_factory=list)
     trending_items: list[str] = field(default_factory=list)
     #: Experiment id → the user's variant, or ``""`` outside its population (sticky).
-    experiments: dict[str, str] = field(default_factory=dict)
+    experiments: Mapping[str, str] = EMPTY
     #: The user's part of the partition's KPI windows (:mod:`pipeline.kpis.windows`).
     kpis: UserKpis | None = None
     #: The artworks shown to the user and their outcomes (:mod:`pipeline.core.artwork`).
@@ -140,7 +141,7 @@ class UserState:
     #: The user's part of the CRM triggers: risk hysteresis, caps (:mod:`pipeline.crm.triggers`).
     crm: UserCrm | None = None
     #: Fields of a newer release, kept as read and written back unchanged.
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = EMPTY
 
     @classmethod
     def new(cls, user_id: str, *, partition: int, window_ms: int, max_ids: int) -> UserState:

@@ -55,6 +55,7 @@ True
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -186,13 +187,14 @@ class UserCrm:
         unfinished = obj.get("unfinished")
         return cls(
             at_risk=bool(obj.get("at_risk", False)),
-            made=[[str(kind), int(at_ms)] for kind, at_ms in obj.get("made", ())],
+            # lists of exactly their length, the type and titles one shared string each
+            made=list([[sys.intern(str(kind)), int(at_ms)] for kind, at_ms in obj.get("made", ())]),
             won_back=int(obj.get("won_back", 0)),
             unfinished=None
             if unfinished is None
             else [str(unfinished[0]), float(unfinished[1]), int(unfinished[2])],
             continued=int(obj.get("continued", 0)),
-            offered=[str(item) for item in obj.get("offered", ())],
+            offered=list([sys.intern(str(item)) for item in obj.get("offered", ())]),
         )
 
 

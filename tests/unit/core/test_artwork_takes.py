@@ -213,6 +213,23 @@ def test_the_state_stores_the_open_shows_and_a_restored_state_goes_on_alike() ->
     assert fresh.users["u1"].to_bytes() == straight.p.users["u1"].to_bytes()
 
 
+def test_a_state_read_back_holds_each_number_of_its_shows_once() -> None:
+    """The shows of a list share their time, and their equal probabilities (~0.6 kB a state)."""
+    feed = Feed(processor())
+    first_list(feed)
+    feed.send("search", LATER, query="q")  # the next session: the list is shown
+    data = feed.p.users["u1"].to_bytes()
+    memory = feed.p.decode_state("u1", data).artwork
+    assert memory is not None and len(memory.shown) >= 5
+    times = {id(shown.shown_ms) for shown in memory.shown}
+    assert len({shown.shown_ms for shown in memory.shown}) == len(times) == 1
+    reals = [
+        x for shown in memory.shown for x in (shown.propensity, shown.p_popular, shown.p_bandit)
+    ]
+    assert len({id(x) for x in reals if x}) == len({x for x in reals if x}) < len(reals)
+    assert feed.p.decode_state("u1", data).to_bytes() == data
+
+
 def test_without_artworks_in_the_catalog_nothing_changes_in_lists_or_states() -> None:
     p = Processor(Settings(reco_debounce_s=0), clock=lambda: 4.1e9)
     p.load_catalog([{k: v for k, v in film.items() if k != "artworks"} for film in FILMS])

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import random
+import sys
+from array import array
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import orjson
 import pytest
 
+from pipeline.core.empty import EMPTY
 from pipeline.core.events import Event, EventDecoder
 from pipeline.core.partitioning import partition_for
 from pipeline.kpis.windows import (
@@ -216,3 +219,26 @@ def test_every_users_part_of_a_window_holds_the_same_key_counted_or_read_back() 
             holders[key] += 1
     assert len(keys) > 10 and max(holders.values()) > 10
     assert all(len(objects) == 1 for objects in keys.values())
+
+
+def test_users_at_rest_hold_no_empty_container_of_their_own_counted_or_read_back() -> None:
+    """Shared empty ones instead, and counts of exactly their size (~0.4 kB a user state)."""
+    trackers: dict[str, UserKpis] = {}
+    kpis = PartitionKpis(
+        lateness_ms=LATENESS_MS, trackers=lambda u: trackers.setdefault(u, UserKpis())
+    )
+    stream = events()[:3_000]
+    for event in stream:
+        kpis.add(event, arms={})
+    kpis.advance(stream[-1].ts_ms + 2 * DAY_MS)  # every held event applied, sessions over
+    counted = list(trackers.values())
+    read_back = [UserKpis.from_json(orjson.loads(orjson.dumps(u.to_json()))) for u in counted]
+    assert len(counted) > 50 and read_back == counted
+    exact = sys.getsizeof(array("q", [0] * 9))
+    for user in [*counted, *read_back]:
+        assert user.held == () and user.outcomes is EMPTY
+        assert all(sys.getsizeof(part) == exact for _, part in user.counts.values())
+    # a click and a search wait for their conversion: the user's own, then shared again
+    assert any(user.clicks for user in counted) and any(user.searches for user in counted)
+    assert all(user.clicks or user.clicks is EMPTY for user in [*counted, *read_back])
+    assert all(user.searches or user.searches == () for user in [*counted, *read_back])
