@@ -79,10 +79,19 @@ class UserRows:
         return row
 
     def packed(self) -> np.ndarray:
-        """Every row in order, as one array (a copy)."""
-        if not self.blocks:
-            return np.zeros((0, self.width))
-        return np.concatenate(self.blocks)[: self.size]
+        """Every row in order, as one array (a copy of the rows written, not of the blocks).
+
+        >>> rows = UserRows(2)
+        >>> for _ in range(UserRows.BLOCK + 1):
+        ...     rows[rows.add()][:] = (1.0, 2.0)
+        >>> rows.packed().shape
+        (4097, 2)
+        """
+        full, rest = divmod(self.size, self.BLOCK)
+        parts = self.blocks[:full]
+        if rest:
+            parts = [*parts, self.blocks[full][:rest]]
+        return np.concatenate(parts) if parts else np.zeros((0, self.width))
 
     def __getstate__(self) -> tuple[int, np.ndarray]:
         return self.width, self.packed()  # the rows, not the blocks' unused ends

@@ -212,3 +212,13 @@ def test_a_snapshot_holds_the_rows_written_and_restores_them_in_their_blocks() -
         model.learn(f"u{UserRows.BLOCK + 5}", np.array([7]), np.array([1.0]))
         model.learn("another", np.array([7]), np.array([1.0]))
     same(restored, taste)
+
+
+@pytest.mark.parametrize("size", [0, 1, UserRows.BLOCK - 1, UserRows.BLOCK, UserRows.BLOCK + 1])
+def test_the_packed_rows_are_those_written_in_order(size: int) -> None:
+    rows = UserRows(3)
+    for n in range(size):
+        rows[rows.add()][:] = (n, -n, 0.5)
+    packed = rows.packed()
+    assert packed.shape == (size, 3)
+    assert packed.tolist() == [[n, -n, 0.5] for n in range(size)]
