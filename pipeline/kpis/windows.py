@@ -101,11 +101,10 @@ Part = tuple[Scopes, "array[int]"]
 ONLY_ALL: Scopes = (ALL,)
 
 Held = tuple[int, Event, Scopes]
-# A user's empty containers are these shared, read-only ones (an empty tuple, :data:`EMPTY`),
-# and a container of the user's own from its first item (and again these once it
+# A user's empty containers are shared, read-only ones (an empty tuple, :data:`EMPTY`), and
+# a container of the user's own from its first item (and again a shared one once it
 # empties): most users hold no event, click or search at rest, nor any experiment
 # outcome (~0.25 kB a user state).
-_NO_CLICKS: Mapping[str, list[tuple[int, Scopes]]] = EMPTY
 
 
 def scopes_of(arms: Mapping[str, str]) -> Scopes:
@@ -158,7 +157,7 @@ class UserKpis:
     held: Sequence[Held] = ()
     last_ms: int | None = None
     playhead: Playhead = field(default_factory=Playhead)
-    clicks: Mapping[str, list[tuple[int, Scopes]]] = _NO_CLICKS
+    clicks: Mapping[str, list[tuple[int, Scopes]]] = EMPTY
     searches: Sequence[tuple[int, Scopes]] = ()
     counts: dict[WindowKey, Part] = field(default_factory=dict)
     day_ms: int | None = None
@@ -602,7 +601,7 @@ class PartitionKpis:
     def _apply(self, user: UserKpis, ts: int, event: Event, scopes: Scopes) -> None:
         new_session = user.last_ms is None or ts - user.last_ms > self.session_gap_ms
         if new_session:  # every pending click and search is older than any conversion
-            user.clicks = _NO_CLICKS
+            user.clicks = EMPTY
             user.searches = ()
         user.last_ms = ts
         watched, completed, started = user.playhead.step(event)
@@ -666,7 +665,7 @@ class PartitionKpis:
                 clicks = cast("dict[str, list[tuple[int, Scopes]]]", user.clicks)
                 clicked = clicks.pop(event.item_id)
                 if not clicks:
-                    user.clicks = _NO_CLICKS
+                    user.clicks = EMPTY
             for clicked_ms, clicked_scopes in clicked:
                 if ts - clicked_ms <= self.conversion_ms:
                     self._credit(user, clicked_ms, CLICK_PLAYS)
