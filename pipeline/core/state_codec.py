@@ -340,7 +340,7 @@ def _features(obj: dict[str, Any]) -> UserFeatures:
 
 def _layout(name: str, obj: object, layouts: dict[int, tuple[str, ...]]) -> tuple[str, ...]:
     layout = _check(name, obj, dict).get("layout")
-    if layout not in layouts:
+    if type(layout) is not int or layout not in layouts:
         raise StateUnreadable("unknown_format", f"{name}: layout {layout!r}")
     return layouts[layout]
 
@@ -371,6 +371,11 @@ def _pending(cls: type[PendingChurn], obj: object) -> PendingChurn | None:
     )
 
 
+#: What reading a part (KPIs, artworks, CRM) of the wrong shape raises, from deep inside it:
+#: a state no release wrote, refused as ``wrong_type``.
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
 def _kpis(user_id: str, obj: object) -> UserKpis | None:
     from pipeline.kpis.windows import UserKpis
 
@@ -378,7 +383,7 @@ def _kpis(user_id: str, obj: object) -> UserKpis | None:
         return None
     try:
         return UserKpis.from_json(obj, user_id)
-    except (ValueError, TypeError, KeyError) as exc:
+    except _MALFORMED as exc:
         raise StateUnreadable("wrong_type", f"kpis: {type(exc).__name__}: {exc}") from None
 
 
@@ -389,7 +394,7 @@ def _artwork(obj: object) -> UserArtwork | None:
         return None
     try:
         return UserArtwork.from_json(_check("artwork", obj, dict))
-    except (ValueError, TypeError, KeyError) as exc:
+    except _MALFORMED as exc:
         raise StateUnreadable("wrong_type", f"artwork: {type(exc).__name__}: {exc}") from None
 
 
@@ -400,7 +405,7 @@ def _crm(obj: object) -> UserCrm | None:
         return None
     try:
         return UserCrm.from_json(_check("crm", obj, dict))
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
+    except _MALFORMED as exc:
         raise StateUnreadable("wrong_type", f"crm: {type(exc).__name__}: {exc}") from None
 
 

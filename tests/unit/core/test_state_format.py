@@ -7,6 +7,7 @@ import functools
 import math
 import runpy
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agents.devtools.throughput import Workload, bench_experiments, with_artworks
 from pipeline.config import Settings
 from pipeline.core.empty import EMPTY
 from pipeline.core.events import Event, encode_event
 from pipeline.core.features import CHURN_FEATURES
+from pipeline.core.partitioning import partitioned
 from pipeline.core.processor import Processor
 from pipeline.core.state import UserState
 from pipeline.core.state_codec import _SCALARS, FORMAT, StateUnreadable, decode, encode
@@ -26,6 +29,7 @@ from pipeline.models.churn import LogisticChurn
 from pipeline.models.exchange import Merge, PartitionShare
 from pipeline.models.partition import PartitionModels
 from pipeline.models.shared import Delta
+from pipeline.offline.runner import drive
 from pipeline.serde.snapshots import seal, unseal
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
@@ -115,6 +119,10 @@ def test_a_field_missing_from_an_older_state_takes_its_default() -> None:
             b'{"format": 3, "partition": 0, "features": {"genre_affinity": {"drama": "x"}}}',
             "wrong_type",
         ),
+        (
+            b'{"format": 3, "partition": 0, "features": {"counters": {"layout": [], "f64": ""}}}',
+            "unknown_format",
+        ),
     ],
 )
 def test_a_state_no_release_wrote_is_refused_with_a_reason(data: bytes, reason: str) -> None:
@@ -131,6 +139,102 @@ def test_a_state_no_release_wrote_is_refused_with_a_reason(data: bytes, reason: 
 def test_any_bytes_restore_or_are_refused_never_another_exception(data: bytes) -> None:
     try:
         decode("u1", data, **BOUNDS)
+    except StateUnreadable:
+        pass
+
+
+@functools.cache
+def written_states() -> list[tuple[str, Any]]:
+    """States as this release writes them, with every part: KPIs, artworks, CRM, experiments."""
+    workload = Workload.simulate(events=3000, users=200, items=200, seed=5)
+    config = Settings(risk_medium=0.1, risk_high=0.2)
+    processor = Processor(config, clock=lambda: 4_102_444_800.0)
+    processor.load_catalog(with_artworks(workload.catalog))
+    processor.load_experiments(bench_experiments(workload))
+    records = partitioned(workload.records, config.topic_partitions)
+    written: dict[str, bytes] = {}
+
+    def keep(states: Any) -> None:
+        written.update((user_id, data) for user_id, _, data in states)
+
+    drive(processor, [(*record, 0) for record in records], outputs=lambda _: None, states=keep)
+    return [(user_id, orjson.loads(data)) for user_id, data in sorted(written.items())]
+
+
+#: A JSON value a damaged or foreign state could hold anywhere (orjson reads 64-bit integers).
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=4)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)  # fmt: skip
+
+
+#: A path's step into a list: any of its elements.
+EACH = -1
+
+
+def paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """The path of every part of a decoded JSON ``value``, list positions as :data:`EACH`."""
+    yield path
+    if isinstance(value, dict):
+        for key, part in value.items():
+            yield from paths(part, (*path, key))
+    elif isinstance(value, list):
+        for part in value:
+            yield from paths(part, (*path, EACH))
+
+
+@functools.cache
+def states_by_path() -> dict[tuple[Any, ...], list[tuple[str, Any]]]:
+    """The written states holding each path, for every path some written state holds."""
+    holding: dict[tuple[Any, ...], list[tuple[str, Any]]] = {}
+    for user_id, fields in written_states():
+        for path in set(paths(fields)) - {()}:
+            holding.setdefault(path, []).append((user_id, fields))
+    return holding
+
+
+def replace_at(data: st.DataObject, value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    """``value`` with the part at ``path`` (an element drawn from ``data`` at each list) ``new``."""
+    if not path:
+        return new
+    step, rest = path[0], path[1:]
+    if step != EACH:
+        return {**value, step: replace_at(data, value[step], rest, new)}
+    held = [i for i, part in enumerate(value) if rest in set(paths(part))]
+    i = data.draw(st.sampled_from(held))
+    return [*value[:i], replace_at(data, value[i], rest, new), *value[i + 1 :]]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [(("kpis", "outcomes"), [1]), (("artwork", "devices"), None), (("artwork", "sticky"), None)],
+)
+def test_a_written_part_of_the_wrong_shape_is_refused_naming_it(
+    path: tuple[str, str], value: Any
+) -> None:
+    user_id, fields = states_by_path()[path][0]
+    part, field = path
+    damaged = {**fields, part: {**fields[part], field: value}}
+    with pytest.raises(StateUnreadable) as refused:
+        decode(user_id, orjson.dumps(damaged), **BOUNDS)
+    assert (refused.value.reason, str(refused.value).split(":")[1].strip()) == ("wrong_type", part)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(data=st.data())
+def test_a_written_state_damaged_anywhere_restores_or_is_refused_never_another_exception(
+    data: st.DataObject,
+) -> None:
+    """Every part of every kind a state holds, in turn replaced by any JSON value."""
+    holding = states_by_path()
+    path = data.draw(st.sampled_from(sorted(holding, key=repr)))
+    user_id, fields = data.draw(st.sampled_from(holding[path]))
+    damaged = replace_at(data, fields, path, data.draw(json_values))
+    try:
+        decode(user_id, orjson.dumps(damaged), **BOUNDS)
     except StateUnreadable:
         pass
 
