@@ -81,6 +81,7 @@ COUNTERS: tuple[str, ...] = (
     "clicks_played", "tv_events", "all_events", "gap_mean_days",
 )  # fmt: skip
 _EVENTS = COUNTERS.index("events_7d")  # the first of the four
+_EVENTS_END = _EVENTS + COUNTERS.count("events_7d")
 _ALL_EVENTS = COUNTERS.index("all_events")
 _TV_EVENTS = COUNTERS.index("tv_events")
 #: Decayed with the 7-day half-life; with the 28-day one; ``gap_mean_days`` is not decayed.
@@ -156,7 +157,7 @@ class UserFeatures:
     @property
     def events_7d(self) -> list[float]:
         """Events per type (``EVENT_TYPES`` order), 7-day half-life (a copy)."""
-        return self.counters[_EVENTS : _EVENTS + 4].tolist()
+        return self.counters[_EVENTS:_EVENTS_END].tolist()
 
     def as_dict(self) -> dict[str, object]:
         """Every field by name, as the dataclass it was gave them (``events_7d`` a list).
