@@ -348,7 +348,7 @@ def _layout(name: str, obj: object, layouts: dict[int, tuple[str, ...]]) -> tupl
 def _unpacked(name: str, obj: dict[str, Any], count: int) -> list[float]:
     try:
         floats = unpack_floats(_str(f"{name}.f64", obj.get("f64")))
-    except (binascii.Error, struct.error) as exc:
+    except (ValueError, struct.error) as exc:  # binascii.Error, and text that is not ASCII
         raise StateUnreadable("wrong_type", f"{name}.f64: {exc}") from None
     if len(floats) != count:
         raise StateUnreadable("wrong_type", f"{name}.f64: {len(floats)} floats, not {count}")

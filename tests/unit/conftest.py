@@ -1,0 +1,1 @@
+"""The unit tests' shared helpers (``damage``) are imported from this directory."""
