@@ -208,6 +208,10 @@ class KpiCombiner:
         return combiner
 
 
+#: What a record that is not a partial one raises in the combiners, however deep: refused.
+_REFUSED = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
 class PartialsCombiner:
     """The combining agent's state: the KPI and the experiment-results combiners, fed as one.
 
@@ -262,12 +266,12 @@ class PartialsCombiner:
                 partial.get("outcomes", []),
                 partial.get("experiments", {}),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._keep()  # what cannot be stored is refused too (an integer past 64 bits)
+        except _REFUSED as exc:
             kpis, results_state = self._stored
             self.kpis = KpiCombiner.from_bytes(kpis, partitions=self._partitions)
             self.results = ResultsCombiner.from_bytes(results_state, partitions=self._partitions)
             raise ValueError(f"partial record refused ({type(exc).__name__}: {exc})") from exc
-        self._keep()
         return records, results
 
     def _keep(self) -> None:

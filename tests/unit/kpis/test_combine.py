@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
 import pytest
+from damage import damaged, holding
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from agents.devtools.throughput import Workload, bench_experiments
+from pipeline.config import Settings
+from pipeline.core.partitioning import partitioned
+from pipeline.core.processor import Processor
 from pipeline.kpis.combine import KpiCombiner, PartialsCombiner
 from pipeline.kpis.windows import COUNTS, HOUR_MS
+from pipeline.offline.runner import drive
 
 FOLLOW = 1_800_000
 
@@ -76,3 +85,46 @@ def test_a_partial_refused_by_the_results_leaves_its_windows_uncounted() -> None
     assert record["active_users"] == 7  # not 57: the refused record counts nowhere
     stored = PartialsCombiner.from_stored(*combiners.to_bytes(), partitions=2)
     assert stored.to_bytes() == combiners.to_bytes()
+
+
+@functools.cache
+def written_partials() -> dict[tuple[Any, ...], list[Any]]:
+    """Partial records as processors write them (windows, returns, experiment outcomes)."""
+    workload = Workload.simulate(events=8000, users=100, items=100, seed=5)
+    config = Settings()
+    processor = Processor(config, clock=lambda: 4_102_444_800.0)
+    processor.load_catalog(workload.catalog)
+    processor.load_experiments(bench_experiments(workload))
+    written: list[Any] = []
+
+    def keep(outputs: Any) -> None:
+        written.extend(orjson.loads(o.value) for o in outputs if o.kind == "kpi_partial")
+
+    records = [(*record, 0) for record in partitioned(workload.records, config.topic_partitions)]
+    drive(processor, records, outputs=keep, states=lambda _: None)
+    return holding([p for p in written if p["windows"] or p["returns"] or p.get("outcomes")])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(data=st.data())
+def test_a_partial_record_damaged_anywhere_is_taken_or_refused_never_another_exception(
+    data: st.DataObject,
+) -> None:
+    """A partial record that raised anything but ``ValueError`` crashed the combining agent."""
+    combiner = PartialsCombiner.from_stored(None, None, partitions=4)
+    record = orjson.dumps(damaged(data, written_partials()))
+    try:
+        combiner.feed(record)
+    except ValueError:
+        assert (
+            combiner.to_bytes() == PartialsCombiner.from_stored(None, None, partitions=4).to_bytes()
+        )
+
+
+def test_a_partition_number_that_cannot_be_stored_is_refused_and_changes_nothing() -> None:
+    combiner = PartialsCombiner.from_stored(None, None, partitions=2)
+    combiner.feed(orjson.dumps(partial(0, CLOSED, window(0, active_users=5))))
+    before = combiner.to_bytes()
+    with pytest.raises(ValueError, match="partial record refused"):
+        combiner.feed(orjson.dumps(partial(0, CLOSED) | {"partition": 1e300}))
+    assert combiner.to_bytes() == before
