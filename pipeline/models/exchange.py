@@ -91,6 +91,7 @@ from pipeline.serde.snapshots import stored_as
 __all__ = [
     "CHOICES_PER_RECORD",
     "CONTROL_KEY",
+    "DELTA_MAGNITUDE_MAX",
     "LearningMerger",
     "Merge",
     "PartitionShare",
@@ -385,9 +386,44 @@ def encode_delta(delta: Delta) -> bytes:
     return orjson.dumps(_delta_json(delta), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+#: The largest magnitude of a number in a delta a partition publishes. The merge squares
+#: differences of means and multiplies them by counts (:func:`~pipeline.models.shared.combine`):
+#: with every number of every delta within this, a merge of a thousand partitions stays
+#: finite (~4e303 at most), while the sums of a few billion events of any feature are far
+#: below it. A delta beyond it is refused: merged, one partition's diverged model would
+#: overflow the merge of all of them to infinity, and every partition would refuse that
+#: merge.
+DELTA_MAGNITUDE_MAX: Final = 1e100
+
+
 def decode_delta(data: bytes | None) -> Delta:
-    """The delta of :func:`encode_delta`; ``ValueError`` (saying why) when it is not one."""
-    return _delta_of(_loads(data))
+    """The delta of :func:`encode_delta`; ``ValueError`` (saying why) when it is not one.
+
+    >>> decode_delta(b'{"schema_version": 1, "partition": 0, "epoch": 1, "at_ms": 0,'
+    ...              b' "half_life_ms": 1.0, "trending": {"m1": 1e300}, "choices": [],'
+    ...              b' "genres": {}, "genre_total": 0, "users": 0, "linear": {}}')
+    Traceback (most recent call last):
+    ...
+    ValueError: trending: 1e+300 is beyond what a partition publishes (|x| <= 1e+100)
+    """
+    delta = _delta_of(_loads(data))
+    numbers = {
+        "trending": np.fromiter(delta.trending.values(), float, len(delta.trending)),
+        "genres": np.fromiter(delta.genres.values(), float, len(delta.genres)),
+        "genre_total": np.array([delta.genre_total, delta.users], float),
+    }
+    for name, step in delta.linear.items():
+        moments = step.moments
+        columns = (moments.n, moments.mean, moments.m2, step.weights, [step.intercept])
+        numbers[f"linear.{name}"] = np.concatenate(columns)
+    for name, values in numbers.items():
+        beyond = np.abs(values) > DELTA_MAGNITUDE_MAX
+        if beyond.any():
+            raise ValueError(
+                f"{name}: {float(values[beyond][0])!r} is beyond what a partition publishes "
+                f"(|x| <= {DELTA_MAGNITUDE_MAX!r})"
+            )
+    return delta
 
 
 def encode_merge(merge: int, epoch: int, delta: Delta) -> list[bytes]:

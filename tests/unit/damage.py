@@ -12,7 +12,7 @@ real values hold, one value holding it, and a JSON value to put there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from hypothesis import strategies as st
@@ -50,10 +50,25 @@ def holding(values: Sequence[Any]) -> dict[tuple[Any, ...], list[Any]]:
     return found
 
 
-def replace_at(data: st.DataObject, value: Any, path: tuple[Any, ...], new: Any) -> Any:
-    """``value`` with the part at ``path`` (an element drawn from ``data`` at each list) ``new``."""
+def of_its_kind(value: Any) -> st.SearchStrategy[Any]:
+    """Any value of ``value``'s JSON type (the extremes included), or any JSON value."""
+    if isinstance(value, bool):
+        return st.booleans()
+    if isinstance(value, int):
+        return st.integers(-(2**63), 2**64 - 1)
+    if isinstance(value, float):
+        return st.floats(allow_nan=False, allow_infinity=False)
+    if isinstance(value, str):
+        return st.text(max_size=8)
+    return json_values
+
+
+def replace_at(
+    data: st.DataObject, value: Any, path: tuple[Any, ...], new: Callable[[Any], Any]
+) -> Any:
+    """``value`` with the part at ``path`` (drawn from ``data`` at each list) ``new(part)``."""
     if not path:
-        return new
+        return new(value)
     step, rest = path[0], path[1:]
     if step != EACH:
         return {**value, step: replace_at(data, value[step], rest, new)}
@@ -65,8 +80,10 @@ def replace_at(data: st.DataObject, value: Any, path: tuple[Any, ...], new: Any)
 def damaged(data: st.DataObject, values: dict[tuple[Any, ...], list[Any]]) -> Any:
     """One of the values, with one kind of part (drawn uniformly) replaced by a JSON value.
 
-    ``values``: :func:`holding` of the real values.
+    A number, text or boolean is as often replaced by any value of its own type, extremes
+    included: a decoder that checks types is then reached past them. ``values``:
+    :func:`holding` of the real values.
     """
     path = data.draw(st.sampled_from(sorted(values, key=repr)))
     value = data.draw(st.sampled_from(values[path]))
-    return replace_at(data, value, path, data.draw(json_values))
+    return replace_at(data, value, path, lambda part: data.draw(json_values | of_its_kind(part)))

@@ -9,12 +9,15 @@ the merge of one process).
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from damage import damaged, holding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_shared import HOUR_MS, ITEMS, _models, assert_counts_as_whole, choices, choose
@@ -436,3 +439,59 @@ def test_each_partition_gets_exactly_the_merge_of_the_others(
         np.testing.assert_allclose(step.weights, sum(d.linear["ranker"].weights for d in others))
         assert step.intercept == pytest.approx(0.5 * len(others))
         np.testing.assert_allclose(step.moments.n, np.full(3, 2.0 * len(others)))
+
+
+@functools.cache
+def published_deltas() -> list[Any]:
+    """The deltas of three partitions that chose items and trained their rankers."""
+    rng = np.random.default_rng(1)
+    deltas = []
+    for partition in range(3):
+        models = _models(1)[0]
+        side = PartitionShare(every_ms=HOUR_MS)
+        side.at(models, 0)
+        for i in range(50):
+            _choose(models, f"u{i % 7}", ITEMS[i % 5], i * 1000)
+            models.recommender.ranker.learn(rng.normal(size=(1, 4)), np.array([i % 3 == 0]))
+        delta = side.at(models, HOUR_MS)
+        assert delta is not None and delta.linear
+        delta.partition = partition
+        deltas.append(orjson.loads(encode_delta(delta)))
+    return deltas
+
+
+def merged_with(third: Delta) -> list[Any]:
+    """The merge records of the first two deltas and ``third``, as the partitions read them."""
+    merger = LearningMerger(partitions=3)
+    for delta in published_deltas()[:2]:
+        merger.feed(decode_delta(orjson.dumps(delta)))
+    merger.feed(third)
+    return [decode_merge(value) for _, value in merger.flush(merge=1)]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.data())
+def test_a_delta_damaged_anywhere_is_refused_or_merged_into_merges_every_partition_takes(
+    data: st.DataObject,
+) -> None:
+    """A delta the merger takes never makes a merge the partitions refuse (all would lose it)."""
+    third = damaged(data, holding(published_deltas()[2:]))
+    third["partition"] = 2  # the partition the merger waits for
+    try:
+        delta = decode_delta(orjson.dumps(third))
+    except ValueError:
+        return  # refused, logged and skipped by the merging agent
+    assert len(merged_with(delta)) == 3
+
+
+def test_a_delta_beyond_what_a_partition_publishes_is_refused_and_the_others_merge() -> None:
+    diverged = published_deltas()[2]
+    name = next(iter(diverged["linear"]))
+    step = diverged["linear"][name]
+    # merged as it was, the means' difference squared overflows: every partition refused
+    # the merge ("None is not a finite number") and lost the others' learning with it
+    diverged = {**diverged, "linear": {name: {**step, "mean": [1e200] * len(step["mean"])}}}
+    with pytest.raises(ValueError, match=f"linear.{name}: 1e\\+200 is beyond"):
+        decode_delta(orjson.dumps(diverged))
+    merges = merged_with(decode_delta(orjson.dumps(published_deltas()[2])))
+    assert len(merges) == 3  # each partition takes its merge
