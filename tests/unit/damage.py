@@ -12,10 +12,18 @@ real values hold, one value holding it, and a JSON value to put there.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 from hypothesis import strategies as st
+
+from agents.devtools.throughput import Workload, bench_experiments, with_artworks
+from pipeline.config import Settings
+from pipeline.core.partitioning import partitioned
+from pipeline.core.processor import Processor
+from pipeline.offline.runner import drive
 
 #: A path's step into a list: any of its elements.
 EACH = -1
@@ -87,3 +95,35 @@ def damaged(data: st.DataObject, values: dict[tuple[Any, ...], list[Any]]) -> An
     path = data.draw(st.sampled_from(sorted(values, key=repr)))
     value = data.draw(st.sampled_from(values[path]))
     return replace_at(data, value, path, lambda part: data.draw(json_values | of_its_kind(part)))
+
+
+class Written(NamedTuple):
+    """What processors wrote over a simulated run, as JSON values."""
+
+    states: list[Any]  # each user's last stored state
+    partials: list[Any]  # the KPI partial records with windows, returns or outcomes
+
+
+@functools.cache
+def written() -> Written:
+    """States and partial records with every part: KPIs, artworks, CRM, two experiments."""
+    workload = Workload.simulate(events=8000, users=200, items=200, seed=5)
+    config = Settings(risk_medium=0.1, risk_high=0.2)
+    processor = Processor(config, clock=lambda: 4_102_444_800.0)
+    processor.load_catalog(with_artworks(workload.catalog))
+    processor.load_experiments(bench_experiments(workload))
+    states: dict[str, bytes] = {}
+    partials: list[Any] = []
+
+    def keep_states(changed: Any) -> None:
+        states.update((user_id, data) for user_id, _, data in changed)
+
+    def keep_partials(outputs: Any) -> None:
+        partials.extend(orjson.loads(o.value) for o in outputs if o.kind == "kpi_partial")
+
+    records = [(*record, 0) for record in partitioned(workload.records, config.topic_partitions)]
+    drive(processor, records, outputs=keep_partials, states=keep_states)
+    return Written(
+        [orjson.loads(data) for _, data in sorted(states.items())],
+        [p for p in partials if p["windows"] or p["returns"] or p.get("outcomes")],
+    )

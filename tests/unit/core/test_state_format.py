@@ -12,16 +12,14 @@ from typing import Any
 
 import orjson
 import pytest
-from damage import damaged, holding
+from damage import damaged, holding, written
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.devtools.throughput import Workload, bench_experiments, with_artworks
 from pipeline.config import Settings
 from pipeline.core.empty import EMPTY
 from pipeline.core.events import Event, encode_event
 from pipeline.core.features import CHURN_FEATURES
-from pipeline.core.partitioning import partitioned
 from pipeline.core.processor import Processor
 from pipeline.core.state import UserState
 from pipeline.core.state_codec import _SCALARS, FORMAT, StateUnreadable, decode, encode
@@ -29,7 +27,6 @@ from pipeline.models.churn import LogisticChurn
 from pipeline.models.exchange import Merge, PartitionShare
 from pipeline.models.partition import PartitionModels
 from pipeline.models.shared import Delta
-from pipeline.offline.runner import drive
 from pipeline.serde.snapshots import seal, unseal
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
@@ -149,27 +146,9 @@ def test_any_bytes_restore_or_are_refused_never_another_exception(data: bytes) -
 
 
 @functools.cache
-def written_states() -> list[tuple[str, Any]]:
-    """States as this release writes them, with every part: KPIs, artworks, CRM, experiments."""
-    workload = Workload.simulate(events=3000, users=200, items=200, seed=5)
-    config = Settings(risk_medium=0.1, risk_high=0.2)
-    processor = Processor(config, clock=lambda: 4_102_444_800.0)
-    processor.load_catalog(with_artworks(workload.catalog))
-    processor.load_experiments(bench_experiments(workload))
-    records = partitioned(workload.records, config.topic_partitions)
-    written: dict[str, bytes] = {}
-
-    def keep(states: Any) -> None:
-        written.update((user_id, data) for user_id, _, data in states)
-
-    drive(processor, [(*record, 0) for record in records], outputs=lambda _: None, states=keep)
-    return [(user_id, orjson.loads(data)) for user_id, data in sorted(written.items())]
-
-
-@functools.cache
 def states_by_path() -> dict[tuple[Any, ...], list[Any]]:
     """The written states holding each path (:func:`damage.holding`)."""
-    return holding([fields for _, fields in written_states()])
+    return holding(written().states)
 
 
 @pytest.mark.parametrize(

@@ -7,17 +7,12 @@ from typing import Any
 
 import orjson
 import pytest
-from damage import damaged, holding
+from damage import damaged, holding, written
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.devtools.throughput import Workload, bench_experiments
-from pipeline.config import Settings
-from pipeline.core.partitioning import partitioned
-from pipeline.core.processor import Processor
 from pipeline.kpis.combine import KpiCombiner, PartialsCombiner
 from pipeline.kpis.windows import COUNTS, HOUR_MS
-from pipeline.offline.runner import drive
 
 FOLLOW = 1_800_000
 
@@ -88,21 +83,9 @@ def test_a_partial_refused_by_the_results_leaves_its_windows_uncounted() -> None
 
 
 @functools.cache
-def written_partials() -> dict[tuple[Any, ...], list[Any]]:
-    """Partial records as processors write them (windows, returns, experiment outcomes)."""
-    workload = Workload.simulate(events=8000, users=100, items=100, seed=5)
-    config = Settings()
-    processor = Processor(config, clock=lambda: 4_102_444_800.0)
-    processor.load_catalog(workload.catalog)
-    processor.load_experiments(bench_experiments(workload))
-    written: list[Any] = []
-
-    def keep(outputs: Any) -> None:
-        written.extend(orjson.loads(o.value) for o in outputs if o.kind == "kpi_partial")
-
-    records = [(*record, 0) for record in partitioned(workload.records, config.topic_partitions)]
-    drive(processor, records, outputs=keep, states=lambda _: None)
-    return holding([p for p in written if p["windows"] or p["returns"] or p.get("outcomes")])
+def partials_by_path() -> dict[tuple[Any, ...], list[Any]]:
+    """The written partial records holding each path (:func:`damage.holding`)."""
+    return holding(written().partials)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -112,7 +95,7 @@ def test_a_partial_record_damaged_anywhere_is_taken_or_refused_never_another_exc
 ) -> None:
     """A partial record that raised anything but ``ValueError`` crashed the combining agent."""
     combiner = PartialsCombiner.from_stored(None, None, partitions=4)
-    record = orjson.dumps(damaged(data, written_partials()))
+    record = orjson.dumps(damaged(data, partials_by_path()))
     try:
         combiner.feed(record)
     except ValueError:
