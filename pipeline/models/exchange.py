@@ -410,8 +410,8 @@ def decode_delta(data: bytes | None) -> Delta:
     numbers = {
         "trending": np.fromiter(delta.trending.values(), float, len(delta.trending)),
         "genres": np.fromiter(delta.genres.values(), float, len(delta.genres)),
-        "genre_total": np.array([delta.genre_total, delta.users], float),
-    }
+        "genre_total": np.array([delta.genre_total]),
+    }  # users: an integer of JSON, within 64 bits
     for name, step in delta.linear.items():
         moments = step.moments
         columns = (moments.n, moments.mean, moments.m2, step.weights, [step.intercept])
