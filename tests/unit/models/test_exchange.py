@@ -238,17 +238,21 @@ def test_a_bad_merge_record_is_dead_lettered_with_its_reason(value: bytes, why: 
     assert processor.tally.rejected["bad_learning_record"] == processor.tally.received == 1
 
 
-def test_deltas_round_trip_exactly() -> None:
-    rng = np.random.default_rng(1)
+def learnt_delta(rng: np.random.Generator) -> Delta:
+    """The delta of one partition's first epoch: 50 choices, and 50 steps of its ranker."""
     models = _models(1)[0]
     side = PartitionShare(every_ms=HOUR_MS)
     side.at(models, 0)
-    reco = models.recommender
     for i in range(50):
         _choose(models, f"u{i % 7}", ITEMS[i % 5], i * 1000)
-        reco.ranker.learn(rng.normal(size=(1, 4)), np.array([i % 3 == 0]))
+        models.recommender.ranker.learn(rng.normal(size=(1, 4)), np.array([i % 3 == 0]))
     delta = side.at(models, HOUR_MS)
     assert delta is not None and delta.linear and delta.trending
+    return delta
+
+
+def test_deltas_round_trip_exactly() -> None:
+    delta = learnt_delta(np.random.default_rng(1))
     back = decode_delta(encode_delta(delta))
     assert pickle.dumps(back.trending) == pickle.dumps(delta.trending)
     assert back.choices == delta.choices
@@ -447,17 +451,16 @@ def published_deltas() -> list[Any]:
     rng = np.random.default_rng(1)
     deltas = []
     for partition in range(3):
-        models = _models(1)[0]
-        side = PartitionShare(every_ms=HOUR_MS)
-        side.at(models, 0)
-        for i in range(50):
-            _choose(models, f"u{i % 7}", ITEMS[i % 5], i * 1000)
-            models.recommender.ranker.learn(rng.normal(size=(1, 4)), np.array([i % 3 == 0]))
-        delta = side.at(models, HOUR_MS)
-        assert delta is not None and delta.linear
+        delta = learnt_delta(rng)
         delta.partition = partition
         deltas.append(orjson.loads(encode_delta(delta)))
     return deltas
+
+
+@functools.cache
+def third_by_path() -> dict[tuple[Any, ...], list[Any]]:
+    """The third partition's delta, by each path it holds (:func:`damage.holding`)."""
+    return holding(published_deltas()[2:])
 
 
 def merged_with(third: Delta) -> list[Any]:
@@ -475,7 +478,7 @@ def test_a_delta_damaged_anywhere_is_refused_or_merged_into_merges_every_partiti
     data: st.DataObject,
 ) -> None:
     """A delta the merger takes never makes a merge the partitions refuse (all would lose it)."""
-    third = damaged(data, holding(published_deltas()[2:]))
+    third = damaged(data, third_by_path())
     third["partition"] = 2  # the partition the merger waits for
     try:
         delta = decode_delta(orjson.dumps(third))
