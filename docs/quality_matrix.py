@@ -10,7 +10,9 @@ evaluate`` over it at each partition count (records placed as Kafka's partitione
 the partitions' learning merged each ``--share-every-s`` of event time when given.
 Prints one row per cell: the published churn AUC and its ECE, the Poisson heuristic's
 AUC, the 7-day re-score's AUC beside the same users' session-end score, hit-rate@10 and
-trending's; then the worst cell of each column.
+trending's, the promotions of the challenger (after one, the published scores are the
+heuristic's); then the worst cell of each column. ``--promotion-alpha 0`` measures the
+champion alone.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ COLUMNS = {
     "session end": "churn.session_end_7d.auc",
     "hit@10": "reco.hit_rate_at_10",
     "trending": "reco.trending_hit_rate_at_10",
+    "promotions": "churn.promotions",
 }
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,7 +47,20 @@ parser.add_argument(
     "--share-every-s", type=float, default=0.0, help="as ottscore evaluate's (0: no sharing)"
 )
 parser.add_argument("--share-mode", choices=["sum", "mean", "workers"], default="sum")
+parser.add_argument(
+    "--promotion-alpha",
+    type=float,
+    default=Settings().churn_promotion_alpha,
+    help="as OTTSCORE_CHURN_PROMOTION_ALPHA; 0 keeps the champion (its own quality)",
+)
 args = parser.parse_args()
+
+
+def cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
 
 rows = []
 with tempfile.TemporaryDirectory() as work:
@@ -58,7 +74,7 @@ with tempfile.TemporaryDirectory() as work:
             for partitions in args.partitions:
                 report = evaluate(
                     events,
-                    settings=Settings(),
+                    settings=Settings(churn_promotion_alpha=args.promotion_alpha),
                     catalog_path=catalog,
                     partitions=partitions,
                     share_every_s=args.share_every_s,
@@ -66,14 +82,15 @@ with tempfile.TemporaryDirectory() as work:
                     progress=False,
                 )
                 rows.append((scenario, seed, partitions, [report.get(k) for k in COLUMNS.values()]))
-                cells = " ".join(f"{v:.3f}" if v is not None else "-" for v in rows[-1][3])
+                cells = " ".join(cell(v) for v in rows[-1][3])
                 print(f"{scenario:<10} seed {seed} partitions {partitions:>2}: {cells}", flush=True)
 
 print()
 print("| scenario | seed | partitions | " + " | ".join(COLUMNS) + " |")
 print("|---|---|---|" + "---|" * len(COLUMNS))
 for scenario, seed, partitions, values in rows:
-    cells = " | ".join(f"{v:.3f}" if v is not None else "-" for v in values)
+    cells = " | ".join(cell(v) for v in values)
     print(f"| {scenario} | {seed} | {partitions} | {cells} |")
-worst = [min(v[3][i] for v in rows if v[3][i] is not None) for i in range(len(COLUMNS))]
-print("| worst | | | " + " | ".join(f"{v:.3f}" for v in worst) + " |")
+worst = [min(v[3][i] for v in rows if v[3][i] is not None) for i in range(len(COLUMNS) - 1)]
+worst.append(max(v[3][-1] for v in rows))  # promotions: the most
+print("| worst | | | " + " | ".join(cell(v) for v in worst) + " |")
