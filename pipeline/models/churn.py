@@ -7,7 +7,8 @@ Every model answers ``predict_proba_one(x)`` and ``learn_one(x, y)`` on the feat
 ``logreg``
     Two competing risks (:class:`LogisticChurn`): a label is positive when the user
     **departs** or when they stay but fall **silent** past the horizon (a break, a low
-    rate). The silence risk is the Poisson heuristic's; the departure risk is River
+    rate). The silence risk is the Poisson heuristic's, its rate read over the days the
+    user was seen (:func:`silence_risk`); the departure risk is River
     ``StandardScaler | LogisticRegression`` on ``log1p`` of the features, scaled values
     clipped to ±1.5 (the counts are heavy-tailed; clipping keeps one extreme user from
     moving the weights far); the churn probability is that of either,
@@ -27,7 +28,7 @@ Every model answers ``predict_proba_one(x)`` and ``learn_one(x, y)`` on the feat
 
 Examples
 --------
->>> x = dict.fromkeys(CHURN_FEATURES, 0.0) | {"sessions_7d": 7.0}
+>>> x = dict.fromkeys(CHURN_FEATURES, 0.0) | {"sessions_7d": 7.0, "tenure_days": 365.0}
 >>> round(make_churn_model("poisson", horizon_days=14).predict_proba_one(x), 4)  # daily viewer
 0.0
 >>> model = make_churn_model("logreg", horizon_days=14)
@@ -139,12 +140,15 @@ class CompetingRisksLoss(optim.losses.BinaryLoss):
 class LogisticChurn:
     """Scaled online logistic regression (River) beside, or on top of, the Poisson hazard.
 
-    ``churn-logreg-5`` (``competing``, the default): the Poisson heuristic's probability is
-    the risk of a silence past the horizon, the regression's that of a departure, and the
-    churn probability is either, ``1 − (1 − poisson)(1 − σ(w · x + b))``; the regression
-    learns through it (:class:`CompetingRisksLoss`), so its weights learn what foretells a
+    ``churn-logreg-6`` (``competing``, the default): a Poisson probability is the risk of a
+    silence past the horizon, the regression's that of a departure, and the churn
+    probability is either, ``1 − (1 − silence)(1 − σ(w · x + b))``; the regression learns
+    through it (:class:`CompetingRisksLoss`), so its weights learn what foretells a
     departure and leave the silences of viewers who stay to the rate. Its intercept starts
-    at :data:`DEPARTURE_LOG_ODDS`. On top of the hazard instead (``churn-logreg-4``), the
+    at :data:`DEPARTURE_LOG_ODDS`. The silence risk reads the user's rate over the days
+    they were seen (:func:`silence_risk`, ``seen_rate``); a model of ``churn-logreg-5``,
+    restored from its snapshot, goes on with the heuristic's own (:func:`poisson_churn`).
+    On top of the hazard instead (``churn-logreg-4``), the
     raw score was ``logit(poisson) + w · x + b``: the features moved the rate's log-odds,
     and under breaks (silences of viewers who stay) they ranked those silences below the
     heuristic itself (``docs/quality.md``). ``hazard`` is that offset's weight: 0 in a model
@@ -159,6 +163,7 @@ class LogisticChurn:
         self.horizon_days = horizon_days
         self.competing = competing
         self.hazard = 0.0  # no new model scores on top of the hazard (churn-logreg-4)
+        self.seen_rate = competing  # the silence risk at the rate over the days seen (-6)
         if competing:
             self.classifier = OffsetLogisticRegression(
                 optimizer=optim.SGD(0.01),
@@ -174,13 +179,17 @@ class LogisticChurn:
         state.setdefault("horizon_days", 14.0)
         state.setdefault("hazard", 0.0)
         state.setdefault("competing", False)
+        state.setdefault("seen_rate", False)
         self.__dict__.update(state)
 
     @property
     def model_version(self) -> str:
-        """``churn-logreg-5`` (competing risks), ``-4`` (Poisson offset) or ``-3`` (neither)."""
+        """``churn-logreg-6`` or ``-5`` (competing risks), ``-4`` (Poisson offset), ``-3``.
+
+        ``-6`` reads the silence risk's rate over the days seen, ``-5`` the heuristic's.
+        """
         if self.competing:
-            return "churn-logreg-5"
+            return "churn-logreg-6" if self.seen_rate else "churn-logreg-5"
         return "churn-logreg-4" if self.hazard else "churn-logreg-3"
 
     def _scaled(self, x: Mapping[str, float], *, learn: bool) -> dict[str, float]:
@@ -191,8 +200,12 @@ class LogisticChurn:
         return {k: min(max(v, -clip), clip) for k, v in self.scaler.transform_one(logged).items()}
 
     def _poisson(self, x: Mapping[str, float]) -> float:
-        """The Poisson heuristic's probability, kept off 0 and 1."""
-        return min(max(poisson_churn(x, self.horizon_days), _P_FLOOR), 1.0 - _P_FLOOR)
+        """The silence risk (or the Poisson heuristic's probability), kept off 0 and 1."""
+        if self.seen_rate:
+            p = silence_risk(x, self.horizon_days)
+        else:
+            p = poisson_churn(x, self.horizon_days)
+        return min(max(p, _P_FLOOR), 1.0 - _P_FLOOR)
 
     def _offset(self, x: Mapping[str, float]) -> float:
         """The Poisson hazard's share of the raw score (``churn-logreg-4``)."""
@@ -286,6 +299,40 @@ def poisson_churn(x: Mapping[str, float], horizon_days: float) -> float:
     """``P(no session within the horizon)`` at the user's recent rate (``sessions_7d`` a week)."""
     return math.exp(-x["sessions_7d"] / 7.0 * horizon_days)
 
+
+def silence_risk(x: Mapping[str, float], horizon_days: float) -> float:
+    """``P(no session within the horizon)`` at the user's rate over the days they were seen.
+
+    ``sessions_7d`` decays with a half-life of 7 days from the user's first event on: after
+    ``t`` days a viewer holds ``1 − 2^(−t/7)`` of the count a long-standing viewer of the
+    same rate holds. The heuristic (:func:`poisson_churn`) reads every count as a
+    long-standing viewer's, so a viewer in their first weeks looks rarer than they are;
+    here the count is divided by that share, and a viewer seen less than a week is read
+    as seen a week (half the count): a new viewer's few sessions say little of their
+    rate, and reading them over a day or two made the heuristic the better ranker of the
+    first churners (``docs/quality.md``). And a long-standing viewer's count holds more
+    than a week of sessions (the decay keeps ``7 / ln 2 ≈ 10.1`` days' worth, and the
+    session that just ended): the rate is read at :data:`SILENCE_RATE_SCALE` of the
+    heuristic's.
+
+    >>> x = dict.fromkeys(CHURN_FEATURES, 0.0) | {"sessions_7d": 1.0, "tenure_days": 5.0}
+    >>> round(poisson_churn(x, 14), 3), round(silence_risk(x, 14), 3)  # a session in 5 days
+    (0.135, 0.033)
+    >>> round(silence_risk(x | {"tenure_days": 14.0}, 14), 3)  # seen two weeks
+    0.104
+    >>> round(silence_risk(x | {"tenure_days": 365.0}, 14), 3)  # a long-standing viewer
+    0.183
+    """
+    seen = max(1.0 - 2.0 ** (-x["tenure_days"] / 7.0), 0.5)
+    rate = SILENCE_RATE_SCALE * x["sessions_7d"] / 7.0 / seen
+    return math.exp(-rate * horizon_days)
+
+
+SILENCE_RATE_SCALE = 0.85
+"""The share of the heuristic's rate (``sessions_7d / 7``) the silence risk reads. The
+exact share for a Poisson viewer depends on their rate (the ended session counts one), so
+it was chosen over the scenarios and seeds of ``docs/quality_matrix.py``: see
+``docs/quality.md``."""
 
 _P_FLOOR = 1e-4
 """The Poisson probability is kept within ``[_P_FLOOR, 1 - _P_FLOOR]`` before its log-odds."""

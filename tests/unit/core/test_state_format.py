@@ -23,7 +23,7 @@ from pipeline.core.features import CHURN_FEATURES
 from pipeline.core.processor import Processor
 from pipeline.core.state import UserState
 from pipeline.core.state_codec import _SCALARS, FORMAT, StateUnreadable, decode, encode
-from pipeline.models.churn import LogisticChurn
+from pipeline.models.churn import SILENCE_RATE_SCALE, LogisticChurn
 from pipeline.models.exchange import Merge, PartitionShare
 from pipeline.models.partition import PartitionModels
 from pipeline.models.shared import Delta
@@ -275,11 +275,33 @@ def test_a_churn_model_of_the_previous_release_scores_without_the_poisson_offset
     scaled = logreg._scaled(x, learn=False)
     raw = logreg.classifier._weights.dot(scaled) + logreg.classifier.intercept
     assert logreg.predict_proba_one(x) == pytest.approx(1.0 / (1.0 + math.exp(-raw)), rel=1e-12)
-    fresh = LogisticChurn()  # competing risks: the Poisson silence, or a departure
-    assert fresh.competing and fresh.model_version == "churn-logreg-5"
-    silence, departure = math.exp(-0.5 / 7.0 * 14.0), 1.0 / (1.0 + math.exp(4.0))
-    expected = 1.0 - (1.0 - silence) * (1.0 - departure)
-    assert fresh.predict_proba_one(x) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_competing_risks_model_of_the_previous_release_keeps_the_heuristic_s_rate() -> None:
+    """``churn-logreg-5`` restored: its silence risk is the heuristic's, not the seen rate."""
+    blob = (FIXTURES / "snapshot-logreg-5.bin").read_bytes()
+    _, models = unseal(blob, key=b"fixture-key", app_id="ottscore", partition=0)
+    logreg = models.churn["logreg"]
+    assert isinstance(logreg, LogisticChurn) and logreg.competing and not logreg.seen_rate
+    assert logreg.model_version == "churn-logreg-5"
+    x = dict.fromkeys(CHURN_FEATURES, 1.0) | {"sessions_7d": 0.5}  # seen a day
+
+    def expected(silence: float, model: LogisticChurn) -> float:
+        scaled = model._scaled(x, learn=False)
+        raw = model.classifier._weights.dot(scaled) + model.classifier.intercept
+        return 1.0 - (1.0 - silence) * (1.0 - 1.0 / (1.0 + math.exp(-raw)))
+
+    heuristic = math.exp(-0.5 / 7.0 * 14.0)
+    assert logreg.predict_proba_one(x) == pytest.approx(expected(heuristic, logreg), rel=1e-12)
+    before = logreg.classifier.intercept
+    logreg.learn_one(x, True)
+    assert logreg.classifier.intercept > before
+    assert logreg.predict_proba_one(x) == pytest.approx(expected(heuristic, logreg), rel=1e-12)
+    fresh = LogisticChurn()  # the rate over the day seen, read as seen a week
+    assert fresh.seen_rate and fresh.model_version == "churn-logreg-6"
+    seen = math.exp(-SILENCE_RATE_SCALE * 0.5 / 7.0 / 0.5 * 14.0)
+    assert fresh.predict_proba_one(x) == pytest.approx(expected(seen, fresh), rel=1e-9)
+    assert expected(seen, fresh) < expected(heuristic, fresh)
 
 
 def test_a_churn_model_on_top_of_the_poisson_hazard_scores_as_it_did() -> None:

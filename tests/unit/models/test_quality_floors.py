@@ -3,8 +3,9 @@
 One seeded simulation (400 viewers, 60 days, ~115,000 records) runs through the processor
 as one partition. The floors sit below what the models reach on it (printed) and above
 what a broken model reaches: churn features fed as zeros or risk signals never emitted each
-fail here (checked by breaking them), and so does a champion whose weights learn nothing
-(it ranks as the Poisson heuristic whose silence risk it takes). Dropping the taste
+fail here (checked by breaking them), and so do a champion whose weights learn nothing
+(it ranks by its silence risk, a Poisson probability) and one whose silence risk reads the
+heuristic's rate instead of the rate over the days a viewer was seen. Dropping the taste
 signal from the ranking does not: on this traffic the lists reach nearly the same
 hit-rate without it (0.469 against 0.479). Here viewers choose by popularity times genre
 taste, which the popularity and genre signals carry already; ranked by taste alone the
@@ -43,11 +44,13 @@ def run() -> tuple[dict[str, float], Counter[str]]:
 
 def test_the_churn_models_rank_churners_first() -> None:
     report, _ = run()
-    assert report["churn.auc"] >= 0.80  # 0.841 measured; zeroed features give ~0.5
+    assert report["churn.auc"] >= 0.80  # 0.855 measured; zeroed features give ~0.5
     assert report["churn.poisson.auc"] >= 0.78  # 0.806 measured
-    # the champion's silence risk is the heuristic's: weights that learn nothing leave it
-    # the heuristic's ranking (0.806); what it learns of departures adds 0.035
-    assert report["churn.auc"] >= report["churn.poisson.auc"] + 0.02
+    # weights that learn nothing leave the champion its silence risk's ranking (0.823);
+    # what it learns of departures adds 0.03. With the heuristic's rate as its silence
+    # risk (churn-logreg-5) it reached 0.841, and an ECE of 0.0091
+    assert report["churn.auc"] >= report["churn.poisson.auc"] + 0.04
+    assert report["churn.ece"] <= 0.007  # 0.0038 measured; 0.0132 learning nothing
 
 
 def test_the_personalised_lists_beat_trending_by_far() -> None:
