@@ -24,10 +24,11 @@ from pipeline.offline.runner import drive
 from pipeline.serde.schemas import validator
 from pipeline.sim.simulate import SimulationConfig, Simulator
 
-#: A high band from 0.2: the champion's probabilities are calibrated (churn-logreg-4 on), and
+#: A high band from 0.15: the champion's probabilities are calibrated (churn-logreg-4 on), and
 #: on these 150 viewers no session-end score reaches the default 0.6, so ``at_risk`` (of
-#: every type the caps and ids are checked for) would never fire.
-SETTINGS = Settings(risk_medium=0.1, risk_high=0.2)
+#: every type the caps and ids are checked for) would never fire; churn-logreg-6, better
+#: calibrated, put none above 0.2.
+SETTINGS = Settings(risk_medium=0.08, risk_high=0.15)
 TYPE_GAP_MS = int(SETTINGS.crm_type_gap_s * 1000)
 
 
