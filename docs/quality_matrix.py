@@ -11,7 +11,8 @@ the partitions' learning merged each ``--share-every-s`` of event time when give
 Prints one row per cell: the published churn AUC and its ECE, the Poisson heuristic's
 AUC, the 7-day re-score's AUC beside the same users' session-end score, hit-rate@10 and
 trending's, the promotions of the challenger (after one, the published scores are the
-heuristic's); then the worst cell of each column. ``--promotion-alpha 0`` measures the
+heuristic's); then the worst cell of each column (the highest ECE and promotions, the
+lowest of the rest). ``--promotion-alpha 0`` measures the
 champion alone.
 """
 
@@ -91,6 +92,9 @@ print("|---|---|---|" + "---|" * len(COLUMNS))
 for scenario, seed, partitions, values in rows:
     cells = " | ".join(cell(v) for v in values)
     print(f"| {scenario} | {seed} | {partitions} | {cells} |")
-worst = [min(v[3][i] for v in rows if v[3][i] is not None) for i in range(len(COLUMNS) - 1)]
-worst.append(max(v[3][-1] for v in rows))  # promotions: the most
+HIGHER_IS_WORSE = {"ECE", "promotions"}
+worst = [
+    (max if name in HIGHER_IS_WORSE else min)(v[3][i] for v in rows if v[3][i] is not None)
+    for i, name in enumerate(COLUMNS)
+]
 print("| worst | | | " + " | ".join(cell(v) for v in worst) + " |")
