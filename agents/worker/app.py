@@ -158,14 +158,19 @@ def build_app(settings: Settings | None = None) -> faust.App:
     # the combiners in use, read from the table first
     kpi_combiner: dict[str, PartialsCombiner] = {}
 
+    def events_partitions() -> int:
+        """The events topic's partitions, as the group sees them (at least the configured)."""
+        return max(
+            app.consumer.topic_partitions(settings.topic_events) or 0, settings.topic_partitions
+        )
+
     def combiners() -> PartialsCombiner:
         in_use = kpi_combiner.get("in use")
-        if in_use is None:  # the events topic's partitions, as the group sees them
-            count = app.consumer.topic_partitions(settings.topic_events) or 0
+        if in_use is None:
             in_use = kpi_combiner["in use"] = PartialsCombiner.from_stored(
                 combined.get(COMBINER_KEY),
                 combined.get(RESULTS_KEY),
-                partitions=max(count, settings.topic_partitions),
+                partitions=events_partitions(),
             )
         return in_use
 
@@ -183,7 +188,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         async for value in stream:
             combiner = combiners()
             try:
-                records, results = combiner.feed(value)
+                records, results = combiner.feed(value, topic_partitions=events_partitions())
             except ValueError as exc:  # the combiners are as before it
                 log.error("KPI partial record skipped (%s): %.200r", exc, value)
                 continue
@@ -208,9 +213,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
     def merger() -> LearningMerger:
         in_use = mergers.get("in use")
         if in_use is None:
-            count = app.consumer.topic_partitions(settings.topic_events) or 0
             in_use = mergers["in use"] = LearningMerger.from_stored(
-                combined.get(MERGER_KEY), partitions=max(count, settings.topic_partitions)
+                combined.get(MERGER_KEY), partitions=events_partitions()
             )
         return in_use
 

@@ -251,14 +251,30 @@ class PartialsCombiner:
             else ResultsCombiner(partitions),
         )
 
-    def feed(self, value: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def feed(
+        self, value: bytes, *, topic_partitions: int | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The KPI records and the experiment results a partial record completes.
 
         Raises :class:`ValueError` (naming the defect) for a record that is not a partial
-        one; the combiners are then as they were before it.
+        one; the combiners are then as they were before it. With ``topic_partitions``
+        (the events topic's partitions now), a record of a partition beyond them is
+        refused too: taken, it would make every window wait for a partition that never
+        publishes, and the combiners' stored state would keep them waiting.
+
+        >>> combiners = PartialsCombiner.from_stored(None, None, partitions=1)
+        >>> combiners.feed(b'{"partition": 7000000, "released_ms": 0, "follow_ms": 0,'
+        ...                b' "windows": [], "returns": []}', topic_partitions=4)
+        Traceback (most recent call last):
+        ...
+        ValueError: partial record refused (ValueError: partition 7000000 of an events topic of 4)
         """
         try:
             partial = orjson.loads(value)
+            if topic_partitions is not None and int(partial["partition"]) >= topic_partitions:
+                raise ValueError(
+                    f"partition {partial['partition']} of an events topic of {topic_partitions}"
+                )
             records = self.kpis.feed(partial)
             results = self.results.feed(
                 int(partial["partition"]),

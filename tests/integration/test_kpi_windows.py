@@ -3,7 +3,8 @@
 The worker's partitions publish their closed windows to the partials topic; its combining
 agent adds them up and publishes each window once every partition has closed it. The
 records must equal ``ottscore kpis`` over the same file (counts exact, ratios to 1e-9),
-each window exactly once in a clean run; after a ``kill -9`` in the middle of a state
+each window exactly once in a clean run, a partial record of a partition the events topic
+does not have refused; after a ``kill -9`` in the middle of a state
 write-back, every window is there, and a window published twice is the same record.
 """
 
@@ -20,6 +21,7 @@ import pytest
 from conftest import free_ports
 from worker_process import WorkerProcess, produce_all, read_topic, sum_samples
 
+from agents.devtools.produce import make_producer
 from pipeline.config import Settings
 from pipeline.core.events import Event, EventDecoder, encode_event, format_ts
 from pipeline.core.partitioning import partition_for
@@ -102,6 +104,13 @@ def test_each_window_is_published_once_and_equals_the_batch_count(
     settings = settings_factory(topic_partitions=PARTITIONS, metrics_port=free_ports(1)[0])
     records, before = simulated(users=80, days=9, seed=21)
     want = expected(records, before, tmp_path, settings)
+    # first on the partials topic, a record of a partition the events topic does not have:
+    # taken, every window would wait for that partition's release forever
+    producer = make_producer(settings)
+    stray = {"partition": 10**9, "released_ms": 0, "follow_ms": 0, "windows": [], "returns": []}
+    producer.send(settings.topic_kpi_partials, key=b"1000000000", value=orjson.dumps(stray))
+    producer.flush()
+    producer.close()
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         produce_all(settings, records)

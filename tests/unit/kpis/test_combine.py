@@ -111,3 +111,19 @@ def test_a_partition_number_that_cannot_be_stored_is_refused_and_changes_nothing
     with pytest.raises(ValueError, match="partial record refused"):
         combiner.feed(orjson.dumps(partial(0, CLOSED) | {"partition": 1e300}))
     assert combiner.to_bytes() == before
+
+
+def test_a_partition_beyond_the_events_topic_is_refused_and_windows_go_on() -> None:
+    """Taken, a partial of partition 10⁹ would make every window wait for it, stored so."""
+    combiner = PartialsCombiner.from_stored(None, None, partitions=2)
+    combiner.feed(orjson.dumps(partial(0, CLOSED, window(0, active_users=5))), topic_partitions=2)
+    before = combiner.to_bytes()
+    with pytest.raises(ValueError, match="partition 1000000000 of an events topic of 2"):
+        combiner.feed(orjson.dumps(partial(10**9, CLOSED)), topic_partitions=2)
+    assert combiner.to_bytes() == before
+    last = orjson.dumps(partial(1, CLOSED, window(0, active_users=1)))
+    [record], [] = combiner.feed(last, topic_partitions=2)
+    assert record["active_users"] == 6
+    grown = PartialsCombiner.from_stored(None, None, partitions=2)  # partitions were added
+    assert grown.feed(orjson.dumps(partial(2, CLOSED)), topic_partitions=3) == ([], [])
+    assert grown.kpis.partitions == 3
