@@ -47,10 +47,12 @@ import math
 import struct
 from array import array
 
-__all__ = ["COUNTERS", "UserFeatures", "CHURN_FEATURES", "unpack_floats"]
+__all__ = ["COUNTERS", "UserFeatures", "CHURN_FEATURES", "SHORT_HALF_LIFE_DAYS", "unpack_floats"]
 
 DAY_MS = 86_400_000
 _SHORT_HALF_LIFE_MS = 7 * DAY_MS
+SHORT_HALF_LIFE_DAYS = _SHORT_HALF_LIFE_MS / DAY_MS
+"""The half-life of the ``_7d`` counters (``sessions_7d``, ``play_7d``, ...), in days."""
 _LONG_HALF_LIFE_MS = 28 * DAY_MS
 _LN2 = math.log(2.0)
 _GAP_WEIGHT = 0.3

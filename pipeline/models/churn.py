@@ -47,7 +47,7 @@ from typing import Any, Literal, Protocol
 from river import linear_model, optim, preprocessing, tree
 from river.utils.math import sigmoid
 
-from pipeline.core.features import CHURN_FEATURES
+from pipeline.core.features import CHURN_FEATURES, SHORT_HALF_LIFE_DAYS
 from pipeline.serde.snapshots import stored_as
 
 __all__ = [
@@ -303,8 +303,9 @@ def poisson_churn(x: Mapping[str, float], horizon_days: float) -> float:
 def silence_risk(x: Mapping[str, float], horizon_days: float) -> float:
     """``P(no session within the horizon)`` at the user's rate over the days they were seen.
 
-    ``sessions_7d`` decays with a half-life of 7 days from the user's first event on: after
-    ``t`` days a viewer holds ``1 − 2^(−t/7)`` of the count a long-standing viewer of the
+    ``sessions_7d`` decays with a half-life of 7 days
+    (:data:`~pipeline.core.features.SHORT_HALF_LIFE_DAYS`) from the user's first event on:
+    after ``t`` days a viewer holds ``1 − 2^(−t/7)`` of the count a long-standing viewer of the
     same rate holds. The heuristic (:func:`poisson_churn`) reads every count as a
     long-standing viewer's, so a viewer in their first weeks looks rarer than they are;
     here the count is divided by that share, and a viewer seen less than a week is read
@@ -323,9 +324,8 @@ def silence_risk(x: Mapping[str, float], horizon_days: float) -> float:
     >>> round(silence_risk(x | {"tenure_days": 365.0}, 14), 3)  # a long-standing viewer
     0.183
     """
-    seen = max(1.0 - 2.0 ** (-x["tenure_days"] / 7.0), 0.5)
-    rate = SILENCE_RATE_SCALE * x["sessions_7d"] / 7.0 / seen
-    return math.exp(-rate * horizon_days)
+    seen = max(1.0 - 2.0 ** (-x["tenure_days"] / SHORT_HALF_LIFE_DAYS), 0.5)
+    return poisson_churn(x, horizon_days * SILENCE_RATE_SCALE / seen)
 
 
 SILENCE_RATE_SCALE = 0.85
