@@ -271,13 +271,12 @@ class PartialsCombiner:
         """
         try:
             partial = orjson.loads(value)
-            if topic_partitions is not None and int(partial["partition"]) >= topic_partitions:
-                raise ValueError(
-                    f"partition {partial['partition']} of an events topic of {topic_partitions}"
-                )
+            partition = int(partial["partition"])
+            if topic_partitions is not None and partition >= topic_partitions:
+                raise ValueError(f"partition {partition} of an events topic of {topic_partitions}")
             records = self.kpis.feed(partial)
             results = self.results.feed(
-                int(partial["partition"]),
+                partition,
                 int(partial["released_ms"]),
                 partial.get("outcomes", []),
                 partial.get("experiments", {}),
