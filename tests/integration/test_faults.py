@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
@@ -154,10 +155,17 @@ def publish_consent(settings: Settings, users: int, seed: int) -> None:
     produce(settings, records, topic=settings.topic_consent)
 
 
-def feed(settings: Settings, records: list, rate: float) -> threading.Thread:
+def feed(settings: Settings, records: Iterable, rate: float) -> threading.Thread:
     feeder = threading.Thread(target=produce, args=(settings, records), kwargs={"rate": rate})
     feeder.start()
     return feeder
+
+
+def held_back(records: list, start: int, until: threading.Event, timeout_s: float) -> Iterator:
+    """``records``, holding those from ``start`` on until ``until`` is set (or ``timeout_s``)."""
+    yield from records[:start]
+    until.wait(timeout_s)
+    yield from records[start:]
 
 
 def stream(seed: int, users: int = 300, days: float = 21) -> list[tuple[bytes | None, bytes]]:
@@ -494,13 +502,17 @@ def test_a_crash_at_any_step_of_the_batch_and_commit_sequence_loses_nothing_on_r
         settings.model_copy(update={"fault_crash_at": f"{step}:{times}"}),
         tmp_path / "crashing.log",
     ).start()
-    ready(crashing)  # the stream starts once the worker reads: the crash comes mid-stream
-    feeder = feed(settings, records, rate=1500)
+    ready(crashing)  # the stream starts once the worker reads
+    # The last tenth waits for the crash: it comes mid-stream however slowly the worker
+    # reaches its step (a loaded machine delays the commits, and sending takes 6.6 s).
+    crashed = threading.Event()
+    tail = len(records) * 9 // 10
+    feeder = feed(settings, held_back(records, tail, crashed, timeout_s=60), rate=1500)
     try:
         assert crashing.process is not None
         assert crashing.process.wait(timeout=120) == -signal.SIGKILL, crashing.log_tail()
+        crashed.set()
         assert f"fault injection: SIGKILL at {step}" in crashing.log_path.read_text()
-        assert feeder.is_alive(), "the crash came after the whole stream was sent"
         restarted = WorkerProcess(settings, tmp_path / "restarted.log").start()
         try:
             ready(restarted)
@@ -509,6 +521,7 @@ def test_a_crash_at_any_step_of_the_batch_and_commit_sequence_loses_nothing_on_r
         finally:
             assert restarted.stop(signal.SIGTERM) == 0
     finally:
+        crashed.set()
         feeder.join()
     counts = audit(settings)
     assert counts["lost"] == counts["applied_twice"] == 0
