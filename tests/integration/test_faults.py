@@ -161,10 +161,16 @@ def feed(settings: Settings, records: Iterable, rate: float) -> threading.Thread
     return feeder
 
 
-def held_back(records: list, start: int, until: threading.Event, timeout_s: float) -> Iterator:
-    """``records``, holding those from ``start`` on until ``until`` is set (or ``timeout_s``)."""
+def held_back(
+    records: list, start: int, until: threading.Event, released: threading.Event, timeout_s: float
+) -> Iterator:
+    """``records``, holding those from ``start`` on until ``until`` is set (or ``timeout_s``).
+
+    ``released`` is set as the held records are let go.
+    """
     yield from records[:start]
     until.wait(timeout_s)
+    released.set()
     yield from records[start:]
 
 
@@ -505,12 +511,13 @@ def test_a_crash_at_any_step_of_the_batch_and_commit_sequence_loses_nothing_on_r
     ready(crashing)  # the stream starts once the worker reads
     # The last tenth waits for the crash: it comes mid-stream however slowly the worker
     # reaches its step (a loaded machine delays the commits, and sending takes 6.6 s).
-    crashed = threading.Event()
+    crashed, released = threading.Event(), threading.Event()
     tail = len(records) * 9 // 10
-    feeder = feed(settings, held_back(records, tail, crashed, timeout_s=60), rate=1500)
+    feeder = feed(settings, held_back(records, tail, crashed, released, timeout_s=60), rate=1500)
     try:
         assert crashing.process is not None
         assert crashing.process.wait(timeout=120) == -signal.SIGKILL, crashing.log_tail()
+        assert not released.is_set(), "the crash came after the whole stream was sent"
         crashed.set()
         assert f"fault injection: SIGKILL at {step}" in crashing.log_path.read_text()
         restarted = WorkerProcess(settings, tmp_path / "restarted.log").start()
