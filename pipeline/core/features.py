@@ -26,7 +26,15 @@ feature                     meaning
 ``play_7d`` … ``click_7d``  events per type, 7-day half-life
 ``tv_share``                share of events on a TV device (28-day)
 ``genre_focus``             share of watch time in the user's favourite genre (28-day)
+``completion_ratio_7d``     ``completion_ratio`` over the last week (7-day half-life)
+``search_without_play_7d``  searches without a play per session, last week (7-day)
+``click_to_play_7d``        ``click_to_play`` over the last week (7-day)
 ==========================  ==============================================================
+
+The last three (since ``churn-logreg-7``) see engagement erode: a viewer about to leave
+finishes less, plays less of what they click and searches without playing, and a 28-day
+ratio shows it weeks late. Models of earlier releases read the first nineteen
+(:data:`CHURN_FEATURES_V1`).
 
 ``genre_affinity`` (watch seconds per genre, 28-day half-life) also feeds personalisation
 and audiences; genres come from the catalog when it is known.
@@ -47,7 +55,14 @@ import math
 import struct
 from array import array
 
-__all__ = ["COUNTERS", "UserFeatures", "CHURN_FEATURES", "SHORT_HALF_LIFE_DAYS", "unpack_floats"]
+__all__ = [
+    "COUNTERS",
+    "CHURN_FEATURES",
+    "CHURN_FEATURES_V1",
+    "SHORT_HALF_LIFE_DAYS",
+    "UserFeatures",
+    "unpack_floats",
+]
 
 DAY_MS = 86_400_000
 _SHORT_HALF_LIFE_MS = 7 * DAY_MS
@@ -62,8 +77,11 @@ CHURN_FEATURES: tuple[str, ...] = (
     "session_minutes", "session_events", "watch_hours_7d", "completion_ratio",
     "search_without_play", "click_to_play", "tenure_days", "play_7d", "pause_7d",
     "search_7d", "click_7d", "tv_share", "genre_focus",
+    "completion_ratio_7d", "search_without_play_7d", "click_to_play_7d",
 )  # fmt: skip
 """The churn feature names, in the order of :meth:`UserFeatures.churn_vector`."""
+CHURN_FEATURES_V1: tuple[str, ...] = CHURN_FEATURES[:19]
+"""The churn features before ``churn-logreg-7``: what models of earlier releases read."""
 
 
 def _decayed(dict_: dict[str, float], factor: float) -> None:
@@ -76,16 +94,25 @@ def _decayed(dict_: dict[str, float], factor: float) -> None:
 
 
 #: The decayed counters, in the order :attr:`UserFeatures.counters` holds them (the stored
-#: layout 1 of :mod:`pipeline.core.state_codec`): ``events_7d`` is four, one per event type.
+#: layout 2 of :mod:`pipeline.core.state_codec`): ``events_7d`` is four, one per event type.
+#: The last five are last week's of the 28-day engagement counters (since layout 2).
 COUNTERS: tuple[str, ...] = (
     "sessions_7d", "sessions_28d", "events_7d", "events_7d", "events_7d", "events_7d",
     "watch_s_7d", "completion_sum", "completion_n", "search_only_sessions", "clicks",
     "clicks_played", "tv_events", "all_events", "gap_mean_days",
+    "completion_sum_7d", "completion_n_7d", "search_only_sessions_7d", "clicks_7d",
+    "clicks_played_7d",
 )  # fmt: skip
 _EVENTS = COUNTERS.index("events_7d")  # the first of the four
 _EVENTS_END = _EVENTS + COUNTERS.count("events_7d")
 _ALL_EVENTS = COUNTERS.index("all_events")
 _TV_EVENTS = COUNTERS.index("tv_events")
+_COMPLETION_SUM, _COMPLETION_N = COUNTERS.index("completion_sum"), COUNTERS.index("completion_n")
+_COMPLETION_SUM_7D = COUNTERS.index("completion_sum_7d")
+_COMPLETION_N_7D = COUNTERS.index("completion_n_7d")
+_CLICKS, _CLICKS_7D = COUNTERS.index("clicks"), COUNTERS.index("clicks_7d")
+_CLICKS_PLAYED = COUNTERS.index("clicks_played")
+_CLICKS_PLAYED_7D = COUNTERS.index("clicks_played_7d")
 #: Decayed with the 7-day half-life; with the 28-day one; ``gap_mean_days`` is not decayed.
 _SHORT = tuple(i for i, name in enumerate(COUNTERS) if name.endswith("_7d"))
 _LONG = tuple(
@@ -131,6 +158,11 @@ class UserFeatures:
         gap_mean_days: float = 0.0,
         previous_session_end_ms: int = 0,
         genre_affinity: dict[str, float] | None = None,
+        completion_sum_7d: float = 0.0,
+        completion_n_7d: float = 0.0,
+        search_only_sessions_7d: float = 0.0,
+        clicks_7d: float = 0.0,
+        clicks_played_7d: float = 0.0,
     ) -> None:
         self.at_ms = at_ms
         self.previous_session_end_ms = previous_session_end_ms
@@ -139,7 +171,9 @@ class UserFeatures:
         self.counters = array(
             "d",
             (sessions_7d, sessions_28d, *events, watch_s_7d, completion_sum, completion_n,
-             search_only_sessions, clicks, clicks_played, tv_events, all_events, gap_mean_days),
+             search_only_sessions, clicks, clicks_played, tv_events, all_events, gap_mean_days,
+             completion_sum_7d, completion_n_7d, search_only_sessions_7d, clicks_7d,
+             clicks_played_7d),
         )  # fmt: skip
         if len(self.counters) != len(COUNTERS):
             raise ValueError(f"events_7d: one count per event type, not {len(events)}")
@@ -155,6 +189,11 @@ class UserFeatures:
     tv_events = _counter("tv_events")
     all_events = _counter("all_events")
     gap_mean_days = _counter("gap_mean_days")
+    completion_sum_7d = _counter("completion_sum_7d")
+    completion_n_7d = _counter("completion_n_7d")
+    search_only_sessions_7d = _counter("search_only_sessions_7d")
+    clicks_7d = _counter("clicks_7d")
+    clicks_played_7d = _counter("clicks_played_7d")
 
     @property
     def events_7d(self) -> list[float]:
@@ -226,8 +265,24 @@ class UserFeatures:
 
     def playback_ended(self, fraction: float) -> None:
         """An item's playback ended having reached ``fraction`` of its duration."""
-        self.completion_sum += min(max(fraction, 0.0), 1.0)
-        self.completion_n += 1.0
+        fraction = min(max(fraction, 0.0), 1.0)
+        counters = self.counters
+        counters[_COMPLETION_SUM] += fraction
+        counters[_COMPLETION_N] += 1.0
+        counters[_COMPLETION_SUM_7D] += fraction
+        counters[_COMPLETION_N_7D] += 1.0
+
+    def clicked(self) -> None:
+        """The user clicked an item."""
+        counters = self.counters
+        counters[_CLICKS] += 1.0
+        counters[_CLICKS_7D] += 1.0
+
+    def clicked_then_played(self) -> None:
+        """The user played the item they last clicked."""
+        counters = self.counters
+        counters[_CLICKS_PLAYED] += 1.0
+        counters[_CLICKS_PLAYED_7D] += 1.0
 
     def session_ended(self, *, start_ms: int, end_ms: int, searched: bool, played: bool) -> float:
         """Count a finished session; returns the gap in days since the previous one."""
@@ -243,6 +298,7 @@ class UserFeatures:
         self.sessions_28d += 1.0
         if searched and not played:
             self.search_only_sessions += 1.0
+            self.search_only_sessions_7d += 1.0
         return gap_days
 
     def churn_vector(
@@ -272,6 +328,9 @@ class UserFeatures:
             events[_EVENTS + 3],
             self.tv_events / self.all_events if self.all_events else 0.0,
             max(affinity.values()) / total_affinity if total_affinity else 0.0,
+            self.completion_sum_7d / self.completion_n_7d if self.completion_n_7d else 0.0,
+            self.search_only_sessions_7d / self.sessions_7d if self.sessions_7d else 0.0,
+            self.clicks_played_7d / self.clicks_7d if self.clicks_7d else 0.0,
         ]
 
 

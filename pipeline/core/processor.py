@@ -52,7 +52,7 @@ from pipeline.config import Settings
 from pipeline.core.artwork import Artworks, ArtworkTrial
 from pipeline.core.catalog_items import CatalogItemRejected, catalog_item
 from pipeline.core.events import Event, EventDecoder, Rejection, format_ts
-from pipeline.core.features import CHURN_FEATURES, DAY_MS
+from pipeline.core.features import CHURN_FEATURES, CHURN_FEATURES_V1, DAY_MS
 from pipeline.core.personalize import Personalizer
 from pipeline.core.records import (
     DLQ_RECORD_OVERHEAD,
@@ -783,7 +783,9 @@ class Processor:
         x = dict(zip(CHURN_FEATURES, vector, strict=True))
         models = self.models(state.partition)
         probabilities = {name: model.predict_proba_one(x) for name, model in models.churn.items()}
-        state.segment = models.segmenter.learn_predict_one(x)
+        # the segments' centres are of the features they were started on (before -7)
+        v1 = dict(zip(CHURN_FEATURES_V1, vector, strict=False))
+        state.segment = models.segmenter.learn_predict_one(v1)
         state.pending = PendingChurn(at_ms, state.last_seen_ms, array("d", vector), probabilities)
         self.timers.schedule(
             state.partition, state.user_id, CHURN, state.last_seen_ms + self._horizon_ms

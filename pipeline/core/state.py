@@ -174,12 +174,12 @@ class UserState:
             if event.item_id != self.current_item and event.type in ("click", "play"):
                 choice = event.item_id
             if event.type == "click":
-                features.clicks += 1.0
+                features.clicked()
                 self.current_item = self.clicked_item = event.item_id
             elif event.type == "play":
                 self.session_played = True
                 if self.clicked_item == event.item_id:
-                    features.clicks_played += 1.0
+                    features.clicked_then_played()
                 self.current_item = event.item_id
                 self.clicked_item = None
         return Step(choice, playback_end)

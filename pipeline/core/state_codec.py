@@ -57,7 +57,13 @@ import orjson
 
 from pipeline.core.dedupe import RecentIds
 from pipeline.core.empty import EMPTY
-from pipeline.core.features import CHURN_FEATURES, UserFeatures, unpack_floats
+from pipeline.core.features import (
+    CHURN_FEATURES,
+    CHURN_FEATURES_V1,
+    COUNTERS,
+    UserFeatures,
+    unpack_floats,
+)
 
 if TYPE_CHECKING:
     from pipeline.core.artwork import UserArtwork
@@ -179,11 +185,27 @@ COUNTER_LAYOUTS: dict[int, tuple[str, ...]] = {
         "watch_s_7d", "completion_sum", "completion_n", "search_only_sessions", "clicks",
         "clicks_played", "tv_events", "all_events", "gap_mean_days",
     ),
+    2: COUNTERS,  # since 2026-12: last week's engagement counters too
 }  # fmt: skip
-COUNTER_LAYOUT: Final = 1
+COUNTER_LAYOUT: Final = 2
 #: The churn features of a pending prediction, by layout number, in the order packed.
-CHURN_FEATURE_LAYOUTS: dict[int, tuple[str, ...]] = {1: CHURN_FEATURES}
-CHURN_FEATURE_LAYOUT: Final = 1
+CHURN_FEATURE_LAYOUTS: dict[int, tuple[str, ...]] = {1: CHURN_FEATURES_V1, 2: CHURN_FEATURES}
+CHURN_FEATURE_LAYOUT: Final = 2
+
+
+def _last_week(named: dict[str, float], names: tuple[str, ...]) -> list[float]:
+    """``names``' values; a 7-day one an older layout lacks is read as its 28-day one.
+
+    Layouts before 2 kept the engagement counters and ratios over 28 days only: their
+    last week's starts as the longer view (the ratios are the same), and decays to the
+    user's own as they watch.
+
+    >>> _last_week({"clicks": 4.0}, ("clicks", "clicks_7d"))
+    [4.0, 4.0]
+    """
+    return [named[name] if name in named else named[name.removesuffix("_7d")] for name in names]
+
+
 _NESTED = (
     "partition", "features", "recent_ids", "pending", "format", "kpis", "artwork", "crm"
 )  # fmt: skip
@@ -335,6 +357,9 @@ def _features(obj: dict[str, Any]) -> UserFeatures:
         named = list(zip(names, floats, strict=True))
         values["events_7d"] = [value for name, value in named if name == "events_7d"]
         values |= {name: value for name, value in named if name != "events_7d"}
+        if names is not COUNTERS:
+            singles = tuple(name for name in dict.fromkeys(COUNTERS) if name != "events_7d")
+            values |= zip(singles, _last_week(values, singles), strict=True)
     return UserFeatures(**values)
 
 
@@ -360,10 +385,13 @@ def _pending(cls: type[PendingChurn], obj: object) -> PendingChurn | None:
         return None
     fields = _check("pending", obj, dict)
     names = _layout("pending.features", fields.get("features"), CHURN_FEATURE_LAYOUTS)
+    features = _unpacked("pending.features", fields["features"], len(names))
+    if names is not CHURN_FEATURES:
+        features = _last_week(dict(zip(names, features, strict=True)), CHURN_FEATURES)
     return cls(
         _int("pending.predicted_at_ms", fields.get("predicted_at_ms")),
         _int("pending.last_seen_ms", fields.get("last_seen_ms")),
-        array("d", _unpacked("pending.features", fields["features"], len(names))),
+        array("d", features),
         _dict_of(_float)("pending.probabilities", fields.get("probabilities")),
         _dict_of(_float)("pending.rescores", fields["rescores"])  # absent before, and none
         if "rescores" in fields

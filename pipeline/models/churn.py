@@ -47,11 +47,12 @@ from typing import Any, Literal, Protocol
 from river import linear_model, optim, preprocessing, tree
 from river.utils.math import sigmoid
 
-from pipeline.core.features import CHURN_FEATURES, SHORT_HALF_LIFE_DAYS
+from pipeline.core.features import CHURN_FEATURES, CHURN_FEATURES_V1, SHORT_HALF_LIFE_DAYS
 from pipeline.serde.snapshots import stored_as
 
 __all__ = [
     "CHURN_FEATURES",
+    "CHURN_FEATURES_V1",
     "INACTIVE_FEATURES",
     "ChurnModel",
     "InactiveChurn",
@@ -140,7 +141,7 @@ class CompetingRisksLoss(optim.losses.BinaryLoss):
 class LogisticChurn:
     """Scaled online logistic regression (River) beside, or on top of, the Poisson hazard.
 
-    ``churn-logreg-6`` (``competing``, the default): a Poisson probability is the risk of a
+    ``churn-logreg-7`` (``competing``, the default): a Poisson probability is the risk of a
     silence past the horizon, the regression's that of a departure, and the churn
     probability is either, ``1 − (1 − silence)(1 − σ(w · x + b))``; the regression learns
     through it (:class:`CompetingRisksLoss`), so its weights learn what foretells a
@@ -148,6 +149,9 @@ class LogisticChurn:
     at :data:`DEPARTURE_LOG_ODDS`. The silence risk reads the user's rate over the days
     they were seen (:func:`silence_risk`, ``seen_rate``); a model of ``churn-logreg-5``,
     restored from its snapshot, goes on with the heuristic's own (:func:`poisson_churn`).
+    ``-7`` reads last week's engagement ratios beside the 28-day ones (:attr:`features`);
+    a model of ``-6`` or earlier, restored, reads the features it learnt
+    (:data:`CHURN_FEATURES_V1`).
     On top of the hazard instead (``churn-logreg-4``), the
     raw score was ``logit(poisson) + w · x + b``: the features moved the rate's log-odds,
     and under breaks (silences of viewers who stay) they ranked those silences below the
@@ -158,7 +162,14 @@ class LogisticChurn:
 
     clip = 1.5
 
-    def __init__(self, *, horizon_days: float = 14.0, competing: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        horizon_days: float = 14.0,
+        competing: bool = True,
+        features: tuple[str, ...] = CHURN_FEATURES,
+    ) -> None:
+        self.features = features  # the inputs it reads, in this order
         self.scaler = preprocessing.StandardScaler()
         self.horizon_days = horizon_days
         self.competing = competing
@@ -180,20 +191,26 @@ class LogisticChurn:
         state.setdefault("hazard", 0.0)
         state.setdefault("competing", False)
         state.setdefault("seen_rate", False)
+        features = state.setdefault("features", CHURN_FEATURES_V1)
+        if features == CHURN_FEATURES:
+            state["features"] = CHURN_FEATURES  # one tuple for every restored model
         self.__dict__.update(state)
 
     @property
     def model_version(self) -> str:
-        """``churn-logreg-6`` or ``-5`` (competing risks), ``-4`` (Poisson offset), ``-3``.
+        """``churn-logreg-7``, ``-6`` or ``-5`` (competing risks), ``-4`` (Poisson offset), ``-3``.
 
-        ``-6`` reads the silence risk's rate over the days seen, ``-5`` the heuristic's.
+        ``-7`` reads last week's engagement ratios too; ``-6`` and ``-7`` read the silence
+        risk's rate over the days seen, ``-5`` the heuristic's.
         """
         if self.competing:
-            return "churn-logreg-6" if self.seen_rate else "churn-logreg-5"
+            if not self.seen_rate:
+                return "churn-logreg-5"
+            return "churn-logreg-6" if self.features == CHURN_FEATURES_V1 else "churn-logreg-7"
         return "churn-logreg-4" if self.hazard else "churn-logreg-3"
 
     def _scaled(self, x: Mapping[str, float], *, learn: bool) -> dict[str, float]:
-        logged = {name: math.log1p(max(value, 0.0)) for name, value in x.items()}
+        logged = {name: math.log1p(max(x[name], 0.0)) for name in self.features}
         if learn:
             self.scaler.learn_one(logged)
         clip = self.clip
@@ -258,7 +275,7 @@ class LogisticChurn:
 
 @stored_as("TreeChurn")
 class TreeChurn:
-    """Hoeffding adaptive tree (River); no per-feature contributions."""
+    """Hoeffding adaptive tree (River) on :data:`CHURN_FEATURES_V1`; no contributions."""
 
     model_version = "churn-tree-1"
 
@@ -266,13 +283,17 @@ class TreeChurn:
         self.classifier = tree.HoeffdingAdaptiveTreeClassifier(grace_period=200, seed=seed)
 
     def predict_proba_one(self, x: Mapping[str, float]) -> float:
-        return self.classifier.predict_proba_one(dict(x)).get(True, 0.0)
+        return self.classifier.predict_proba_one(_v1(x)).get(True, 0.0)
 
     def learn_one(self, x: Mapping[str, float], y: bool) -> None:
-        self.classifier.learn_one(dict(x), y)
+        self.classifier.learn_one(_v1(x), y)
 
     def contributions(self, x: Mapping[str, float], *, top: int) -> list[Contribution]:
         return []
+
+
+def _v1(x: Mapping[str, float]) -> dict[str, float]:
+    return {name: x[name] for name in CHURN_FEATURES_V1}
 
 
 @stored_as("PoissonChurn")
@@ -344,7 +365,7 @@ of a few percent spread over a month's sessions. From 0 (50 %), the first weeks'
 were far above the churn rate: expected calibration error 0.037 against 0.007 from −4
 (600 users, 60 days, seed 1, ``docs/quality_matrix.py``), AUC 0.810 against 0.841."""
 
-INACTIVE_FEATURES: tuple[str, ...] = (*CHURN_FEATURES, "silence_days", "silence_ratio")
+INACTIVE_FEATURES: tuple[str, ...] = (*CHURN_FEATURES_V1, "silence_days", "silence_ratio")
 """What the inactivity model sees: the churn features of the user's last session end, the
 days of silence since, and that silence over the user's own mean gap between sessions."""
 
@@ -378,7 +399,12 @@ class InactiveChurn(LogisticChurn):
     model_version = "churn-inactive-1"  # type: ignore[assignment]
 
     def __init__(self) -> None:
-        super().__init__(competing=False)  # its features hold the silence, not a session's end
+        # its features hold the silence, not a session's end
+        super().__init__(competing=False, features=INACTIVE_FEATURES)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        state.setdefault("features", INACTIVE_FEATURES)
+        super().__setstate__(state)
 
 
 def make_churn_model(

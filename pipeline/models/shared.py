@@ -61,8 +61,8 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.core.features import CHURN_FEATURES
-from pipeline.models.churn import INACTIVE_FEATURES, LogisticChurn
+from pipeline.core.features import CHURN_FEATURES_V1
+from pipeline.models.churn import LogisticChurn
 from pipeline.models.partition import PartitionModels
 from pipeline.models.reco.ranker import SignalRanker
 from pipeline.serde.snapshots import stored_as
@@ -291,19 +291,23 @@ class SharedLearning:
 
 
 def _linear_models(models: PartitionModels) -> dict[str, LogisticChurn | SignalRanker]:
-    """The scaled linear models of a partition, by a name the same in every partition."""
+    """The scaled linear models of a partition, by a name the same in every partition.
+
+    A churn model that reads more than the features of ``churn-logreg-6`` is named with
+    their count (``logreg@22``): what it learnt is shared only with models that read the
+    same, so partitions (or workers) of a release before and after an upgrade each go on
+    with their own.
+    """
     found: dict[str, LogisticChurn | SignalRanker] = {"ranker": models.recommender.ranker}
     for name, model in models.churn.items():
         if isinstance(model, LogisticChurn):
-            found[name] = model
+            if len(model.features) == len(CHURN_FEATURES_V1):
+                found[name] = model
+            else:
+                found[f"{name}@{len(model.features)}"] = model
     if models.inactive is not None:
         found["inactive"] = models.inactive
     return found
-
-
-def _features(name: str) -> tuple[str, ...]:
-    """The inputs of the churn model called ``name`` in :func:`_linear_models`."""
-    return INACTIVE_FEATURES if name == "inactive" else CHURN_FEATURES
 
 
 def _state(model: LogisticChurn | SignalRanker, name: str) -> _Linear:
@@ -313,7 +317,7 @@ def _state(model: LogisticChurn | SignalRanker, name: str) -> _Linear:
             np.full(k, float(model.count)), model.means.copy(), model.vars.copy(),
             model.weights.copy(), model.intercept,
         )  # fmt: skip
-    keys = _features(name)
+    keys = model.features
     scaler, classifier = model.scaler, model.classifier
     weights = classifier._weights
     return _Linear(
@@ -331,7 +335,7 @@ def _write(model: LogisticChurn | SignalRanker, name: str, target: _Linear) -> N
         count = int(target.n[0]) if len(target.n) else 0
         model.restore(count, target.mean, target.var, target.weights, target.intercept)
         return
-    keys = _features(name)
+    keys = model.features
     scaler, classifier = model.scaler, model.classifier
     learnt = [i for i, n in enumerate(target.n.tolist()) if n]
     counts = np.rint(target.n).astype(np.int64).tolist()
@@ -403,8 +407,7 @@ def _count(model: LogisticChurn | SignalRanker, name: str) -> float:
     """How many samples a linear model's scaler has seen (of its first feature)."""
     if isinstance(model, SignalRanker):
         return float(model.count)
-    keys = _features(name)
-    return float(model.scaler.counts.get(keys[0], 0))
+    return float(model.scaler.counts.get(model.features[0], 0))
 
 
 def _fold_counts(

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from pipeline.core.features import COUNTERS, DAY_MS, UserFeatures
 from pipeline.core.state_codec import COUNTER_LAYOUT, COUNTER_LAYOUTS
 
-WEEK_HALVED = {"sessions_7d", "events_7d", "watch_s_7d"}
+WEEK_HALVED = {
+    "sessions_7d", "events_7d", "watch_s_7d", "completion_sum_7d", "completion_n_7d",
+    "search_only_sessions_7d", "clicks_7d", "clicks_played_7d",
+}  # fmt: skip
 NOT_DECAYED = {"gap_mean_days"}
 START = 1_767_225_600_000
 

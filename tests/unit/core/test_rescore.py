@@ -55,7 +55,7 @@ def test_a_silent_user_is_scored_again_at_each_set_day_of_silence() -> None:
     for score, days in zip(scores[1:], (3, 7, 10), strict=True):
         assert score["ts"] == format_ts(last_seen_ms + days * DAY_MS)
         assert score["model_version"] == "churn-inactive-1" and "session" not in score
-    assert scores[0]["model_version"] == "churn-logreg-6" and "session" in scores[0]
+    assert scores[0]["model_version"] == "churn-logreg-7" and "session" in scores[0]
     schema = validator("churn")
     for score in scores:
         schema.validate(score)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pipeline.config import Settings
 from pipeline.core.empty import EMPTY
 from pipeline.core.events import Event, encode_event
-from pipeline.core.features import CHURN_FEATURES
+from pipeline.core.features import CHURN_FEATURES, CHURN_FEATURES_V1, COUNTERS
 from pipeline.core.processor import Processor
 from pipeline.core.state import UserState
 from pipeline.core.state_codec import _SCALARS, FORMAT, StateUnreadable, decode, encode
@@ -41,7 +41,8 @@ def fixture_states() -> list[dict[str, Any]]:
 
 
 #: Every field of a state, dumped as the fixture writer dumped the previous release's.
-fields = runpy.run_path(str(FIXTURES / "make_state_fixture.py"))["fields"]
+_WRITER = runpy.run_path(str(FIXTURES / "make_state_fixture.py"))
+fields, NOT_DUMPED = _WRITER["fields"], _WRITER["NOT_DUMPED"]
 
 
 def test_the_fixture_holds_positional_format_2_states_of_every_kind() -> None:
@@ -58,13 +59,60 @@ def test_the_fixture_holds_positional_format_2_states_of_every_kind() -> None:
 ADDED_SINCE_THE_FIXTURES = {"experiments": {}, "kpis": None, "artwork": None, "crm": None}
 
 
+def with_last_week(expected: dict[str, Any]) -> dict[str, Any]:
+    """``expected`` as read since counters layout 2.
+
+    Each 7-day engagement counter, and each 7-day ratio of a pending prediction, is the
+    28-day one it was written with.
+    """
+    features = expected["features"]
+    expected["features"] = features | {
+        name: features[name.removesuffix("_7d")] for name in COUNTERS if name not in features
+    }
+    if expected["pending"] is not None:
+        named = dict(zip(CHURN_FEATURES_V1, expected["pending"]["features"], strict=True))
+        last_week = [
+            named.get(name, named.get(name.removesuffix("_7d"))) for name in CHURN_FEATURES
+        ]
+        expected["pending"] = expected["pending"] | {"features": last_week}
+    return expected
+
+
 def test_states_written_by_format_2_restore_exactly() -> None:
     for line in fixture_states():
         state = decode(line["user_id"], base64.b64decode(line["bytes"]), **BOUNDS)
         expected = {**line["fields"], **ADDED_SINCE_THE_FIXTURES, "extra": {}}
         if expected["pending"] is not None:  # re-scores during a silence came after them
             expected["pending"] = {**expected["pending"], "rescores": {}}
-        assert fields(state) == expected, line["user_id"]
+        assert fields(state) == with_last_week(expected), line["user_id"]
+
+
+@functools.cache
+def counters_1_states() -> list[dict[str, Any]]:
+    lines = (FIXTURES / "states-counters-1.jsonl").read_bytes().splitlines()
+    return [orjson.loads(line) for line in lines]
+
+
+def test_states_written_with_counters_layout_1_restore_exactly() -> None:
+    """The last release of layout 1: its last week's engagement starts as its 28 days'."""
+    states = counters_1_states()
+    raw = [orjson.loads(base64.b64decode(line["bytes"])) for line in states]
+    assert all(value["features"]["counters"]["layout"] == 1 for value in raw)
+    pending = [value["pending"] for value in raw if "pending" in value]
+    assert pending and all(value["features"]["layout"] == 1 for value in pending)
+    for line in states:
+        state = decode(line["user_id"], base64.b64decode(line["bytes"]), **BOUNDS)
+        restored = fields(state)
+        expected = with_last_week(line["fields"])
+        for name in NOT_DUMPED:  # covered by their own fixtures
+            del restored[name], expected[name]
+        assert restored == expected, line["user_id"]
+        features = state.features
+        assert features.clicks_7d == features.clicks
+        assert features.completion_sum_7d == features.completion_sum
+        again = orjson.loads(encode(state))
+        assert again["features"]["counters"]["layout"] == 2
+        assert decode(line["user_id"], encode(state), **BOUNDS) == state
 
 
 def test_a_migrated_state_is_written_in_the_current_format_and_reads_back_equal() -> None:
@@ -298,10 +346,67 @@ def test_a_competing_risks_model_of_the_previous_release_keeps_the_heuristic_s_r
     assert logreg.classifier.intercept > before
     assert logreg.predict_proba_one(x) == pytest.approx(expected(heuristic, logreg), rel=1e-12)
     fresh = LogisticChurn()  # the rate over the day seen, read as seen a week
-    assert fresh.seen_rate and fresh.model_version == "churn-logreg-6"
+    assert fresh.seen_rate and fresh.model_version == "churn-logreg-7"
     seen = math.exp(-SILENCE_RATE_SCALE * 0.5 / 7.0 / 0.5 * 14.0)
     assert fresh.predict_proba_one(x) == pytest.approx(expected(seen, fresh), rel=1e-9)
     assert expected(seen, fresh) < expected(heuristic, fresh)
+
+
+def test_a_model_of_churn_logreg_6_reads_the_features_it_learnt() -> None:
+    """Restored, ``-6`` scores and learns on its nineteen features; a new model reads 22."""
+    blob = (FIXTURES / "snapshot-logreg-6.bin").read_bytes()
+    _, models = unseal(blob, key=b"fixture-key", app_id="ottscore", partition=0)
+    logreg = models.churn["logreg"]
+    assert isinstance(logreg, LogisticChurn) and logreg.seen_rate
+    assert logreg.model_version == "churn-logreg-6"
+    assert logreg.features == CHURN_FEATURES_V1 and set(logreg.scaler.means) == set(
+        CHURN_FEATURES_V1
+    )
+    x = dict.fromkeys(CHURN_FEATURES, 1.0) | {"sessions_7d": 0.5, "tenure_days": 30.0}
+    eroded = x | {"completion_ratio_7d": 0.0, "search_without_play_7d": 5.0}
+    before = logreg.predict_proba_one(x)
+    assert before > 0.0 and logreg.predict_proba_one(eroded) == before
+    for _ in range(20):
+        logreg.learn_one(eroded, True)
+    assert set(logreg.scaler.means) == set(CHURN_FEATURES_V1)
+    assert set(logreg.classifier.weights) <= set(CHURN_FEATURES_V1)
+    assert logreg.predict_proba_one(eroded) == logreg.predict_proba_one(x) > before
+    fresh = LogisticChurn()
+    assert fresh.model_version == "churn-logreg-7" and fresh.features == CHURN_FEATURES
+    for _ in range(20):
+        fresh.learn_one(eroded, True)
+        fresh.learn_one(x, False)
+    assert fresh.classifier.weights["search_without_play_7d"] > 0.0
+    assert fresh.predict_proba_one(eroded) > fresh.predict_proba_one(x)
+    resealed = seal(models, key=b"k", app_id="ottscore", partition=0, created_ms=0)
+    _, again = unseal(resealed, key=b"k", app_id="ottscore", partition=0)
+    assert again.churn["logreg"].model_version == "churn-logreg-6"
+    _, newer = unseal(
+        seal(PartitionModels.create(Settings(), partition=0, catalog={}), key=b"k",
+             app_id="ottscore", partition=0, created_ms=0),
+        key=b"k", app_id="ottscore", partition=0,
+    )  # fmt: skip
+    assert newer.churn["logreg"].model_version == "churn-logreg-7"
+    assert newer.churn["logreg"].features is CHURN_FEATURES
+
+
+def test_a_processor_goes_on_from_the_last_release_of_counters_layout_1() -> None:
+    """Its states and its ``churn-logreg-6`` snapshot restore, score and publish as ``-6``."""
+    processor = Processor(Settings(churn_challenger="poisson"), clock=lambda: 4_102_444_800.0)
+    blob = (FIXTURES / "snapshot-logreg-6.bin").read_bytes()
+    _, models = unseal(blob, key=b"fixture-key", app_id="ottscore", partition=0)
+    processor.install_models(0, models)
+    for line in counters_1_states():
+        processor.adopt(processor.decode_state(line["user_id"], base64.b64decode(line["bytes"])))
+    records = list(Simulator(SimulationConfig(users=40, days=31, seed=13)).records())
+    for offset, (key, value) in enumerate(records[-2000:], start=10**6):
+        processor.process(value, key=key, partition=0, offset=offset)
+    outputs = processor.take_outbox()
+    assert not processor.tally.rejected.get("processing_error")
+    versions = {
+        orjson.loads(output.value)["model_version"] for output in outputs if output.kind == "churn"
+    }
+    assert versions == {"churn-logreg-6", "churn-inactive-1"}  # at session ends, re-scores
 
 
 def test_a_churn_model_on_top_of_the_poisson_hazard_scores_as_it_did() -> None:

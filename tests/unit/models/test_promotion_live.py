@@ -64,4 +64,4 @@ def test_a_replay_promotes_at_the_same_label() -> None:
 
 def test_the_better_champion_stays() -> None:
     processor, versions = run("logreg")
-    assert processor.tally.churn_promotions == 0 and set(versions) == {"churn-logreg-6"}
+    assert processor.tally.churn_promotions == 0 and set(versions) == {"churn-logreg-7"}

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
-from pipeline.core.features import CHURN_FEATURES
+from pipeline.core.features import CHURN_FEATURES, CHURN_FEATURES_V1
+from pipeline.models.churn import LogisticChurn
 from pipeline.models.partition import PartitionModels
 from pipeline.models.reco.recommender import Recommender, Trending
 from pipeline.models.shared import SharedLearning
@@ -182,6 +183,31 @@ def test_churn_scalers_merge_exactly_and_every_partition_gets_the_weights() -> N
             assert math.isclose(scaler.vars[name], whole.scaler.vars[name], rel_tol=1e-7)
             weight = partition.churn["logreg"].classifier._weights.get(name, 0.0)
             assert math.isclose(weight, sum(s.get(name, 0.0) for s in steps), abs_tol=1e-12)
+
+
+def test_churn_models_of_two_releases_share_only_with_their_own() -> None:
+    """An upgrade: one partition restored ``churn-logreg-6``, two run ``-7``.
+
+    Each learns from partitions that read its features, and none takes columns it does
+    not read.
+    """
+    rng = np.random.default_rng(5)
+    models = _models(3)
+    old = models[0].churn["logreg"]
+    assert isinstance(old, LogisticChurn)
+    old.features = CHURN_FEATURES_V1  # as a restored -6 reads
+    assert old.model_version == "churn-logreg-6"
+    shared = SharedLearning(every_ms=HOUR_MS)
+    shared.at(models, 0)
+    for user in range(90):
+        x = dict(zip(CHURN_FEATURES, rng.exponential(2.0, len(CHURN_FEATURES)), strict=True))
+        models[user % 3].churn["logreg"].learn_one(x, bool(rng.random() < 0.2))
+    shared.at(models, HOUR_MS)
+    assert set(old.scaler.counts) == set(CHURN_FEATURES_V1)
+    assert {old.scaler.counts[name] for name in CHURN_FEATURES_V1} == {30}
+    for partition in (1, 2):
+        scaler = models[partition].churn["logreg"].scaler
+        assert {scaler.counts[name] for name in CHURN_FEATURES} == {60}
 
 
 def test_nothing_is_merged_within_an_epoch_and_nothing_twice() -> None:
