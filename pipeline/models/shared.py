@@ -274,7 +274,7 @@ class SharedLearning:
             for name, model in _linear_models(partition_models).items():
                 start = linear.get(name)
                 if start is None:
-                    linear[name] = _state(model, name)
+                    linear[name] = _state(model)
                     continue
                 step = total.linear.get(name)
                 if step is None:
@@ -284,7 +284,7 @@ class SharedLearning:
                 if target is None:
                     scale = 1.0 if self.mode == "sum" else 1.0 / learners[name]
                     target = targets[key] = start.plus(step, scale)
-                _write(model, name, target)
+                _write(model, target)
                 linear[name] = target
             bases[partition] = start_of(partition_models, linear)
         self.shares += 1
@@ -310,7 +310,7 @@ def _linear_models(models: PartitionModels) -> dict[str, LogisticChurn | SignalR
     return found
 
 
-def _state(model: LogisticChurn | SignalRanker, name: str) -> _Linear:
+def _state(model: LogisticChurn | SignalRanker) -> _Linear:
     if isinstance(model, SignalRanker):
         k = len(model.means)
         return _Linear(
@@ -329,7 +329,7 @@ def _state(model: LogisticChurn | SignalRanker, name: str) -> _Linear:
     )
 
 
-def _write(model: LogisticChurn | SignalRanker, name: str, target: _Linear) -> None:
+def _write(model: LogisticChurn | SignalRanker, target: _Linear) -> None:
     """Set a linear model's moments, weights and intercept to ``target``'s."""
     if isinstance(model, SignalRanker):
         count = int(target.n[0]) if len(target.n) else 0
@@ -368,7 +368,7 @@ def start_of(models: PartitionModels, linear: dict[str, _Linear] | None = None) 
         len(reco.taste.users),
         linear
         if linear is not None
-        else {name: _state(model, name) for name, model in _linear_models(models).items()},
+        else {name: _state(model) for name, model in _linear_models(models).items()},
     )
 
 
@@ -398,12 +398,12 @@ def learnt_since(models: PartitionModels, base: _Base, at_ms: int) -> Delta:
     delta.users = len(reco.taste.users) - base.users
     for name, model in _linear_models(models).items():
         start = base.linear.get(name)
-        if start is not None and _count(model, name) != start.n[0]:  # it learnt
-            delta.linear[name] = _Step.between(start, _state(model, name))
+        if start is not None and _count(model) != start.n[0]:  # it learnt
+            delta.linear[name] = _Step.between(start, _state(model))
     return delta
 
 
-def _count(model: LogisticChurn | SignalRanker, name: str) -> float:
+def _count(model: LogisticChurn | SignalRanker) -> float:
     """How many samples a linear model's scaler has seen (of its first feature)."""
     if isinstance(model, SignalRanker):
         return float(model.count)
@@ -501,4 +501,4 @@ def fold(models: PartitionModels, others: Delta) -> None:
     for name, model in _linear_models(models).items():
         step = others.linear.get(name)
         if step is not None:
-            _write(model, name, _state(model, name).plus(step, 1.0))
+            _write(model, _state(model).plus(step, 1.0))
