@@ -92,6 +92,7 @@ __all__ = [
     "CHOICES_PER_RECORD",
     "CONTROL_KEY",
     "DELTA_MAGNITUDE_MAX",
+    "DELTA_USERS_MAX",
     "LearningMerger",
     "Merge",
     "PartitionShare",
@@ -394,6 +395,12 @@ def encode_delta(delta: Delta) -> bytes:
 #: overflow the merge of all of them to infinity, and every partition would refuse that
 #: merge.
 DELTA_MAGNITUDE_MAX: Final = 1e100
+#: The largest count of users new to a partition in one delta (``users``, an integer of
+#: JSON). The merge adds the partitions' counts and writes the sum as a 64-bit integer:
+#: within this bound, millions of partitions' sum still fits, while no partition meets a
+#: trillion new users in an epoch. Beyond it, one delta made the merge unwritable
+#: (``Integer exceeds 64-bit range``) and every partition lost the epoch.
+DELTA_USERS_MAX: Final = 2**40
 
 
 def decode_delta(data: bytes | None) -> Delta:
@@ -411,7 +418,11 @@ def decode_delta(data: bytes | None) -> Delta:
         "trending": np.fromiter(delta.trending.values(), float, len(delta.trending)),
         "genres": np.fromiter(delta.genres.values(), float, len(delta.genres)),
         "genre_total": np.array([delta.genre_total]),
-    }  # users: an integer of JSON, within 64 bits
+    }
+    if abs(delta.users) > DELTA_USERS_MAX:
+        raise ValueError(
+            f"users: {delta.users} is beyond what a partition publishes (|x| <= 2**40)"
+        )
     for name, step in delta.linear.items():
         moments = step.moments
         columns = (moments.n, moments.mean, moments.m2, step.weights, [step.intercept])

@@ -28,6 +28,7 @@ from pipeline.core.processor import Processor
 from pipeline.models.exchange import (
     CHOICES_PER_RECORD,
     CONTROL_KEY,
+    DELTA_USERS_MAX,
     LearningMerger,
     PartitionShare,
     decode_delta,
@@ -485,6 +486,15 @@ def test_a_delta_damaged_anywhere_is_refused_or_merged_into_merges_every_partiti
     except ValueError:
         return  # refused, logged and skipped by the merging agent
     assert len(merged_with(delta)) == 3
+
+
+def test_a_delta_with_more_new_users_than_a_merge_can_write_is_refused() -> None:
+    """More new users than a merge can sum in 64 bits is refused; up to the bound, merged."""
+    third = published_deltas()[2] | {"users": DELTA_USERS_MAX}
+    assert len(merged_with(decode_delta(orjson.dumps(third)))) == 3
+    for users in (DELTA_USERS_MAX + 1, 2**62, -(2**62)):
+        with pytest.raises(ValueError, match="users: .* beyond what a partition publishes"):
+            decode_delta(orjson.dumps(third | {"users": users}))
 
 
 def test_a_delta_beyond_what_a_partition_publishes_is_refused_and_the_others_merge() -> None:
