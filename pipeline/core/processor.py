@@ -375,8 +375,11 @@ class Processor:
     def _advance(self, partition: int, ts_ms: int, timestamp_ms: int) -> None:
         """Move ``partition``'s watermark to ``ts_ms`` and fire the timers now due."""
         timers = self.timers
-        if self._sharing is not None:
-            self._sharing.at(self._models, ts_ms)
+        sharing = self._sharing
+        if sharing is not None:
+            if sharing.at(self._models, ts_ms):
+                for promoted_in, _ in sharing.promoted:
+                    self._promoted(promoted_in, self._models[promoted_in], ts_ms)
         elif self._share_every_ms and ts_ms >= self._share_next_ms:
             self._share(ts_ms, timestamp_ms)
         timers.advance(partition, ts_ms)
@@ -440,6 +443,7 @@ class Processor:
             tally.learning_records["ignored"] += 1
             return
         models = self.models(partition)
+        promotions = len(models.promotion.history) if models.promotion is not None else 0
         try:
             folded = self._side(models).fold(models, merge)
         except Exception as exc:  # noqa: BLE001 - no single record may stop a worker
@@ -451,6 +455,8 @@ class Processor:
             )
             return
         tally.learning_records["folded" if folded else "already_folded"] += 1
+        if models.promotion is not None and len(models.promotion.history) > promotions:
+            self._promoted(partition, models, merge.delta.at_ms)
 
     def _genres(self, item_id: str) -> tuple[str, ...]:
         record = self.catalog.get(item_id)
@@ -979,16 +985,19 @@ class Processor:
             model.learn_one(x, churned)
         if pending.rescores:
             self._label_rescores(pending, models, published, label, at_ms)
-        promoted = models.learn_label(scores, churned)
-        if promoted is not None:
-            self.tally.churn_promotions += 1
-            promotion = models.promotion
-            assert promotion is not None
-            _, former, _, positives = promotion.history[-1]
-            log.info(
-                "partition %d: churn model %s promoted over %s at %s, after %d positives",
-                state.partition, promoted, former, format_ts(at_ms), positives,
-            )  # fmt: skip
+        if models.learn_label(scores, churned) is not None:
+            self._promoted(state.partition, models, at_ms)
+
+    def _promoted(self, partition: int, models: PartitionModels, at_ms: int) -> None:
+        """Count and log the promotion the churn test of ``partition`` just made."""
+        self.tally.churn_promotions += 1
+        promotion = models.promotion
+        assert promotion is not None
+        _, former, promoted, positives = promotion.history[-1]
+        log.info(
+            "partition %d: churn model %s promoted over %s at %s, after %d positives",
+            partition, promoted, former, format_ts(at_ms), positives,
+        )  # fmt: skip
 
     def _label_rescores(
         self,

@@ -75,6 +75,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
+from pipeline.experiments.stats import Moments
 from pipeline.models.partition import PartitionModels
 from pipeline.models.shared import (
     Delta,
@@ -396,7 +397,8 @@ def encode_delta(delta: Delta) -> bytes:
 #: merge.
 DELTA_MAGNITUDE_MAX: Final = 1e100
 #: The largest count of users new to a partition in one delta (``users``, an integer of
-#: JSON). The merge adds the partitions' counts and writes the sum as a 64-bit integer:
+#: JSON), and of the positives of its promotion test's evidence. The merge adds the
+#: partitions' counts and writes the sum as a 64-bit integer:
 #: within this bound, millions of partitions' sum still fits, while no partition meets a
 #: trillion new users in an epoch. Beyond it, one delta made the merge unwritable
 #: (``Integer exceeds 64-bit range``) and every partition lost the epoch.
@@ -423,6 +425,12 @@ def decode_delta(data: bytes | None) -> Delta:
         raise ValueError(
             f"users: {delta.users} is beyond what a partition publishes (|x| <= 2**40)"
         )
+    for (champion, challenger), evidence in delta.promotion.items():
+        if evidence.count > DELTA_USERS_MAX:  # the merge sums them as 64-bit integers too
+            raise ValueError(
+                f"promotion of {challenger} over {champion}: {evidence.count} positives are "
+                "beyond what a partition publishes (<= 2**40)"
+            )
     for name, step in delta.linear.items():
         moments = step.moments
         columns = (moments.n, moments.mean, moments.m2, step.weights, [step.intercept])
@@ -513,6 +521,22 @@ def _delta_json(delta: Delta) -> dict[str, Any]:
             }
             for name, step in delta.linear.items()
         },
+        **(
+            {
+                "promotion": [
+                    {
+                        "champion": champion,
+                        "challenger": challenger,
+                        "count": moments.count,
+                        "total": moments.total,
+                        "total_sq": moments.total_sq,
+                    }
+                    for (champion, challenger), moments in delta.promotion.items()
+                ]
+            }
+            if delta.promotion
+            else {}
+        ),
     }
 
 
@@ -532,6 +556,7 @@ def _delta_of(record: Any) -> Delta:
             genre_total=_number(record["genre_total"]),
             users=_int(record["users"]),
             linear={name: _step(step) for name, step in _mapping(record["linear"]).items()},
+            promotion=_promotion(record.get("promotion", [])),  # absent before 2026-12
         )
     except KeyError as missing:
         raise ValueError(f"missing field {missing}") from None
@@ -547,6 +572,29 @@ def _step(record: Any) -> _Step:
         raise ValueError("a linear step's columns differ in length")
     n, mean, m2, weights = columns
     return _Step(_Moments(n, mean, m2), weights, _number(step["intercept"]))
+
+
+def _promotion(value: Any) -> dict[tuple[str, str], Moments]:
+    """The promotion test's paired differences, each a placement difference in [-1, 1]."""
+    found: dict[tuple[str, str], Moments] = {}
+    for entry in _list(value, "promotion"):
+        test = _mapping(entry, "a promotion entry")
+        champion, challenger = test["champion"], test["challenger"]
+        if not isinstance(champion, str) or not isinstance(challenger, str):
+            raise ValueError("a promotion entry names its champion and challenger")
+        count = _int(test["count"])
+        total, total_sq = _number(test["total"]), _number(test["total_sq"])
+        if (champion, challenger) in found:
+            raise ValueError(f"promotion of {challenger} over {champion} twice")
+        # each difference lies in [-1, 1] (some float rounding allowed)
+        slack = count * (1.0 + 1e-9)
+        if count < 0 or abs(total) > slack or not 0 <= total_sq <= slack:
+            raise ValueError(
+                f"promotion of {challenger} over {champion}: {count} differences in [-1, 1] "
+                f"cannot sum to {total!r} with squares summing to {total_sq!r}"
+            )
+        found[champion, challenger] = Moments(count, total, total_sq)
+    return found
 
 
 def _vector(value: Any) -> np.ndarray:

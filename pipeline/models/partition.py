@@ -29,6 +29,7 @@ from pipeline.models.segments import Segmenter
 from pipeline.serde.snapshots import stored_as
 
 if TYPE_CHECKING:
+    from pipeline.experiments.stats import Moments
     from pipeline.models.exchange import PartitionShare
 
 __all__ = ["PartitionModels"]
@@ -119,6 +120,24 @@ class PartitionModels:
         champion, challenger = self.churn
         if not promotion.observe(scores, churned, champion=champion, challenger=challenger):
             return None
+        return self._promote()
+
+    def pool_promotion(self, others: Mapping[tuple[str, str], Moments]) -> str | None:
+        """Add other partitions' evidence to the promotion test; the new champion if it promoted.
+
+        ``others``: their paired differences by ``(champion, challenger)``
+        (:meth:`ChurnPromotion.pool`).
+        """
+        promotion = self.promotion
+        if promotion is None or not others:
+            return None
+        champion, challenger = self.churn
+        if not promotion.pool(others, champion=champion, challenger=challenger):
+            return None
+        return self._promote()
+
+    def _promote(self) -> str:
+        champion, challenger = self.churn
         self.churn = {challenger: self.churn[challenger], champion: self.churn[champion]}
         return challenger
 

@@ -24,6 +24,19 @@ independent; negatives only fill the window.
 Everything is a function of the labels and the scores in their order: a replay promotes
 at the same label.
 
+**Pooled across partitions.** A partition of 16 or 64 sees a 16th or a 64th of the
+positives, too few for the test to decide (on 600 viewers over 60 days, ~10 at 16
+partitions against the ``min_positives`` of 50). Where learning is shared
+(:mod:`pipeline.models.shared`, :mod:`pipeline.models.exchange`), each partition's paired
+differences since its last delta (:attr:`ChurnPromotion.fresh`, by champion and
+challenger) travel with its delta, and :meth:`ChurnPromotion.pool` adds the other
+partitions' differences of the same test to its own, then looks. Each partition's test is
+then the same sequential test over all partitions' positives, in an order fixed by where
+the merges sit in its stream (its own positives as they come, the others' as a block at
+each merge), so it stays valid at every look and a replay promotes at the same point.
+Differences of a test a partition no longer runs (the others had not promoted yet, or a
+former pair) are not added.
+
 Examples
 --------
 >>> import random
@@ -45,7 +58,7 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -54,7 +67,7 @@ import numpy.typing as npt
 from pipeline.experiments.stats import Moments, SequentialTest
 from pipeline.serde.snapshots import stored_as
 
-__all__ = ["ChurnPromotion"]
+__all__ = ["ChurnPromotion", "pooled"]
 
 
 @stored_as("ChurnPromotion")
@@ -77,7 +90,11 @@ class ChurnPromotion:
     ----------
     history
         One ``(label index, former champion, new champion, positives)`` per promotion:
-        the labels observed before it and the positives its test took.
+        the labels observed before it and the positives its test took (this
+        partition's and those pooled from others).
+    fresh
+        This partition's own paired differences since :meth:`clear_fresh`, by
+        ``(champion, challenger)``: what it gives the other partitions' tests.
     """
 
     def __init__(
@@ -96,6 +113,7 @@ class ChurnPromotion:
         self.min_positives = min_positives
         self.labels = 0
         self.history: list[tuple[int, str, str, int]] = []
+        self.fresh: dict[tuple[str, str], Moments] = {}
         self._negatives: dict[str, npt.NDArray[np.float64]] = {}
         self._negatives_seen = 0
         self._reset()
@@ -141,13 +159,41 @@ class ChurnPromotion:
         difference = _placement(self._negatives[challenger][:filled], theirs) - _placement(
             self._negatives[champion][:filled], ours
         )
-        moments = self._differences
-        self._differences = Moments(
-            moments.count + 1,
-            moments.total + difference,
-            moments.total_sq + difference * difference,
-        )
-        self._test.update_paired(self._differences)
+        one = Moments(1, difference, difference * difference)
+        pair = (champion, challenger)
+        fresh = self.fresh.get(pair)
+        self.fresh[pair] = one if fresh is None else _sum(fresh, one)
+        return self._look(_sum(self._differences, one), champion, challenger)
+
+    def pool(
+        self, others: Mapping[tuple[str, str], Moments], *, champion: str, challenger: str
+    ) -> bool:
+        """Add other partitions' differences of this test and look; true when it promotes.
+
+        Only ``others[(champion, challenger)]`` is added: differences of another pair
+        belong to a test this partition does not run.
+
+        >>> promotion = ChurnPromotion(min_positives=20)
+        >>> evidence = {("weak", "good"): Moments(count=200, total=40.0, total_sq=26.0)}
+        >>> promotion.pool(evidence, champion="weak", challenger="good")  # mean 0.2, sd 0.3
+        True
+        >>> promotion.history
+        [(0, 'weak', 'good', 200)]
+        >>> promotion.pool(evidence, champion="good", challenger="weak")  # not this test
+        False
+        """
+        pooled = others.get((champion, challenger))
+        if pooled is None or pooled.count == 0:
+            return False
+        return self._look(_sum(self._differences, pooled), champion, challenger)
+
+    def clear_fresh(self) -> None:
+        """Forget the own differences given to the others (a delta took them)."""
+        self.fresh = {}
+
+    def _look(self, differences: Moments, champion: str, challenger: str) -> bool:
+        self._differences = differences
+        self._test.update_paired(differences)
         if self.positives < self.min_positives or self._test.interval[0] <= 0.0:
             return False
         self.history.append((self.labels, champion, challenger, self.positives))
@@ -155,10 +201,10 @@ class ChurnPromotion:
         return True
 
     def __getstate__(self) -> dict[str, Any]:
-        """Plain values only (format 1): a snapshot names no class of the statistics."""
+        """Plain values only (format 2): a snapshot names no class of the statistics."""
         moments, test = self._differences, self._test
         return {
-            "format": 1,
+            "format": 2,
             "settings": [self.alpha, self.horizon, self.window, self.min_positives],
             "labels": self.labels,
             "history": self.history,
@@ -166,10 +212,12 @@ class ChurnPromotion:
             "negatives_seen": self._negatives_seen,
             "differences": [moments.count, moments.total, moments.total_sq],
             "test": [test.lambda_, test.p_value, *test.interval],
+            "fresh": [[*pair, m.count, m.total, m.total_sq] for pair, m in self.fresh.items()],
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        if state.get("format") != 1:
+        """Format 1 (before pooling) has no ``fresh``: nothing given to others yet."""
+        if state.get("format") not in (1, 2):
             raise ValueError(f"promotion state of format {state.get('format')!r}")
         self.alpha, self.horizon, self.window, self.min_positives = state["settings"]
         self.labels = state["labels"]
@@ -180,6 +228,10 @@ class ChurnPromotion:
         self._differences = Moments(*state["differences"])
         self._test.lambda_, self._test.p_value, lower, upper = state["test"]
         self._test.interval = (lower, upper)
+        self.fresh = {
+            (champion, challenger): Moments(count, total, total_sq)
+            for champion, challenger, count, total, total_sq in state.get("fresh", ())
+        }
 
     def _add_negative(self, champion: str, challenger: str, ours: float, theirs: float) -> None:
         negatives = self._negatives
@@ -192,6 +244,22 @@ class ChurnPromotion:
         negatives[champion][at] = ours
         negatives[challenger][at] = theirs
         self._negatives_seen += 1
+
+
+def pooled(moments: Iterable[Moments]) -> Moments:
+    """The moments of all the values of ``moments`` together, added in their order.
+
+    >>> pooled([Moments(2, 0.5, 0.25), Moments(1, -0.25, 0.0625)])
+    Moments(count=3, total=0.25, total_sq=0.3125)
+    """
+    count, total, total_sq = 0, 0.0, 0.0
+    for m in moments:
+        count, total, total_sq = count + m.count, total + m.total, total_sq + m.total_sq
+    return Moments(count, total, total_sq)
+
+
+def _sum(a: Moments, b: Moments) -> Moments:
+    return Moments(a.count + b.count, a.total + b.total, a.total_sq + b.total_sq)
 
 
 def _placement(negatives: npt.NDArray[np.float64], score: float) -> float:

@@ -16,12 +16,16 @@ fixed points of event time (every ``every_ms``, an *epoch*), by the kind of stat
 - **SGD parameters exchange deltas**: the weights and intercepts of the churn logistic
   regressions and of the ranker move by the sum of every other partition's change over the
   epoch (``mode="sum"``, as a parameter server applies asynchronous updates), or by its
-  mean (``mode="mean"``, model averaging: every partition's step counts ``1/n``).
+  mean (``mode="mean"``, model averaging: every partition's step counts ``1/n``);
+- **the promotion test's evidence is pooled**: each partition's paired differences of its
+  champion and challenger since the last epoch are added to the others' tests of the same
+  pair, which then look (:meth:`~pipeline.models.promotion.ChurnPromotion.pool`).
 
 What stays per partition: the users' own factors and states, the taste model's item
 factors (each partition's latent space starts from its own random draw: summing factors
 learnt in different bases adds noise, not knowledge), the segments' centroids, the
-artwork bandit's counts and the promotion test.
+artwork bandit's counts, and which churn model is the champion (each partition's test
+decides, on the pooled evidence).
 
 Between two epochs a partition learns from its own events at once and from the others'
 at the next epoch, so a partition's models are never more than one epoch behind the
@@ -62,8 +66,10 @@ from typing import Literal
 import numpy as np
 
 from pipeline.core.features import CHURN_FEATURES_V1
+from pipeline.experiments.stats import Moments
 from pipeline.models.churn import LogisticChurn
 from pipeline.models.partition import PartitionModels
+from pipeline.models.promotion import pooled
 from pipeline.models.reco.ranker import SignalRanker
 from pipeline.serde.snapshots import stored_as
 
@@ -179,7 +185,8 @@ class Delta:
 
     ``trending`` holds each item's growth as its value at event time ``at_ms`` (values
     halve every ``half_life_ms``); ``partition`` and ``epoch`` name who learnt it and
-    over which epoch, where known (-1 otherwise).
+    over which epoch, where known (-1 otherwise); ``promotion`` the paired differences
+    of the churn promotion test, by ``(champion, challenger)``.
     """
 
     at_ms: int = 0
@@ -192,13 +199,22 @@ class Delta:
     genre_total: float = 0.0
     users: int = 0  # users the recommender learned from for the first time
     linear: dict[str, _Step] = field(default_factory=dict)  # "ranker", churn names, "inactive"
+    promotion: dict[tuple[str, str], Moments] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         """Whether it holds nothing learnt."""
         return not (
             self.trending or self.choices or self.genres or self.genre_total or self.users
-            or self.linear
+            or self.linear or self.promotion
         )  # fmt: skip
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        """Restore a stored delta; one stored before a field has that field empty."""
+        _, slots = state
+        for name in ("promotion",):
+            object.__setattr__(self, name, {})
+        for name, value in slots.items():
+            object.__setattr__(self, name, value)
 
 
 @stored_as("SharedBase")
@@ -230,6 +246,7 @@ class SharedLearning:
         self.mode = mode
         self.epoch: int | None = None
         self.shares = 0  # epochs merged
+        self.promoted: list[tuple[int, str]] = []  # (partition, new champion) at the last merge
         self._bases: dict[int, _Base] = {}
 
     def at(self, models: Mapping[int, PartitionModels], ts_ms: int) -> bool:
@@ -253,8 +270,10 @@ class SharedLearning:
         """Merge now: every partition of ``models`` gets what the others learnt since the last.
 
         A partition not seen before (no start of epoch known) contributes nothing this
-        time and starts its epoch now.
+        time and starts its epoch now. The promotions the pooled evidence made are in
+        :attr:`promoted`.
         """
+        self.promoted = []
         bases = self._bases
         deltas = {p: learnt_since(m, bases[p], at_ms) for p, m in models.items() if p in bases}
         total = combine(deltas.values(), at_ms=at_ms)
@@ -270,6 +289,9 @@ class SharedLearning:
                 continue
             _fold_counts(partition_models, own, deltas, trending, genres, genre_total, at_ms)
             partition_models.recommender.users_elsewhere += total.users - own.users
+            promoted = _pool_promotion(partition_models, deltas, partition)
+            if promoted is not None:
+                self.promoted.append((partition, promoted))
             linear = dict(bases[partition].linear)
             for name, model in _linear_models(partition_models).items():
                 start = linear.get(name)
@@ -288,6 +310,24 @@ class SharedLearning:
                 linear[name] = target
             bases[partition] = start_of(partition_models, linear)
         self.shares += 1
+
+
+def _pool_promotion(
+    models: PartitionModels, deltas: Mapping[int, Delta], partition: int
+) -> str | None:
+    """Add the other partitions' evidence of ``partition``'s promotion test to it."""
+    if models.promotion is None:
+        return None
+    champion, challenger = models.churn
+    pair = (champion, challenger)
+    others = [
+        delta.promotion[pair]
+        for p, delta in deltas.items()
+        if p != partition and pair in delta.promotion
+    ]
+    if not others:
+        return None
+    return models.pool_promotion({pair: pooled(others)})
 
 
 def _linear_models(models: PartitionModels) -> dict[str, LogisticChurn | SignalRanker]:
@@ -355,10 +395,12 @@ def start_of(models: PartitionModels, linear: dict[str, _Linear] | None = None) 
     """A partition's state now, to tell later what it learnt since (:func:`learnt_since`).
 
     ``linear``: its linear models' states, when known. Starts the recommender's journal of
-    choices afresh.
+    choices afresh, and the promotion test's record of what it gives the others.
     """
     reco = models.recommender
     reco.start_journal().clear()
+    if models.promotion is not None:
+        models.promotion.clear_fresh()
     trending = reco.trending
     return _Base(
         trending.values().copy(),
@@ -400,6 +442,8 @@ def learnt_since(models: PartitionModels, base: _Base, at_ms: int) -> Delta:
         start = base.linear.get(name)
         if start is not None and _count(model) != start.n[0]:  # it learnt
             delta.linear[name] = _Step.between(start, _state(model))
+    if models.promotion is not None:
+        delta.promotion = dict(models.promotion.fresh)
     return delta
 
 
@@ -449,7 +493,7 @@ def combine(deltas: Iterable[Delta], *, at_ms: int) -> Delta:
     """What ``deltas`` learnt together, in their order, trending valued at ``at_ms``.
 
     Counts add (trending values brought to ``at_ms`` first), choices follow one another,
-    moments merge exactly and steps add.
+    moments merge exactly, steps add, and so do the promotion test's differences.
 
     >>> a = Delta(at_ms=0, trending={"m1": 1.0}, choices=[(None, "m1")], users=1)
     >>> b = Delta(at_ms=3 * 86_400_000, trending={"m1": 1.0, "m2": 4.0}, choices=[("m1", "m2")])
@@ -476,14 +520,18 @@ def combine(deltas: Iterable[Delta], *, at_ms: int) -> Delta:
         for name, step in delta.linear.items():
             merged = steps.get(name)
             steps[name] = step if merged is None else merged.merged(step)
+        for pair, moments in delta.promotion.items():
+            known = total.promotion.get(pair)
+            total.promotion[pair] = moments if known is None else pooled([known, moments])
     return total
 
 
-def fold(models: PartitionModels, others: Delta) -> None:
+def fold(models: PartitionModels, others: Delta) -> str | None:
     """Add what other partitions learnt (``others``, :func:`combine`) to a partition's models.
 
     As :meth:`SharedLearning.share` adds them: counts added, choices replayed, moments
-    merged, steps added (summed, never averaged).
+    merged, steps added (summed, never averaged), the promotion test's evidence pooled.
+    Returns the new churn champion if the pooled evidence promoted one.
     """
     reco = models.recommender
     index = reco.items.index
@@ -502,3 +550,4 @@ def fold(models: PartitionModels, others: Delta) -> None:
         step = others.linear.get(name)
         if step is not None:
             _write(model, _state(model).plus(step, 1.0))
+    return models.pool_promotion(others.promotion)

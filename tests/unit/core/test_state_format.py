@@ -24,7 +24,7 @@ from pipeline.core.processor import Processor
 from pipeline.core.state import UserState
 from pipeline.core.state_codec import _SCALARS, FORMAT, StateUnreadable, decode, encode
 from pipeline.models.churn import SILENCE_RATE_SCALE, LogisticChurn
-from pipeline.models.exchange import Merge, PartitionShare
+from pipeline.models.exchange import Merge, PartitionShare, decode_delta, encode_delta
 from pipeline.models.partition import PartitionModels
 from pipeline.models.shared import Delta
 from pipeline.serde.snapshots import seal, unseal
@@ -448,6 +448,24 @@ def test_a_snapshot_of_the_first_release_that_shares_learning_restores_and_goes_
     kinds = [output.kind for output in processor.take_outbox()]
     assert "learning" in kinds and processor.tally.learning_published == 1
     assert models.shared is side and side.epoch == hour // side.every_ms
+
+
+def test_learning_kept_aside_before_pooled_promotion_restores_and_is_published() -> None:
+    """A delta stored by the release before the promotion evidence travelled has none."""
+    blob = (FIXTURES / "snapshot-shared-pending.bin").read_bytes()
+    header, models = unseal(blob, key=b"fixture-key", app_id="ottscore", partition=0)
+    side = models.shared
+    assert isinstance(side, PartitionShare) and isinstance(side.pending, Delta)
+    assert side.pending.promotion == {} and side.epoch is not None
+    assert models.promotion is not None and models.promotion.fresh == {}
+    processor = Processor(Settings(share_every_s=3600), clock=lambda: 4_102_444_800.0)
+    processor.install_models(0, models)
+    event = Event("e-next", "play", "u-next", header.created_ms, item_id="m-next", position_s=0.0)
+    processor.process(encode_event(event), key=b"u-next", partition=0, offset=header.offset + 1)
+    assert processor.tally.published["personalization"] == 1
+    delta = side.at(models, (side.epoch + 1) * side.every_ms)  # kept aside and new, together
+    assert delta is not None and side.pending is None and delta.promotion == {}
+    assert decode_delta(encode_delta(delta)).trending == delta.trending
 
 
 def test_a_snapshot_before_shared_learning_starts_its_side_when_sharing_is_on() -> None:

@@ -240,15 +240,21 @@ def test_a_bad_merge_record_is_dead_lettered_with_its_reason(value: bytes, why: 
 
 
 def learnt_delta(rng: np.random.Generator) -> Delta:
-    """The delta of one partition's first epoch: 50 choices, and 50 steps of its ranker."""
+    """The delta of one partition's first epoch.
+
+    50 choices, 50 steps of its ranker and 50 labels of its churn promotion test.
+    """
     models = _models(1)[0]
     side = PartitionShare(every_ms=HOUR_MS)
     side.at(models, 0)
+    champion, challenger = models.churn
     for i in range(50):
         _choose(models, f"u{i % 7}", ITEMS[i % 5], i * 1000)
         models.recommender.ranker.learn(rng.normal(size=(1, 4)), np.array([i % 3 == 0]))
+        scores = {champion: float(rng.random()), challenger: float(rng.random())}
+        assert models.learn_label(scores, i % 5 == 4) is None
     delta = side.at(models, HOUR_MS)
-    assert delta is not None and delta.linear and delta.trending
+    assert delta is not None and delta.linear and delta.trending and delta.promotion
     return delta
 
 
@@ -266,6 +272,8 @@ def test_deltas_round_trip_exactly() -> None:
         ):
             assert a.tobytes() == b.tobytes()
         assert step.intercept == other.intercept
+    assert back.promotion == delta.promotion and len(back.promotion) == 1
+    validator("learning").validate(orjson.loads(encode_delta(delta)))
 
 
 def _loop(
@@ -508,3 +516,53 @@ def test_a_delta_beyond_what_a_partition_publishes_is_refused_and_the_others_mer
         decode_delta(orjson.dumps(diverged))
     merges = merged_with(decode_delta(orjson.dumps(published_deltas()[2])))
     assert len(merges) == 3  # each partition takes its merge
+
+
+def test_a_delta_of_a_release_before_pooled_promotion_is_read_without_evidence() -> None:
+    record = orjson.loads(encode_delta(learnt_delta(np.random.default_rng(2))))
+    del record["promotion"]
+    delta = decode_delta(orjson.dumps(record))
+    assert delta.promotion == {} and delta.linear and delta.choices
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"count": -1}, "cannot sum to"),
+        ({"count": 2, "total": 2.5}, "cannot sum to"),
+        ({"count": 2, "total": 0.5, "total_sq": 2.5}, "cannot sum to"),
+        ({"count": 2, "total": 0.5, "total_sq": -0.1}, "cannot sum to"),
+        ({"count": DELTA_USERS_MAX + 1, "total": 0.0, "total_sq": 0.0}, "positives are beyond"),
+        ({"champion": 7}, "names its champion and challenger"),
+        ({"total": "x"}, "finite number"),
+    ],
+)
+def test_bad_promotion_evidence_is_refused_with_its_reason(
+    change: dict[str, Any], why: str
+) -> None:
+    record = orjson.loads(encode_delta(learnt_delta(np.random.default_rng(3))))
+    [entry] = record["promotion"]
+    with pytest.raises(ValueError, match=why):
+        decode_delta(orjson.dumps(record | {"promotion": [entry | change]}))
+    with pytest.raises(ValueError, match="twice"):
+        decode_delta(orjson.dumps(record | {"promotion": [entry, entry]}))
+
+
+def test_the_others_evidence_reaches_each_partitions_test_through_the_merge() -> None:
+    deltas = [decode_delta(orjson.dumps(d)) for d in published_deltas()]
+    pair = next(iter(deltas[0].promotion))
+    merger = LearningMerger(partitions=3)
+    for delta in deltas:
+        merger.feed(delta)
+    merges = {p: decode_merge(value) for p, value in merger.flush(merge=1)}
+    for p, merge in merges.items():
+        others = [d.promotion[pair] for d in deltas if d.partition != p]
+        assert merge.delta.promotion[pair].count == sum(m.count for m in others)
+        assert merge.delta.promotion[pair].total == pytest.approx(sum(m.total for m in others))
+        models = _models(1)[0]
+        side = PartitionShare(every_ms=HOUR_MS)
+        side.at(models, 0)
+        assert models.promotion is not None and list(models.churn) == list(pair)
+        side.fold(models, merge)
+        assert models.promotion.positives == sum(m.count for m in others)
+        assert models.promotion.fresh == {}  # what the others gave is not published again

@@ -13,7 +13,8 @@ import pickle
 import numpy as np
 from scipy.stats import norm
 
-from pipeline.models.promotion import ChurnPromotion
+from pipeline.experiments.stats import Moments
+from pipeline.models.promotion import ChurnPromotion, pooled
 
 RUNS = 200
 LABELS = 20_000
@@ -100,3 +101,120 @@ def test_a_stored_test_goes_on_as_the_running_one() -> None:
         )
     assert stored.history == running.history != []
     assert (stored.interval, stored.p_value) == (running.interval, running.p_value)
+
+
+PARTITIONS = 16
+EPOCH_LABELS = 250  # labels of all partitions between two merges (~an hour of churn labels)
+
+
+def scores_of(seed: int, champion_auc: float, challenger_auc: float) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    churned = rng.random(LABELS) < 0.05
+    noise = rng.normal(size=(LABELS, 2))
+    champion = noise[:, 0] + churned * math.sqrt(2) * norm.ppf(champion_auc)
+    correlated = 0.5 * noise[:, 0] + math.sqrt(0.75) * noise[:, 1]
+    challenger = correlated + churned * math.sqrt(2) * norm.ppf(challenger_auc)
+    return churned, champion, challenger, rng.integers(PARTITIONS, size=LABELS)
+
+
+def partitioned_promotions(
+    seed: int, champion_auc: float, challenger_auc: float, *, pool: bool
+) -> list[int | None]:
+    """The label (of all partitions') at which each of 16 partitions promoted, if it did.
+
+    Each partition tests on its own labels; with ``pool``, at every merge each partition
+    adds the others' differences since the last (as shared learning does) and looks.
+    """
+    churned, champion, challenger, partition_of = scores_of(seed, champion_auc, challenger_auc)
+    tests = [ChurnPromotion() for _ in range(PARTITIONS)]
+    promoted: list[int | None] = [None] * PARTITIONS
+    pair = ("champion", "challenger")
+    for n in range(LABELS):
+        p = int(partition_of[n])
+        if promoted[p] is None and tests[p].observe(
+            {"champion": float(champion[n]), "challenger": float(challenger[n])},
+            bool(churned[n]),
+            champion="champion",
+            challenger="challenger",
+        ):
+            promoted[p] = n + 1
+        if pool and (n + 1) % EPOCH_LABELS == 0:
+            fresh = [test.fresh.get(pair) for test in tests]
+            for p, test in enumerate(tests):
+                others = [m for q, m in enumerate(fresh) if q != p and m is not None]
+                if (
+                    promoted[p] is None
+                    and others
+                    and test.pool(
+                        {pair: pooled(others)}, champion="champion", challenger="challenger"
+                    )
+                ):
+                    promoted[p] = n + 1
+            for test in tests:
+                test.clear_fresh()
+    return promoted
+
+
+def test_at_16_partitions_pooled_evidence_replaces_a_weakened_champion_everywhere() -> None:
+    runs = 50
+    alone = [partitioned_promotions(s, 0.65, 0.80, pool=False) for s in range(runs)]
+    shared = [partitioned_promotions(s, 0.65, 0.80, pool=True) for s in range(runs)]
+    replaced_alone = sum(n is not None for run in alone for n in run)
+    replaced = [n for run in shared for n in run if n is not None]
+    median = int(np.median(replaced))
+    print(f"\n16 partitions, champion AUC 0.65, challenger 0.80, {runs} runs: alone "
+          f"{replaced_alone} of {runs * PARTITIONS} partitions replaced, pooled "
+          f"{len(replaced)}, median after {median:,} labels of all partitions")  # fmt: skip
+    assert replaced_alone < 0.5 * runs * PARTITIONS  # ~62 positives each: too few
+    assert len(replaced) == runs * PARTITIONS
+    assert median < 4_000  # as one partition's test of all the labels (1,599)
+
+
+def test_at_16_partitions_pooled_evidence_does_not_replace_a_better_champion() -> None:
+    shared = [partitioned_promotions(s, 0.80, 0.78, pool=True) for s in range(RUNS)]
+    replaced = sum(n is not None for run in shared for n in run)
+    anywhere = sum(any(n is not None for n in run) for run in shared)
+    print(f"\n16 partitions, champion AUC 0.80, challenger 0.78, pooled: {replaced} of "
+          f"{RUNS * PARTITIONS} partitions replaced, in {anywhere} of {RUNS} runs")  # fmt: skip
+    assert replaced <= 0.05 * RUNS * PARTITIONS
+    assert anywhere <= 0.05 * RUNS
+
+
+def test_pooling_adds_only_the_evidence_of_the_test_it_runs() -> None:
+    promotion = ChurnPromotion(min_positives=2)
+    strong = Moments(count=1_000, total=300.0, total_sq=190.0)  # mean 0.3, sd ~0.32
+    assert not promotion.pool({("b", "a"): strong}, champion="a", challenger="b")
+    assert promotion.positives == 0
+    assert promotion.pool({("a", "b"): strong}, champion="a", challenger="b")
+    assert promotion.history == [(0, "a", "b", 1_000)]
+    assert promotion.fresh == {}  # what others gave is never given on
+
+
+def test_fresh_holds_the_own_differences_until_a_delta_takes_them() -> None:
+    rng = np.random.default_rng(11)
+    promotion = ChurnPromotion(min_positives=10**9)  # never promotes: never starts again
+    placed = Moments(0, 0.0, 0.0)
+    for churned in rng.random(2_000) < 0.2:
+        promotion.observe(
+            {"a": rng.normal(0.5 * churned), "b": rng.normal(churned)},
+            bool(churned),
+            champion="a",
+            challenger="b",
+        )
+        placed = promotion._differences
+    assert promotion.fresh[("a", "b")] == placed  # one partition: its own are all there are
+    promotion.clear_fresh()
+    assert promotion.fresh == {} and promotion.positives == placed.count
+
+
+def test_a_test_stored_before_pooling_is_read_with_nothing_to_give() -> None:
+    running = ChurnPromotion()
+    running.observe({"a": 0.1, "b": 0.2}, False, champion="a", challenger="b")
+    running.observe({"a": 0.3, "b": 0.4}, True, champion="a", challenger="b")
+    state = running.__getstate__()
+    state["format"] = 1
+    del state["fresh"]
+    restored = ChurnPromotion.__new__(ChurnPromotion)
+    restored.__setstate__(state)
+    assert restored.fresh == {} and restored.positives == 1 and restored.labels == 2
+    assert pickle.loads(pickle.dumps(running)).fresh == running.fresh != {}

@@ -9,9 +9,15 @@ say so in their ``model_version``, and a replay must promote at the same label.
 from __future__ import annotations
 
 import functools
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from unittest.mock import patch
 
 import orjson
+import pytest
 
+import pipeline.offline.evaluate as evaluation
 from pipeline.config import Settings
 from pipeline.core.processor import Output, Processor
 from pipeline.offline.runner import drive
@@ -65,3 +71,55 @@ def test_a_replay_promotes_at_the_same_label() -> None:
 def test_the_better_champion_stays() -> None:
     processor, versions = run("logreg")
     assert processor.tally.churn_promotions == 0 and set(versions) == {"churn-logreg-7"}
+
+
+@functools.cache
+def run_partitioned(share_mode: str) -> tuple[dict[str, float | int], list[list[tuple]]]:
+    """The tree champion over 16 partitions sharing hourly; each partition's promotions."""
+    simulator = Simulator(SimulationConfig(users=400, days=45, seed=1))
+    processors: list[Processor] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        events, catalog = Path(tmp, "events.jsonl"), Path(tmp, "catalog.jsonl")
+        catalog.write_bytes(b"".join(orjson.dumps(item) + b"\n" for item in simulator.catalog()))
+        events.write_bytes(b"".join(value + b"\n" for _, value in simulator.records()))
+        with patch.object(evaluation, "Processor", side_effect=_kept(processors)):
+            report = evaluation.evaluate(
+                events,
+                settings=Settings(churn_model="tree", churn_challenger="poisson"),
+                catalog_path=catalog,
+                partitions=16,
+                share_every_s=3600,
+                share_mode=share_mode,  # type: ignore[arg-type]
+                progress=False,
+            )
+    [processor] = processors
+    histories = []
+    for partition in range(16):
+        promotion = processor.models(partition).promotion
+        assert promotion is not None
+        histories.append(promotion.history)
+    return report, histories
+
+
+def _kept(processors: list[Processor]) -> Callable[..., Processor]:
+    def make(*args: object, **kwargs: object) -> Processor:
+        processors.append(Processor(*args, **kwargs))  # type: ignore[arg-type]
+        return processors[-1]
+
+    return make
+
+
+@pytest.mark.parametrize("share_mode", ["sum", "workers"])
+def test_at_16_partitions_the_pooled_test_replaces_the_weak_champion_in_every_one(
+    share_mode: str,
+) -> None:
+    report, histories = run_partitioned(share_mode)
+    assert report["churn.promotions"] == 16  # each partition once; 0 before pooling
+    for history in histories:
+        [(labels, former, promoted, positives)] = history
+        assert (former, promoted) == ("tree", "poisson") and positives >= 50
+    positives = sorted(history[0][3] for history in histories)
+    labels = sorted(history[0][0] for history in histories)
+    print(f"\n16 partitions ({share_mode}): every tree champion replaced by poisson, after "
+          f"{positives[0]}-{positives[-1]} positives of all partitions "
+          f"({labels[0]}-{labels[-1]} of the partition's own labels)")  # fmt: skip

@@ -225,3 +225,30 @@ def test_nothing_is_merged_within_an_epoch_and_nothing_twice() -> None:
         _decayed(reco.trending, "m1", 3 * HOUR_MS),
         rel_tol=1e-12,
     )
+
+
+def test_each_partitions_promotion_test_pools_the_others_evidence_at_the_merge() -> None:
+    """Each partition's test gets the others' paired differences once, then looks."""
+    models = _models(3)
+    shared = SharedLearning(every_ms=HOUR_MS)
+    shared.at(models, 0)
+    rng = np.random.default_rng(4)
+    placed = {}
+    for p, partition_models in models.items():
+        champion, challenger = partition_models.churn
+        for i in range(40 * (p + 1)):  # a weak champion: each partition alone too few
+            churned = i % 4 == 3
+            scores = {champion: float(rng.random()), challenger: float(rng.random() + churned)}
+            assert partition_models.learn_label(scores, churned) is None
+        assert partition_models.promotion is not None
+        placed[p] = partition_models.promotion.positives
+    assert max(placed.values()) < 50  # min_positives: no partition could promote alone
+    assert shared.at(models, HOUR_MS)
+    promoted = [partition for partition, _ in shared.promoted]
+    assert promoted == [0, 1, 2]  # 60 positives pooled, every partition's test promotes
+    for partition_models in models.values():
+        promotion = partition_models.promotion
+        assert promotion is not None and promotion.fresh == {}
+        [(_, former, new, positives)] = promotion.history
+        assert positives == sum(placed.values()) and list(partition_models.churn)[0] == new
+    assert shared.at(models, 2 * HOUR_MS) and shared.promoted == []  # nothing pooled twice
