@@ -18,16 +18,24 @@ from pipeline.models.promotion import ChurnPromotion, pooled
 
 RUNS = 200
 LABELS = 20_000
+PARTITIONS = 16
+EPOCH_LABELS = 250  # labels of all partitions between two merges (~an hour of churn labels)
 
 
-def promoted_at(seed: int, champion_auc: float, challenger_auc: float) -> int | None:
-    """The label at which the challenger was promoted in one run, if it was."""
+def scores_of(seed: int, champion_auc: float, challenger_auc: float) -> tuple[np.ndarray, ...]:
+    """Labels, both models' scores and a partition (of 16) for each of ``LABELS``."""
     rng = np.random.default_rng(seed)
     churned = rng.random(LABELS) < 0.05
     noise = rng.normal(size=(LABELS, 2))
     champion = noise[:, 0] + churned * math.sqrt(2) * norm.ppf(champion_auc)
     correlated = 0.5 * noise[:, 0] + math.sqrt(0.75) * noise[:, 1]
     challenger = correlated + churned * math.sqrt(2) * norm.ppf(challenger_auc)
+    return churned, champion, challenger, rng.integers(PARTITIONS, size=LABELS)
+
+
+def promoted_at(seed: int, champion_auc: float, challenger_auc: float) -> int | None:
+    """The label at which the challenger was promoted in one run, if it was."""
+    churned, champion, challenger, _ = scores_of(seed, champion_auc, challenger_auc)
     promotion = ChurnPromotion()
     for n in range(LABELS):
         scores = {"champion": float(champion[n]), "challenger": float(challenger[n])}
@@ -101,20 +109,6 @@ def test_a_stored_test_goes_on_as_the_running_one() -> None:
         )
     assert stored.history == running.history != []
     assert (stored.interval, stored.p_value) == (running.interval, running.p_value)
-
-
-PARTITIONS = 16
-EPOCH_LABELS = 250  # labels of all partitions between two merges (~an hour of churn labels)
-
-
-def scores_of(seed: int, champion_auc: float, challenger_auc: float) -> tuple[np.ndarray, ...]:
-    rng = np.random.default_rng(seed)
-    churned = rng.random(LABELS) < 0.05
-    noise = rng.normal(size=(LABELS, 2))
-    champion = noise[:, 0] + churned * math.sqrt(2) * norm.ppf(champion_auc)
-    correlated = 0.5 * noise[:, 0] + math.sqrt(0.75) * noise[:, 1]
-    challenger = correlated + churned * math.sqrt(2) * norm.ppf(challenger_auc)
-    return churned, champion, challenger, rng.integers(PARTITIONS, size=LABELS)
 
 
 def partitioned_promotions(
