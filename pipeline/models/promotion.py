@@ -162,8 +162,8 @@ class ChurnPromotion:
         one = Moments(1, difference, difference * difference)
         pair = (champion, challenger)
         fresh = self.fresh.get(pair)
-        self.fresh[pair] = one if fresh is None else _sum(fresh, one)
-        return self._look(_sum(self._differences, one), champion, challenger)
+        self.fresh[pair] = one if fresh is None else pooled((fresh, one))
+        return self._look(pooled((self._differences, one)), champion, challenger)
 
     def pool(
         self, others: Mapping[tuple[str, str], Moments], *, champion: str, challenger: str
@@ -182,10 +182,10 @@ class ChurnPromotion:
         >>> promotion.pool(evidence, champion="good", challenger="weak")  # not this test
         False
         """
-        pooled = others.get((champion, challenger))
-        if pooled is None or pooled.count == 0:
+        theirs = others.get((champion, challenger))
+        if theirs is None or theirs.count == 0:
             return False
-        return self._look(_sum(self._differences, pooled), champion, challenger)
+        return self._look(pooled((self._differences, theirs)), champion, challenger)
 
     def clear_fresh(self) -> None:
         """Forget the own differences given to the others (a delta took them)."""
@@ -256,10 +256,6 @@ def pooled(moments: Iterable[Moments]) -> Moments:
     for m in moments:
         count, total, total_sq = count + m.count, total + m.total, total_sq + m.total_sq
     return Moments(count, total, total_sq)
-
-
-def _sum(a: Moments, b: Moments) -> Moments:
-    return Moments(a.count + b.count, a.total + b.total, a.total_sq + b.total_sq)
 
 
 def _placement(negatives: npt.NDArray[np.float64], score: float) -> float:

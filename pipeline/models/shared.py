@@ -526,12 +526,12 @@ def combine(deltas: Iterable[Delta], *, at_ms: int) -> Delta:
     return total
 
 
-def fold(models: PartitionModels, others: Delta) -> str | None:
+def fold(models: PartitionModels, others: Delta) -> None:
     """Add what other partitions learnt (``others``, :func:`combine`) to a partition's models.
 
     As :meth:`SharedLearning.share` adds them: counts added, choices replayed, moments
-    merged, steps added (summed, never averaged), the promotion test's evidence pooled.
-    Returns the new churn champion if the pooled evidence promoted one.
+    merged, steps added (summed, never averaged), the promotion test's evidence pooled
+    (a promotion it makes shows in the test's ``history``).
     """
     reco = models.recommender
     index = reco.items.index
@@ -550,4 +550,4 @@ def fold(models: PartitionModels, others: Delta) -> str | None:
         step = others.linear.get(name)
         if step is not None:
             _write(model, _state(model).plus(step, 1.0))
-    return models.pool_promotion(others.promotion)
+    models.pool_promotion(others.promotion)
