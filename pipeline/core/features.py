@@ -54,6 +54,7 @@ import base64
 import math
 import struct
 from array import array
+from collections.abc import Sequence
 
 __all__ = [
     "COUNTERS",
@@ -177,6 +178,29 @@ class UserFeatures:
         )  # fmt: skip
         if len(self.counters) != len(COUNTERS):
             raise ValueError(f"events_7d: one count per event type, not {len(events)}")
+
+    @classmethod
+    def of_counters(
+        cls,
+        at_ms: int,
+        previous_session_end_ms: int,
+        genre_affinity: dict[str, float],
+        counters: Sequence[float],
+    ) -> UserFeatures:
+        """The features with ``counters`` in the order of :data:`COUNTERS` (a stored layout 2).
+
+        >>> f = UserFeatures.of_counters(5, 0, {}, [float(i) for i in range(len(COUNTERS))])
+        >>> f.at_ms, f.sessions_28d, f.events_7d, f.clicks_played_7d
+        (5, 1.0, [2.0, 3.0, 4.0, 5.0], 19.0)
+        """
+        if len(counters) != len(COUNTERS):
+            raise ValueError(f"{len(counters)} counters, not {len(COUNTERS)}")
+        features = cls.__new__(cls)
+        features.at_ms = at_ms
+        features.previous_session_end_ms = previous_session_end_ms
+        features.genre_affinity = genre_affinity
+        features.counters = array("d", counters)
+        return features
 
     sessions_7d = _counter("sessions_7d")
     sessions_28d = _counter("sessions_28d")

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import math
 import operator
 import struct
@@ -110,10 +109,14 @@ def _check(name: str, value: object, *kinds: type) -> Any:
 
 
 def _int(name: str, value: object) -> int:
+    if type(value) is int:  # the usual case first: reading states back is on the hot path
+        return value
     return _check(name, value, int)  # type: ignore[no-any-return]
 
 
 def _float(name: str, value: object) -> float:
+    if type(value) is float:
+        return value
     return float(_check(name, value, int, float))
 
 
@@ -126,18 +129,35 @@ def _bool(name: str, value: object) -> bool:
 
 
 def _str(name: str, value: object) -> str:
+    if type(value) is str:
+        return value
     return _check(name, value, str)  # type: ignore[no-any-return]
 
 
 def _name(name: str, value: object) -> str:
     """A string many states hold (an item, a band, an experiment): one object, shared."""
-    return sys.intern(_str(name, value))
+    if type(value) is str:
+        return _intern(value)
+    return _check(name, value, str)  # type: ignore[no-any-return]
+
+
+_intern = sys.intern
 
 
 def _list_of(read: Callable[[str, object], Any]) -> Callable[[str, object], list[Any]]:
     # copied: a list of exactly its length, not one grown item by item (~48 bytes less
     # for a list of ten, as a state's lists of items are)
     return lambda name, value: list([read(name, item) for item in _check(name, value, list)])
+
+
+def _names(name: str, value: object) -> list[str]:
+    """``_list_of(_name)``: a list of strings, each interned, of exactly its length."""
+    if type(value) is list:
+        try:  # sys.intern refuses anything but an exact str
+            return list([_intern(item) for item in value])
+        except TypeError:
+            pass
+    return _list_of(_name)(name, value)
 
 
 def _dict_of(read: Callable[[str, object], Any]) -> Callable[[str, object], dict[str, Any]]:
@@ -147,6 +167,9 @@ def _dict_of(read: Callable[[str, object], Any]) -> Callable[[str, object], dict
         }
 
     return check
+
+
+_floats_by_name = _dict_of(_float)
 
 
 #: Every top-level field of format 3 but the nested ones: how to read it, and its value in
@@ -169,12 +192,12 @@ _SCALARS: dict[str, tuple[Callable[[str, object], Any], Any]] = {
     "playing_duration_s": (_optional(_float), None),
     "current_item": (_optional(_name), None),
     "clicked_item": (_optional(_name), None),
-    "finished": (_list_of(_name), []),
+    "finished": (_names, []),
     "risk_band": (_optional(_name), None),
     "segment": (_optional(_int), None),
     "reco_at_ms": (_int, 0),
-    "reco_items": (_list_of(_name), []),
-    "trending_items": (_list_of(_name), []),
+    "reco_items": (_names, []),
+    "trending_items": (_names, []),
     "experiments": (_dict_of(_name), EMPTY),  # since 2026-12 (EMPTY == {})
 }
 #: The decayed counters of :class:`~pipeline.core.features.UserFeatures`, by layout number, in
@@ -229,6 +252,12 @@ def _at_default(default: object) -> Callable[[object], bool]:
 #: Per scalar field, whether a value is its default: such a value is not written.
 _DEFAULT_TESTS = tuple(_at_default(default) for _, default in _SCALARS.values())
 _KNOWN = frozenset(_SCALARS) | frozenset(_NESTED)
+#: Per scalar field: its name, how to read it, its default, and whether a state gets a copy
+#: of the default (a container's copy; every other default is immutable, and shared).
+_READ_SCALARS = tuple(
+    (name, read, default, type(default) in (list, dict, set))
+    for name, (read, default) in _SCALARS.items()
+)
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -324,8 +353,8 @@ def decode(user_id: str, data: bytes, *, window_ms: int, max_ids: int) -> UserSt
             raise
         raise StateUnreadable("wrong_type", f"recent_ids: {exc}") from None
     values = {
-        name: read(name, obj[name]) if name in obj else copy.copy(default)
-        for name, (read, default) in _SCALARS.items()
+        name: read(name, obj[name]) if name in obj else default.copy() if copied else default
+        for name, read, default, copied in _READ_SCALARS
     }
     return UserState(
         user_id,
@@ -347,13 +376,15 @@ def _features(obj: dict[str, Any]) -> UserFeatures:
         "previous_session_end_ms": _int(
             "features.previous_session_end_ms", obj.get("previous_session_end_ms", 0)
         ),
-        "genre_affinity": _dict_of(_float)(
-            "features.genre_affinity", obj.get("genre_affinity", {})
-        ),
+        "genre_affinity": _floats_by_name("features.genre_affinity", obj.get("genre_affinity", {})),
     }
     if "counters" in obj:
         names = _layout("features.counters", obj["counters"], COUNTER_LAYOUTS)
         floats = _unpacked("features.counters", obj["counters"], len(names))
+        if names is COUNTERS:  # this release's layout: the array as stored
+            return UserFeatures.of_counters(
+                values["at_ms"], values["previous_session_end_ms"], values["genre_affinity"], floats
+            )
         named = list(zip(names, floats, strict=True))
         values["events_7d"] = [value for name, value in named if name == "events_7d"]
         values |= {name: value for name, value in named if name != "events_7d"}
@@ -392,8 +423,8 @@ def _pending(cls: type[PendingChurn], obj: object) -> PendingChurn | None:
         _int("pending.predicted_at_ms", fields.get("predicted_at_ms")),
         _int("pending.last_seen_ms", fields.get("last_seen_ms")),
         array("d", features),
-        _dict_of(_float)("pending.probabilities", fields.get("probabilities")),
-        _dict_of(_float)("pending.rescores", fields["rescores"])  # absent before, and none
+        _floats_by_name("pending.probabilities", fields.get("probabilities")),
+        _floats_by_name("pending.rescores", fields["rescores"])  # absent before, and none
         if "rescores" in fields
         else EMPTY,
     )

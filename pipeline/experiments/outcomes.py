@@ -94,7 +94,7 @@ class UserOutcome:
             _, variant, first_ms, counts = obj
         if len(counts) != 8:
             raise ValueError(f"experiment outcome with {len(counts)} counts")
-        return cls(int(first_ms), str(variant), *(int(count) for count in counts))
+        return cls(int(first_ms), str(variant), *map(int, counts))
 
 
 def _ratio(hits: int, trials: int) -> float | None:

@@ -291,7 +291,7 @@ def _day_scopes(arms: list[list[str]]) -> Scopes:
 
 def _keys(arms: list[list[str]]) -> tuple[tuple[str, ...], ...]:
     """Stored arms as the key of :func:`_shared_scopes` (their names as text, as always)."""
-    return tuple(tuple(map(str, arm)) for arm in arms)
+    return tuple([tuple(map(str, arm)) for arm in arms])
 
 
 # Scopes read back from stored states are shared: the same few tuples are in most users'

@@ -152,6 +152,10 @@ def test_a_field_missing_from_an_older_state_takes_its_default() -> None:
         (b'{"partition": 0}', "unknown_format"),
         (b'{"format": 3, "partition": 0, "offset": "7"}', "wrong_type"),
         (b'{"format": 3, "partition": 0, "recent_ids": "***"}', "wrong_type"),
+        (b'{"format": 3, "partition": 0, "reco_items": ["film-1", 3]}', "wrong_type"),
+        (b'{"format": 3, "partition": 0, "finished": "film-1"}', "wrong_type"),
+        (b'{"format": 3, "partition": 0, "watch_s": true}', "wrong_type"),
+        (b'{"format": 3, "partition": 0, "current_item": 7}', "wrong_type"),
         (
             b'{"format": 3, "partition": 0, "features": {"counters": {"layout": 1, "f64": "AA"}}}',
             "wrong_type",
@@ -297,6 +301,26 @@ def test_a_state_read_back_shares_its_empty_maps_and_holds_lists_of_their_size()
             assert sys.getsizeof(items) == sys.getsizeof(list(items))
     assert any(len(state.reco_items) == 10 for state in states)
     assert all(encode(state) == encode(processor.users[state.user_id]) for state in states)
+
+
+def test_every_written_state_reads_back_as_written_its_names_shared() -> None:
+    """Read back and written again, each state of a run with every part is the same bytes.
+
+    KPIs, artworks (shows, sticky picks, devices), CRM, two experiments, a pending
+    prediction: what reading a state back makes is what was written. The names it holds
+    are the interpreter's one object of each (a state read back holds no copy of its own).
+    """
+    states = written().states
+    assert {"kpis", "artwork", "crm", "pending"} <= set().union(*states)
+    assert any(state.get("artwork", {}).get("shown") for state in states)
+    for stored in states:
+        data = orjson.dumps(stored)
+        state = decode("u1", data, **BOUNDS)
+        assert orjson.loads(encode(state)) == stored
+        for name in (*state.reco_items, *state.finished, state.current_item or ""):
+            assert sys.intern(str(name)) is name
+        for shown in state.artwork.shown if state.artwork else ():
+            assert sys.intern(str(shown.item_id)) is shown.item_id
 
 
 def test_fields_at_their_defaults_are_not_written_and_read_back_as_they_were() -> None:
