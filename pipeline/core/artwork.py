@@ -141,15 +141,11 @@ class Shown(NamedTuple):
         item_id, artwork_id, context, policy, propensity, choices, p_popular, p_bandit = value[:8]
         context = _shared_context(tuple(map(str, context)))
         same = read or _Numbers()
-        real = same._reals.setdefault  # _Numbers.real and .time inline: ~9 shows a state
-        propensity, p_popular, p_bandit = float(propensity), float(p_popular), float(p_bandit)
-        at_ms = int(value[8]) if len(value) > 8 else shown_ms
         shown = _make_shown(cls, (
             intern(str(item_id)), intern(str(artwork_id)), context, intern(str(policy)),
-            real(propensity, propensity) if propensity else propensity, int(choices),
-            real(p_popular, p_popular) if p_popular else p_popular,
-            real(p_bandit, p_bandit) if p_bandit else p_bandit,
-            same._times.setdefault(at_ms, at_ms),
+            same.real(float(propensity)), int(choices), same.real(float(p_popular)),
+            same.real(float(p_bandit)),
+            same.time(int(value[8]) if len(value) > 8 else shown_ms),
         ))  # fmt: skip
         return artwork_kernel.untracked(shown)  # as a pick makes them (see untracked())
 

@@ -136,9 +136,7 @@ def _str(name: str, value: object) -> str:
 
 def _name(name: str, value: object) -> str:
     """A string many states hold (an item, a band, an experiment): one object, shared."""
-    if type(value) is str:
-        return _intern(value)
-    return _check(name, value, str)  # type: ignore[no-any-return]
+    return _intern(_str(name, value))
 
 
 _intern = sys.intern
